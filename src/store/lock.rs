@@ -1,0 +1,160 @@
+//! Advisory `flock(2)` locks, as the store convention uses them.
+//!
+//! Locks are whole-file `flock`s, released when the guard (the open file)
+//! is dropped, and by the kernel when a process dies, so a crashed producer
+//! never leaves a stale lock behind. Waiting is done by polling with
+//! `LOCK_NB` so that a waiter can give up (shutdown, cancelled open) instead
+//! of sitting in an uninterruptible `flock`.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+/// How often a waiter re-tries a lock held by someone else.
+pub const LOCK_POLL: Duration = Duration::from_millis(100);
+
+/// A held exclusive lock; dropping it releases the lock.
+#[derive(Debug)]
+pub struct LockGuard {
+    file: File,
+}
+
+impl LockGuard {
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// Opens (creating if needed, never through a symlink) the lock file.
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+fn flock(file: &File, op: libc::c_int) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock on a valid owned descriptor has no memory effects.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Takes the lock if nobody holds it; `Ok(None)` if someone does.
+pub fn try_lock(path: &Path) -> io::Result<Option<LockGuard>> {
+    let file = open_lock_file(path)?;
+    Ok(flock(&file, libc::LOCK_EX | libc::LOCK_NB)?.then_some(LockGuard { file }))
+}
+
+/// Takes an exclusive lock on an already open file if free.
+pub fn try_lock_file(file: File) -> io::Result<Option<LockGuard>> {
+    Ok(flock(&file, libc::LOCK_EX | libc::LOCK_NB)?.then_some(LockGuard { file }))
+}
+
+/// Why waiting for a lock ended without it.
+#[derive(Debug)]
+pub enum LockWaitError {
+    Cancelled,
+    Io(io::Error),
+}
+
+/// Waits for the lock, polling every [`LOCK_POLL`]. `on_contended` is
+/// called once when the lock turns out to be held by someone else;
+/// `cancelled` is checked between polls.
+pub fn lock_waiting(
+    path: &Path,
+    cancelled: &dyn Fn() -> bool,
+    on_contended: &mut dyn FnMut(),
+) -> Result<LockGuard, LockWaitError> {
+    let file = open_lock_file(path).map_err(LockWaitError::Io)?;
+    let mut told = false;
+    loop {
+        if flock(&file, libc::LOCK_EX | libc::LOCK_NB).map_err(LockWaitError::Io)? {
+            return Ok(LockGuard { file });
+        }
+        if !told {
+            on_contended();
+            told = true;
+        }
+        if cancelled() {
+            return Err(LockWaitError::Cancelled);
+        }
+        std::thread::sleep(LOCK_POLL);
+    }
+}
+
+/// Whether some process holds a lock on `path` right now. A missing file
+/// is unlocked.
+pub fn is_locked(path: &Path) -> io::Result<bool> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    // A shared lock conflicts with any exclusive holder; we drop it at once.
+    Ok(!flock(&file, libc::LOCK_SH | libc::LOCK_NB)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_locker_waits_until_the_first_releases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.lock");
+        let first = try_lock(&path).unwrap().expect("free lock");
+        assert!(try_lock(&path).unwrap().is_none());
+        assert!(is_locked(&path).unwrap());
+        let p2 = path.clone();
+        let waiter = std::thread::spawn(move || {
+            let mut contended = false;
+            let g = lock_waiting(&p2, &|| false, &mut || contended = true).unwrap();
+            (g, contended)
+        });
+        std::thread::sleep(Duration::from_millis(250));
+        drop(first);
+        let (_g, contended) = waiter.join().unwrap();
+        assert!(contended);
+    }
+
+    #[test]
+    fn a_cancelled_waiter_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.lock");
+        let _held = try_lock(&path).unwrap().unwrap();
+        let r = lock_waiting(&path, &|| true, &mut || {});
+        assert!(matches!(r, Err(LockWaitError::Cancelled)));
+    }
+
+    #[test]
+    fn a_symlinked_lock_file_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"keep").unwrap();
+        let link = dir.path().join("m.lock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(try_lock(&link).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    }
+}

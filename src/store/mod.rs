@@ -1,0 +1,656 @@
+//! The Shared Local Model Store on disk (convention schema v1).
+//!
+//! ```text
+//! $MODELS_HOME/
+//!   blobs/sha256/<aa>/<hex>/data                verified bytes, never written again
+//!   blobs/sha256/<aa>/.partial-<hex>/data.tmp   a download in progress
+//!   manifests/<name>.json                       name -> blob
+//!   locks/<name>.lock                           advisory flock held by a producer
+//!   locks/quarantine/<timestamp>-<reason>.bin   bytes that failed verification
+//! ```
+//!
+//! This module owns every path under the root and the file-level rules:
+//! names are validated before a path is built ([`ModelName`]), manifests are
+//! written atomically (tmp, fsync, rename, fsync dir), a blob appears under
+//! its digest only through [`Store::publish_blob`], and files are opened with
+//! `O_NOFOLLOW` when written so a planted symlink cannot redirect a write
+//! outside the root. It knows nothing about HTTP or FUSE.
+
+pub mod lock;
+pub mod manifest;
+pub mod name;
+pub mod timestamp;
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use manifest::{Manifest, ManifestError, Source};
+pub use name::{ModelName, NameError};
+
+use crate::digest::Sha256;
+
+/// Errors of store operations; each names the path involved.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The store root could not be determined (no `--store`, no env vars).
+    NoRoot,
+    /// The root is missing or not a directory.
+    BadRoot {
+        root: PathBuf,
+        reason: String,
+    },
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
+    Manifest {
+        path: PathBuf,
+        source: ManifestError,
+    },
+    /// A path the store would write is a symlink or not a regular file.
+    Unsafe {
+        path: PathBuf,
+    },
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoRoot => f.write_str(
+                "cannot find the model store: pass --store DIR or set MODELS_HOME (or HOME for the default ~/.local/share/models)",
+            ),
+            Self::BadRoot { root, reason } => write!(f, "model store {}: {reason}", root.display()),
+            Self::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Self::Manifest { path, source } => write!(f, "{}: {source}", path.display()),
+            Self::Unsafe { path } => {
+                write!(f, "{}: refusing to write through a symlink or non-regular file", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            Self::Manifest { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl StoreError {
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The underlying OS error, if any (for ENOSPC and friends).
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Self::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// What the store holds for one digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobState {
+    /// `blobs/.../<hex>/data` exists; its size.
+    Present(u64),
+    /// A partial download of this many bytes exists.
+    Partial(u64),
+    Absent,
+}
+
+/// Resolves the store root: `explicit`, else `$MODELS_HOME`, else
+/// `${XDG_DATA_HOME:-$HOME/.local/share}/models`.
+pub fn resolve_root(explicit: Option<&Path>) -> Result<PathBuf, StoreError> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = env("MODELS_HOME") {
+        return Ok(p);
+    }
+    if let Some(p) = env("XDG_DATA_HOME") {
+        return Ok(p.join("models"));
+    }
+    env("HOME")
+        .map(|h| h.join(".local/share/models"))
+        .ok_or(StoreError::NoRoot)
+}
+
+/// A model store rooted at a directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens an existing store root without creating anything.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        match fs::metadata(&root) {
+            Ok(m) if m.is_dir() => Ok(Self { root }),
+            Ok(_) => Err(StoreError::BadRoot {
+                root,
+                reason: "is not a directory".into(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::BadRoot {
+                root,
+                reason: "does not exist (create it, or add a model with `modelfs add`)".into(),
+            }),
+            Err(e) => Err(StoreError::BadRoot {
+                root,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Opens the store, creating the root and its top-level folders.
+    pub fn create(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let store = Self { root: root.into() };
+        for dir in [
+            store.manifests_dir(),
+            store.locks_dir(),
+            store.root.join("blobs/sha256"),
+            store.quarantine_dir(),
+        ] {
+            fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.root.join("manifests")
+    }
+
+    pub fn locks_dir(&self) -> PathBuf {
+        self.root.join("locks")
+    }
+
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.root.join("locks/quarantine")
+    }
+
+    fn fanout_dir(&self, d: &Sha256) -> PathBuf {
+        self.root.join("blobs/sha256").join(&d.to_hex()[..2])
+    }
+
+    /// `blobs/sha256/<aa>/<hex>/data`
+    pub fn blob_path(&self, d: &Sha256) -> PathBuf {
+        self.fanout_dir(d).join(d.to_hex()).join("data")
+    }
+
+    /// `blobs/sha256/<aa>/.partial-<hex>/data.tmp`
+    pub fn partial_path(&self, d: &Sha256) -> PathBuf {
+        self.fanout_dir(d)
+            .join(format!(".partial-{}", d.to_hex()))
+            .join("data.tmp")
+    }
+
+    pub fn manifest_path(&self, name: &ModelName) -> PathBuf {
+        self.manifests_dir().join(format!("{name}.json"))
+    }
+
+    pub fn lock_path(&self, name: &ModelName) -> PathBuf {
+        self.locks_dir().join(format!("{name}.lock"))
+    }
+
+    /// Reads one manifest; `Ok(None)` if there is none.
+    pub fn read_manifest(&self, name: &ModelName) -> Result<Option<Manifest>, StoreError> {
+        let path = self.manifest_path(name);
+        let bytes = match read_bounded(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(&path, e)),
+        };
+        Manifest::parse(&bytes, name.as_str())
+            .map(Some)
+            .map_err(|source| StoreError::Manifest { path, source })
+    }
+
+    /// Every manifest in `manifests/`, sorted by name. Files that are not
+    /// `<valid-name>.json` regular files are skipped; manifests that fail to
+    /// parse are returned as errors so callers can report them.
+    pub fn list_manifests(&self) -> Result<Vec<Result<Manifest, StoreError>>, StoreError> {
+        let dir = self.manifests_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::io(&dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
+            let file_name = entry.file_name();
+            let Some(name) = manifest_file_stem(&file_name) else {
+                continue;
+            };
+            let Ok(name) = ModelName::parse(name) else {
+                log::warn!(
+                    "ignoring manifest {:?}: not a valid model name",
+                    entry.path()
+                );
+                continue;
+            };
+            match entry.file_type() {
+                Ok(t) if t.is_file() => {}
+                _ => {
+                    log::warn!(
+                        "ignoring {}: not a regular file (symlinks are not followed)",
+                        entry.path().display()
+                    );
+                    continue;
+                }
+            }
+            match self.read_manifest(&name) {
+                Ok(Some(m)) => out.push(Ok(m)),
+                Ok(None) => {} // removed while we listed
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        out.sort_by(|a, b| match (a, b) {
+            (Ok(a), Ok(b)) => a.name.cmp(&b.name),
+            (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+            (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+            (Err(a), Err(b)) => a.to_string().cmp(&b.to_string()),
+        });
+        Ok(out)
+    }
+
+    /// Writes a manifest atomically: `<name>.json.tmp`, fsync, rename,
+    /// fsync of the directory.
+    pub fn write_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
+        let dir = self.manifests_dir();
+        fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        let path = self.manifest_path(&m.name);
+        refuse_symlink(&path)?;
+        let tmp = dir.join(format!("{}.json.tmp", m.name));
+        let _ = fs::remove_file(&tmp);
+        let mut f = create_new_file(&tmp)?;
+        f.write_all(&m.to_json_bytes())
+            .map_err(|e| StoreError::io(&tmp, e))?;
+        f.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
+        sync_dir(&dir)
+    }
+
+    /// Removes a manifest; `Ok(false)` if there was none.
+    pub fn remove_manifest(&self, name: &ModelName) -> Result<bool, StoreError> {
+        let path = self.manifest_path(name);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.manifests_dir()).map(|_| true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::io(&path, e)),
+        }
+    }
+
+    /// Present, partial or absent; never reads the bytes.
+    pub fn blob_state(&self, d: &Sha256) -> BlobState {
+        if let Ok(m) = fs::symlink_metadata(self.blob_path(d))
+            && m.is_file()
+        {
+            return BlobState::Present(m.len());
+        }
+        match fs::symlink_metadata(self.partial_path(d)) {
+            Ok(m) if m.is_file() => BlobState::Partial(m.len()),
+            _ => BlobState::Absent,
+        }
+    }
+
+    /// Opens (creating) the partial file for `d` for appending, never
+    /// through a symlink.
+    pub fn open_partial(&self, d: &Sha256) -> Result<File, StoreError> {
+        let path = self.partial_path(d);
+        let dir = path.parent().expect("partial path has a parent");
+        fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))
+    }
+
+    /// Moves a verified partial into place under its digest: `sync_all`,
+    /// rename, fsync of both directories, removal of the partial folder.
+    /// The caller has checked the digest.
+    pub fn publish_blob(&self, d: &Sha256, partial: &File) -> Result<PathBuf, StoreError> {
+        let src = self.partial_path(d);
+        let dst = self.blob_path(d);
+        partial.sync_all().map_err(|e| StoreError::io(&src, e))?;
+        let dst_dir = dst.parent().expect("blob path has a parent");
+        fs::create_dir_all(dst_dir).map_err(|e| StoreError::io(dst_dir, e))?;
+        refuse_symlink(&dst)?;
+        fs::rename(&src, &dst).map_err(|e| StoreError::io(&dst, e))?;
+        sync_dir(dst_dir)?;
+        let partial_dir = src.parent().expect("partial path has a parent");
+        let _ = fs::remove_dir(partial_dir);
+        sync_dir(&self.fanout_dir(d))?;
+        Ok(dst)
+    }
+
+    /// Moves `path` into quarantine as
+    /// `<timestamp>-<reason>-<pid>-<seq>.bin` with `RENAME_NOREPLACE`, so
+    /// two failures, even in the same nanosecond, keep both files.
+    pub fn quarantine(&self, path: &Path, reason: &str) -> Result<PathBuf, StoreError> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let qdir = self.quarantine_dir();
+        fs::create_dir_all(&qdir).map_err(|e| StoreError::io(&qdir, e))?;
+        let reason: String = reason
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(96)
+            .collect();
+        let now = std::time::SystemTime::now();
+        let stamp = timestamp::format_rfc3339(now).replace([':', '-'], "");
+        let nanos = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        loop {
+            let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+            let dst = qdir.join(format!(
+                "{stamp}.{nanos:09}-{reason}-{}-{seq}.bin",
+                std::process::id()
+            ));
+            match rename_noreplace(path, &dst) {
+                Ok(()) => {
+                    sync_dir(&qdir)?;
+                    return Ok(dst);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+                Err(e) => return Err(StoreError::io(path, e)),
+            }
+        }
+    }
+
+    /// Every blob digest present under `blobs/sha256`, with its size.
+    pub fn list_blobs(&self) -> Result<Vec<(Sha256, u64)>, StoreError> {
+        Ok(self.scan_blob_dirs()?.0)
+    }
+
+    /// Every partial download under `blobs/sha256`, with its size.
+    pub fn list_partials(&self) -> Result<Vec<(Sha256, u64)>, StoreError> {
+        Ok(self.scan_blob_dirs()?.1)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn scan_blob_dirs(&self) -> Result<(Vec<(Sha256, u64)>, Vec<(Sha256, u64)>), StoreError> {
+        let top = self.root.join("blobs/sha256");
+        let (mut blobs, mut partials) = (Vec::new(), Vec::new());
+        let Ok(fanouts) = fs::read_dir(&top) else {
+            return Ok((blobs, partials));
+        };
+        for fan in fanouts.flatten() {
+            let Ok(inner) = fs::read_dir(fan.path()) else {
+                continue;
+            };
+            for e in inner.flatten() {
+                let fname = e.file_name();
+                let fname = fname.to_string_lossy();
+                let (hex, partial) = match fname.strip_prefix(".partial-") {
+                    Some(h) => (h.to_string(), true),
+                    None => (fname.to_string(), false),
+                };
+                let Ok(d) = Sha256::from_hex(&hex) else {
+                    continue;
+                };
+                let path = if partial {
+                    self.partial_path(&d)
+                } else {
+                    self.blob_path(&d)
+                };
+                if let Ok(m) = fs::symlink_metadata(&path)
+                    && m.is_file()
+                {
+                    if partial { &mut partials } else { &mut blobs }.push((d, m.len()));
+                }
+            }
+        }
+        blobs.sort();
+        partials.sort();
+        Ok((blobs, partials))
+    }
+}
+
+/// `x.json` → `Some("x")`; anything else (tmp files, dotfiles) → `None`.
+fn manifest_file_stem(f: &std::ffi::OsStr) -> Option<&str> {
+    std::str::from_utf8(f.as_bytes())
+        .ok()?
+        .strip_suffix(".json")
+}
+
+fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let mut buf = Vec::new();
+    f.take(manifest::MAX_MANIFEST_BYTES as u64 + 1)
+        .read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+fn create_new_file(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| StoreError::io(path, e))
+}
+
+/// Refuses to replace a path that is a symlink or a non-regular file.
+fn refuse_symlink(path: &Path) -> Result<(), StoreError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => Err(StoreError::Unsafe {
+            path: path.to_path_buf(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// fsyncs a directory so a rename in it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(dir, e))
+}
+
+fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (s, d) = (c(src)?, c(dst)?);
+    // SAFETY: both are valid NUL-terminated paths.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            s.as_ptr(),
+            libc::AT_FDCWD,
+            d.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The device id of a path, to tell whether a hard link can reach it.
+pub fn device_of(path: &Path) -> io::Result<u64> {
+    fs::metadata(path).map(|m| m.dev())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(name: &str, data: &[u8]) -> Manifest {
+        Manifest::new(
+            ModelName::parse(name).unwrap(),
+            "gguf",
+            Sha256::of(data),
+            data.len() as u64,
+            Source::default(),
+        )
+    }
+
+    #[test]
+    fn paths_follow_the_convention_exactly() {
+        let s = Store {
+            root: PathBuf::from("/m"),
+        };
+        let d = Sha256::of(b"x");
+        let hex = d.to_hex();
+        assert_eq!(
+            s.blob_path(&d),
+            PathBuf::from(format!("/m/blobs/sha256/{}/{hex}/data", &hex[..2]))
+        );
+        assert_eq!(
+            s.partial_path(&d),
+            PathBuf::from(format!(
+                "/m/blobs/sha256/{}/.partial-{hex}/data.tmp",
+                &hex[..2]
+            ))
+        );
+        let n = ModelName::parse("llama").unwrap();
+        assert_eq!(
+            s.manifest_path(&n),
+            PathBuf::from("/m/manifests/llama.json")
+        );
+        assert_eq!(s.lock_path(&n), PathBuf::from("/m/locks/llama.lock"));
+        assert_eq!(s.quarantine_dir(), PathBuf::from("/m/locks/quarantine"));
+    }
+
+    #[test]
+    fn manifests_are_written_atomically_and_listed_sorted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path()).unwrap();
+        s.write_manifest(&manifest("b", b"2")).unwrap();
+        s.write_manifest(&manifest("a", b"1")).unwrap();
+        let names: Vec<_> = s
+            .list_manifests()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.unwrap().name.to_string())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(!s.manifests_dir().join("a.json.tmp").exists());
+        assert!(s.remove_manifest(&ModelName::parse("a").unwrap()).unwrap());
+        assert!(!s.remove_manifest(&ModelName::parse("a").unwrap()).unwrap());
+    }
+
+    #[test]
+    fn listing_reports_bad_manifests_and_skips_symlinks_and_stray_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path()).unwrap();
+        s.write_manifest(&manifest("good", b"1")).unwrap();
+        fs::write(s.manifests_dir().join("broken.json"), b"{").unwrap();
+        fs::write(s.manifests_dir().join("notes.txt"), b"hi").unwrap();
+        fs::write(s.manifests_dir().join("..json"), b"{}").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", s.manifests_dir().join("evil.json")).unwrap();
+        let listed = s.list_manifests().unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].as_ref().unwrap().name.as_str(), "good");
+        assert!(
+            listed[1]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("broken.json")
+        );
+    }
+
+    #[test]
+    fn a_symlink_planted_at_a_manifest_path_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path()).unwrap();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, b"keep").unwrap();
+        std::os::unix::fs::symlink(&outside, s.manifests_dir().join("m.json")).unwrap();
+        assert!(matches!(
+            s.write_manifest(&manifest("m", b"1")),
+            Err(StoreError::Unsafe { .. })
+        ));
+        assert_eq!(fs::read(&outside).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn publishing_a_partial_makes_the_blob_present_and_removes_the_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path()).unwrap();
+        let d = Sha256::of(b"hello");
+        let mut f = s.open_partial(&d).unwrap();
+        f.write_all(b"hello").unwrap();
+        assert_eq!(s.blob_state(&d), BlobState::Partial(5));
+        assert_eq!(s.list_partials().unwrap(), vec![(d, 5)]);
+        s.publish_blob(&d, &f).unwrap();
+        assert_eq!(s.blob_state(&d), BlobState::Present(5));
+        assert_eq!(fs::read(s.blob_path(&d)).unwrap(), b"hello");
+        assert!(!s.partial_path(&d).parent().unwrap().exists());
+        assert_eq!(s.list_blobs().unwrap(), vec![(d, 5)]);
+    }
+
+    #[test]
+    fn two_quarantines_in_the_same_instant_keep_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path()).unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, b"A").unwrap();
+        fs::write(&b, b"B").unwrap();
+        let qa = s.quarantine(&a, "sha256 mismatch/evil").unwrap();
+        let qb = s.quarantine(&b, "sha256 mismatch/evil").unwrap();
+        assert_ne!(qa, qb);
+        assert!(
+            qa.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains("sha256_mismatch_evil")
+        );
+        assert_eq!(fs::read(qa).unwrap(), b"A");
+        assert_eq!(fs::read(qb).unwrap(), b"B");
+    }
+
+    #[test]
+    fn the_root_comes_from_the_flag_then_models_home_then_xdg() {
+        // Environment is process-global: only the explicit flag is tested here;
+        // the env fallbacks are covered by the CLI tests in tests/.
+        assert_eq!(
+            resolve_root(Some(Path::new("/x"))).unwrap(),
+            PathBuf::from("/x")
+        );
+    }
+}
