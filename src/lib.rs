@@ -5,5 +5,10 @@
 //! `fuse` ← `cli`. Nothing below `fuse` knows fuser exists; nothing below
 //! `fetch` knows HTTP exists.
 
+// Errors carry the model, URL and digests a user needs to act; they are
+// built only on failure, so their size does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod digest;
 pub mod store;
+pub mod fetch;

@@ -1,0 +1,228 @@
+//! Errors of the fetch pipeline.
+//!
+//! Every [`FetchError`] names the model and, once known, the URL; its
+//! [`FetchErrorKind`] says what went wrong and [`FetchError::hint`] what the
+//! user can do. [`FetchErrorKind::is_transient`] is the single place that
+//! decides what the retry loop retries.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::digest::Sha256;
+use crate::store::StoreError;
+
+/// What went wrong while fetching a blob.
+#[derive(Debug)]
+pub enum FetchErrorKind {
+    /// The manifest has no `source.url` and no resolvable registry source.
+    NoSource,
+    /// A URL (given, or reached by a redirect) is not `https://`.
+    InsecureUrl(String),
+    /// The URL could not be parsed.
+    BadUrl(String),
+    /// The server answered with this status.
+    Status { code: u16, retry_after: Option<Duration> },
+    /// Connecting, resolving or reading failed (resets, refused, DNS).
+    Network(String),
+    /// No byte arrived for the stall timeout.
+    Stalled(Duration),
+    /// Certificate or handshake failure.
+    Tls(String),
+    /// Too many redirects, or one without a usable `Location`.
+    Redirect(String),
+    /// The server announced a length other than the manifest's size.
+    LengthMismatch { expected: u64, announced: u64 },
+    /// The server sent more bytes than the manifest's size.
+    TooLong { expected: u64 },
+    /// The bytes hash to another digest; they were moved to quarantine.
+    DigestMismatch { expected: Sha256, actual: Sha256, quarantined: Option<PathBuf> },
+    /// Not enough free space for the rest of the file.
+    NoSpace { needed: u64, available: u64 },
+    /// Reading or writing the store failed.
+    Store(StoreError),
+    /// The caller gave up (shutdown, every waiter left).
+    Cancelled,
+}
+
+impl FetchErrorKind {
+    /// Whether trying again later may succeed without anyone changing
+    /// anything: the retry loop retries exactly these.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Status { code, .. } => matches!(code, 408 | 425 | 429 | 500..=599),
+            Self::Network(_) | Self::Stalled(_) => true,
+            Self::NoSource
+            | Self::InsecureUrl(_)
+            | Self::BadUrl(_)
+            | Self::Tls(_)
+            | Self::Redirect(_)
+            | Self::LengthMismatch { .. }
+            | Self::TooLong { .. }
+            | Self::DigestMismatch { .. }
+            | Self::NoSpace { .. }
+            | Self::Store(_)
+            | Self::Cancelled => false,
+        }
+    }
+
+    /// The OS error behind a store failure (ENOSPC, EACCES, …).
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Self::NoSpace { .. } => Some(libc::ENOSPC),
+            Self::Store(e) => e.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for FetchErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoSource => f.write_str("the manifest has no source.url and no Hugging Face source to fetch from"),
+            Self::InsecureUrl(u) => write!(f, "refusing non-https URL {u}"),
+            Self::BadUrl(u) => write!(f, "cannot parse URL {u:?}"),
+            Self::Status { code, .. } => write!(f, "server answered HTTP {code}"),
+            Self::Network(d) => write!(f, "network error: {d}"),
+            Self::Stalled(t) => write!(f, "no data received for {} s", t.as_secs()),
+            Self::Tls(d) => write!(f, "TLS error: {d}"),
+            Self::Redirect(d) => write!(f, "bad redirect: {d}"),
+            Self::LengthMismatch { expected, announced } => {
+                write!(f, "server announced {announced} bytes but the manifest says {expected}")
+            }
+            Self::TooLong { expected } => write!(f, "server sent more than the manifest's {expected} bytes"),
+            Self::DigestMismatch { expected, actual, quarantined } => {
+                write!(f, "SHA-256 mismatch: expected {expected}, got {actual}")?;
+                if let Some(q) = quarantined {
+                    write!(f, " (bytes moved to {})", q.display())?;
+                }
+                Ok(())
+            }
+            Self::NoSpace { needed, available } => write!(
+                f,
+                "not enough disk space: {} more needed, {} available",
+                human_bytes(*needed),
+                human_bytes(*available)
+            ),
+            Self::Store(e) => write!(f, "store error: {e}"),
+            Self::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
+/// A failed fetch of one model.
+#[derive(Debug)]
+pub struct FetchError {
+    pub model: String,
+    pub url: Option<String>,
+    pub kind: FetchErrorKind,
+    /// How many HTTP attempts were made.
+    pub attempts: u32,
+}
+
+impl FetchError {
+    pub fn new(model: impl Into<String>, url: Option<&str>, kind: FetchErrorKind) -> Self {
+        Self { model: model.into(), url: url.map(str::to_string), kind, attempts: 0 }
+    }
+
+    /// What the user can do about it.
+    pub fn hint(&self) -> &'static str {
+        match &self.kind {
+            FetchErrorKind::NoSource => "re-add the model with `modelfs add NAME --url URL --sha256 HEX`",
+            FetchErrorKind::InsecureUrl(_) | FetchErrorKind::BadUrl(_) => {
+                "use an https:// URL (modelfs never downloads over plain HTTP)"
+            }
+            FetchErrorKind::Status { code: 401 | 403, .. } => {
+                "the server refused access: for gated Hugging Face models set HF_TOKEN"
+            }
+            FetchErrorKind::Status { code: 404 | 410, .. } => "check the URL, repository, revision and file name",
+            FetchErrorKind::Status { .. } | FetchErrorKind::Network(_) | FetchErrorKind::Stalled(_) => {
+                "check the network and the server; the next open or `modelfs pull` resumes the download"
+            }
+            FetchErrorKind::Tls(_) => {
+                "check the server's certificate; for a private mirror pass --ca-file (or -o ca_file=) or set SSL_CERT_FILE"
+            }
+            FetchErrorKind::Redirect(_) => "check the URL; redirects must stay on https://",
+            FetchErrorKind::LengthMismatch { .. } | FetchErrorKind::TooLong { .. } => {
+                "the server's file is not the one the manifest pins: check the URL and the manifest's size_bytes"
+            }
+            FetchErrorKind::DigestMismatch { .. } => {
+                "the server's file is not the one the manifest pins: check the URL and sha256, or re-add the model"
+            }
+            FetchErrorKind::NoSpace { .. } => "free disk space in the store and try again",
+            FetchErrorKind::Store(_) => "check permissions and space of the store directory",
+            FetchErrorKind::Cancelled => "open the file again or run `modelfs pull` to continue",
+        }
+    }
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "fetching model {:?}", self.model)?;
+        if let Some(u) = &self.url {
+            write!(f, " from {}", redact_url(u))?;
+        }
+        write!(f, " failed: {}", self.kind)?;
+        if self.attempts > 1 {
+            write!(f, " (after {} attempts)", self.attempts)?;
+        }
+        write!(f, "; {}", self.hint())
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+/// Drops a query string (signed CDN URLs carry credentials there) and any
+/// userinfo, so URLs can be logged.
+pub fn redact_url(u: &str) -> String {
+    let no_query = u.split(['?', '#']).next().unwrap_or(u);
+    match no_query.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/') {
+            Some((auth, path)) => {
+                let host = auth.rsplit('@').next().unwrap_or(auth);
+                format!("{scheme}://{host}/{path}")
+            }
+            None => format!("{scheme}://{}", rest.rsplit('@').next().unwrap_or(rest)),
+        },
+        None => no_query.to_string(),
+    }
+}
+
+/// `1536` → `1.5 KiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[i]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_and_stalls_are_retried_but_client_errors_are_not() {
+        let st = |code| FetchErrorKind::Status { code, retry_after: None };
+        assert!(st(500).is_transient() && st(503).is_transient() && st(429).is_transient());
+        assert!(!st(404).is_transient() && !st(401).is_transient() && !st(403).is_transient());
+        assert!(FetchErrorKind::Stalled(Duration::from_secs(1)).is_transient());
+        assert!(!FetchErrorKind::Tls("bad cert".into()).is_transient());
+        assert!(!FetchErrorKind::NoSpace { needed: 1, available: 0 }.is_transient());
+    }
+
+    #[test]
+    fn messages_name_the_model_the_url_and_what_to_do() {
+        let e = FetchError::new("llama", Some("https://u:p@h.example/f.gguf?sig=secret"), FetchErrorKind::NoSpace {
+            needed: 3 << 30,
+            available: 1 << 20,
+        });
+        let s = e.to_string();
+        assert!(s.contains("\"llama\"") && s.contains("https://h.example/f.gguf") && s.contains("3.0 GiB"), "{s}");
+        assert!(s.contains("free disk space"), "{s}");
+        assert!(!s.contains("secret") && !s.contains("u:p"), "{s}");
+    }
+}

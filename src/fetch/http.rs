@@ -1,0 +1,358 @@
+//! The HTTPS transport: one configured `ureq` agent and the few requests
+//! the pipeline makes (a ranged GET, a HEAD).
+//!
+//! Promises: every request and every redirect hop is `https://`; redirects
+//! are followed here, hop by hop, so the Hugging Face token is attached only
+//! to requests whose host is the Hugging Face endpoint's host and never
+//! forwarded to the host a redirect leads to (CDNs get signed URLs instead);
+//! trust is the system's roots (`SSL_CERT_FILE`, else the Debian bundle,
+//! else the bundled Mozilla roots) plus an optional CA file; proxies come
+//! from `HTTPS_PROXY`/`ALL_PROXY`/`NO_PROXY`; a read that gets no byte for
+//! the stall timeout fails. It does not retry: the pipeline decides that.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ureq::Agent;
+use ureq::http::{HeaderMap, Response, Uri};
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+
+use super::error::FetchErrorKind;
+
+/// The Hugging Face endpoint; `HF_ENDPOINT` overrides it (mirrors, tests).
+pub const DEFAULT_HF_ENDPOINT: &str = "https://huggingface.co";
+/// Redirect hops followed before giving up.
+pub const MAX_REDIRECTS: u32 = 10;
+/// Where Debian keeps the system trust store.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// How the transport is set up.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// An extra PEM CA bundle to trust (private mirrors).
+    pub ca_file: Option<PathBuf>,
+    /// Fail a read after this long without a byte.
+    pub stall_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// The Hugging Face endpoint whose host may receive `hf_token`.
+    pub hf_endpoint: String,
+    pub hf_token: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            stall_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(15),
+            hf_endpoint: DEFAULT_HF_ENDPOINT.to_string(),
+            hf_token: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Defaults plus `HF_ENDPOINT`, `HF_TOKEN`, and `ca_file`.
+    pub fn from_env(ca_file: Option<PathBuf>) -> Self {
+        let var = |k| std::env::var(k).ok().filter(|v: &String| !v.trim().is_empty());
+        Self {
+            ca_file,
+            hf_endpoint: var("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_HF_ENDPOINT.to_string()),
+            hf_token: var("HF_TOKEN").map(|t| t.trim().to_string()),
+            ..Self::default()
+        }
+    }
+}
+
+/// A response whose body has not been read yet.
+pub struct Fetched {
+    pub status: u16,
+    /// The URL that answered, after redirects.
+    pub final_url: String,
+    pub headers: HeaderMap,
+    body: Box<dyn Read + Send>,
+}
+
+impl Fetched {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn content_length(&self) -> Option<u64> {
+        self.header("content-length")?.trim().parse().ok()
+    }
+
+    /// `Content-Range: bytes START-END/TOTAL` → `(START, TOTAL)`.
+    pub fn content_range(&self) -> Option<(u64, Option<u64>)> {
+        let v = self.header("content-range")?.trim().strip_prefix("bytes ")?;
+        let (range, total) = v.split_once('/')?;
+        let start = range.split_once('-')?.0.trim().parse().ok()?;
+        Some((start, total.trim().parse().ok()))
+    }
+
+    /// `Retry-After` in seconds (the HTTP-date form is rare and ignored).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.header("retry-after")?.trim().parse().ok().map(Duration::from_secs)
+    }
+
+    /// Reads the body; errors are classified like transport errors.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, FetchErrorKind> {
+        loop {
+            match self.body.read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(classify_io(&e, None)),
+            }
+        }
+    }
+}
+
+/// The configured agent.
+pub struct Http {
+    agent: Agent,
+    config: HttpConfig,
+    hf_host: Option<String>,
+}
+
+impl Http {
+    pub fn new(config: HttpConfig) -> Result<Self, FetchErrorKind> {
+        let roots = load_roots(config.ca_file.as_deref())?;
+        let tls = TlsConfig::builder().root_certs(roots).build();
+        let agent: Agent = Agent::config_builder()
+            .tls_config(tls)
+            .https_only(true)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_connect(Some(config.connect_timeout))
+            .timeout_per_read(Some(config.stall_timeout))
+            .timeout_recv_response(Some(config.stall_timeout))
+            .user_agent(format!("modelfs/{}", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        let hf_host = host_of(&config.hf_endpoint);
+        Ok(Self { agent, config, hf_host })
+    }
+
+    pub fn config(&self) -> &HttpConfig {
+        &self.config
+    }
+
+    /// `GET url` from byte `from` on (a `Range` request when `from > 0`),
+    /// following redirects. Any status is returned; transport failures are
+    /// errors.
+    pub fn get(&self, url: &str, from: u64) -> Result<Fetched, FetchErrorKind> {
+        self.send(url, |agent, hop| {
+            let mut req = agent.get(hop).header("Accept-Encoding", "identity");
+            if from > 0 {
+                req = req.header("Range", format!("bytes={from}-"));
+            }
+            if let Some(auth) = self.auth_for(hop) {
+                req = req.header("Authorization", auth);
+            }
+            req.call()
+        })
+    }
+
+    /// `HEAD url`; follows redirects only when `follow` is set (Hugging
+    /// Face puts the file's digest on the first, redirecting answer).
+    pub fn head(&self, url: &str, follow: bool) -> Result<Fetched, FetchErrorKind> {
+        let one = |agent: &Agent, hop: &str| {
+            let mut req = agent.head(hop).header("Accept-Encoding", "identity");
+            if let Some(auth) = self.auth_for(hop) {
+                req = req.header("Authorization", auth);
+            }
+            req.call()
+        };
+        if follow {
+            self.send(url, one)
+        } else {
+            require_https(url)?;
+            let resp = one(&self.agent, url).map_err(|e| classify_ureq(e, url))?;
+            Ok(into_fetched(resp, url))
+        }
+    }
+
+    /// The `Authorization` header for this exact URL, if any.
+    fn auth_for(&self, url: &str) -> Option<String> {
+        let token = self.config.hf_token.as_ref()?;
+        let host = host_of(url)?;
+        (Some(&host) == self.hf_host.as_ref()).then(|| format!("Bearer {token}"))
+    }
+
+    fn send(
+        &self,
+        url: &str,
+        call: impl Fn(&Agent, &str) -> Result<Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Fetched, FetchErrorKind> {
+        let mut hop = url.to_string();
+        for _ in 0..=MAX_REDIRECTS {
+            require_https(&hop)?;
+            let resp = call(&self.agent, &hop).map_err(|e| classify_ureq(e, &hop))?;
+            let status = resp.status().as_u16();
+            if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+                return Ok(into_fetched(resp, &hop));
+            }
+            let location = resp
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| FetchErrorKind::Redirect(format!("HTTP {status} without a Location header")))?;
+            hop = resolve_location(&hop, location)?;
+            log::debug!("redirected to {}", super::error::redact_url(&hop));
+        }
+        Err(FetchErrorKind::Redirect(format!("more than {MAX_REDIRECTS} redirects")))
+    }
+}
+
+fn into_fetched(resp: Response<ureq::Body>, url: &str) -> Fetched {
+    let status = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    Fetched { status, final_url: url.to_string(), headers: parts.headers, body: Box::new(body.into_reader()) }
+}
+
+fn require_https(url: &str) -> Result<(), FetchErrorKind> {
+    if url.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://")) {
+        Ok(())
+    } else {
+        Err(FetchErrorKind::InsecureUrl(super::error::redact_url(url)))
+    }
+}
+
+/// The lowercase host of an absolute URL.
+pub fn host_of(url: &str) -> Option<String> {
+    url.parse::<Uri>().ok()?.host().map(str::to_ascii_lowercase)
+}
+
+/// Resolves a `Location` against the URL that sent it.
+fn resolve_location(base: &str, location: &str) -> Result<String, FetchErrorKind> {
+    if location.contains("://") {
+        return Ok(location.to_string());
+    }
+    let uri: Uri = base.parse().map_err(|_| FetchErrorKind::BadUrl(base.to_string()))?;
+    let origin = format!(
+        "{}://{}",
+        uri.scheme_str().unwrap_or("https"),
+        uri.authority().map(|a| a.as_str()).unwrap_or_default()
+    );
+    if let Some(rest) = location.strip_prefix("//") {
+        return Ok(format!("{}://{rest}", uri.scheme_str().unwrap_or("https")));
+    }
+    if location.starts_with('/') {
+        return Ok(format!("{origin}{location}"));
+    }
+    let dir = uri.path().rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+    Ok(format!("{origin}{dir}/{location}"))
+}
+
+fn classify_ureq(e: ureq::Error, url: &str) -> FetchErrorKind {
+    use ureq::Error as E;
+    match e {
+        E::Io(io) => classify_io(&io, Some(url)),
+        E::Timeout(t) => match t {
+            ureq::Timeout::Connect | ureq::Timeout::Resolve => FetchErrorKind::Network(format!("timed out: {t}")),
+            _ => FetchErrorKind::Stalled(Duration::ZERO),
+        },
+        E::HostNotFound => FetchErrorKind::Network("host not found (DNS)".into()),
+        E::ConnectionFailed => FetchErrorKind::Network("connection failed".into()),
+        E::Tls(d) => FetchErrorKind::Tls(d.to_string()),
+        E::Rustls(r) => FetchErrorKind::Tls(r.to_string()),
+        E::Pem(p) => FetchErrorKind::Tls(format!("bad PEM: {p}")),
+        E::RequireHttpsOnly(u) => FetchErrorKind::InsecureUrl(u),
+        E::BadUri(u) => FetchErrorKind::BadUrl(u),
+        E::TooManyRedirects | E::RedirectFailed => FetchErrorKind::Redirect(e.to_string()),
+        E::Protocol(p) => FetchErrorKind::Network(format!("protocol error: {p}")),
+        other => FetchErrorKind::Network(other.to_string()),
+    }
+}
+
+fn classify_io(e: &std::io::Error, url: Option<&str>) -> FetchErrorKind {
+    // ureq wraps its own errors (timeouts, TLS) into io::Error on body reads.
+    let text = e.to_string();
+    if e.kind() == std::io::ErrorKind::TimedOut || text.contains("timeout") {
+        return FetchErrorKind::Stalled(Duration::ZERO);
+    }
+    if text.contains("certificate") || text.contains("tls") || text.contains("TLS") {
+        // A TLS alert mid-stream is a connection problem, not a trust one.
+        if url.is_some() && text.contains("certificate") {
+            return FetchErrorKind::Tls(text);
+        }
+    }
+    FetchErrorKind::Network(text)
+}
+
+/// System roots plus the optional extra CA file.
+fn load_roots(extra: Option<&Path>) -> Result<RootCerts, FetchErrorKind> {
+    let mut certs: Vec<Certificate<'static>> = Vec::new();
+    let system = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from).unwrap_or_else(|| SYSTEM_CA_BUNDLE.into());
+    match std::fs::read(&system) {
+        Ok(pem) => certs.extend(parse_certs(&pem)),
+        Err(e) => log::debug!("no system CA bundle at {}: {e}", system.display()),
+    }
+    if let Some(path) = extra {
+        let pem = std::fs::read(path)
+            .map_err(|e| FetchErrorKind::Tls(format!("cannot read CA file {}: {e}", path.display())))?;
+        let found = parse_certs(&pem);
+        if found.is_empty() {
+            return Err(FetchErrorKind::Tls(format!("CA file {} holds no PEM certificate", path.display())));
+        }
+        certs.extend(found);
+    }
+    if certs.is_empty() {
+        log::debug!("no CA bundle found; using the bundled Mozilla roots");
+        return Ok(RootCerts::WebPki);
+    }
+    Ok(RootCerts::new_with_certs(&certs))
+}
+
+fn parse_certs(pem: &[u8]) -> Vec<Certificate<'static>> {
+    ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http_with_token(endpoint: &str) -> Http {
+        Http::new(HttpConfig { hf_endpoint: endpoint.into(), hf_token: Some("tok".into()), ..HttpConfig::default() })
+            .unwrap()
+    }
+
+    #[test]
+    fn the_token_goes_to_the_hugging_face_host_only() {
+        let h = http_with_token("https://huggingface.co");
+        assert_eq!(h.auth_for("https://huggingface.co/a/b/resolve/main/f").as_deref(), Some("Bearer tok"));
+        assert_eq!(h.auth_for("https://HuggingFace.co/a"), Some("Bearer tok".into()));
+        assert_eq!(h.auth_for("https://cdn-lfs.huggingface.co/a"), None);
+        assert_eq!(h.auth_for("https://huggingface.co.evil.example/a"), None);
+        assert_eq!(h.auth_for("https://evil.example/huggingface.co"), None);
+    }
+
+    #[test]
+    fn relative_and_absolute_locations_resolve_against_the_hop() {
+        let base = "https://a.example:8443/x/y/file?q=1";
+        assert_eq!(resolve_location(base, "/z").unwrap(), "https://a.example:8443/z");
+        assert_eq!(resolve_location(base, "other").unwrap(), "https://a.example:8443/x/y/other");
+        assert_eq!(resolve_location(base, "//b.example/p").unwrap(), "https://b.example/p");
+        assert_eq!(resolve_location(base, "http://c.example/p").unwrap(), "http://c.example/p");
+    }
+
+    #[test]
+    fn plain_http_is_refused_before_any_connection() {
+        let h = Http::new(HttpConfig::default()).unwrap();
+        assert!(matches!(h.get("http://127.0.0.1:1/x", 0), Err(FetchErrorKind::InsecureUrl(_))));
+        assert!(matches!(h.head("ftp://127.0.0.1:1/x", false), Err(FetchErrorKind::InsecureUrl(_))));
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_a_clear_tls_error() {
+        let cfg = HttpConfig { ca_file: Some("/nonexistent/ca.pem".into()), ..HttpConfig::default() };
+        let err = Http::new(cfg).err().unwrap().to_string();
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    }
+}

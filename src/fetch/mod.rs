@@ -1,0 +1,18 @@
+//! Fetching blobs over HTTPS into the store.
+//!
+//! `http` is the transport (TLS trust, redirects, credentials, proxies);
+//! `pipeline` is the locked fetch → verify → rename sequence built on it;
+//! `retry` and `progress` are its policy and its reporting. Nothing here
+//! knows about FUSE; nothing in `store` knows about HTTP.
+
+pub mod error;
+pub mod http;
+pub mod pipeline;
+pub mod progress;
+pub mod retry;
+
+pub use error::{FetchError, FetchErrorKind};
+pub use http::{Http, HttpConfig};
+pub use pipeline::{FetchJob, FetchOutcome, Fetcher};
+pub use progress::{Phase, Progress};
+pub use retry::RetryPolicy;

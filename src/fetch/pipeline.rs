@@ -1,0 +1,402 @@
+//! The locked fetch → verify → rename pipeline.
+//!
+//! [`Fetcher::fetch`] is the one entry point every caller uses (the CLI's
+//! `pull`, the mount's coordinator). For one manifest it:
+//!
+//! 1. waits for `LOCK_EX` on `locks/<name>.lock` (polling, cancellable), then
+//!    re-checks whether the blob arrived meanwhile;
+//! 2. opens the partial file and holds a lock on it too, so two producers
+//!    of one blob under different names never write the same partial;
+//! 3. keeps a partial's prefix for resuming, re-hashing it, unless it is
+//!    longer than the blob;
+//! 4. checks there is free space for the rest;
+//! 5. streams HTTPS into the partial, hashing in the same pass, resuming with
+//!    `Range` after transient failures, with capped exponential backoff;
+//! 6. compares the digest in constant time; on a mismatch moves the bytes to
+//!    quarantine (and, if the download had resumed, starts over once from
+//!    byte 0 in case the old prefix was the bad part); on a match `sync_all`,
+//!    renames into place and fsyncs the directory;
+//! 7. writes the manifest last when asked to (producer flow).
+//!
+//! Promise: no path under `blobs/sha256/<aa>/<hex>/` ever holds bytes that
+//! do not hash to `<hex>`. Not promised: that the partial survives a failure
+//! other than a transient network one (a digest mismatch quarantines it).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use super::error::{FetchError, FetchErrorKind, redact_url};
+use super::http::Http;
+use super::progress::{Phase, Progress, Reporter};
+use super::retry::RetryPolicy;
+use crate::digest::{Hasher, Sha256};
+use crate::store::lock::{self, LockGuard, LockWaitError};
+use crate::store::{BlobState, Manifest, Store};
+
+/// Size of one read from the network and one write to the partial.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// How a successful fetch went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// The blob was already there (possibly produced by another process
+    /// whose lock we waited for).
+    AlreadyPresent { waited_for_lock: bool },
+    /// We downloaded it; `resumed_from` bytes came from an earlier partial.
+    Downloaded { transferred: u64, resumed_from: u64 },
+}
+
+/// What to fetch and how to report.
+pub struct FetchJob<'a> {
+    pub manifest: &'a Manifest,
+    /// Write the manifest after the blob is in place (producer flow); off
+    /// when the manifest is already on disk as a pending manifest.
+    pub write_manifest: bool,
+    pub progress: Option<Sender<Progress>>,
+    /// Set to abandon the fetch; the partial is kept for resuming.
+    pub cancel: &'a AtomicBool,
+}
+
+/// Fetches blobs into one store.
+pub struct Fetcher {
+    http: Http,
+    policy: RetryPolicy,
+}
+
+impl Fetcher {
+    pub fn new(http: Http, policy: RetryPolicy) -> Self {
+        Self { http, policy }
+    }
+
+    pub fn http(&self) -> &Http {
+        &self.http
+    }
+
+    /// The URL a manifest is fetched from (honouring `HF_ENDPOINT`).
+    pub fn url_for(&self, m: &Manifest) -> Option<String> {
+        let url = m.fetch_url()?;
+        let endpoint = self.http.config().hf_endpoint.trim_end_matches('/');
+        if m.source.url.is_none() && endpoint != super::http::DEFAULT_HF_ENDPOINT {
+            return Some(url.replacen(super::http::DEFAULT_HF_ENDPOINT, endpoint, 1));
+        }
+        Some(url)
+    }
+
+    /// Runs the pipeline for one manifest. See the module doc.
+    pub fn fetch(&self, store: &Store, job: &FetchJob<'_>) -> Result<FetchOutcome, FetchError> {
+        let m = job.manifest;
+        let model = m.name.to_string();
+        let url = self.url_for(m).ok_or_else(|| FetchError::new(&model, None, FetchErrorKind::NoSource))?;
+        let fail = |kind| FetchError::new(&model, Some(&url), kind);
+        let mut reporter = Reporter::new(job.progress.clone());
+        let cancelled = || job.cancel.load(Ordering::Relaxed);
+
+        // Phase 1: the producer lock, then a second look.
+        let mut waited = false;
+        let _name_lock = lock::lock_waiting(&store.lock_path(&m.name), &cancelled, &mut || {
+            waited = true;
+            log::info!("{model}: another process holds {}, waiting for it", store.lock_path(&m.name).display());
+            reporter.report(Phase::WaitingForLock, 0, m.size_bytes, 0);
+        })
+        .map_err(|e| fail(lock_error(store.lock_path(&m.name).as_path(), e)))?;
+        if let BlobState::Present(_) = store.blob_state(&m.blob) {
+            self.write_manifest_if_asked(store, job).map_err(fail)?;
+            return Ok(FetchOutcome::AlreadyPresent { waited_for_lock: waited });
+        }
+
+        // Phases 2-6, at most twice: a mismatch after a resume starts over.
+        let mut may_restart = true;
+        loop {
+            let mut partial = Partial::open(store, &m.blob, m.size_bytes, &cancelled).map_err(fail)?;
+            if partial.offset > 0 {
+                reporter.report(Phase::Rehashing, 0, m.size_bytes, 0);
+                partial.rehash_prefix().map_err(fail)?;
+            }
+            let resumed_from = partial.offset;
+            check_free_space(&store.partial_path(&m.blob), m.size_bytes - partial.offset).map_err(fail)?;
+            let transferred = self.download(&url, &mut partial, &mut reporter, job.cancel).map_err(|(kind, n)| {
+                let mut e = fail(kind);
+                e.attempts = n;
+                e
+            })?;
+            let actual = partial.hasher.clone().finish();
+            if !actual.ct_eq(&m.blob) {
+                let q = store.quarantine(&store.partial_path(&m.blob), &format!("sha256-mismatch-{model}")).ok();
+                log::error!(
+                    "{model}: bytes from {} hash to {actual}, expected {}; quarantined at {:?}",
+                    redact_url(&url),
+                    m.blob,
+                    q
+                );
+                if resumed_from > 0 && may_restart {
+                    log::warn!("{model}: the download had resumed at byte {resumed_from}; starting over from 0");
+                    may_restart = false;
+                    continue;
+                }
+                return Err(fail(FetchErrorKind::DigestMismatch { expected: m.blob, actual, quarantined: q }));
+            }
+            reporter.report(Phase::Publishing, m.size_bytes, m.size_bytes, transferred);
+            store.publish_blob(&m.blob, &partial.file).map_err(|e| fail(FetchErrorKind::Store(e)))?;
+            self.write_manifest_if_asked(store, job).map_err(fail)?;
+            log::info!(
+                "{model}: verified {} ({} bytes, {} fetched)",
+                m.blob.short(),
+                m.size_bytes,
+                super::error::human_bytes(transferred)
+            );
+            return Ok(FetchOutcome::Downloaded { transferred, resumed_from });
+        }
+    }
+
+    fn write_manifest_if_asked(&self, store: &Store, job: &FetchJob<'_>) -> Result<(), FetchErrorKind> {
+        if job.write_manifest {
+            store.write_manifest(job.manifest).map_err(FetchErrorKind::Store)?;
+        }
+        Ok(())
+    }
+
+    /// Phase 5: attempts with backoff until the partial is complete. Returns
+    /// the bytes transferred, or the last error and the number of attempts.
+    fn download(
+        &self,
+        url: &str,
+        p: &mut Partial,
+        reporter: &mut Reporter,
+        cancel: &AtomicBool,
+    ) -> Result<u64, (FetchErrorKind, u32)> {
+        let mut transferred = 0u64;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let result = self.attempt(url, p, reporter, cancel, &mut transferred);
+            let err = match result {
+                Ok(()) => return Ok(transferred),
+                Err(FetchErrorKind::Stalled(_)) => FetchErrorKind::Stalled(self.http.config().stall_timeout),
+                Err(e) => e,
+            };
+            if !err.is_transient() || attempt >= self.policy.max_attempts {
+                return Err((err, attempt));
+            }
+            let retry_after = match &err {
+                FetchErrorKind::Status { retry_after, .. } => *retry_after,
+                _ => None,
+            };
+            let pause = self.policy.backoff(attempt, retry_after);
+            log::warn!(
+                "{}: attempt {attempt} failed at byte {} ({err}); retrying in {:.1} s",
+                redact_url(url),
+                p.offset,
+                pause.as_secs_f64()
+            );
+            reporter.report(Phase::Retrying, p.offset, p.size, transferred);
+            if sleep_unless_cancelled(pause, cancel) {
+                return Err((FetchErrorKind::Cancelled, attempt));
+            }
+        }
+    }
+
+    /// One HTTP request, appending to the partial.
+    fn attempt(
+        &self,
+        url: &str,
+        p: &mut Partial,
+        reporter: &mut Reporter,
+        cancel: &AtomicBool,
+        transferred: &mut u64,
+    ) -> Result<(), FetchErrorKind> {
+        if p.offset == p.size {
+            return Ok(()); // a complete partial from an earlier run
+        }
+        let mut resp = self.http.get(url, p.offset)?;
+        match resp.status {
+            206 => match resp.content_range() {
+                Some((start, total)) if start == p.offset && total.is_none_or(|t| t == p.size) => {}
+                Some((start, Some(total))) if start == p.offset => {
+                    return Err(FetchErrorKind::LengthMismatch { expected: p.size, announced: total });
+                }
+                other => {
+                    log::warn!("{}: unusable Content-Range {other:?}; starting over", redact_url(url));
+                    p.reset()?;
+                    return Err(FetchErrorKind::Network("server answered a Range request with the wrong range".into()));
+                }
+            },
+            200 => {
+                if p.offset > 0 {
+                    log::info!("{}: server ignored Range; starting over from byte 0", redact_url(url));
+                    p.reset()?;
+                }
+            }
+            code => return Err(FetchErrorKind::Status { code, retry_after: resp.retry_after() }),
+        }
+        if let Some(len) = resp.content_length()
+            && len != p.size - p.offset
+        {
+            return Err(FetchErrorKind::LengthMismatch { expected: p.size, announced: p.offset + len });
+        }
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        loop {
+            let n = resp.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            let keep = n.min((p.size - p.offset) as usize);
+            p.append(&buf[..keep])?;
+            *transferred += n as u64;
+            reporter.add(n as u64);
+            reporter.report(Phase::Downloading, p.offset, p.size, *transferred);
+            if keep < n {
+                return Err(FetchErrorKind::TooLong { expected: p.size });
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(FetchErrorKind::Cancelled);
+            }
+        }
+        if p.offset < p.size {
+            return Err(FetchErrorKind::Network(format!(
+                "connection closed after byte {} of {}",
+                p.offset, p.size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The partial file of one blob, locked, with the hash of its prefix.
+struct Partial {
+    file: File,
+    _lock: LockGuard,
+    offset: u64,
+    size: u64,
+    hasher: Hasher,
+    /// Bytes written since the last `sync_file_range` kick.
+    unsynced: u64,
+}
+
+/// Start write-back every this many bytes, so the final `sync_all` before
+/// the rename has little left to do and dirty pages do not pile up.
+const WRITEBACK_EVERY: u64 = 64 << 20;
+
+impl Partial {
+    fn open(store: &Store, d: &Sha256, size: u64, cancelled: &dyn Fn() -> bool) -> Result<Self, FetchErrorKind> {
+        let path = store.partial_path(d);
+        let lock = loop {
+            let file = store.open_partial(d).map_err(FetchErrorKind::Store)?;
+            match lock::try_lock_file(file) {
+                Ok(Some(g)) => break g,
+                Ok(None) if cancelled() => return Err(FetchErrorKind::Cancelled),
+                Ok(None) => std::thread::sleep(lock::LOCK_POLL),
+                Err(e) => return Err(FetchErrorKind::Store(crate::store::StoreError::io(&path, e))),
+            }
+        };
+        let file = lock.file().try_clone().map_err(|e| FetchErrorKind::Store(crate::store::StoreError::io(&path, e)))?;
+        let len = file.metadata().map_err(|e| FetchErrorKind::Store(crate::store::StoreError::io(&path, e)))?.len();
+        let mut p = Self { file, _lock: lock, offset: len, size, hasher: Hasher::new(), unsynced: 0 };
+        if len > size {
+            log::warn!("{}: partial is longer than the blob; starting over", path.display());
+            p.reset()?;
+        }
+        Ok(p)
+    }
+
+    /// Hashes the kept prefix, so the final digest covers every byte.
+    fn rehash_prefix(&mut self) -> Result<(), FetchErrorKind> {
+        let io = |e| FetchErrorKind::Store(crate::store::StoreError::io("partial file", e));
+        self.file.seek(SeekFrom::Start(0)).map_err(io)?;
+        let mut h = Hasher::new();
+        let mut left = self.offset;
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let n = self.file.read(&mut buf[..want]).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            left -= n as u64;
+        }
+        self.offset -= left;
+        self.file.set_len(self.offset).map_err(io)?;
+        self.file.seek(SeekFrom::Start(self.offset)).map_err(io)?;
+        self.hasher = h;
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<(), FetchErrorKind> {
+        let io = |e| FetchErrorKind::Store(crate::store::StoreError::io("partial file", e));
+        self.file.set_len(0).map_err(io)?;
+        self.file.seek(SeekFrom::Start(0)).map_err(io)?;
+        self.offset = 0;
+        self.hasher = Hasher::new();
+        Ok(())
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<(), FetchErrorKind> {
+        if let Err(e) = self.file.write_all(bytes) {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                let available = free_bytes(Path::new("/proc/self/fd").join(self.file.as_raw_fd().to_string()).as_path())
+                    .unwrap_or(0);
+                return Err(FetchErrorKind::NoSpace { needed: self.size - self.offset, available });
+            }
+            // Keep only what reached the file: the hash must cover the file exactly.
+            let _ = self.file.set_len(self.offset);
+            let _ = self.file.seek(SeekFrom::Start(self.offset));
+            return Err(FetchErrorKind::Store(crate::store::StoreError::io("partial file", e)));
+        }
+        self.hasher.update(bytes);
+        self.offset += bytes.len() as u64;
+        self.unsynced += bytes.len() as u64;
+        if self.unsynced >= WRITEBACK_EVERY {
+            self.unsynced = 0;
+            // SAFETY: plain syscall on an owned fd; failure only loses a hint.
+            unsafe {
+                libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lock_error(path: &Path, e: LockWaitError) -> FetchErrorKind {
+    match e {
+        LockWaitError::Cancelled => FetchErrorKind::Cancelled,
+        LockWaitError::Io(e) => FetchErrorKind::Store(crate::store::StoreError::io(path, e)),
+    }
+}
+
+/// Free bytes for an unprivileged writer on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and a zeroed out-struct of the right type.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+fn check_free_space(partial: &Path, needed: u64) -> Result<(), FetchErrorKind> {
+    let dir = partial.parent().unwrap_or(partial);
+    match free_bytes(dir) {
+        Some(available) if available < needed => Err(FetchErrorKind::NoSpace { needed, available }),
+        _ => Ok(()),
+    }
+}
+
+/// Sleeps `d` in short steps; `true` if cancelled meanwhile.
+fn sleep_unless_cancelled(d: Duration, cancel: &AtomicBool) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if cancel.load(Ordering::Relaxed) {
+            return true;
+        }
+        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(100)));
+    }
+    cancel.load(Ordering::Relaxed)
+}

@@ -1,0 +1,74 @@
+//! Progress events of a fetch, sent on a channel so a progress bar, the
+//! mount's extended attributes and `modelfs status` can all follow along.
+//! Sends never block the download: a full or closed channel drops events.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+/// What a fetch is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Another process holds `locks/<name>.lock`; we wait for it.
+    WaitingForLock,
+    /// Re-hashing the part of a partial file kept for resuming.
+    Rehashing,
+    Downloading,
+    /// A transient failure; the next attempt starts after a pause.
+    Retrying,
+    /// The bytes are complete; syncing and moving them into place.
+    Publishing,
+}
+
+/// One progress report.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub phase: Phase,
+    /// Bytes of the blob on disk so far.
+    pub done: u64,
+    pub total: u64,
+    /// Bytes per second over the last few seconds.
+    pub rate: f64,
+    /// Bytes this fetch took over the network so far.
+    pub transferred: u64,
+}
+
+/// Sends throttled progress events and keeps a moving rate.
+pub struct Reporter {
+    tx: Option<Sender<Progress>>,
+    last_sent: Option<Instant>,
+    window_start: Instant,
+    window_bytes: u64,
+    rate: f64,
+}
+
+/// Minimum pause between two `Downloading` events.
+const EVERY: Duration = Duration::from_millis(100);
+
+impl Reporter {
+    pub fn new(tx: Option<Sender<Progress>>) -> Self {
+        Self { tx, last_sent: None, window_start: Instant::now(), window_bytes: 0, rate: 0.0 }
+    }
+
+    /// Records `n` new bytes from the network.
+    pub fn add(&mut self, n: u64) {
+        self.window_bytes += n;
+        let el = self.window_start.elapsed();
+        if el >= Duration::from_secs(1) {
+            let now = self.window_bytes as f64 / el.as_secs_f64();
+            self.rate = if self.rate == 0.0 { now } else { 0.5 * self.rate + 0.5 * now };
+            self.window_start = Instant::now();
+            self.window_bytes = 0;
+        }
+    }
+
+    /// Sends an event; `Downloading` events are throttled, others are not.
+    pub fn report(&mut self, phase: Phase, done: u64, total: u64, transferred: u64) {
+        let Some(tx) = &self.tx else { return };
+        let due = self.last_sent.is_none_or(|t| t.elapsed() >= EVERY);
+        if phase != Phase::Downloading || due || done == total {
+            let _ = tx.try_send(Progress { phase, done, total, rate: self.rate, transferred });
+            self.last_sent = Some(Instant::now());
+        }
+    }
+}
