@@ -9,6 +9,7 @@
 // built only on failure, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod cli;
 pub mod digest;
-pub mod store;
 pub mod fetch;
+pub mod store;

@@ -22,7 +22,10 @@ pub enum FetchErrorKind {
     /// The URL could not be parsed.
     BadUrl(String),
     /// The server answered with this status.
-    Status { code: u16, retry_after: Option<Duration> },
+    Status {
+        code: u16,
+        retry_after: Option<Duration>,
+    },
     /// Connecting, resolving or reading failed (resets, refused, DNS).
     Network(String),
     /// No byte arrived for the stall timeout.
@@ -36,7 +39,11 @@ pub enum FetchErrorKind {
     /// The server sent more bytes than the manifest's size.
     TooLong { expected: u64 },
     /// The bytes hash to another digest; they were moved to quarantine.
-    DigestMismatch { expected: Sha256, actual: Sha256, quarantined: Option<PathBuf> },
+    DigestMismatch {
+        expected: Sha256,
+        actual: Sha256,
+        quarantined: Option<PathBuf>,
+    },
     /// Not enough free space for the rest of the file.
     NoSpace { needed: u64, available: u64 },
     /// Reading or writing the store failed.
@@ -79,7 +86,9 @@ impl FetchErrorKind {
 impl fmt::Display for FetchErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NoSource => f.write_str("the manifest has no source.url and no Hugging Face source to fetch from"),
+            Self::NoSource => f.write_str(
+                "the manifest has no source.url and no Hugging Face source to fetch from",
+            ),
             Self::InsecureUrl(u) => write!(f, "refusing non-https URL {u}"),
             Self::BadUrl(u) => write!(f, "cannot parse URL {u:?}"),
             Self::Status { code, .. } => write!(f, "server answered HTTP {code}"),
@@ -87,11 +96,23 @@ impl fmt::Display for FetchErrorKind {
             Self::Stalled(t) => write!(f, "no data received for {} s", t.as_secs()),
             Self::Tls(d) => write!(f, "TLS error: {d}"),
             Self::Redirect(d) => write!(f, "bad redirect: {d}"),
-            Self::LengthMismatch { expected, announced } => {
-                write!(f, "server announced {announced} bytes but the manifest says {expected}")
+            Self::LengthMismatch {
+                expected,
+                announced,
+            } => {
+                write!(
+                    f,
+                    "server announced {announced} bytes but the manifest says {expected}"
+                )
             }
-            Self::TooLong { expected } => write!(f, "server sent more than the manifest's {expected} bytes"),
-            Self::DigestMismatch { expected, actual, quarantined } => {
+            Self::TooLong { expected } => {
+                write!(f, "server sent more than the manifest's {expected} bytes")
+            }
+            Self::DigestMismatch {
+                expected,
+                actual,
+                quarantined,
+            } => {
                 write!(f, "SHA-256 mismatch: expected {expected}, got {actual}")?;
                 if let Some(q) = quarantined {
                     write!(f, " (bytes moved to {})", q.display())?;
@@ -122,21 +143,32 @@ pub struct FetchError {
 
 impl FetchError {
     pub fn new(model: impl Into<String>, url: Option<&str>, kind: FetchErrorKind) -> Self {
-        Self { model: model.into(), url: url.map(str::to_string), kind, attempts: 0 }
+        Self {
+            model: model.into(),
+            url: url.map(str::to_string),
+            kind,
+            attempts: 0,
+        }
     }
 
     /// What the user can do about it.
     pub fn hint(&self) -> &'static str {
         match &self.kind {
-            FetchErrorKind::NoSource => "re-add the model with `modelfs add NAME --url URL --sha256 HEX`",
+            FetchErrorKind::NoSource => {
+                "re-add the model with `modelfs add NAME --url URL --sha256 HEX`"
+            }
             FetchErrorKind::InsecureUrl(_) | FetchErrorKind::BadUrl(_) => {
                 "use an https:// URL (modelfs never downloads over plain HTTP)"
             }
-            FetchErrorKind::Status { code: 401 | 403, .. } => {
-                "the server refused access: for gated Hugging Face models set HF_TOKEN"
-            }
-            FetchErrorKind::Status { code: 404 | 410, .. } => "check the URL, repository, revision and file name",
-            FetchErrorKind::Status { .. } | FetchErrorKind::Network(_) | FetchErrorKind::Stalled(_) => {
+            FetchErrorKind::Status {
+                code: 401 | 403, ..
+            } => "the server refused access: for gated Hugging Face models set HF_TOKEN",
+            FetchErrorKind::Status {
+                code: 404 | 410, ..
+            } => "check the URL, repository, revision and file name",
+            FetchErrorKind::Status { .. }
+            | FetchErrorKind::Network(_)
+            | FetchErrorKind::Stalled(_) => {
                 "check the network and the server; the next open or `modelfs pull` resumes the download"
             }
             FetchErrorKind::Tls(_) => {
@@ -197,7 +229,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[i]) }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
 }
 
 #[cfg(test)]
@@ -206,22 +242,40 @@ mod tests {
 
     #[test]
     fn server_errors_and_stalls_are_retried_but_client_errors_are_not() {
-        let st = |code| FetchErrorKind::Status { code, retry_after: None };
+        let st = |code| FetchErrorKind::Status {
+            code,
+            retry_after: None,
+        };
         assert!(st(500).is_transient() && st(503).is_transient() && st(429).is_transient());
         assert!(!st(404).is_transient() && !st(401).is_transient() && !st(403).is_transient());
         assert!(FetchErrorKind::Stalled(Duration::from_secs(1)).is_transient());
         assert!(!FetchErrorKind::Tls("bad cert".into()).is_transient());
-        assert!(!FetchErrorKind::NoSpace { needed: 1, available: 0 }.is_transient());
+        assert!(
+            !FetchErrorKind::NoSpace {
+                needed: 1,
+                available: 0
+            }
+            .is_transient()
+        );
     }
 
     #[test]
     fn messages_name_the_model_the_url_and_what_to_do() {
-        let e = FetchError::new("llama", Some("https://u:p@h.example/f.gguf?sig=secret"), FetchErrorKind::NoSpace {
-            needed: 3 << 30,
-            available: 1 << 20,
-        });
+        let e = FetchError::new(
+            "llama",
+            Some("https://u:p@h.example/f.gguf?sig=secret"),
+            FetchErrorKind::NoSpace {
+                needed: 3 << 30,
+                available: 1 << 20,
+            },
+        );
         let s = e.to_string();
-        assert!(s.contains("\"llama\"") && s.contains("https://h.example/f.gguf") && s.contains("3.0 GiB"), "{s}");
+        assert!(
+            s.contains("\"llama\"")
+                && s.contains("https://h.example/f.gguf")
+                && s.contains("3.0 GiB"),
+            "{s}"
+        );
         assert!(s.contains("free disk space"), "{s}");
         assert!(!s.contains("secret") && !s.contains("u:p"), "{s}");
     }

@@ -55,7 +55,11 @@ impl Default for HttpConfig {
 impl HttpConfig {
     /// Defaults plus `HF_ENDPOINT`, `HF_TOKEN`, and `ca_file`.
     pub fn from_env(ca_file: Option<PathBuf>) -> Self {
-        let var = |k| std::env::var(k).ok().filter(|v: &String| !v.trim().is_empty());
+        let var = |k| {
+            std::env::var(k)
+                .ok()
+                .filter(|v: &String| !v.trim().is_empty())
+        };
         Self {
             ca_file,
             hf_endpoint: var("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_HF_ENDPOINT.to_string()),
@@ -85,7 +89,10 @@ impl Fetched {
 
     /// `Content-Range: bytes START-END/TOTAL` → `(START, TOTAL)`.
     pub fn content_range(&self) -> Option<(u64, Option<u64>)> {
-        let v = self.header("content-range")?.trim().strip_prefix("bytes ")?;
+        let v = self
+            .header("content-range")?
+            .trim()
+            .strip_prefix("bytes ")?;
         let (range, total) = v.split_once('/')?;
         let start = range.split_once('-')?.0.trim().parse().ok()?;
         Some((start, total.trim().parse().ok()))
@@ -93,7 +100,11 @@ impl Fetched {
 
     /// `Retry-After` in seconds (the HTTP-date form is rare and ignored).
     pub fn retry_after(&self) -> Option<Duration> {
-        self.header("retry-after")?.trim().parse().ok().map(Duration::from_secs)
+        self.header("retry-after")?
+            .trim()
+            .parse()
+            .ok()
+            .map(Duration::from_secs)
     }
 
     /// Reads the body; errors are classified like transport errors.
@@ -131,7 +142,11 @@ impl Http {
             .build()
             .into();
         let hf_host = host_of(&config.hf_endpoint);
-        Ok(Self { agent, config, hf_host })
+        Ok(Self {
+            agent,
+            config,
+            hf_host,
+        })
     }
 
     pub fn config(&self) -> &HttpConfig {
@@ -197,22 +212,34 @@ impl Http {
                 .headers()
                 .get("location")
                 .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| FetchErrorKind::Redirect(format!("HTTP {status} without a Location header")))?;
+                .ok_or_else(|| {
+                    FetchErrorKind::Redirect(format!("HTTP {status} without a Location header"))
+                })?;
             hop = resolve_location(&hop, location)?;
             log::debug!("redirected to {}", super::error::redact_url(&hop));
         }
-        Err(FetchErrorKind::Redirect(format!("more than {MAX_REDIRECTS} redirects")))
+        Err(FetchErrorKind::Redirect(format!(
+            "more than {MAX_REDIRECTS} redirects"
+        )))
     }
 }
 
 fn into_fetched(resp: Response<ureq::Body>, url: &str) -> Fetched {
     let status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
-    Fetched { status, final_url: url.to_string(), headers: parts.headers, body: Box::new(body.into_reader()) }
+    Fetched {
+        status,
+        final_url: url.to_string(),
+        headers: parts.headers,
+        body: Box::new(body.into_reader()),
+    }
 }
 
 fn require_https(url: &str) -> Result<(), FetchErrorKind> {
-    if url.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://")) {
+    if url
+        .get(..8)
+        .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+    {
         Ok(())
     } else {
         Err(FetchErrorKind::InsecureUrl(super::error::redact_url(url)))
@@ -229,7 +256,9 @@ fn resolve_location(base: &str, location: &str) -> Result<String, FetchErrorKind
     if location.contains("://") {
         return Ok(location.to_string());
     }
-    let uri: Uri = base.parse().map_err(|_| FetchErrorKind::BadUrl(base.to_string()))?;
+    let uri: Uri = base
+        .parse()
+        .map_err(|_| FetchErrorKind::BadUrl(base.to_string()))?;
     let origin = format!(
         "{}://{}",
         uri.scheme_str().unwrap_or("https"),
@@ -250,7 +279,9 @@ fn classify_ureq(e: ureq::Error, url: &str) -> FetchErrorKind {
     match e {
         E::Io(io) => classify_io(&io, Some(url)),
         E::Timeout(t) => match t {
-            ureq::Timeout::Connect | ureq::Timeout::Resolve => FetchErrorKind::Network(format!("timed out: {t}")),
+            ureq::Timeout::Connect | ureq::Timeout::Resolve => {
+                FetchErrorKind::Network(format!("timed out: {t}"))
+            }
             _ => FetchErrorKind::Stalled(Duration::ZERO),
         },
         E::HostNotFound => FetchErrorKind::Network("host not found (DNS)".into()),
@@ -284,17 +315,23 @@ fn classify_io(e: &std::io::Error, url: Option<&str>) -> FetchErrorKind {
 /// System roots plus the optional extra CA file.
 fn load_roots(extra: Option<&Path>) -> Result<RootCerts, FetchErrorKind> {
     let mut certs: Vec<Certificate<'static>> = Vec::new();
-    let system = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from).unwrap_or_else(|| SYSTEM_CA_BUNDLE.into());
+    let system = std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| SYSTEM_CA_BUNDLE.into());
     match std::fs::read(&system) {
         Ok(pem) => certs.extend(parse_certs(&pem)),
         Err(e) => log::debug!("no system CA bundle at {}: {e}", system.display()),
     }
     if let Some(path) = extra {
-        let pem = std::fs::read(path)
-            .map_err(|e| FetchErrorKind::Tls(format!("cannot read CA file {}: {e}", path.display())))?;
+        let pem = std::fs::read(path).map_err(|e| {
+            FetchErrorKind::Tls(format!("cannot read CA file {}: {e}", path.display()))
+        })?;
         let found = parse_certs(&pem);
         if found.is_empty() {
-            return Err(FetchErrorKind::Tls(format!("CA file {} holds no PEM certificate", path.display())));
+            return Err(FetchErrorKind::Tls(format!(
+                "CA file {} holds no PEM certificate",
+                path.display()
+            )));
         }
         certs.extend(found);
     }
@@ -319,15 +356,26 @@ mod tests {
     use super::*;
 
     fn http_with_token(endpoint: &str) -> Http {
-        Http::new(HttpConfig { hf_endpoint: endpoint.into(), hf_token: Some("tok".into()), ..HttpConfig::default() })
-            .unwrap()
+        Http::new(HttpConfig {
+            hf_endpoint: endpoint.into(),
+            hf_token: Some("tok".into()),
+            ..HttpConfig::default()
+        })
+        .unwrap()
     }
 
     #[test]
     fn the_token_goes_to_the_hugging_face_host_only() {
         let h = http_with_token("https://huggingface.co");
-        assert_eq!(h.auth_for("https://huggingface.co/a/b/resolve/main/f").as_deref(), Some("Bearer tok"));
-        assert_eq!(h.auth_for("https://HuggingFace.co/a"), Some("Bearer tok".into()));
+        assert_eq!(
+            h.auth_for("https://huggingface.co/a/b/resolve/main/f")
+                .as_deref(),
+            Some("Bearer tok")
+        );
+        assert_eq!(
+            h.auth_for("https://HuggingFace.co/a"),
+            Some("Bearer tok".into())
+        );
         assert_eq!(h.auth_for("https://cdn-lfs.huggingface.co/a"), None);
         assert_eq!(h.auth_for("https://huggingface.co.evil.example/a"), None);
         assert_eq!(h.auth_for("https://evil.example/huggingface.co"), None);
@@ -336,22 +384,43 @@ mod tests {
     #[test]
     fn relative_and_absolute_locations_resolve_against_the_hop() {
         let base = "https://a.example:8443/x/y/file?q=1";
-        assert_eq!(resolve_location(base, "/z").unwrap(), "https://a.example:8443/z");
-        assert_eq!(resolve_location(base, "other").unwrap(), "https://a.example:8443/x/y/other");
-        assert_eq!(resolve_location(base, "//b.example/p").unwrap(), "https://b.example/p");
-        assert_eq!(resolve_location(base, "http://c.example/p").unwrap(), "http://c.example/p");
+        assert_eq!(
+            resolve_location(base, "/z").unwrap(),
+            "https://a.example:8443/z"
+        );
+        assert_eq!(
+            resolve_location(base, "other").unwrap(),
+            "https://a.example:8443/x/y/other"
+        );
+        assert_eq!(
+            resolve_location(base, "//b.example/p").unwrap(),
+            "https://b.example/p"
+        );
+        assert_eq!(
+            resolve_location(base, "http://c.example/p").unwrap(),
+            "http://c.example/p"
+        );
     }
 
     #[test]
     fn plain_http_is_refused_before_any_connection() {
         let h = Http::new(HttpConfig::default()).unwrap();
-        assert!(matches!(h.get("http://127.0.0.1:1/x", 0), Err(FetchErrorKind::InsecureUrl(_))));
-        assert!(matches!(h.head("ftp://127.0.0.1:1/x", false), Err(FetchErrorKind::InsecureUrl(_))));
+        assert!(matches!(
+            h.get("http://127.0.0.1:1/x", 0),
+            Err(FetchErrorKind::InsecureUrl(_))
+        ));
+        assert!(matches!(
+            h.head("ftp://127.0.0.1:1/x", false),
+            Err(FetchErrorKind::InsecureUrl(_))
+        ));
     }
 
     #[test]
     fn a_missing_ca_file_is_a_clear_tls_error() {
-        let cfg = HttpConfig { ca_file: Some("/nonexistent/ca.pem".into()), ..HttpConfig::default() };
+        let cfg = HttpConfig {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..HttpConfig::default()
+        };
         let err = Http::new(cfg).err().unwrap().to_string();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     }

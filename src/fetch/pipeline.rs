@@ -92,7 +92,9 @@ impl Fetcher {
     pub fn fetch(&self, store: &Store, job: &FetchJob<'_>) -> Result<FetchOutcome, FetchError> {
         let m = job.manifest;
         let model = m.name.to_string();
-        let url = self.url_for(m).ok_or_else(|| FetchError::new(&model, None, FetchErrorKind::NoSource))?;
+        let url = self
+            .url_for(m)
+            .ok_or_else(|| FetchError::new(&model, None, FetchErrorKind::NoSource))?;
         let fail = |kind| FetchError::new(&model, Some(&url), kind);
         let mut reporter = Reporter::new(job.progress.clone());
         let cancelled = || job.cancel.load(Ordering::Relaxed);
@@ -101,33 +103,47 @@ impl Fetcher {
         let mut waited = false;
         let _name_lock = lock::lock_waiting(&store.lock_path(&m.name), &cancelled, &mut || {
             waited = true;
-            log::info!("{model}: another process holds {}, waiting for it", store.lock_path(&m.name).display());
+            log::info!(
+                "{model}: another process holds {}, waiting for it",
+                store.lock_path(&m.name).display()
+            );
             reporter.report(Phase::WaitingForLock, 0, m.size_bytes, 0);
         })
         .map_err(|e| fail(lock_error(store.lock_path(&m.name).as_path(), e)))?;
         if let BlobState::Present(_) = store.blob_state(&m.blob) {
             self.write_manifest_if_asked(store, job).map_err(fail)?;
-            return Ok(FetchOutcome::AlreadyPresent { waited_for_lock: waited });
+            return Ok(FetchOutcome::AlreadyPresent {
+                waited_for_lock: waited,
+            });
         }
 
         // Phases 2-6, at most twice: a mismatch after a resume starts over.
         let mut may_restart = true;
         loop {
-            let mut partial = Partial::open(store, &m.blob, m.size_bytes, &cancelled).map_err(fail)?;
+            let mut partial =
+                Partial::open(store, &m.blob, m.size_bytes, &cancelled).map_err(fail)?;
             if partial.offset > 0 {
                 reporter.report(Phase::Rehashing, 0, m.size_bytes, 0);
                 partial.rehash_prefix().map_err(fail)?;
             }
             let resumed_from = partial.offset;
-            check_free_space(&store.partial_path(&m.blob), m.size_bytes - partial.offset).map_err(fail)?;
-            let transferred = self.download(&url, &mut partial, &mut reporter, job.cancel).map_err(|(kind, n)| {
-                let mut e = fail(kind);
-                e.attempts = n;
-                e
-            })?;
+            check_free_space(&store.partial_path(&m.blob), m.size_bytes - partial.offset)
+                .map_err(fail)?;
+            let transferred = self
+                .download(&url, &mut partial, &mut reporter, job.cancel)
+                .map_err(|(kind, n)| {
+                    let mut e = fail(kind);
+                    e.attempts = n;
+                    e
+                })?;
             let actual = partial.hasher.clone().finish();
             if !actual.ct_eq(&m.blob) {
-                let q = store.quarantine(&store.partial_path(&m.blob), &format!("sha256-mismatch-{model}")).ok();
+                let q = store
+                    .quarantine(
+                        &store.partial_path(&m.blob),
+                        &format!("sha256-mismatch-{model}"),
+                    )
+                    .ok();
                 log::error!(
                     "{model}: bytes from {} hash to {actual}, expected {}; quarantined at {:?}",
                     redact_url(&url),
@@ -135,14 +151,22 @@ impl Fetcher {
                     q
                 );
                 if resumed_from > 0 && may_restart {
-                    log::warn!("{model}: the download had resumed at byte {resumed_from}; starting over from 0");
+                    log::warn!(
+                        "{model}: the download had resumed at byte {resumed_from}; starting over from 0"
+                    );
                     may_restart = false;
                     continue;
                 }
-                return Err(fail(FetchErrorKind::DigestMismatch { expected: m.blob, actual, quarantined: q }));
+                return Err(fail(FetchErrorKind::DigestMismatch {
+                    expected: m.blob,
+                    actual,
+                    quarantined: q,
+                }));
             }
             reporter.report(Phase::Publishing, m.size_bytes, m.size_bytes, transferred);
-            store.publish_blob(&m.blob, &partial.file).map_err(|e| fail(FetchErrorKind::Store(e)))?;
+            store
+                .publish_blob(&m.blob, &partial.file)
+                .map_err(|e| fail(FetchErrorKind::Store(e)))?;
             self.write_manifest_if_asked(store, job).map_err(fail)?;
             log::info!(
                 "{model}: verified {} ({} bytes, {} fetched)",
@@ -150,13 +174,22 @@ impl Fetcher {
                 m.size_bytes,
                 super::error::human_bytes(transferred)
             );
-            return Ok(FetchOutcome::Downloaded { transferred, resumed_from });
+            return Ok(FetchOutcome::Downloaded {
+                transferred,
+                resumed_from,
+            });
         }
     }
 
-    fn write_manifest_if_asked(&self, store: &Store, job: &FetchJob<'_>) -> Result<(), FetchErrorKind> {
+    fn write_manifest_if_asked(
+        &self,
+        store: &Store,
+        job: &FetchJob<'_>,
+    ) -> Result<(), FetchErrorKind> {
         if job.write_manifest {
-            store.write_manifest(job.manifest).map_err(FetchErrorKind::Store)?;
+            store
+                .write_manifest(job.manifest)
+                .map_err(FetchErrorKind::Store)?;
         }
         Ok(())
     }
@@ -177,7 +210,9 @@ impl Fetcher {
             let result = self.attempt(url, p, reporter, cancel, &mut transferred);
             let err = match result {
                 Ok(()) => return Ok(transferred),
-                Err(FetchErrorKind::Stalled(_)) => FetchErrorKind::Stalled(self.http.config().stall_timeout),
+                Err(FetchErrorKind::Stalled(_)) => {
+                    FetchErrorKind::Stalled(self.http.config().stall_timeout)
+                }
                 Err(e) => e,
             };
             if !err.is_transient() || attempt >= self.policy.max_attempts {
@@ -218,26 +253,45 @@ impl Fetcher {
             206 => match resp.content_range() {
                 Some((start, total)) if start == p.offset && total.is_none_or(|t| t == p.size) => {}
                 Some((start, Some(total))) if start == p.offset => {
-                    return Err(FetchErrorKind::LengthMismatch { expected: p.size, announced: total });
+                    return Err(FetchErrorKind::LengthMismatch {
+                        expected: p.size,
+                        announced: total,
+                    });
                 }
                 other => {
-                    log::warn!("{}: unusable Content-Range {other:?}; starting over", redact_url(url));
+                    log::warn!(
+                        "{}: unusable Content-Range {other:?}; starting over",
+                        redact_url(url)
+                    );
                     p.reset()?;
-                    return Err(FetchErrorKind::Network("server answered a Range request with the wrong range".into()));
+                    return Err(FetchErrorKind::Network(
+                        "server answered a Range request with the wrong range".into(),
+                    ));
                 }
             },
             200 => {
                 if p.offset > 0 {
-                    log::info!("{}: server ignored Range; starting over from byte 0", redact_url(url));
+                    log::info!(
+                        "{}: server ignored Range; starting over from byte 0",
+                        redact_url(url)
+                    );
                     p.reset()?;
                 }
             }
-            code => return Err(FetchErrorKind::Status { code, retry_after: resp.retry_after() }),
+            code => {
+                return Err(FetchErrorKind::Status {
+                    code,
+                    retry_after: resp.retry_after(),
+                });
+            }
         }
         if let Some(len) = resp.content_length()
             && len != p.size - p.offset
         {
-            return Err(FetchErrorKind::LengthMismatch { expected: p.size, announced: p.offset + len });
+            return Err(FetchErrorKind::LengthMismatch {
+                expected: p.size,
+                announced: p.offset + len,
+            });
         }
         let mut buf = vec![0u8; CHUNK_BYTES];
         loop {
@@ -283,22 +337,50 @@ struct Partial {
 const WRITEBACK_EVERY: u64 = 64 << 20;
 
 impl Partial {
-    fn open(store: &Store, d: &Sha256, size: u64, cancelled: &dyn Fn() -> bool) -> Result<Self, FetchErrorKind> {
+    fn open(
+        store: &Store,
+        d: &Sha256,
+        size: u64,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Self, FetchErrorKind> {
         let path = store.partial_path(d);
         let lock = loop {
             let file = store.open_partial(d).map_err(FetchErrorKind::Store)?;
             match lock::try_lock_file(file) {
-                Ok(Some(g)) => break g,
+                // gc deletes a partial while holding its lock: if ours is no
+                // longer the file at the path, open the new one instead.
+                Ok(Some(g)) if still_linked(g.file(), &path) => break g,
+                Ok(Some(_)) => continue,
                 Ok(None) if cancelled() => return Err(FetchErrorKind::Cancelled),
                 Ok(None) => std::thread::sleep(lock::LOCK_POLL),
-                Err(e) => return Err(FetchErrorKind::Store(crate::store::StoreError::io(&path, e))),
+                Err(e) => {
+                    return Err(FetchErrorKind::Store(crate::store::StoreError::io(
+                        &path, e,
+                    )));
+                }
             }
         };
-        let file = lock.file().try_clone().map_err(|e| FetchErrorKind::Store(crate::store::StoreError::io(&path, e)))?;
-        let len = file.metadata().map_err(|e| FetchErrorKind::Store(crate::store::StoreError::io(&path, e)))?.len();
-        let mut p = Self { file, _lock: lock, offset: len, size, hasher: Hasher::new(), unsynced: 0 };
+        let file = lock
+            .file()
+            .try_clone()
+            .map_err(|e| FetchErrorKind::Store(crate::store::StoreError::io(&path, e)))?;
+        let len = file
+            .metadata()
+            .map_err(|e| FetchErrorKind::Store(crate::store::StoreError::io(&path, e)))?
+            .len();
+        let mut p = Self {
+            file,
+            _lock: lock,
+            offset: len,
+            size,
+            hasher: Hasher::new(),
+            unsynced: 0,
+        };
         if len > size {
-            log::warn!("{}: partial is longer than the blob; starting over", path.display());
+            log::warn!(
+                "{}: partial is longer than the blob; starting over",
+                path.display()
+            );
             p.reset()?;
         }
         Ok(p)
@@ -339,14 +421,24 @@ impl Partial {
     fn append(&mut self, bytes: &[u8]) -> Result<(), FetchErrorKind> {
         if let Err(e) = self.file.write_all(bytes) {
             if e.raw_os_error() == Some(libc::ENOSPC) {
-                let available = free_bytes(Path::new("/proc/self/fd").join(self.file.as_raw_fd().to_string()).as_path())
-                    .unwrap_or(0);
-                return Err(FetchErrorKind::NoSpace { needed: self.size - self.offset, available });
+                let available = free_bytes(
+                    Path::new("/proc/self/fd")
+                        .join(self.file.as_raw_fd().to_string())
+                        .as_path(),
+                )
+                .unwrap_or(0);
+                return Err(FetchErrorKind::NoSpace {
+                    needed: self.size - self.offset,
+                    available,
+                });
             }
             // Keep only what reached the file: the hash must cover the file exactly.
             let _ = self.file.set_len(self.offset);
             let _ = self.file.seek(SeekFrom::Start(self.offset));
-            return Err(FetchErrorKind::Store(crate::store::StoreError::io("partial file", e)));
+            return Err(FetchErrorKind::Store(crate::store::StoreError::io(
+                "partial file",
+                e,
+            )));
         }
         self.hasher.update(bytes);
         self.offset += bytes.len() as u64;
@@ -359,6 +451,14 @@ impl Partial {
             }
         }
         Ok(())
+    }
+}
+
+fn still_linked(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
     }
 }
 

@@ -47,7 +47,13 @@ const EVERY: Duration = Duration::from_millis(100);
 
 impl Reporter {
     pub fn new(tx: Option<Sender<Progress>>) -> Self {
-        Self { tx, last_sent: None, window_start: Instant::now(), window_bytes: 0, rate: 0.0 }
+        Self {
+            tx,
+            last_sent: None,
+            window_start: Instant::now(),
+            window_bytes: 0,
+            rate: 0.0,
+        }
     }
 
     /// Records `n` new bytes from the network.
@@ -56,7 +62,11 @@ impl Reporter {
         let el = self.window_start.elapsed();
         if el >= Duration::from_secs(1) {
             let now = self.window_bytes as f64 / el.as_secs_f64();
-            self.rate = if self.rate == 0.0 { now } else { 0.5 * self.rate + 0.5 * now };
+            self.rate = if self.rate == 0.0 {
+                now
+            } else {
+                0.5 * self.rate + 0.5 * now
+            };
             self.window_start = Instant::now();
             self.window_bytes = 0;
         }
@@ -67,7 +77,13 @@ impl Reporter {
         let Some(tx) = &self.tx else { return };
         let due = self.last_sent.is_none_or(|t| t.elapsed() >= EVERY);
         if phase != Phase::Downloading || due || done == total {
-            let _ = tx.try_send(Progress { phase, done, total, rate: self.rate, transferred });
+            let _ = tx.try_send(Progress {
+                phase,
+                done,
+                total,
+                rate: self.rate,
+                transferred,
+            });
             self.last_sent = Some(Instant::now());
         }
     }

@@ -32,8 +32,12 @@ impl RetryPolicy {
         if let Some(ra) = retry_after {
             return ra.min(self.max_retry_after);
         }
-        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
-        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
     }
 }
 
@@ -54,7 +58,13 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_up_to_its_cap() {
         let p = RetryPolicy::default();
-        assert_eq!(p.backoff(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
-        assert_eq!(p.backoff(1, Some(Duration::from_secs(9999))), Duration::from_secs(120));
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_secs(9999))),
+            Duration::from_secs(120)
+        );
     }
 }

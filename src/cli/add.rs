@@ -1,0 +1,211 @@
+//! `modelfs add`: pin a model by writing a pending manifest. Downloads
+//! nothing but, at most, one `HEAD` to learn the size or the digest.
+
+use crate::digest::Sha256;
+use crate::fetch::FetchErrorKind;
+use crate::store::manifest::validate_format;
+use crate::store::{Manifest, Source, lock};
+
+use super::{CliError, Globals, parse_name};
+
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("origin").required(true).args(["url", "hf"]))]
+pub struct AddArgs {
+    /// Model name (ASCII letters, digits, '.', '-', '_'); the mount shows NAME.FORMAT
+    pub name: String,
+    /// https:// URL of the file
+    #[arg(long, requires = "sha256")]
+    pub url: Option<String>,
+    /// Expected SHA-256 of the file (64 lowercase hex characters)
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Size in bytes (without it, a HEAD request asks the server)
+    #[arg(long, value_name = "BYTES")]
+    pub size: Option<u64>,
+    /// A Hugging Face file: OWNER/REPO/FILE[@REVISION]; digest and size come from the Hub
+    #[arg(long, value_name = "OWNER/REPO/FILE[@REV]", conflicts_with_all = ["url", "sha256"])]
+    pub hf: Option<String>,
+    /// File format, also the extension in the mount
+    #[arg(long, default_value = "gguf")]
+    pub format: String,
+    /// SPDX-style license id (informational)
+    #[arg(long, value_name = "ID")]
+    pub license: Option<String>,
+    /// Repoint an existing name at another blob
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Writes a pending manifest for a URL or a Hugging Face file.
+pub fn run(g: &Globals, a: &AddArgs) -> Result<(), CliError> {
+    let name = parse_name(&a.name)?;
+    validate_format(&a.format).map_err(|p| CliError::new(format!("--format {p}")))?;
+    let store = g.store_for_writing()?;
+    let fetcher = g.fetcher()?;
+    let (blob, size, source) = match (&a.hf, &a.url) {
+        (Some(spec), _) => pin_hf(&fetcher, spec, &name.to_string())?,
+        (None, Some(url)) => {
+            let hex = a.sha256.as_deref().unwrap_or_default();
+            let blob = Sha256::from_hex(&hex.to_ascii_lowercase())
+                .map_err(|e| CliError::new(format!("--sha256 for {name}: {e}")))?;
+            let size = match a.size {
+                Some(s) => s,
+                None => head_size(&fetcher, url, &name.to_string())?,
+            };
+            let filename = url
+                .split(['?', '#'])
+                .next()
+                .unwrap_or(url)
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let registry = crate::fetch::http::host_of(url).unwrap_or_default();
+            (
+                blob,
+                size,
+                Source {
+                    registry,
+                    filename,
+                    url: Some(url.clone()),
+                    ..Source::default()
+                },
+            )
+        }
+        (None, None) => unreachable!("clap requires --url or --hf"),
+    };
+    if let Some(u) = &source.url
+        && !u.starts_with("https://")
+    {
+        return Err(CliError::new(format!(
+            "{name}: refusing non-https URL {u}; modelfs only downloads over HTTPS"
+        )));
+    }
+
+    let _lock = lock::lock_waiting(&store.lock_path(&name), &|| false, &mut || {
+        eprintln!("waiting for another process that holds the lock on {name}...")
+    })
+    .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e:?}")))?;
+    let mut manifest = Manifest::new(name.clone(), &a.format, blob, size, source);
+    manifest.license = a.license.clone();
+    if let Some(old) = store.read_manifest(&name)? {
+        if old.blob == blob {
+            println!("{name} already pins {}; nothing to do", blob.short());
+            return Ok(());
+        }
+        if !a.force {
+            return Err(CliError::new(format!(
+                "{name} already pins blob {}; pass --force to repoint it at {}",
+                old.blob.short(),
+                blob.short()
+            )));
+        }
+    }
+    store.write_manifest(&manifest)?;
+    let present = matches!(store.blob_state(&blob), crate::store::BlobState::Present(_));
+    println!(
+        "added {} ({}, {}) -> {}",
+        manifest.file_name(),
+        crate::fetch::error::human_bytes(size),
+        if present {
+            "present"
+        } else {
+            "pending: fetched on first open, or now with `modelfs pull`"
+        },
+        blob.short()
+    );
+    Ok(())
+}
+
+fn head_size(fetcher: &crate::fetch::Fetcher, url: &str, model: &str) -> Result<u64, CliError> {
+    let resp = fetcher
+        .http()
+        .head(url, true)
+        .map_err(|k| crate::fetch::FetchError::new(model, Some(url), k))?;
+    if resp.status != 200 {
+        let kind = FetchErrorKind::Status {
+            code: resp.status,
+            retry_after: None,
+        };
+        return Err(crate::fetch::FetchError::new(model, Some(url), kind).into());
+    }
+    resp.content_length().ok_or_else(|| {
+        CliError::new(format!(
+            "{model}: the server did not say how large {url} is; pass --size BYTES"
+        ))
+    })
+}
+
+/// Parses `OWNER/REPO/FILE[@REV]` and asks the Hub for digest and size.
+fn pin_hf(
+    fetcher: &crate::fetch::Fetcher,
+    spec: &str,
+    model: &str,
+) -> Result<(Sha256, u64, Source), CliError> {
+    let (path, rev) = match spec.rsplit_once('@') {
+        Some((p, r)) if !r.is_empty() => (p, r),
+        _ => (spec, "main"),
+    };
+    let mut parts = path.splitn(3, '/');
+    let (Some(owner), Some(repo), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(CliError::new(format!(
+            "--hf {spec:?}: expected OWNER/REPO/FILE[@REVISION]"
+        )));
+    };
+    if [owner, repo, file]
+        .iter()
+        .any(|s| s.is_empty() || s.split('/').any(|c| c == ".." || c.is_empty()))
+    {
+        return Err(CliError::new(format!(
+            "--hf {spec:?}: expected OWNER/REPO/FILE[@REVISION]"
+        )));
+    }
+    let source = Source {
+        registry: "huggingface.co".into(),
+        repo: format!("{owner}/{repo}"),
+        revision: rev.into(),
+        filename: file.into(),
+        url: None,
+    };
+    let probe = Manifest::new(
+        crate::store::ModelName::parse("probe").expect("valid"),
+        "gguf",
+        Sha256::of(b""),
+        0,
+        source.clone(),
+    );
+    let url = fetcher
+        .url_for(&probe)
+        .expect("an hf source always has a URL");
+    let resp = fetcher
+        .http()
+        .head(&url, false)
+        .map_err(|k| crate::fetch::FetchError::new(model, Some(&url), k))?;
+    if !matches!(resp.status, 200 | 301 | 302 | 303 | 307 | 308) {
+        let kind = FetchErrorKind::Status {
+            code: resp.status,
+            retry_after: None,
+        };
+        return Err(crate::fetch::FetchError::new(model, Some(&url), kind).into());
+    }
+    let etag = resp.header("x-linked-etag").map(|e| {
+        e.trim()
+            .trim_start_matches("W/")
+            .trim_matches('"')
+            .to_string()
+    });
+    let Some(Ok(blob)) = etag.map(|e| Sha256::from_hex(&e)) else {
+        return Err(CliError::new(format!(
+            "{model}: {url} has no X-Linked-Etag SHA-256 (not an LFS file?); use --url URL --sha256 HEX instead"
+        )));
+    };
+    let size = resp
+        .header("x-linked-size")
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| {
+            CliError::new(format!(
+                "{model}: {url} has no X-Linked-Size header; use --url with --size"
+            ))
+        })?;
+    Ok((blob, size, source))
+}

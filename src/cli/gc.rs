@@ -1,0 +1,137 @@
+//! `modelfs gc`: free blobs no manifest names and abandoned partials.
+//!
+//! Safe against concurrent producers: a partial is deleted only while gc
+//! itself holds its lock (a fetcher that locks it afterwards notices the
+//! file is gone and starts a new one); a blob is deleted only if no manifest
+//! names it and it was placed more than [`GRACE`] ago, which covers the
+//! window between a producer's rename and its manifest write. Partials of
+//! models a manifest still names are kept: they are resumable downloads.
+//! Unparseable manifests are scanned for digests too, so a manifest gc
+//! cannot read never costs its blob.
+
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::digest::Sha256;
+use crate::fetch::error::human_bytes;
+use crate::store::{Store, lock};
+
+use super::{CliError, Globals};
+
+/// Blobs placed more recently than this are never collected.
+pub const GRACE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, clap::Args)]
+pub struct GcArgs {
+    /// Report what would be deleted, delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Deletes unreferenced blobs and orphaned partials; prints bytes freed.
+pub fn run(g: &Globals, a: &GcArgs) -> Result<(), CliError> {
+    let store = g.store_for_reading()?;
+    let referenced = referenced_digests(&store)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let (mut freed, mut count) = (0u64, 0usize);
+    for (d, size) in store.list_blobs()? {
+        if referenced.contains(&d) {
+            continue;
+        }
+        let path = store.blob_path(&d);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if now - meta.ctime() < GRACE.as_secs() as i64 {
+            println!(
+                "keeping {} (placed less than {} s ago)",
+                d.short(),
+                GRACE.as_secs()
+            );
+            continue;
+        }
+        println!(
+            "{} blob {} ({})",
+            if a.dry_run {
+                "would delete"
+            } else {
+                "deleting"
+            },
+            d,
+            human_bytes(size)
+        );
+        if !a.dry_run {
+            fs::remove_file(&path)
+                .map_err(|e| CliError::new(format!("cannot delete {}: {e}", path.display())))?;
+            let _ = fs::remove_dir(path.parent().expect("blob has a parent"));
+        }
+        freed += size;
+        count += 1;
+    }
+    for (d, size) in store.list_partials()? {
+        if referenced.contains(&d) {
+            continue;
+        }
+        let path = store.partial_path(&d);
+        let Ok(file) = fs::OpenOptions::new().read(true).write(true).open(&path) else {
+            continue;
+        };
+        let Ok(Some(_held)) = lock::try_lock_file(file) else {
+            println!("keeping partial {} (a download is writing it)", d.short());
+            continue;
+        };
+        println!(
+            "{} partial {} ({})",
+            if a.dry_run {
+                "would delete"
+            } else {
+                "deleting"
+            },
+            d.short(),
+            human_bytes(size)
+        );
+        if !a.dry_run {
+            fs::remove_file(&path)
+                .map_err(|e| CliError::new(format!("cannot delete {}: {e}", path.display())))?;
+            let _ = fs::remove_dir(path.parent().expect("partial has a parent"));
+        }
+        freed += size;
+        count += 1;
+    }
+    let verb = if a.dry_run { "would free" } else { "freed" };
+    println!("{verb} {} in {count} file(s)", human_bytes(freed));
+    Ok(())
+}
+
+/// Digests named by any manifest file, parseable or not.
+fn referenced_digests(store: &Store) -> Result<HashSet<Sha256>, CliError> {
+    let mut set = HashSet::new();
+    set.extend(
+        store
+            .list_manifests()?
+            .into_iter()
+            .flatten()
+            .map(|m| m.blob),
+    );
+    // Broken manifests: keep anything that looks like a digest in them.
+    if let Ok(dir) = fs::read_dir(store.manifests_dir()) {
+        for e in dir.flatten() {
+            let Ok(text) = fs::read_to_string(e.path()) else {
+                continue;
+            };
+            for (i, _) in text.match_indices("sha256:") {
+                if let Some(hex) = text.get(i + 7..i + 71)
+                    && let Ok(d) = Sha256::from_hex(hex)
+                {
+                    set.insert(d);
+                }
+            }
+        }
+    }
+    Ok(set)
+}

@@ -1,0 +1,138 @@
+//! `modelfs import`: put a model file you already have into the store.
+//!
+//! The file is hashed, placed under its digest (a hard link when it is on
+//! the store's filesystem, else a copy hashed as it is written), and its
+//! manifest is written last. With a hard link the blob shares the file's
+//! inode: editing the original in place would change the blob, which
+//! `modelfs verify` detects.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use crate::digest::{Hasher, hash_reader};
+use crate::store::manifest::validate_format;
+use crate::store::{BlobState, Manifest, Source, device_of, lock};
+
+use super::{CliError, Globals, parse_name};
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// The model file to import
+    pub path: PathBuf,
+    /// Model name to give it
+    #[arg(long)]
+    pub name: String,
+    /// File format, also the extension in the mount
+    #[arg(long, default_value = "gguf")]
+    pub format: String,
+    /// Repoint an existing name at this file's blob
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Hashes `path`, places it in the store, writes its manifest.
+pub fn run(g: &Globals, a: &ImportArgs) -> Result<(), CliError> {
+    let name = parse_name(&a.name)?;
+    validate_format(&a.format).map_err(|p| CliError::new(format!("--format {p}")))?;
+    let store = g.store_for_writing()?;
+    let err = |what: &str, e: std::io::Error| {
+        CliError::new(format!("{name}: {what} {}: {e}", a.path.display()))
+    };
+    let meta = fs::metadata(&a.path).map_err(|e| err("cannot read", e))?;
+    if !meta.is_file() {
+        return Err(CliError::new(format!(
+            "{name}: {} is not a regular file",
+            a.path.display()
+        )));
+    }
+    let _lock = lock::lock_waiting(&store.lock_path(&name), &|| false, &mut || {})
+        .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e:?}")))?;
+    let same_fs = device_of(&a.path).ok() == device_of(store.root()).ok();
+    // Stage into a private temp name, then move under the digest once known.
+    let staging = store
+        .root()
+        .join("blobs/sha256")
+        .join(format!(".import-{}-{name}", std::process::id()));
+    let _ = fs::remove_file(&staging);
+    let digest = if same_fs && fs::hard_link(&a.path, &staging).is_ok() {
+        File::open(&staging)
+            .and_then(hash_reader)
+            .map_err(|e| err("cannot hash", e))?
+            .0
+    } else {
+        copy_hashing(&a.path, &staging).map_err(|e| err("cannot copy", e))?
+    };
+    if let Some(old) = store.read_manifest(&name)?
+        && old.blob != digest
+        && !a.force
+    {
+        let _ = fs::remove_file(&staging);
+        return Err(CliError::new(format!(
+            "{name} already pins blob {}; pass --force to repoint it at {}",
+            old.blob.short(),
+            digest.short()
+        )));
+    }
+    if let BlobState::Present(_) = store.blob_state(&digest) {
+        let _ = fs::remove_file(&staging);
+    } else {
+        let dst = store.blob_path(&digest);
+        let dir = dst.parent().expect("blob has a parent");
+        fs::create_dir_all(dir)
+            .map_err(|e| CliError::new(format!("cannot create {}: {e}", dir.display())))?;
+        File::open(&staging)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| err("cannot sync", e))?;
+        fs::rename(&staging, &dst)
+            .map_err(|e| CliError::new(format!("cannot place {}: {e}", dst.display())))?;
+        crate::store::sync_dir(dir)?;
+    }
+    let filename = a
+        .path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let manifest = Manifest::new(
+        name.clone(),
+        &a.format,
+        digest,
+        meta.len(),
+        Source {
+            registry: "local".into(),
+            filename,
+            ..Source::default()
+        },
+    );
+    store.write_manifest(&manifest)?;
+    println!(
+        "imported {} as {} ({}, {})",
+        a.path.display(),
+        manifest.file_name(),
+        digest.short(),
+        if same_fs { "hard link" } else { "copy" }
+    );
+    Ok(())
+}
+
+fn copy_hashing(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+) -> std::io::Result<crate::digest::Sha256> {
+    let mut input = File::open(src)?;
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)?;
+    let mut h = Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+    }
+    Ok(h.finish())
+}

@@ -1,0 +1,119 @@
+//! The command line: one file per subcommand, each with one documented
+//! `run` function. This module holds what they share: the global options,
+//! opening the store, building the fetcher, and the CLI's error type.
+
+pub mod add;
+pub mod gc;
+pub mod import;
+pub mod ls;
+pub mod progress_view;
+pub mod pull;
+pub mod rm;
+pub mod verify;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::fetch::{FetchError, Fetcher, Http, HttpConfig, RetryPolicy};
+use crate::store::{self, ModelName, NameError, Store, StoreError};
+
+/// Options every subcommand accepts, before or after its name.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Globals {
+    /// The model store (default: $MODELS_HOME, else ${XDG_DATA_HOME:-~/.local/share}/models)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Extra PEM CA bundle to trust, for private mirrors (SSL_CERT_FILE replaces the system bundle)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+impl Globals {
+    /// The store root as resolved from flags and environment.
+    pub fn store_root(&self) -> Result<PathBuf, CliError> {
+        Ok(store::resolve_root(self.store.as_deref())?)
+    }
+
+    /// Opens the store, creating its folders (commands that write).
+    pub fn store_for_writing(&self) -> Result<Store, CliError> {
+        Ok(Store::create(self.store_root()?)?)
+    }
+
+    /// Opens an existing store (commands that only read).
+    pub fn store_for_reading(&self) -> Result<Store, CliError> {
+        Ok(Store::open(self.store_root()?)?)
+    }
+
+    pub fn http_config(&self) -> HttpConfig {
+        HttpConfig::from_env(self.ca_file.clone())
+    }
+
+    pub fn fetcher(&self) -> Result<Fetcher, CliError> {
+        fetcher_with(self.http_config(), None)
+    }
+}
+
+/// A fetcher with an optional stall timeout override.
+pub fn fetcher_with(
+    mut cfg: HttpConfig,
+    stall_timeout: Option<Duration>,
+) -> Result<Fetcher, CliError> {
+    if let Some(t) = stall_timeout {
+        cfg.stall_timeout = t;
+    }
+    let http = Http::new(cfg).map_err(|e| CliError::new(format!("cannot set up HTTPS: {e}")))?;
+    Ok(Fetcher::new(http, RetryPolicy::default()))
+}
+
+/// Parses a model name given on the command line.
+pub fn parse_name(s: &str) -> Result<ModelName, CliError> {
+    ModelName::parse(s)
+        .map_err(|e: NameError| CliError::new(format!("invalid model name {s:?}: {e}")))
+}
+
+/// A failed command: the message the user sees, and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub code: i32,
+}
+
+impl CliError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> Self {
+        Self::new(e.to_string())
+    }
+}
+
+impl From<FetchError> for CliError {
+    fn from(e: FetchError) -> Self {
+        Self::new(e.to_string())
+    }
+}
+
+/// Whether stderr is a terminal (progress bars) or a log (plain lines).
+pub fn stderr_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
