@@ -10,6 +10,9 @@
 #![allow(clippy::result_large_err)]
 
 pub mod cli;
+pub mod coordinator;
 pub mod digest;
 pub mod fetch;
+pub mod fs;
+pub mod fuse;
 pub mod store;

@@ -31,25 +31,23 @@ enum Command {
     Rm(cli::rm::RmArgs),
     /// Delete blobs no manifest names and abandoned partial downloads
     Gc(cli::gc::GcArgs),
+    /// Mount the store: every model appears as NAME.FORMAT and is fetched on first open
+    Mount(cli::mount::MountArgs),
 }
 
-fn init_logging(g: &Globals) {
-    let level = match (g.quiet, g.verbose) {
-        (true, _) => "error",
-        (false, 0) => "info",
-        (false, 1) => "debug",
-        (false, _) => "trace",
-    };
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or(format!("warn,modelfs={level}")),
-    )
-    .format_timestamp_millis()
-    .init();
-}
+/// Subcommand names, so `modelfs SOURCE MOUNTPOINT` (mount.fuse3) is told apart.
+const SUBCOMMANDS: &[&str] = &[
+    "add", "pull", "ls", "verify", "import", "rm", "gc", "mount", "help",
+];
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(&cli.globals);
+    let args = cli::mount::rewrite_helper_args(std::env::args().collect(), SUBCOMMANDS);
+    let cli = Cli::parse_from(args);
+    let target = match &cli.command {
+        Command::Mount(a) => cli::mount::log_target(a),
+        _ => cli::mount::LogTarget::Stderr,
+    };
+    cli::logging::init(&cli.globals, target);
     let g = &cli.globals;
     let result: Result<(), CliError> = match &cli.command {
         Command::Add(a) => cli::add::run(g, a),
@@ -59,6 +57,7 @@ fn main() -> ExitCode {
         Command::Import(a) => cli::import::run(g, a),
         Command::Rm(a) => cli::rm::run(g, a),
         Command::Gc(a) => cli::gc::run(g, a),
+        Command::Mount(a) => cli::mount::run(g, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,10 @@
 pub mod add;
 pub mod gc;
 pub mod import;
+pub mod logging;
 pub mod ls;
+pub mod mount;
+pub mod mount_options;
 pub mod progress_view;
 pub mod pull;
 pub mod rm;

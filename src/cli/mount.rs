@@ -1,0 +1,373 @@
+//! `modelfs mount`: serve a store at a mountpoint until unmounted or told
+//! to stop.
+//!
+//! By default the command daemonizes the way mount helpers do: it starts
+//! itself again in the background with `--foreground`, waits until that
+//! child reports the mount live (exit 0) or failed (exit 1 with the child's
+//! reason), and returns. Re-executing instead of `fork()`ing keeps the
+//! daemon free of the state of a forked multi-threaded process.
+//!
+//! Shutdown: SIGTERM, SIGINT or SIGHUP fail every waiting open, cancel
+//! downloads (their partial files stay, so the next fetch resumes), and
+//! unmount; if files are still open the unmount is lazy, like
+//! `fusermount3 -u -z`, and the process then exits, which ends the FUSE
+//! connection. An external `umount` ends the serving loop the same way.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use super::mount_options::MountOptions;
+use super::{CliError, Globals};
+use crate::coordinator::Coordinator;
+use crate::fs::ModelFs;
+use crate::fuse::{FuseAdapter, ReadMode};
+use crate::store::Store;
+
+/// Set in the daemon child: the fd to report readiness on.
+const READY_FD_ENV: &str = "MODELFS_READY_FD";
+/// How often the store's manifests are re-read.
+const REFRESH_EVERY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = super::mount_options::HELP)]
+pub struct MountArgs {
+    /// Where to mount (for example /models); must be an existing directory
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground (systemd Type=simple, debugging)
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Mount options, comma-separated (see below)
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+}
+
+/// Where the mount's log lines go.
+pub enum LogTarget {
+    Stderr,
+    File(PathBuf),
+    Syslog,
+}
+
+/// The log target of a mount: stderr in the foreground; in the daemon,
+/// `log_file=` if given, else syslog.
+pub fn log_target(a: &MountArgs) -> LogTarget {
+    let opts = MountOptions::parse(&a.options).unwrap_or_default();
+    let daemon_child = std::env::var_os(READY_FD_ENV).is_some();
+    match (opts.log_file, daemon_child) {
+        (Some(f), _) => LogTarget::File(f),
+        (None, true) => LogTarget::Syslog,
+        (None, false) => LogTarget::Stderr,
+    }
+}
+
+/// `modelfs SOURCE MOUNTPOINT [-o OPTS]` (how mount.fuse3 calls a
+/// `fuse.modelfs` fstab line) → `modelfs mount MOUNTPOINT --store SOURCE
+/// [-o OPTS]`. Other argument lists are returned unchanged.
+pub fn rewrite_helper_args(args: Vec<String>, subcommands: &[&str]) -> Vec<String> {
+    let (Some(first), Some(second)) = (args.get(1), args.get(2)) else {
+        return args;
+    };
+    if first.starts_with('-') || second.starts_with('-') || subcommands.contains(&first.as_str()) {
+        return args;
+    }
+    let mut out = vec![
+        args[0].clone(),
+        "mount".into(),
+        second.clone(),
+        "--store".into(),
+        first.clone(),
+    ];
+    out.extend(args[3..].iter().cloned());
+    out
+}
+
+/// Mounts and serves (foreground), or starts the daemon and waits for it.
+pub fn run(g: &Globals, a: &MountArgs) -> Result<(), CliError> {
+    let opts = MountOptions::parse(&a.options).map_err(|e| CliError::new(format!("mount: {e}")))?;
+    check_mountpoint(&a.mountpoint)?;
+    let root = g.store_root()?;
+    let store = Store::open(&root).map_err(|e| CliError::new(format!("mount: {e}")))?;
+    if !a.foreground && std::env::var_os(READY_FD_ENV).is_none() {
+        return daemonize();
+    }
+    serve(g, a, &opts, store)
+}
+
+fn check_mountpoint(mp: &Path) -> Result<(), CliError> {
+    match std::fs::metadata(mp) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(CliError::new(format!(
+            "mount: {} is not a directory",
+            mp.display()
+        ))),
+        Err(e) => Err(CliError::new(format!(
+            "mount: mountpoint {}: {e} (create it with `mkdir -p {}`)",
+            mp.display(),
+            mp.display()
+        ))),
+    }
+}
+
+/// Starts `modelfs … --foreground` in a new session and waits for its
+/// readiness report. The child's stderr comes to us until then, so its
+/// reason for failing is printed here.
+fn daemonize() -> Result<(), CliError> {
+    let (ready_r, ready_w) =
+        pipe().map_err(|e| CliError::new(format!("mount: cannot create a pipe: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::new(format!("mount: cannot find my executable: {e}")))?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    args.push("--foreground".into());
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&args)
+        .env(READY_FD_ENV, ready_w.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setsid is async-signal-safe; it detaches the daemon from our
+    // terminal and process group so a Ctrl-C here does not reach it.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| CliError::new(format!("mount: cannot start the daemon: {e}")))?;
+    // SAFETY: we own the write end; closing our copy lets EOF arrive.
+    unsafe { libc::close(ready_w) };
+    let mut ready = String::new();
+    // SAFETY: the read end is ours and open.
+    let mut r = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(ready_r) });
+    let _ = r.read_to_string(&mut ready);
+    if ready.trim() == "ready" {
+        return Ok(());
+    }
+    let mut err = String::new();
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    let status = child.wait().ok();
+    eprint!("{err}");
+    Err(CliError::new(format!(
+        "mount: the daemon did not come up ({})",
+        status.map_or("unknown status".into(), |s| s.to_string())
+    )))
+}
+
+fn pipe() -> std::io::Result<(i32, i32)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid 2-element array.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The read end must not leak into the child.
+    // SAFETY: valid fd.
+    unsafe { libc::fcntl(fds[0], libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok((fds[0], fds[1]))
+}
+
+/// In the daemon child: tell the parent the mount is live, then stop
+/// writing to its pipe (stderr goes to /dev/null; logs have their target).
+fn report_ready() {
+    let Some(fd) = std::env::var(READY_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    // SAFETY: the fd was handed to us by the parent for exactly this.
+    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let _ = f.write_all(b"ready\n");
+    drop(f);
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto stderr with a valid fd.
+        unsafe { libc::dup2(null.as_raw_fd(), 2) };
+    }
+}
+
+enum Event {
+    Signal(i32),
+    SessionEnded(std::io::Result<()>),
+}
+
+fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Result<(), CliError> {
+    // Before any thread starts, so every thread inherits the mask and the
+    // signals reach only the waiter below.
+    let signals = block_stop_signals();
+    let mut http = g.http_config();
+    if opts.ca_file.is_some() {
+        http.ca_file = opts.ca_file.clone();
+    }
+    let fetcher = super::fetcher_with(http, opts.stall_timeout)?;
+    let coordinator = Coordinator::new(store.clone(), fetcher, opts.fetch_threads);
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let fs = Arc::new(ModelFs::new(
+        coordinator.clone(),
+        opts.uid.unwrap_or(uid),
+        opts.gid.unwrap_or(gid),
+    ));
+    fs.refresh();
+    let mode = if opts.passthrough == Some(false) {
+        ReadMode::Fallback
+    } else {
+        ReadMode::Auto
+    };
+    let adapter = FuseAdapter::new(fs.clone(), mode);
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::FSName(
+            opts.fsname
+                .clone()
+                .unwrap_or_else(|| store.root().display().to_string()),
+        ),
+        MountOption::Subtype("modelfs".into()),
+    ];
+    if opts.default_permissions {
+        config.mount_options.push(MountOption::DefaultPermissions);
+    }
+    config.acl = match (opts.allow_other, opts.allow_root) {
+        (true, _) => SessionACL::All,
+        (false, true) => SessionACL::RootAndOwner,
+        (false, false) => SessionACL::Owner,
+    };
+    config.n_threads = Some(opts.threads);
+    config.clone_fd = true;
+
+    let mut session = fuser::Session::new(adapter, &a.mountpoint, &config).map_err(|e| {
+        CliError::new(format!(
+            "mount: cannot mount {} at {}: {e} (is the fuse3 package installed and /dev/fuse available?)",
+            store.root().display(),
+            a.mountpoint.display()
+        ))
+    })?;
+    let mut unmounter = session.unmount_callable();
+    log::info!(
+        "mounted {} at {} with {} model(s)",
+        store.root().display(),
+        a.mountpoint.display(),
+        fs.namespace().len()
+    );
+    report_ready();
+
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let stop_refresh = Arc::new(AtomicBool::new(false));
+    spawn_refresher(fs.clone(), stop_refresh.clone());
+    let tx_session = tx.clone();
+    std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let _ = tx_session.send(Event::SessionEnded(session.run()));
+        })
+        .map_err(|e| CliError::new(format!("mount: cannot start the FUSE session thread: {e}")))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            loop {
+                let mut sig = 0;
+                // SAFETY: waiting on a valid, initialised signal set.
+                if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
+                    let _ = tx.send(Event::Signal(sig));
+                }
+            }
+        })
+        .map_err(|e| CliError::new(format!("mount: cannot start the signal thread: {e}")))?;
+
+    let result = match rx.recv() {
+        Ok(Event::SessionEnded(r)) => {
+            log::info!("{} was unmounted", a.mountpoint.display());
+            coordinator.shutdown();
+            r.map_err(|e| {
+                CliError::new(format!("mount: the FUSE session ended with an error: {e}"))
+            })
+        }
+        Ok(Event::Signal(sig)) => {
+            log::info!("signal {sig}: unmounting {}", a.mountpoint.display());
+            coordinator.shutdown();
+            if let Err(e) = unmounter.unmount() {
+                log::info!("unmount: {e}; detaching lazily (files are still open)");
+                lazy_unmount(&a.mountpoint);
+            }
+            // Give the session a moment to drain; exiting closes /dev/fuse.
+            let _ = rx.recv_timeout(Duration::from_secs(2));
+            Ok(())
+        }
+        Err(_) => Ok(()),
+    };
+    stop_refresh.store(true, Ordering::Relaxed);
+    result
+}
+
+fn spawn_refresher(fs: Arc<ModelFs>, stop: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new()
+        .name("manifest-watch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(REFRESH_EVERY);
+                let c = fs.refresh();
+                if !c.is_empty() {
+                    log::info!(
+                        "store changed: added {:?}, removed {:?}, repointed {:?}",
+                        c.added,
+                        c.removed,
+                        c.repointed
+                    );
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot watch the store for changes: {e}");
+    }
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and so in every
+/// thread started after) and returns the set, for `sigwait`.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a zeroed, then emptied, set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn lazy_unmount(mp: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(mp.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: valid path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return;
+    }
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(mp)
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        log::warn!(
+            "could not detach {}; unmount it with `fusermount3 -u -z {}`",
+            mp.display(),
+            mp.display()
+        );
+    }
+}

@@ -1,0 +1,330 @@
+//! One fetch per blob, and the opens that wait for it.
+//!
+//! The mount hands every open of an absent blob to [`Coordinator::wait_for`]
+//! together with a completion callback, and returns to the kernel at once.
+//! The coordinator runs at most one fetch per digest in this process (other
+//! processes are kept out by the store's producer lock, which the fetch
+//! waits for), queues the callbacks of every open that joins it, and calls
+//! them all when the fetch ends. A watchdog looks at each waiter's pending
+//! signals (see [`interrupt`]) and ends the wait of a task that was told to
+//! stop with [`WaitError::Interrupted`]; the fetch carries on for the others
+//! and, if nobody waits any more, finishes anyway so the next open is fast.
+//!
+//! Invariants: every callback is called exactly once; no lock of ours is
+//! held while a callback runs or while the network or disk is used; a
+//! failure is logged once here, not by each waiter.
+
+pub mod interrupt;
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::digest::Sha256;
+use crate::fetch::{FetchError, FetchJob, Fetcher, Progress};
+use crate::store::{Manifest, Store};
+
+/// How often the watchdog looks at waiting tasks.
+pub const WATCHDOG_PERIOD: Duration = Duration::from_millis(200);
+
+/// Why a wait ended without the blob.
+#[derive(Debug, Clone)]
+pub enum WaitError {
+    /// The fetch failed; every waiter gets the same error.
+    Failed(Arc<FetchError>),
+    /// The waiting task received a stop signal or went away.
+    Interrupted,
+    /// The mount is shutting down.
+    ShuttingDown,
+    /// The fetch thread panicked (a bug); the message says where.
+    Internal(String),
+}
+
+/// Called once when a wait ends.
+pub type Done = Box<dyn FnOnce(Result<(), WaitError>) + Send>;
+
+/// What a blob is doing, for extended attributes and status.
+#[derive(Debug, Clone, Default)]
+pub struct BlobActivity {
+    /// A fetch is running (or queued) in this process.
+    pub fetching: bool,
+    pub progress: Option<Progress>,
+    pub waiters: usize,
+    /// The last failure, until a fetch succeeds.
+    pub last_error: Option<String>,
+}
+
+struct Waiter {
+    id: u64,
+    tid: u32,
+    done: Done,
+}
+
+struct Job {
+    waiters: Vec<Waiter>,
+    cancel: Arc<AtomicBool>,
+    progress: Arc<Mutex<Option<Progress>>>,
+}
+
+/// Runs fetches for the mount; see the module doc.
+pub struct Coordinator {
+    store: Store,
+    fetcher: Arc<Fetcher>,
+    jobs: Mutex<HashMap<Sha256, Job>>,
+    last_errors: Mutex<HashMap<Sha256, String>>,
+    shutting_down: AtomicBool,
+    next_waiter: AtomicU64,
+    /// Fetches running now, and the most allowed at once.
+    slots: (Mutex<usize>, Condvar),
+    max_fetches: usize,
+}
+
+impl Coordinator {
+    /// Creates the coordinator and its watchdog thread, which ends when
+    /// the coordinator is dropped or shut down.
+    pub fn new(store: Store, fetcher: Fetcher, max_fetches: usize) -> Arc<Self> {
+        let c = Arc::new(Self {
+            store,
+            fetcher: Arc::new(fetcher),
+            jobs: Mutex::new(HashMap::new()),
+            last_errors: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+            next_waiter: AtomicU64::new(1),
+            slots: (Mutex::new(0), Condvar::new()),
+            max_fetches: max_fetches.max(1),
+        });
+        let weak = Arc::downgrade(&c);
+        std::thread::Builder::new()
+            .name("open-watchdog".into())
+            .spawn(move || watchdog(weak))
+            .expect("cannot start the watchdog thread");
+        c
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn fetcher(&self) -> &Fetcher {
+        &self.fetcher
+    }
+
+    /// Calls `done` once the blob of `m` is present, joining a running
+    /// fetch or starting one. `tid` is the waiting task, watched for
+    /// signals. Returns at once.
+    pub fn wait_for(self: &Arc<Self>, m: &Manifest, tid: u32, done: Done) {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            done(Err(WaitError::ShuttingDown));
+            return;
+        }
+        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        self.ensure_job(m, Some(Waiter { id, tid, done }));
+    }
+
+    /// Starts a fetch nobody waits for (an `O_NONBLOCK` open).
+    pub fn start(self: &Arc<Self>, m: &Manifest) {
+        if !self.shutting_down.load(Ordering::Relaxed) {
+            self.ensure_job(m, None);
+        }
+    }
+
+    /// What the blob is doing now. Memory only.
+    pub fn activity(&self, d: &Sha256) -> BlobActivity {
+        let mut a = BlobActivity {
+            last_error: self.last_errors.lock().get(d).cloned(),
+            ..BlobActivity::default()
+        };
+        if let Some(job) = self.jobs.lock().get(d) {
+            a.fetching = true;
+            a.waiters = job.waiters.len();
+            a.progress = *job.progress.lock();
+        }
+        a
+    }
+
+    /// Fails every waiter with [`WaitError::ShuttingDown`] and cancels
+    /// every fetch (partials stay for resuming). Later waits fail at once.
+    pub fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let mut dones = Vec::new();
+        for job in self.jobs.lock().values_mut() {
+            job.cancel.store(true, Ordering::SeqCst);
+            dones.extend(job.waiters.drain(..).map(|w| w.done));
+        }
+        for done in dones {
+            done(Err(WaitError::ShuttingDown));
+        }
+    }
+
+    fn ensure_job(self: &Arc<Self>, m: &Manifest, waiter: Option<Waiter>) {
+        let mut jobs = self.jobs.lock();
+        if let Some(job) = jobs.get_mut(&m.blob) {
+            job.waiters.extend(waiter);
+            return;
+        }
+        let job = Job {
+            waiters: waiter.into_iter().collect(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            progress: Arc::new(Mutex::new(None)),
+        };
+        let (cancel, progress) = (job.cancel.clone(), job.progress.clone());
+        jobs.insert(m.blob, job);
+        drop(jobs);
+        let this = self.clone();
+        let manifest = m.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("fetch-{}", m.blob.short()))
+            .spawn(move || this.run_job(manifest, cancel, progress));
+        if let Err(e) = spawned {
+            self.finish(
+                &m.blob,
+                Err(WaitError::Internal(format!(
+                    "cannot start a fetch thread: {e}"
+                ))),
+            );
+        }
+    }
+
+    fn run_job(
+        self: Arc<Self>,
+        m: Manifest,
+        cancel: Arc<AtomicBool>,
+        progress: Arc<Mutex<Option<Progress>>>,
+    ) {
+        self.take_slot(&cancel);
+        let (tx, rx) = crossbeam_channel::bounded::<Progress>(16);
+        let drain = std::thread::Builder::new()
+            .name(format!("progress-{}", m.blob.short()))
+            .spawn(move || rx.iter().for_each(|p| *progress.lock() = Some(p)));
+        let job = FetchJob {
+            manifest: &m,
+            write_manifest: false,
+            progress: Some(tx),
+            cancel: &cancel,
+        };
+        let outcome =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.fetcher.fetch(&self.store, &job)));
+        drop(job);
+        if let Ok(d) = drain {
+            let _ = d.join();
+        }
+        self.give_slot();
+        let result = match outcome {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                if !matches!(e.kind, crate::fetch::FetchErrorKind::Cancelled) {
+                    log::error!("{e}");
+                }
+                Err(WaitError::Failed(Arc::new(e)))
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                log::error!("{}: fetch thread panicked: {what}", m.name);
+                Err(WaitError::Internal(format!(
+                    "fetch of {} panicked: {what}",
+                    m.name
+                )))
+            }
+        };
+        self.finish(&m.blob, result);
+    }
+
+    /// Removes the job and calls every waiter's callback, outside the lock.
+    fn finish(&self, d: &Sha256, result: Result<(), WaitError>) {
+        match &result {
+            Ok(()) => {
+                self.last_errors.lock().remove(d);
+            }
+            Err(WaitError::Failed(e))
+                if matches!(e.kind, crate::fetch::FetchErrorKind::Cancelled) => {}
+            Err(e) => {
+                self.last_errors.lock().insert(*d, describe(e));
+            }
+        }
+        let waiters = self
+            .jobs
+            .lock()
+            .remove(d)
+            .map(|j| j.waiters)
+            .unwrap_or_default();
+        for w in waiters {
+            (w.done)(result.clone());
+        }
+    }
+
+    fn take_slot(&self, cancel: &AtomicBool) {
+        let (lock, cv) = &self.slots;
+        let mut running = lock.lock();
+        while *running >= self.max_fetches && !cancel.load(Ordering::Relaxed) {
+            cv.wait_for(&mut running, Duration::from_millis(200));
+        }
+        *running += 1;
+    }
+
+    fn give_slot(&self) {
+        let (lock, cv) = &self.slots;
+        *lock.lock() -= 1;
+        cv.notify_one();
+    }
+
+    /// One watchdog pass: ends the waits of tasks told to stop.
+    fn check_waiters(&self) {
+        let watched: Vec<(u64, u32)> = self
+            .jobs
+            .lock()
+            .values()
+            .flat_map(|j| j.waiters.iter().map(|w| (w.id, w.tid)))
+            .collect();
+        let stopped: Vec<(u64, u32)> = watched
+            .into_iter()
+            .filter(|(_, tid)| interrupt::waiter_state(*tid) != interrupt::WaiterState::Waiting)
+            .collect();
+        if stopped.is_empty() {
+            return;
+        }
+        let mut dones = Vec::new();
+        for job in self.jobs.lock().values_mut() {
+            let (gone, kept): (Vec<_>, Vec<_>) = job
+                .waiters
+                .drain(..)
+                .partition(|w| stopped.iter().any(|(id, _)| *id == w.id));
+            job.waiters = kept;
+            dones.extend(gone.into_iter().map(|w| (w.tid, w.done)));
+        }
+        for (tid, done) in dones {
+            log::info!("open by task {tid} interrupted by a signal; the download continues");
+            done(Err(WaitError::Interrupted));
+        }
+    }
+}
+
+/// A one-line description for `user.modelfs.error` and status.
+pub fn describe(e: &WaitError) -> String {
+    match e {
+        WaitError::Failed(f) => f.to_string(),
+        WaitError::Interrupted => "interrupted by a signal".into(),
+        WaitError::ShuttingDown => "the mount is shutting down".into(),
+        WaitError::Internal(s) => s.clone(),
+    }
+}
+
+fn watchdog(c: Weak<Coordinator>) {
+    let started = Instant::now();
+    loop {
+        std::thread::sleep(WATCHDOG_PERIOD);
+        let Some(c) = c.upgrade() else { return };
+        if c.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        c.check_waiters();
+        log::trace!("watchdog pass at {:?}", started.elapsed());
+    }
+}

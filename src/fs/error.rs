@@ -1,0 +1,151 @@
+//! Errors of the filesystem layer and their one mapping to errno.
+//!
+//! [`FsError::errno`] is the only place in modelfs where an error becomes
+//! an errno; the FUSE adapter calls it and nothing else. The match has no
+//! catch-all arm on purpose: a new error must choose its errno here.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::coordinator::WaitError;
+use crate::fetch::FetchErrorKind;
+
+#[derive(Debug, Clone)]
+pub enum FsError {
+    /// No such entry (a lookup miss is normal: logged at debug).
+    NotFound,
+    /// Anything that would write: the mount is read-only.
+    ReadOnly,
+    IsDir,
+    NotDir,
+    /// `O_NONBLOCK` open of a blob that is not here yet.
+    WouldBlock,
+    /// The waiting task received a stop signal.
+    Interrupted,
+    /// The fetch failed; every waiter of it gets this.
+    FetchFailed(Arc<crate::fetch::FetchError>),
+    /// The mount is shutting down while the open waited.
+    ShuttingDown,
+    /// No such extended attribute (or none right now, like `error`).
+    NoAttr,
+    /// The caller's xattr buffer is too small.
+    XattrRange,
+    /// An unknown file handle.
+    BadHandle,
+    /// Local I/O on the blob failed.
+    Io(Arc<std::io::Error>),
+    /// A bug; the message says where.
+    Internal(String),
+}
+
+impl FsError {
+    /// The errno the kernel gets.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Self::NotFound => libc::ENOENT,
+            Self::ReadOnly => libc::EROFS,
+            Self::IsDir => libc::EISDIR,
+            Self::NotDir => libc::ENOTDIR,
+            Self::WouldBlock => libc::EAGAIN,
+            Self::Interrupted => libc::EINTR,
+            // A full disk is the one fetch failure a caller can act on
+            // differently; everything else (network, digest) reads as EIO.
+            Self::FetchFailed(e) => match e.kind.raw_os_error() {
+                Some(libc::ENOSPC) => libc::ENOSPC,
+                _ => match e.kind {
+                    FetchErrorKind::Cancelled => libc::EINTR,
+                    _ => libc::EIO,
+                },
+            },
+            // ENOTCONN is what users of a FUSE mount see when its daemon
+            // goes away; an open cut short by shutdown is the same event.
+            Self::ShuttingDown => libc::ENOTCONN,
+            Self::NoAttr => libc::ENODATA,
+            Self::XattrRange => libc::ERANGE,
+            Self::BadHandle => libc::EBADF,
+            Self::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            Self::Internal(_) => libc::EIO,
+        }
+    }
+
+    /// Whether a failure is worth a log line above debug: misses and
+    /// refused writes are normal traffic.
+    pub fn log_level(&self) -> log::Level {
+        match self {
+            Self::NotFound
+            | Self::NoAttr
+            | Self::XattrRange
+            | Self::ReadOnly
+            | Self::IsDir
+            | Self::NotDir
+            | Self::WouldBlock
+            | Self::Interrupted => log::Level::Debug,
+            // The coordinator already logged the fetch failure once.
+            Self::FetchFailed(_) | Self::ShuttingDown => log::Level::Debug,
+            Self::BadHandle | Self::Io(_) | Self::Internal(_) => log::Level::Warn,
+        }
+    }
+}
+
+impl From<WaitError> for FsError {
+    fn from(e: WaitError) -> Self {
+        match e {
+            WaitError::Failed(f) => Self::FetchFailed(f),
+            WaitError::Interrupted => Self::Interrupted,
+            WaitError::ShuttingDown => Self::ShuttingDown,
+            WaitError::Internal(s) => Self::Internal(s),
+        }
+    }
+}
+
+impl From<std::io::Error> for FsError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(Arc::new(e))
+    }
+}
+
+impl fmt::Display for FsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::FetchFailed(e) => write!(f, "{e}"),
+            Self::Io(e) => write!(f, "I/O error: {e}"),
+            Self::Internal(s) => f.write_str(s),
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fetch::FetchError;
+
+    #[test]
+    fn a_full_disk_is_enospc_and_other_fetch_failures_are_eio() {
+        let full = FetchError::new(
+            "m",
+            None,
+            FetchErrorKind::NoSpace {
+                needed: 1,
+                available: 0,
+            },
+        );
+        assert_eq!(FsError::FetchFailed(Arc::new(full)).errno(), libc::ENOSPC);
+        let bad = FetchError::new(
+            "m",
+            None,
+            FetchErrorKind::Status {
+                code: 404,
+                retry_after: None,
+            },
+        );
+        assert_eq!(FsError::FetchFailed(Arc::new(bad)).errno(), libc::EIO);
+    }
+
+    #[test]
+    fn writes_are_erofs_and_interrupted_waits_are_eintr() {
+        assert_eq!(FsError::ReadOnly.errno(), libc::EROFS);
+        assert_eq!(FsError::from(WaitError::Interrupted).errno(), libc::EINTR);
+        assert_eq!(FsError::WouldBlock.errno(), libc::EAGAIN);
+    }
+}

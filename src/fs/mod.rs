@@ -1,0 +1,309 @@
+//! Filesystem semantics on plain types: what each kernel request means for
+//! modelfs, without any fuser type. The FUSE adapter (`crate::fuse`) only
+//! converts arguments, calls one method here and converts the result.
+//!
+//! Promises kept here:
+//! - `lookup`, `getattr`, `readdir`, `getxattr`, `listxattr` read the
+//!   in-memory [`Namespace`] and the coordinator's activity; they never
+//!   wait for the network or a lock.
+//! - `open` of a present blob completes on the calling thread; `open` of an
+//!   absent one hands its completion to the [`Coordinator`] and returns; an
+//!   `O_NONBLOCK` open of an absent blob starts the fetch and fails with
+//!   `EAGAIN` at once. Every opened handle reads the verified blob file it
+//!   opened, whatever happens to the manifest later.
+//! - Anything that writes fails with `EROFS`.
+
+pub mod error;
+pub mod namespace;
+pub mod xattr;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+
+pub use error::FsError;
+pub use namespace::{Changes, Entry, Namespace, ROOT_INO};
+
+use crate::coordinator::Coordinator;
+
+/// What kind of node an inode is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Directory,
+    File,
+}
+
+/// Attributes of a node, in plain types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: SystemTime,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// A successful open: the handle number and the verified blob behind it.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub fh: u64,
+    pub file: Arc<File>,
+}
+
+/// Called once when an open completes.
+pub type OpenDone = Box<dyn FnOnce(Result<Opened, FsError>) + Send>;
+
+/// The mounted filesystem's state.
+pub struct ModelFs {
+    coordinator: Arc<Coordinator>,
+    namespace: Namespace,
+    handles: Mutex<HashMap<u64, Arc<File>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+    uid: u32,
+    gid: u32,
+    mounted_at: SystemTime,
+}
+
+impl ModelFs {
+    /// A filesystem over the coordinator's store; call [`ModelFs::refresh`]
+    /// before mounting and then periodically.
+    pub fn new(coordinator: Arc<Coordinator>, uid: u32, gid: u32) -> Self {
+        Self {
+            coordinator,
+            namespace: Namespace::new(),
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            uid,
+            gid,
+            mounted_at: SystemTime::now(),
+        }
+    }
+
+    pub fn coordinator(&self) -> &Arc<Coordinator> {
+        &self.coordinator
+    }
+
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// Re-reads the store's manifests; see [`Namespace::refresh`].
+    pub fn refresh(&self) -> Changes {
+        self.namespace.refresh(self.coordinator.store())
+    }
+
+    fn root_attr(&self) -> Attr {
+        Attr {
+            ino: ROOT_INO,
+            kind: Kind::Directory,
+            size: 0,
+            perm: 0o555,
+            nlink: 2,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mounted_at,
+        }
+    }
+
+    fn file_attr(&self, e: &Entry) -> Attr {
+        Attr {
+            ino: e.ino,
+            kind: Kind::File,
+            size: e.size(),
+            perm: 0o444,
+            nlink: 1,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: e.mtime,
+        }
+    }
+
+    fn entry(&self, ino: u64) -> Result<Arc<Entry>, FsError> {
+        self.namespace.by_ino(ino).ok_or(FsError::NotFound)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        if parent != ROOT_INO {
+            return Err(FsError::NotDir);
+        }
+        let e = self.namespace.lookup(name).ok_or(FsError::NotFound)?;
+        Ok(self.file_attr(&e))
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        if ino == ROOT_INO {
+            return Ok(self.root_attr());
+        }
+        let e = self.entry(ino)?;
+        Ok(self.file_attr(&e))
+    }
+
+    /// Snapshots the directory for one `opendir`; returns its handle.
+    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        if ino != ROOT_INO {
+            return Err(if self.namespace.by_ino(ino).is_some() {
+                FsError::NotDir
+            } else {
+                FsError::NotFound
+            });
+        }
+        let mut list = vec![
+            DirEntry {
+                ino: ROOT_INO,
+                kind: Kind::Directory,
+                name: ".".into(),
+            },
+            DirEntry {
+                ino: ROOT_INO,
+                kind: Kind::Directory,
+                name: "..".into(),
+            },
+        ];
+        list.extend(self.namespace.entries().iter().map(|e| DirEntry {
+            ino: e.ino,
+            kind: Kind::File,
+            name: e.file_name.clone(),
+        }));
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().insert(fh, Arc::new(list));
+        Ok(fh)
+    }
+
+    /// The entries of an open directory from `offset` on.
+    pub fn readdir(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+        self.dirs.lock().get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().remove(&fh);
+    }
+
+    /// Opens an entry for reading; see the module doc. `flags` are the
+    /// open(2) flags, `tid` the calling task (watched for signals).
+    pub fn open(self: &Arc<Self>, ino: u64, flags: i32, tid: u32, done: OpenDone) {
+        if ino == ROOT_INO {
+            return done(Err(FsError::IsDir));
+        }
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return done(Err(FsError::ReadOnly));
+        }
+        let e = match self.entry(ino) {
+            Ok(e) => e,
+            Err(err) => return done(Err(err)),
+        };
+        let store = self.coordinator.store();
+        if let Ok(file) = open_blob(&store.blob_path(&e.manifest.blob)) {
+            return done(self.register(&e, file));
+        }
+        if flags & libc::O_NONBLOCK != 0 {
+            self.coordinator.start(&e.manifest);
+            return done(Err(FsError::WouldBlock));
+        }
+        let this = self.clone();
+        let path = store.blob_path(&e.manifest.blob);
+        let manifest = e.manifest.clone();
+        self.coordinator.wait_for(
+            &manifest,
+            tid,
+            Box::new(move |result| {
+                let opened = result.map_err(FsError::from).and_then(|()| {
+                    let file = open_blob(&path)?;
+                    this.register(&e, file)
+                });
+                done(opened)
+            }),
+        );
+    }
+
+    fn register(&self, e: &Entry, file: File) -> Result<Opened, FsError> {
+        let size = file.metadata()?.len();
+        self.namespace.mark_present(e.ino, size);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let file = Arc::new(file);
+        self.handles.lock().insert(fh, file.clone());
+        Ok(Opened { fh, file })
+    }
+
+    /// Reads up to `size` bytes at `offset` from an open handle (used when
+    /// the kernel does not read the blob directly through passthrough).
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let file = self
+            .handles
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().remove(&fh);
+    }
+
+    /// Open handles now (tests and status).
+    pub fn open_handles(&self) -> usize {
+        self.handles.lock().len()
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
+        if ino == ROOT_INO {
+            return Err(FsError::NoAttr);
+        }
+        let e = self.entry(ino)?;
+        let activity = self.coordinator.activity(&e.manifest.blob);
+        let partial = if activity.fetching || e.present_size.is_some() {
+            crate::store::BlobState::Absent
+        } else {
+            self.coordinator.store().blob_state(&e.manifest.blob)
+        };
+        let url = self.coordinator.fetcher().url_for(&e.manifest);
+        xattr::value(name, &e, &activity, url, partial)
+            .map(String::into_bytes)
+            .ok_or(FsError::NoAttr)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        if ino == ROOT_INO {
+            return Ok(Vec::new());
+        }
+        let e = self.entry(ino)?;
+        Ok(xattr::list(&self.coordinator.activity(&e.manifest.blob)))
+    }
+}
+
+/// Opens a blob read-only, never through a symlink.
+fn open_blob(path: &std::path::Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}

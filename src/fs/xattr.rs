@@ -1,0 +1,77 @@
+//! Extended attributes: each entry's state, readable with
+//! `getfattr -d -m user.modelfs /models/x.gguf`.
+//!
+//! | name | value |
+//! |---|---|
+//! | `user.modelfs.sha256` | the blob's digest, 64 hex |
+//! | `user.modelfs.state` | `present`, `pending`, `fetching`, `failed` |
+//! | `user.modelfs.progress` | `<done> <total>` bytes |
+//! | `user.modelfs.url` | where it is fetched from (query string dropped) |
+//! | `user.modelfs.error` | the last failure; absent when there is none |
+//!
+//! Values are computed from memory only. URLs are redacted because signed
+//! URLs carry credentials in their query.
+
+use crate::coordinator::BlobActivity;
+use crate::fetch::error::redact_url;
+use crate::store::BlobState;
+
+use super::namespace::Entry;
+
+pub const SHA256: &str = "user.modelfs.sha256";
+pub const STATE: &str = "user.modelfs.state";
+pub const PROGRESS: &str = "user.modelfs.progress";
+pub const URL: &str = "user.modelfs.url";
+pub const ERROR: &str = "user.modelfs.error";
+
+/// The state word of an entry.
+pub fn state_word(e: &Entry, a: &BlobActivity) -> &'static str {
+    if e.present_size.is_some() {
+        "present"
+    } else if a.fetching {
+        "fetching"
+    } else if a.last_error.is_some() {
+        "failed"
+    } else {
+        "pending"
+    }
+}
+
+/// The value of attribute `name`, or `None` if the entry has none.
+pub fn value(
+    name: &str,
+    e: &Entry,
+    a: &BlobActivity,
+    url: Option<String>,
+    partial: BlobState,
+) -> Option<String> {
+    match name {
+        SHA256 => Some(e.manifest.blob.to_hex()),
+        STATE => Some(state_word(e, a).to_string()),
+        PROGRESS => {
+            let total = e.manifest.size_bytes;
+            let done = match (e.present_size, a.progress, partial) {
+                (Some(n), _, _) => n,
+                (None, Some(p), _) => p.done,
+                (None, None, BlobState::Partial(n)) => n,
+                (None, None, _) => 0,
+            };
+            Some(format!("{done} {total}"))
+        }
+        URL => url.map(|u| redact_url(&u)),
+        ERROR => a.last_error.clone(),
+        _ => None,
+    }
+}
+
+/// The attribute names an entry has now, NUL-separated as listxattr wants.
+pub fn list(a: &BlobActivity) -> Vec<u8> {
+    let mut names = vec![SHA256, STATE, PROGRESS, URL];
+    if a.last_error.is_some() {
+        names.push(ERROR);
+    }
+    names
+        .iter()
+        .flat_map(|n| n.bytes().chain(std::iter::once(0)))
+        .collect()
+}

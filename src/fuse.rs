@@ -1,0 +1,403 @@
+//! The fuser adapter: convert a kernel request, call [`ModelFs`], convert
+//! the answer. No filesystem logic lives here, and no handler waits: an
+//! open that needs a download passes its reply to the coordinator inside a
+//! callback and returns, so the request loop keeps serving `ls` and `stat`.
+//!
+//! Reads: with kernel FUSE passthrough (kernel ≥ 6.9, `CAP_SYS_ADMIN`) each
+//! open registers the blob file as a backing file (one `BackingId` per open,
+//! dropped at release) and the kernel reads and maps it directly. Otherwise
+//! opens reply with `FOPEN_KEEP_CACHE`: the contents of an inode never
+//! change (a new blob gets a new inode), so the page cache may keep them
+//! across opens.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+use parking_lot::Mutex;
+
+use crate::fs::{Attr, FsError, Kind, ModelFs};
+
+/// How long the kernel may cache names and attributes. Short, so that a
+/// manifest added, removed or repointed shows up within about a second.
+const TTL: Duration = Duration::from_secs(1);
+
+/// Which read path the mount uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Try kernel passthrough; fall back if the kernel or privileges refuse.
+    Auto,
+    /// Never use passthrough (`-o passthrough=off`).
+    Fallback,
+}
+
+/// The `fuser::Filesystem` over a [`ModelFs`].
+pub struct FuseAdapter {
+    fs: Arc<ModelFs>,
+    mode: ReadMode,
+    /// Set in `init` when the kernel accepted passthrough.
+    passthrough: Arc<AtomicBool>,
+    backing: Arc<Mutex<HashMap<u64, BackingId>>>,
+    warned_backing: Arc<AtomicBool>,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<ModelFs>, mode: ReadMode) -> Self {
+        Self {
+            fs,
+            mode,
+            passthrough: Arc::new(AtomicBool::new(false)),
+            backing: Arc::new(Mutex::new(HashMap::new())),
+            warned_backing: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Whether passthrough is active (known after the mount's `init`).
+    pub fn passthrough_flag(&self) -> Arc<AtomicBool> {
+        self.passthrough.clone()
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+/// Logs a failed request once, at the error's own level.
+fn fail(op: &str, e: &FsError) -> Errno {
+    log::log!(e.log_level(), "{op}: {e}");
+    errno(e)
+}
+
+fn to_file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        flags: 0,
+        blksize: 1 << 20,
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::Directory => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Large reads: the kernel caps max_pages at its own limit (1 MiB).
+        let _ = config
+            .set_max_readahead(u32::MAX)
+            .or_else(|max| config.set_max_readahead(max));
+        let wants = self.mode == ReadMode::Auto;
+        let can = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
+        // Registering a backing file needs CAP_SYS_ADMIN; without it every
+        // open would fail over, so do not even ask.
+        let privileged = unsafe { libc::geteuid() } == 0;
+        if wants
+            && can
+            && privileged
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        {
+            let _ = config.set_max_stack_depth(1);
+            self.passthrough.store(true, Ordering::SeqCst);
+            log::info!(
+                "read mode: kernel passthrough (reads and mmap go straight to the blob files)"
+            );
+        } else {
+            let why = match (wants, can, privileged) {
+                (false, _, _) => "passthrough=off",
+                (true, false, _) => "the kernel does not offer FUSE passthrough",
+                _ => "passthrough needs root (CAP_SYS_ADMIN)",
+            };
+            log::info!(
+                "read mode: page-cache fallback ({why}); contents stay cached between opens"
+            );
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.fs.lookup(parent.0, name) {
+            Ok(a) => reply.entry(&TTL, &to_file_attr(&a), fuser::Generation(0)),
+            Err(e) => reply.error(fail("lookup", &e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &to_file_attr(&a)),
+            Err(e) => reply.error(fail("getattr", &e)),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let passthrough = self.passthrough.load(Ordering::Relaxed);
+        let backing = self.backing.clone();
+        let warned = self.warned_backing.clone();
+        self.fs.open(
+            ino.0,
+            flags.0,
+            req.pid(),
+            Box::new(move |result| match result {
+                Err(e) => reply.error(fail("open", &e)),
+                Ok(opened) if passthrough => match reply.open_backing(opened.file.as_ref()) {
+                    Ok(id) => {
+                        reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id);
+                        backing.lock().insert(opened.fh, id);
+                    }
+                    Err(err) => {
+                        if !warned.swap(true, Ordering::Relaxed) {
+                            log::warn!(
+                                "passthrough refused ({err}); serving reads through the page cache"
+                            );
+                        }
+                        reply.opened(FileHandle(opened.fh), FopenFlags::FOPEN_KEEP_CACHE);
+                    }
+                },
+                Ok(opened) => reply.opened(FileHandle(opened.fh), FopenFlags::FOPEN_KEEP_CACHE),
+            }),
+        );
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(fail("read", &e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.backing.lock().remove(&fh.0);
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(fail("opendir", &e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let list = match self.fs.readdir(fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(fail("readdir", &e)),
+        };
+        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = self.fs.namespace().len() as u64;
+        reply.statfs(0, 0, 0, files, 0, 1 << 20, 255, 1 << 20);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let result = name
+            .to_str()
+            .ok_or(FsError::NoAttr)
+            .and_then(|n| self.fs.getxattr(ino.0, n));
+        reply_xattr(result, size, reply);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(self.fs.listxattr(ino.0), size, reply);
+    }
+
+    // Everything below would write: the mount is read-only.
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn mknod(
+        &self,
+        _r: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        _d: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn mkdir(&self, _r: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn unlink(&self, _r: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn rmdir(&self, _r: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn symlink(
+        &self,
+        _r: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _t: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn rename(
+        &self,
+        _r: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _np: INodeNo,
+        _nn: &OsStr,
+        _f: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn link(&self, _r: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn write(
+        &self,
+        _r: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        _o: u64,
+        _d: &[u8],
+        _wf: WriteFlags,
+        _f: OpenFlags,
+        _l: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn create(
+        &self,
+        _r: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        _f: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn setxattr(
+        &self,
+        _r: &Request,
+        _i: INodeNo,
+        _n: &OsStr,
+        _v: &[u8],
+        _f: i32,
+        _p: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn removexattr(&self, _r: &Request, _i: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+}
+
+fn reply_xattr(result: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr) {
+    match result {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() <= size as usize => reply.data(&v),
+        Ok(_) => reply.error(errno(&FsError::XattrRange)),
+        Err(e) => reply.error(fail("xattr", &e)),
+    }
+}
