@@ -1,0 +1,247 @@
+//! Shared test support: a real HTTPS origin (`origin`), throwaway stores,
+//! the `modelfs` binary, and real FUSE mounts that clean up after
+//! themselves. Not every test file uses every helper.
+#![allow(dead_code)]
+
+pub mod origin;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use modelfs::digest::Sha256;
+use modelfs::store::{Manifest, ModelName, Source, Store};
+
+pub use origin::{Fault, Origin};
+
+/// The `modelfs` binary built for these tests.
+pub fn modelfs_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_modelfs"))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), fast enough for 100s of MiB.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A store in a temporary directory.
+pub struct TestStore {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+impl Default for TestStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestStore {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("store");
+        Store::create(&root).expect("create store");
+        Self { _dir: dir, root }
+    }
+
+    pub fn store(&self) -> Store {
+        Store::open(&self.root).expect("open store")
+    }
+
+    /// Serves `bytes` at `/<name>.gguf` on the origin and writes a pending
+    /// manifest pointing at it.
+    pub fn add_pending(&self, name: &str, origin: &Origin, bytes: &[u8]) -> Manifest {
+        let path = format!("{name}.gguf");
+        origin.put(&path, bytes.to_vec());
+        self.write_manifest(name, &origin.url(&path), bytes)
+    }
+
+    /// Writes a manifest for `bytes` fetched from `url` (nothing is served).
+    pub fn write_manifest(&self, name: &str, url: &str, bytes: &[u8]) -> Manifest {
+        let source = Source { registry: "test".into(), url: Some(url.into()), ..Source::default() };
+        let m = Manifest::new(ModelName::parse(name).unwrap(), "gguf", Sha256::of(bytes), bytes.len() as u64, source);
+        self.store().write_manifest(&m).expect("write manifest");
+        m
+    }
+
+    /// Places `bytes` as a present blob (as if fetched earlier).
+    pub fn put_blob(&self, bytes: &[u8]) -> Sha256 {
+        let d = Sha256::of(bytes);
+        let p = self.store().blob_path(&d);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, bytes).unwrap();
+        d
+    }
+
+    /// A `modelfs` command on this store, with a clean environment.
+    pub fn cli(&self, ca: &Path) -> Command {
+        let mut c = Command::new(modelfs_bin());
+        c.arg("--store").arg(&self.root).arg("--ca-file").arg(ca);
+        for v in ["MODELS_HOME", "HF_TOKEN", "HF_ENDPOINT", "SSL_CERT_FILE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"] {
+            c.env_remove(v);
+        }
+        c
+    }
+
+    /// Every blob under the store hashes to its path's digest, and no
+    /// partial or temp file sits at a blob path.
+    pub fn assert_consistent(&self) {
+        let s = self.store();
+        for (d, _) in s.list_blobs().unwrap() {
+            let bytes = fs::read(s.blob_path(&d)).unwrap();
+            assert_eq!(Sha256::of(&bytes), d, "blob at {} does not hash to its name", s.blob_path(&d).display());
+        }
+        for m in s.list_manifests().unwrap() {
+            m.expect("every manifest parses");
+        }
+    }
+
+    pub fn quarantined(&self) -> Vec<PathBuf> {
+        let mut v: Vec<_> = fs::read_dir(self.store().quarantine_dir())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// Fails the test, loudly, when this machine cannot run real mounts.
+pub fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "this test needs FUSE: /dev/fuse is missing (load the fuse module or run where FUSE works)"
+    );
+    let has_fusermount = ["/usr/bin/fusermount3", "/bin/fusermount3"].iter().any(|p| Path::new(p).exists());
+    assert!(has_fusermount, "this test needs fusermount3: install the fuse3 package (apt-get install -y fuse3)");
+}
+
+/// Whether `path` is a mountpoint right now.
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(canon) = path.canonicalize() else { return false };
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = canon.to_string_lossy().replace(' ', "\\040");
+    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// A real `modelfs mount --foreground` of a store, unmounted on drop.
+pub struct Mount {
+    _dir: tempfile::TempDir,
+    pub mountpoint: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Mount {
+    /// Mounts `store` (trusting `ca`) with extra `-o` options.
+    pub fn start(store: &TestStore, ca: &Path, options: &[&str]) -> Mount {
+        Self::start_with(store, ca, options, |_| {})
+    }
+
+    /// Like [`Mount::start`], letting the caller adjust the command.
+    pub fn start_with(store: &TestStore, ca: &Path, options: &[&str], adjust: impl FnOnce(&mut Command)) -> Mount {
+        require_fuse();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mountpoint = dir.path().join("mnt");
+        fs::create_dir(&mountpoint).unwrap();
+        let log = dir.path().join("mount.log");
+        let mut cmd = store.cli(ca);
+        cmd.arg("mount").arg(&mountpoint).arg("--foreground");
+        if !options.is_empty() {
+            cmd.arg("-o").arg(options.join(","));
+        }
+        cmd.env("RUST_LOG", "modelfs=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap());
+        adjust(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn modelfs mount");
+        let up = wait_until(Duration::from_secs(15), || {
+            is_mounted(&mountpoint) || child.try_wait().map(|s| s.is_some()).unwrap_or(true)
+        });
+        if !up || !is_mounted(&mountpoint) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("modelfs mount did not come up at {}:\n{}", mountpoint.display(), fs::read_to_string(&log).unwrap_or_default());
+        }
+        Mount { _dir: dir, mountpoint, child: Some(child), log }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.mountpoint.join(file)
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.stop_inner().expect("mount process was running")
+    }
+
+    fn stop_inner(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let st = child.wait().ok();
+                let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the daemon with SIGKILL (a crash) and detaches the dead mount.
+    pub fn crash(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.stop_inner();
+        if is_mounted(&self.mountpoint) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+        }
+    }
+}
