@@ -3,8 +3,10 @@
 //!
 //! Promises: every request and every redirect hop is `https://`; redirects
 //! are followed here, hop by hop, so the Hugging Face token is attached only
-//! to requests whose host is the Hugging Face endpoint's host and never
+//! to requests whose host and port are the Hugging Face endpoint's and never
 //! forwarded to the host a redirect leads to (CDNs get signed URLs instead);
+//! another port of the same host is another service, as for browsers and
+//! curl, so it gets no token either;
 //! trust is the system's roots (`SSL_CERT_FILE`, else the Debian bundle,
 //! else the bundled Mozilla roots) plus an optional CA file; proxies come
 //! from `HTTPS_PROXY`/`ALL_PROXY`/`NO_PROXY`; a read that gets no byte for
@@ -123,7 +125,7 @@ impl Fetched {
 pub struct Http {
     agent: Agent,
     config: HttpConfig,
-    hf_host: Option<String>,
+    hf_origin: Option<(String, u16)>,
 }
 
 impl Http {
@@ -141,11 +143,11 @@ impl Http {
             .user_agent(format!("modelfs/{}", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        let hf_host = host_of(&config.hf_endpoint);
+        let hf_origin = origin_of(&config.hf_endpoint);
         Ok(Self {
             agent,
             config,
-            hf_host,
+            hf_origin,
         })
     }
 
@@ -191,8 +193,8 @@ impl Http {
     /// The `Authorization` header for this exact URL, if any.
     fn auth_for(&self, url: &str) -> Option<String> {
         let token = self.config.hf_token.as_ref()?;
-        let host = host_of(url)?;
-        (Some(&host) == self.hf_host.as_ref()).then(|| format!("Bearer {token}"))
+        let origin = origin_of(url)?;
+        (Some(&origin) == self.hf_origin.as_ref()).then(|| format!("Bearer {token}"))
     }
 
     fn send(
@@ -249,6 +251,18 @@ fn require_https(url: &str) -> Result<(), FetchErrorKind> {
 /// The lowercase host of an absolute URL.
 pub fn host_of(url: &str) -> Option<String> {
     url.parse::<Uri>().ok()?.host().map(str::to_ascii_lowercase)
+}
+
+/// The lowercase host and the port (the scheme's default when absent) of an
+/// absolute URL: what a credential is bound to.
+fn origin_of(url: &str) -> Option<(String, u16)> {
+    let uri = url.parse::<Uri>().ok()?;
+    let default = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => 80,
+        _ => 443,
+    };
+    let host = uri.host()?.to_ascii_lowercase();
+    Some((host, uri.port_u16().unwrap_or(default)))
 }
 
 /// Resolves a `Location` against the URL that sent it.
@@ -376,6 +390,11 @@ mod tests {
             h.auth_for("https://HuggingFace.co/a"),
             Some("Bearer tok".into())
         );
+        assert_eq!(
+            h.auth_for("https://huggingface.co:443/a"),
+            Some("Bearer tok".into())
+        );
+        assert_eq!(h.auth_for("https://huggingface.co:8443/a"), None);
         assert_eq!(h.auth_for("https://cdn-lfs.huggingface.co/a"), None);
         assert_eq!(h.auth_for("https://huggingface.co.evil.example/a"), None);
         assert_eq!(h.auth_for("https://evil.example/huggingface.co"), None);
