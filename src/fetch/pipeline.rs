@@ -6,7 +6,8 @@
 //! 1. waits for `LOCK_EX` on `locks/<name>.lock` (polling, cancellable), then
 //!    re-checks whether the blob arrived meanwhile;
 //! 2. opens the partial file and holds a lock on it too, so two producers
-//!    of one blob under different names never write the same partial;
+//!    of one blob under different names never write the same partial (and
+//!    the second, once it has the lock, uses the blob the first published);
 //! 3. keeps a partial's prefix for resuming, re-hashing it, unless it is
 //!    longer than the blob;
 //! 4. checks there is free space for the rest;
@@ -20,7 +21,9 @@
 //!
 //! Promise: no path under `blobs/sha256/<aa>/<hex>/` ever holds bytes that
 //! do not hash to `<hex>`. Not promised: that the partial survives a failure
-//! other than a transient network one (a digest mismatch quarantines it).
+//! other than a transient network one (a digest mismatch quarantines it; an
+//! empty one is removed, so a fetch that failed before its first byte leaves
+//! the model plainly pending).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -122,20 +125,37 @@ impl Fetcher {
         loop {
             let mut partial =
                 Partial::open(store, &m.blob, m.size_bytes, &cancelled).map_err(fail)?;
+            // A producer of the same blob under another name held the
+            // partial and may have published it meanwhile.
+            if let BlobState::Present(_) = store.blob_state(&m.blob) {
+                partial.discard_if_empty(store, &m.blob);
+                self.write_manifest_if_asked(store, job).map_err(fail)?;
+                return Ok(FetchOutcome::AlreadyPresent {
+                    waited_for_lock: waited || partial.waited,
+                });
+            }
             if partial.offset > 0 {
                 reporter.report(Phase::Rehashing, 0, m.size_bytes, 0);
                 partial.rehash_prefix().map_err(fail)?;
             }
-            let resumed_from = partial.offset;
-            check_free_space(&store.partial_path(&m.blob), m.size_bytes - partial.offset)
-                .map_err(fail)?;
-            let transferred = self
-                .download(&url, &mut partial, &mut reporter, job.cancel)
-                .map_err(|(kind, n)| {
+            if let Err(kind) =
+                check_free_space(&store.partial_path(&m.blob), m.size_bytes - partial.offset)
+            {
+                partial.discard_if_empty(store, &m.blob);
+                return Err(fail(kind));
+            }
+            let transferred = match self.download(&url, &mut partial, &mut reporter, job.cancel) {
+                Ok(n) => n,
+                Err((kind, n)) => {
+                    partial.discard_if_empty(store, &m.blob);
                     let mut e = fail(kind);
                     e.attempts = n;
-                    e
-                })?;
+                    return Err(e);
+                }
+            };
+            // Read after the download: a server that ignores Range makes it
+            // start over, and then nothing of the old partial was used.
+            let resumed_from = partial.resumed;
             let actual = partial.hasher.clone().finish();
             if !actual.ct_eq(&m.blob) {
                 let q = store
@@ -327,6 +347,11 @@ struct Partial {
     _lock: LockGuard,
     offset: u64,
     size: u64,
+    /// Bytes kept from an earlier run that this download builds on; zero
+    /// once the partial is reset.
+    resumed: u64,
+    /// Whether another producer held the partial's lock when we came.
+    waited: bool,
     hasher: Hasher,
     /// Bytes written since the last `sync_file_range` kick.
     unsynced: u64,
@@ -344,6 +369,7 @@ impl Partial {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Self, FetchErrorKind> {
         let path = store.partial_path(d);
+        let mut waited = false;
         let lock = loop {
             let file = store.open_partial(d).map_err(FetchErrorKind::Store)?;
             match lock::try_lock_file(file) {
@@ -352,7 +378,10 @@ impl Partial {
                 Ok(Some(g)) if still_linked(g.file(), &path) => break g,
                 Ok(Some(_)) => continue,
                 Ok(None) if cancelled() => return Err(FetchErrorKind::Cancelled),
-                Ok(None) => std::thread::sleep(lock::LOCK_POLL),
+                Ok(None) => {
+                    waited = true;
+                    std::thread::sleep(lock::LOCK_POLL)
+                }
                 Err(e) => {
                     return Err(FetchErrorKind::Store(crate::store::StoreError::io(
                         &path, e,
@@ -373,6 +402,8 @@ impl Partial {
             _lock: lock,
             offset: len,
             size,
+            resumed: len,
+            waited,
             hasher: Hasher::new(),
             unsynced: 0,
         };
@@ -403,10 +434,25 @@ impl Partial {
             left -= n as u64;
         }
         self.offset -= left;
+        self.resumed = self.offset;
         self.file.set_len(self.offset).map_err(io)?;
         self.file.seek(SeekFrom::Start(self.offset)).map_err(io)?;
         self.hasher = h;
         Ok(())
+    }
+
+    /// Removes the partial file and its folder if not one byte reached it,
+    /// so a fetch that failed before the first byte (404, refused redirect,
+    /// no space) leaves the model pending instead of looking like a started
+    /// download. Safe because we hold the partial's lock, as gc does.
+    fn discard_if_empty(&self, store: &Store, d: &Sha256) {
+        let path = store.partial_path(d);
+        if self.offset == 0 && still_linked(&self.file, &path) {
+            let _ = std::fs::remove_file(&path);
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
     }
 
     fn reset(&mut self) -> Result<(), FetchErrorKind> {
@@ -414,6 +460,7 @@ impl Partial {
         self.file.set_len(0).map_err(io)?;
         self.file.seek(SeekFrom::Start(0)).map_err(io)?;
         self.offset = 0;
+        self.resumed = 0;
         self.hasher = Hasher::new();
         Ok(())
     }
