@@ -2,7 +2,8 @@
 //!
 //! The file is hashed, placed under its digest (a hard link when it is on
 //! the store's filesystem, else a copy hashed as it is written), and its
-//! manifest is written last. With a hard link the blob shares the file's
+//! manifest is written last. A symlink is resolved first: the blob is the
+//! file it points to. With a hard link the blob shares the file's
 //! inode: editing the original in place would change the blob, which
 //! `modelfs verify` detects.
 
@@ -46,22 +47,26 @@ pub fn run(g: &Globals, a: &ImportArgs) -> Result<(), CliError> {
             a.path.display()
         )));
     }
+    // Place the file itself, not a symlink to it (Hugging Face's cache is
+    // made of symlinks): link(2) does not follow one, and a blob must be a
+    // regular file.
+    let src = fs::canonicalize(&a.path).map_err(|e| err("cannot resolve", e))?;
     let _lock = lock::lock_waiting(&store.lock_path(&name), &|| false, &mut || {})
         .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e:?}")))?;
-    let same_fs = device_of(&a.path).ok() == device_of(store.root()).ok();
+    let same_fs = device_of(&src).ok() == device_of(store.root()).ok();
     // Stage into a private temp name, then move under the digest once known.
     let staging = store
         .root()
         .join("blobs/sha256")
         .join(format!(".import-{}-{name}", std::process::id()));
     let _ = fs::remove_file(&staging);
-    let digest = if same_fs && fs::hard_link(&a.path, &staging).is_ok() {
+    let digest = if same_fs && fs::hard_link(&src, &staging).is_ok() {
         File::open(&staging)
             .and_then(hash_reader)
             .map_err(|e| err("cannot hash", e))?
             .0
     } else {
-        copy_hashing(&a.path, &staging).map_err(|e| err("cannot copy", e))?
+        copy_hashing(&src, &staging).map_err(|e| err("cannot copy", e))?
     };
     if let Some(old) = store.read_manifest(&name)?
         && old.blob != digest
