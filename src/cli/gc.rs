@@ -4,7 +4,9 @@
 //! itself holds its lock (a fetcher that locks it afterwards notices the
 //! file is gone and starts a new one); a blob is deleted only if no manifest
 //! names it and it was placed more than [`GRACE`] ago, which covers the
-//! window between a producer's rename and its manifest write. Partials of
+//! window between a producer's rename and its manifest write (the
+//! `MODELFS_GC_GRACE_SECS` environment variable overrides it, for tests and
+//! for stores whose producers are known to be idle). Partials of
 //! models a manifest still names are kept: they are resumable downloads.
 //! Unparseable manifests are scanned for digests too, so a manifest gc
 //! cannot read never costs its blob.
@@ -23,6 +25,14 @@ use super::{CliError, Globals};
 /// Blobs placed more recently than this are never collected.
 pub const GRACE: Duration = Duration::from_secs(60);
 
+/// [`GRACE`], or `MODELFS_GC_GRACE_SECS` when set to a number of seconds.
+fn grace() -> Duration {
+    std::env::var("MODELFS_GC_GRACE_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map_or(GRACE, Duration::from_secs)
+}
+
 #[derive(Debug, clap::Args)]
 pub struct GcArgs {
     /// Report what would be deleted, delete nothing
@@ -38,6 +48,7 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<(), CliError> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs() as i64;
+    let grace = grace().as_secs() as i64;
     let (mut freed, mut count) = (0u64, 0usize);
     for (d, size) in store.list_blobs()? {
         if referenced.contains(&d) {
@@ -47,12 +58,8 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<(), CliError> {
         let Ok(meta) = fs::symlink_metadata(&path) else {
             continue;
         };
-        if now - meta.ctime() < GRACE.as_secs() as i64 {
-            println!(
-                "keeping {} (placed less than {} s ago)",
-                d.short(),
-                GRACE.as_secs()
-            );
+        if now - meta.ctime() < grace {
+            println!("keeping {} (placed less than {grace} s ago)", d.short());
             continue;
         }
         println!(
