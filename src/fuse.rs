@@ -3,14 +3,18 @@
 //! open that needs a download passes its reply to the coordinator inside a
 //! callback and returns, so the request loop keeps serving `ls` and `stat`.
 //!
-//! Reads: with kernel FUSE passthrough (kernel ≥ 6.9, `CAP_SYS_ADMIN`) each
-//! open registers the blob file as a backing file (one `BackingId` per open,
-//! dropped at release) and the kernel reads and maps it directly. Otherwise
+//! Reads: with kernel FUSE passthrough (kernel ≥ 6.9, `CAP_SYS_ADMIN`) an
+//! open registers the blob file as a backing file and the kernel reads and
+//! maps it directly. The kernel allows one backing file per inode at a
+//! time (a second one for an inode that is open fails that open with EIO),
+//! so every open of an inode shares one `BackingId`, dropped when the last
+//! of them is released (see [`Backings`]). Otherwise
 //! opens reply with `FOPEN_KEEP_CACHE`: the contents of an inode never
 //! change (a new blob gets a new inode), so the page cache may keep them
 //! across opens.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +49,7 @@ pub struct FuseAdapter {
     mode: ReadMode,
     /// Set in `init` when the kernel accepted passthrough.
     passthrough: Arc<AtomicBool>,
-    backing: Arc<Mutex<HashMap<u64, BackingId>>>,
+    backing: Arc<Mutex<Backings<BackingId>>>,
     warned_backing: Arc<AtomicBool>,
 }
 
@@ -55,7 +59,7 @@ impl FuseAdapter {
             fs,
             mode,
             passthrough: Arc::new(AtomicBool::new(false)),
-            backing: Arc::new(Mutex::new(HashMap::new())),
+            backing: Arc::new(Mutex::new(Backings::default())),
             warned_backing: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -63,6 +67,63 @@ impl FuseAdapter {
     /// Whether passthrough is active (known after the mount's `init`).
     pub fn passthrough_flag(&self) -> Arc<AtomicBool> {
         self.passthrough.clone()
+    }
+}
+
+/// The backing files registered with the kernel: one per inode while any
+/// open file of that inode reads through it, shared by all of them.
+/// Generic over the id so that the bookkeeping can be tested alone.
+#[derive(Debug)]
+pub struct Backings<Id> {
+    /// inode → (its backing id, open handles using it)
+    by_ino: HashMap<u64, (Arc<Id>, usize)>,
+    /// handle → inode, for the handles that use a backing id
+    fh_ino: HashMap<u64, u64>,
+}
+
+impl<Id> Default for Backings<Id> {
+    fn default() -> Self {
+        Self {
+            by_ino: HashMap::new(),
+            fh_ino: HashMap::new(),
+        }
+    }
+}
+
+impl<Id> Backings<Id> {
+    /// The backing id of `ino` for the new handle `fh`: the one already
+    /// registered for the inode, else a new one from `register`.
+    pub fn acquire(
+        &mut self,
+        ino: u64,
+        fh: u64,
+        register: impl FnOnce() -> std::io::Result<Id>,
+    ) -> std::io::Result<Arc<Id>> {
+        let (id, users) = match self.by_ino.entry(ino) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert((Arc::new(register()?), 0)),
+        };
+        *users += 1;
+        self.fh_ino.insert(fh, ino);
+        Ok(id.clone())
+    }
+
+    /// Handle `fh` is closed; the inode's id goes when its last user does.
+    pub fn release(&mut self, fh: u64) {
+        let Some(ino) = self.fh_ino.remove(&fh) else {
+            return;
+        };
+        if let Entry::Occupied(mut e) = self.by_ino.entry(ino) {
+            e.get_mut().1 -= 1;
+            if e.get().1 == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// Inodes with a registered backing id now.
+    pub fn registered(&self) -> usize {
+        self.by_ino.len()
     }
 }
 
@@ -164,20 +225,26 @@ impl Filesystem for FuseAdapter {
             req.pid(),
             Box::new(move |result| match result {
                 Err(e) => reply.error(fail("open", &e)),
-                Ok(opened) if passthrough => match reply.open_backing(opened.file.as_ref()) {
-                    Ok(id) => {
-                        reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id);
-                        backing.lock().insert(opened.fh, id);
-                    }
-                    Err(err) => {
-                        if !warned.swap(true, Ordering::Relaxed) {
-                            log::warn!(
-                                "passthrough refused ({err}); serving reads through the page cache"
-                            );
+                Ok(opened) if passthrough => {
+                    let id = backing.lock().acquire(ino.0, opened.fh, || {
+                        reply.open_backing(opened.file.as_ref())
+                    });
+                    match id {
+                        Ok(id) => reply.opened_passthrough(
+                            FileHandle(opened.fh),
+                            FopenFlags::empty(),
+                            &id,
+                        ),
+                        Err(err) => {
+                            if !warned.swap(true, Ordering::Relaxed) {
+                                log::warn!(
+                                    "passthrough refused ({err}); serving reads through the page cache"
+                                );
+                            }
+                            reply.opened(FileHandle(opened.fh), FopenFlags::FOPEN_KEEP_CACHE);
                         }
-                        reply.opened(FileHandle(opened.fh), FopenFlags::FOPEN_KEEP_CACHE);
                     }
-                },
+                }
                 Ok(opened) => reply.opened(FileHandle(opened.fh), FopenFlags::FOPEN_KEEP_CACHE),
             }),
         );
@@ -210,7 +277,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.backing.lock().remove(&fh.0);
+        self.backing.lock().release(fh.0);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -399,5 +466,49 @@ fn reply_xattr(result: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr) {
         Ok(v) if v.len() <= size as usize => reply.data(&v),
         Ok(_) => reply.error(errno(&FsError::XattrRange)),
         Err(e) => reply.error(fail("xattr", &e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_open_of_an_inode_shares_one_backing_id_until_the_last_release() {
+        let mut b = Backings::<u32>::default();
+        let mut next = 0;
+        let mut register = || {
+            next += 1;
+            Ok(next)
+        };
+        let first = b.acquire(7, 100, &mut register).unwrap();
+        let second = b.acquire(7, 101, &mut register).unwrap();
+        assert_eq!((*first, *second), (1, 1), "one id for the inode");
+        let other = b.acquire(8, 102, &mut register).unwrap();
+        assert_eq!(*other, 2);
+        b.release(100);
+        assert_eq!(b.registered(), 2, "still used by handle 101");
+        assert_eq!(*b.acquire(7, 103, &mut register).unwrap(), 1);
+        b.release(101);
+        b.release(103);
+        b.release(999); // not a passthrough handle: ignored
+        assert_eq!(b.registered(), 1);
+        b.release(102);
+        assert_eq!(b.registered(), 0);
+        assert_eq!(
+            *b.acquire(7, 104, &mut register).unwrap(),
+            3,
+            "a new id after all closed"
+        );
+    }
+
+    #[test]
+    fn a_refused_registration_leaves_nothing_behind() {
+        let mut b = Backings::<u32>::default();
+        let r = b.acquire(7, 1, || Err(std::io::Error::from_raw_os_error(libc::EPERM)));
+        assert!(r.is_err());
+        assert_eq!(b.registered(), 0);
+        b.release(1);
+        assert_eq!(*b.acquire(7, 2, || Ok(5)).unwrap(), 5);
     }
 }

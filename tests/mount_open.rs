@@ -1,0 +1,603 @@
+//! Opening entries of a real mount: one download however many processes,
+//! mounts and `modelfs pull`s want a blob; waiters that can always be
+//! stopped; failures that reach every waiter and leave nothing bad
+//! readable; `O_NONBLOCK`; other producers' locks; shutdown mid-download.
+//!
+//! Every test mounts the real binary (`Mount::start`) over a throwaway store
+//! and fetches from the real HTTPS test origin on loopback.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::FromRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
+use modelfs::digest::Sha256;
+use modelfs::store::{BlobState, ModelName};
+
+const MIB: usize = 1 << 20;
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+fn c_path(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// open(2) with exactly these flags; the errno on failure.
+fn open_flags(p: &Path, flags: i32) -> Result<File, i32> {
+    // SAFETY: a valid C path; the fd returned is owned by the File.
+    let fd = unsafe { libc::open(c_path(p).as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        Err(last_errno())
+    } else {
+        // SAFETY: a fresh fd we own.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+}
+
+/// Opens read-only and reads everything; the errno of the open on failure.
+fn open_and_read(p: &Path) -> Result<Vec<u8>, i32> {
+    let mut f = open_flags(p, libc::O_RDONLY)?;
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).expect("read after a successful open");
+    Ok(v)
+}
+
+/// getxattr(2) as text; the errno on failure.
+fn getxattr(p: &Path, name: &str) -> Result<String, i32> {
+    let name = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid C strings and a buffer of the length passed.
+    let n = unsafe {
+        libc::getxattr(
+            c_path(p).as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(last_errno());
+    }
+    buf.truncate(n as usize);
+    Ok(String::from_utf8(buf).unwrap())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    Sha256::of(bytes).to_hex()
+}
+
+/// `sha256sum PATH` in a child process.
+fn sha256sum(path: &Path) -> Child {
+    Command::new("sha256sum")
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sha256sum")
+}
+
+/// Waits for a `sha256sum` child; its digest, or its stderr as the error.
+fn digest_of(child: Child) -> Result<String, String> {
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        let text = String::from_utf8(out.stdout).unwrap();
+        Ok(text.split_whitespace().next().unwrap_or("").to_string())
+    } else {
+        Err(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Whether task `pid` is inside open/openat right now.
+fn in_open_syscall(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<i64>().ok())
+        .is_some_and(|nr| nr == libc::SYS_openat || nr == libc::SYS_open)
+}
+
+/// Waits up to `limit` for the child to end.
+fn reaped_within(child: &mut Child, limit: Duration) -> Option<(ExitStatus, Duration)> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some((st, t.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+fn partial_len(store: &TestStore, d: &Sha256) -> u64 {
+    match store.store().blob_state(d) {
+        BlobState::Partial(n) => n,
+        _ => 0,
+    }
+}
+
+fn is_present(store: &TestStore, d: &Sha256) -> bool {
+    matches!(store.store().blob_state(d), BlobState::Present(_))
+}
+
+// ---------------------------------------------------------------------------
+// One download, many openers
+// ---------------------------------------------------------------------------
+
+#[test]
+fn thirty_two_processes_opening_one_pending_entry_share_one_download() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(4 * MIB, 1);
+    let m = store.add_pending("m", &origin, &data);
+    // ~3 s, so that every opener arrives while the download runs.
+    origin.set_persistent_fault("m.gguf", Some(Fault::Throttle(1_500_000)));
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let path = mount.path("m.gguf");
+
+    let readers: Vec<Child> = (0..32).map(|_| sha256sum(&path)).collect();
+    assert!(
+        !is_present(&store, &m.blob),
+        "all 32 opened before the download ended (else raise the throttle)"
+    );
+    let want = hex(&data);
+    for (i, r) in readers.into_iter().enumerate() {
+        assert_eq!(
+            digest_of(r),
+            Ok(want.clone()),
+            "reader {i}: {}",
+            mount.log()
+        );
+    }
+    let stats = origin.stats("m.gguf");
+    assert_eq!(stats.gets, 1, "one download for 32 openers: {stats:?}");
+    assert_eq!(stats.bytes_sent, data.len() as u64);
+    store.assert_consistent();
+}
+
+#[test]
+fn two_mounts_and_a_pull_wanting_one_pending_model_download_it_once() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(4 * MIB, 2);
+    store.add_pending("m", &origin, &data);
+    origin.set_persistent_fault("m.gguf", Some(Fault::Throttle(1_000_000)));
+    let one = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let two = Mount::start(&store, origin.ca_pem_path(), &["passthrough=off"]);
+
+    let a = sha256sum(&one.path("m.gguf"));
+    let b = sha256sum(&two.path("m.gguf"));
+    let pull = store
+        .cli(origin.ca_pem_path())
+        .args(["pull", "m"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let a2 = sha256sum(&one.path("m.gguf"));
+
+    let want = hex(&data);
+    assert_eq!(digest_of(a), Ok(want.clone()), "reader on mount one");
+    assert_eq!(digest_of(b), Ok(want.clone()), "reader on mount two");
+    assert_eq!(
+        digest_of(a2),
+        Ok(want.clone()),
+        "second reader on mount one"
+    );
+    let out = pull.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "modelfs pull: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = origin.stats("m.gguf");
+    assert_eq!(stats.gets, 1, "one download in all: {stats:?}");
+    // Each mount can read it again without the network.
+    assert_eq!(open_and_read(&two.path("m.gguf")).unwrap(), data);
+    assert_eq!(origin.stats("m.gguf").gets, 1);
+    store.assert_consistent();
+}
+
+// ---------------------------------------------------------------------------
+// Waiters can be stopped
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sigint_and_sigkill_end_a_waiting_open_at_once_while_another_waiter_gets_the_whole_file() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(2 * MIB, 3);
+    store.add_pending("m", &origin, &data);
+    // The download delivers 256 KiB, then nothing for 20 s, then the rest.
+    origin.set_persistent_fault(
+        "m.gguf",
+        Some(Fault::StallAt(256 * 1024, Duration::from_secs(20))),
+    );
+    let mount = Mount::start(&store, origin.ca_pem_path(), &["stall_timeout=60"]);
+    let path = mount.path("m.gguf");
+
+    let mut by_sigint = sha256sum(&path);
+    let mut by_sigkill = sha256sum(&path);
+    // Python handles SIGINT itself (KeyboardInterrupt): the signal stays
+    // pending instead of killing the process outright.
+    let mut python_sigint = Command::new("python3")
+        .args(["-c", "import sys; open(sys.argv[1], 'rb').read()"])
+        .arg(&path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let survivor = sha256sum(&path);
+
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            origin.stats_now("m.gguf").bytes_sent >= 256 * 1024
+                && [&by_sigint, &by_sigkill, &python_sigint]
+                    .iter()
+                    .all(|c| in_open_syscall(c.id()))
+        }),
+        "the download stalls and every victim waits in open"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    for c in [&mut by_sigint, &mut by_sigkill, &mut python_sigint] {
+        assert!(
+            c.try_wait().unwrap().is_none(),
+            "still waiting before the signal"
+        );
+    }
+    let started = Instant::now();
+    // SAFETY: signalling our own children.
+    unsafe {
+        libc::kill(by_sigint.id() as i32, libc::SIGINT);
+        libc::kill(by_sigkill.id() as i32, libc::SIGKILL);
+        libc::kill(python_sigint.id() as i32, libc::SIGINT);
+    }
+    let limit = Duration::from_secs(5);
+    for (name, c, sig) in [
+        ("sha256sum (SIGINT)", &mut by_sigint, Some(libc::SIGINT)),
+        ("sha256sum (SIGKILL)", &mut by_sigkill, Some(libc::SIGKILL)),
+        ("python (SIGINT)", &mut python_sigint, None),
+    ] {
+        let (status, took) = reaped_within(c, limit)
+            .unwrap_or_else(|| panic!("{name} still waits {limit:?} after the signal"));
+        eprintln!("{name} ended {took:?} after its signal ({status})");
+        assert!(!status.success(), "{name} did not read the file");
+        if let Some(sig) = sig {
+            assert_eq!(status.signal(), Some(sig), "{name} died of its signal");
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the waits ended long before the stall did"
+    );
+    // The watchdog, not the end of the download, released them.
+    let log = mount.log();
+    for c in [&by_sigint, &by_sigkill, &python_sigint] {
+        assert!(
+            log.contains(&format!("open by task {} interrupted", c.id())),
+            "the mount noticed task {}'s signal:\n{log}",
+            c.id()
+        );
+    }
+
+    // The download goes on for the one left.
+    assert_eq!(digest_of(survivor), Ok(hex(&data)), "the survivor");
+    let stats = origin.stats("m.gguf");
+    assert_eq!(stats.gets, 1, "the download was not restarted: {stats:?}");
+    store.assert_consistent();
+}
+
+// ---------------------------------------------------------------------------
+// Failures
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_corrupted_origin_fails_every_waiter_with_eio_quarantines_the_bytes_and_a_later_open_succeeds()
+{
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(2 * MIB, 4);
+    let m = store.add_pending("m", &origin, &data);
+    let flip_at = 1_000_003u64;
+    origin.set_persistent_fault(
+        "m.gguf",
+        Some(Fault::Multi(vec![
+            Fault::FlipByte(flip_at),
+            Fault::Throttle(1_000_000),
+        ])),
+    );
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let path = mount.path("m.gguf");
+
+    let waiters: Vec<_> = (0..6)
+        .map(|_| {
+            let p = path.clone();
+            std::thread::spawn(move || open_and_read(&p).map(|v| v.len()))
+        })
+        .collect();
+    let cat = Command::new("cat")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for (i, w) in waiters.into_iter().enumerate() {
+        assert_eq!(w.join().unwrap(), Err(libc::EIO), "waiter {i}");
+    }
+    let out = cat.wait_with_output().unwrap();
+    assert!(!out.status.success(), "cat fails");
+    assert!(out.stdout.is_empty(), "cat read no byte of the bad file");
+    assert_eq!(
+        origin.stats("m.gguf").gets,
+        1,
+        "all waiters shared one download"
+    );
+
+    // Nothing bad is readable, now or later.
+    assert!(!is_present(&store, &m.blob));
+    // The bytes are in quarantine, one flipped bit away from the right ones.
+    let q = store.quarantined();
+    assert_eq!(q.len(), 1, "quarantine: {q:?}");
+    let bad = std::fs::read(&q[0]).unwrap();
+    assert_eq!(bad.len(), data.len());
+    let diffs: Vec<usize> = (0..bad.len()).filter(|&i| bad[i] != data[i]).collect();
+    assert_eq!(diffs, [flip_at as usize]);
+
+    // The failure is visible.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut state = String::new();
+    while Instant::now() < deadline {
+        state = getxattr(&path, "user.modelfs.state").unwrap();
+        if state == "failed" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(state, "failed");
+    let err = getxattr(&path, "user.modelfs.error").unwrap();
+    assert!(
+        err.contains("SHA-256 mismatch"),
+        "user.modelfs.error: {err}"
+    );
+    assert!(
+        err.contains(&m.blob.to_hex()),
+        "names the expected digest: {err}"
+    );
+    let log = mount.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("m") && l.contains("SHA-256 mismatch")),
+        "one log line names the model and the reason:\n{log}"
+    );
+
+    // Fix the origin: the next open fetches again and succeeds.
+    origin.set_persistent_fault("m.gguf", None);
+    assert!(
+        open_and_read(&path).unwrap() == data,
+        "after the fix the file reads right"
+    );
+    assert_eq!(origin.stats("m.gguf").gets, 2);
+    assert_eq!(getxattr(&path, "user.modelfs.state").unwrap(), "present");
+    assert_eq!(
+        getxattr(&path, "user.modelfs.error").unwrap_err(),
+        libc::ENODATA
+    );
+    store.assert_consistent();
+}
+
+#[test]
+fn a_failed_fetch_fails_the_open_with_eio_and_the_next_open_after_the_origin_is_fixed_succeeds() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(MIB, 5);
+    // The manifest points at a file the origin does not have (404).
+    store.write_manifest("m", &origin.url("m.gguf"), &data);
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let path = mount.path("m.gguf");
+
+    assert_eq!(open_and_read(&path).unwrap_err(), libc::EIO);
+    assert_eq!(origin.stats("m.gguf").statuses, [404]);
+    assert_eq!(getxattr(&path, "user.modelfs.state").unwrap(), "failed");
+    let err = getxattr(&path, "user.modelfs.error").unwrap();
+    assert!(err.contains("404"), "user.modelfs.error: {err}");
+    // Trying again without a fix fails again (and asks again).
+    assert_eq!(open_and_read(&path).unwrap_err(), libc::EIO);
+    assert_eq!(origin.stats("m.gguf").gets, 2);
+
+    origin.put("m.gguf", data.clone());
+    assert!(open_and_read(&path).unwrap() == data);
+    assert_eq!(origin.stats("m.gguf").gets, 3);
+    assert_eq!(getxattr(&path, "user.modelfs.state").unwrap(), "present");
+    store.assert_consistent();
+}
+
+// ---------------------------------------------------------------------------
+// Opens that do not wait, or need no download
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_o_nonblock_open_of_a_pending_entry_fails_with_eagain_at_once_and_starts_the_fetch() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(4 * MIB, 6);
+    let m = store.add_pending("m", &origin, &data);
+    // ~8 s: an open that waited would be obvious.
+    origin.set_persistent_fault("m.gguf", Some(Fault::Throttle(500_000)));
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let path = mount.path("m.gguf");
+
+    let t = Instant::now();
+    let r = open_flags(&path, libc::O_RDONLY | libc::O_NONBLOCK);
+    let took = t.elapsed();
+    assert_eq!(r.unwrap_err(), libc::EAGAIN);
+    assert!(
+        took < Duration::from_secs(2),
+        "EAGAIN came at once ({took:?})"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || origin.stats_now("m.gguf").gets
+            == 1),
+        "the fetch started in the background"
+    );
+    assert_eq!(getxattr(&path, "user.modelfs.state").unwrap(), "fetching");
+    // Another non-blocking open joins rather than starting a second fetch.
+    assert_eq!(
+        open_flags(&path, libc::O_RDONLY | libc::O_NONBLOCK).unwrap_err(),
+        libc::EAGAIN
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || is_present(&store, &m.blob)),
+        "the blob arrives without any blocking open"
+    );
+    // Now even a non-blocking open succeeds, without the network.
+    let mut f = open_flags(&path, libc::O_RDONLY | libc::O_NONBLOCK).unwrap();
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).unwrap();
+    assert!(v == data);
+    assert_eq!(origin.stats("m.gguf").gets, 1);
+    store.assert_consistent();
+}
+
+#[test]
+fn a_present_blob_opens_at_once_even_with_the_origin_gone() {
+    let origin = Origin::start();
+    let ca = origin.ca().clone();
+    let store = TestStore::new();
+    let data = random_bytes(3 * MIB, 7);
+    store.put_blob(&data);
+    store.write_manifest("m", &origin.url("m.gguf"), &data);
+    drop(origin); // connections to it are refused from now on
+    let mount = Mount::start(&store, ca.pem_path(), &[]);
+    let path = mount.path("m.gguf");
+
+    let t = Instant::now();
+    let f = open_flags(&path, libc::O_RDONLY).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "opened at once");
+    drop(f);
+    assert!(open_and_read(&path).unwrap() == data);
+    assert_eq!(getxattr(&path, "user.modelfs.state").unwrap(), "present");
+}
+
+// ---------------------------------------------------------------------------
+// Other producers
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_open_waits_for_another_process_holding_the_model_lock_without_blocking_the_mount() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(2 * MIB, 8);
+    let m = store.add_pending("m", &origin, &data);
+    let other = random_bytes(1000, 9);
+    store.put_blob(&other);
+    store.write_manifest("other", &origin.url("other.gguf"), &other);
+    let lock_path = store.store().lock_path(&ModelName::parse("m").unwrap());
+    let held = modelfs::store::lock::try_lock(&lock_path)
+        .unwrap()
+        .expect("the lock is free");
+
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let path = mount.path("m.gguf");
+    let mut reader = sha256sum(&path);
+    assert!(
+        wait_until(Duration::from_secs(10), || in_open_syscall(reader.id())),
+        "the reader waits in open"
+    );
+
+    // The mount keeps answering while the open waits for the lock.
+    let bound = Duration::from_secs(2);
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        let t = Instant::now();
+        let md = std::fs::metadata(&path).unwrap();
+        assert_eq!(md.len(), data.len() as u64);
+        let out = Command::new("ls")
+            .arg("-l")
+            .arg(&mount.mountpoint)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("m.gguf"));
+        assert!(open_and_read(&mount.path("other.gguf")).unwrap() == other);
+        assert!(t.elapsed() < bound, "metadata took {:?}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(reader.try_wait().unwrap().is_none(), "the open still waits");
+    assert_eq!(getxattr(&path, "user.modelfs.state").unwrap(), "fetching");
+
+    // The other producer finishes: the blob is placed, the lock released.
+    store.put_blob(&data);
+    drop(held);
+    assert_eq!(digest_of(reader), Ok(hex(&data)));
+    assert_eq!(origin.stats("m.gguf").gets, 0, "the produced blob was used");
+    assert!(is_present(&store, &m.blob));
+    store.assert_consistent();
+}
+
+// ---------------------------------------------------------------------------
+// Shutdown mid-download
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sigterm_during_a_download_unmounts_cleanly_and_a_new_mount_resumes_with_a_range_request() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(4 * MIB, 10);
+    let m = store.add_pending("m", &origin, &data);
+    origin.set_persistent_fault("m.gguf", Some(Fault::Throttle(250_000)));
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let mountpoint = mount.mountpoint.clone();
+    let mut reader = sha256sum(&mount.path("m.gguf"));
+    assert!(
+        wait_until(Duration::from_secs(15), || partial_len(&store, &m.blob)
+            >= 512 * 1024),
+        "the download is under way"
+    );
+
+    let status = mount.stop();
+    assert!(
+        status.success(),
+        "the mount exits cleanly on SIGTERM: {status}"
+    );
+    assert!(!common::is_mounted(&mountpoint), "and is unmounted");
+    let (st, _) = reaped_within(&mut reader, Duration::from_secs(5))
+        .expect("the waiting reader is released by the shutdown");
+    assert!(!st.success());
+
+    let kept = partial_len(&store, &m.blob);
+    assert!(
+        kept >= 512 * 1024,
+        "a resumable partial is left ({kept} bytes)"
+    );
+    assert!(kept < data.len() as u64);
+    assert!(!is_present(&store, &m.blob));
+
+    origin.set_persistent_fault("m.gguf", None);
+    let again = Mount::start(&store, origin.ca_pem_path(), &[]);
+    assert!(open_and_read(&again.path("m.gguf")).unwrap() == data);
+    let stats = origin.stats("m.gguf");
+    assert_eq!(stats.gets, 2, "{stats:?}");
+    assert_eq!(
+        stats.range_headers.last().cloned().flatten(),
+        Some(format!("bytes={kept}-")),
+        "the new mount resumed where the old one stopped"
+    );
+    store.assert_consistent();
+}
