@@ -531,6 +531,22 @@ fn everything_that_writes_fails_with_erofs_and_fetches_nothing() {
             "removexattr"
         );
     }
+    // access(2): readable, never writable, model files not executable.
+    let access = |p: &Path, mode: i32| {
+        // SAFETY: a valid C path.
+        rc_errno(unsafe { libc::access(c_path(p).as_ptr(), mode) })
+    };
+    assert_eq!(access(&p, libc::R_OK), 0);
+    assert_eq!(access(&m, libc::R_OK), 0);
+    assert_eq!(access(&p, libc::W_OK), libc::EROFS);
+    assert_eq!(
+        access(&p, libc::X_OK),
+        libc::EACCES,
+        "a model file is not executable"
+    );
+    assert_eq!(access(&mount.mountpoint, libc::R_OK | libc::X_OK), 0);
+    assert_eq!(access(&new, libc::F_OK), libc::ENOENT);
+
     // Nothing changed: same entries, same bytes, nothing fetched.
     assert_eq!(names_in(&mount.mountpoint), ["m.gguf", "p.gguf"]);
     assert_eq!(std::fs::read(&p).unwrap(), present);
@@ -739,7 +755,10 @@ fn reads_match_the_blob(options: &[&str], mode_line: &str) {
     store.put_blob(&big);
     store.write_manifest("big", &origin.url("big.gguf"), &big);
 
-    let mount = Mount::start(&store, origin.ca_pem_path(), options);
+    // fuser's own warnings too: an operation it had to refuse for us shows.
+    let mount = Mount::start_with(&store, origin.ca_pem_path(), options, |c| {
+        c.env("RUST_LOG", "modelfs=debug,fuser=warn");
+    });
     assert!(
         wait_until(Duration::from_secs(5), || mount.log().contains(mode_line)),
         "the mount says which read mode is active ({mode_line:?}):\n{}",
@@ -798,6 +817,10 @@ fn reads_match_the_blob(options: &[&str], mode_line: &str) {
     assert!(
         !log.contains("passthrough refused"),
         "no open fell back from passthrough:\n{log}"
+    );
+    assert!(
+        !log.contains("Not Implemented"),
+        "every operation the kernel sent was answered by modelfs:\n{log}"
     );
 }
 

@@ -18,6 +18,11 @@ pub enum FsError {
     ReadOnly,
     IsDir,
     NotDir,
+    /// The mode bits do not allow it (executing a model file).
+    Denied,
+    /// No ioctl applies to a model file (`isatty()` asks with `TCGETS` on
+    /// every Python `open()`).
+    NoIoctl,
     /// `O_NONBLOCK` open of a blob that is not here yet.
     WouldBlock,
     /// The waiting task received a stop signal.
@@ -46,6 +51,8 @@ impl FsError {
             Self::ReadOnly => libc::EROFS,
             Self::IsDir => libc::EISDIR,
             Self::NotDir => libc::ENOTDIR,
+            Self::Denied => libc::EACCES,
+            Self::NoIoctl => libc::ENOTTY,
             Self::WouldBlock => libc::EAGAIN,
             Self::Interrupted => libc::EINTR,
             // A full disk is the one fetch failure a caller can act on
@@ -78,6 +85,8 @@ impl FsError {
             | Self::ReadOnly
             | Self::IsDir
             | Self::NotDir
+            | Self::Denied
+            | Self::NoIoctl
             | Self::WouldBlock
             | Self::Interrupted => log::Level::Debug,
             // The coordinator already logged the fetch failure once.
@@ -140,6 +149,13 @@ mod tests {
             },
         );
         assert_eq!(FsError::FetchFailed(Arc::new(bad)).errno(), libc::EIO);
+    }
+
+    #[test]
+    fn executing_is_eacces_and_ioctls_are_enotty() {
+        assert_eq!(FsError::Denied.errno(), libc::EACCES);
+        assert_eq!(FsError::NoIoctl.errno(), libc::ENOTTY);
+        assert_eq!(FsError::NoIoctl.log_level(), log::Level::Debug);
     }
 
     #[test]

@@ -274,6 +274,19 @@ impl ModelFs {
         self.handles.lock().len()
     }
 
+    /// access(2): `mask` is `R_OK | W_OK | X_OK` bits (0 for `F_OK`).
+    /// Writing is never allowed; executing only the directory.
+    pub fn access(&self, ino: u64, mask: i32) -> Result<(), FsError> {
+        let attr = self.getattr(ino)?;
+        if mask & libc::W_OK != 0 {
+            return Err(FsError::ReadOnly);
+        }
+        if mask & libc::X_OK != 0 && attr.perm & 0o111 == 0 {
+            return Err(FsError::Denied);
+        }
+        Ok(())
+    }
+
     pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
         if ino == ROOT_INO {
             return Err(FsError::NoAttr);
