@@ -221,7 +221,8 @@ fn two_mounts_and_a_pull_wanting_one_pending_model_download_it_once() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn sigint_and_sigkill_end_a_waiting_open_at_once_while_another_waiter_gets_the_whole_file() {
+fn sigint_sigterm_and_sigkill_end_a_waiting_open_at_once_while_another_waiter_gets_the_whole_file()
+{
     let origin = Origin::start();
     let store = TestStore::new();
     let data = random_bytes(2 * MIB, 3);
@@ -235,6 +236,7 @@ fn sigint_and_sigkill_end_a_waiting_open_at_once_while_another_waiter_gets_the_w
     let path = mount.path("m.gguf");
 
     let mut by_sigint = sha256sum(&path);
+    let mut by_sigterm = sha256sum(&path);
     let mut by_sigkill = sha256sum(&path);
     // Python handles SIGINT itself (KeyboardInterrupt): the signal stays
     // pending instead of killing the process outright.
@@ -249,14 +251,19 @@ fn sigint_and_sigkill_end_a_waiting_open_at_once_while_another_waiter_gets_the_w
     assert!(
         wait_until(Duration::from_secs(10), || {
             origin.stats_now("m.gguf").bytes_sent >= 256 * 1024
-                && [&by_sigint, &by_sigkill, &python_sigint]
+                && [&by_sigint, &by_sigterm, &by_sigkill, &python_sigint]
                     .iter()
                     .all(|c| in_open_syscall(c.id()))
         }),
         "the download stalls and every victim waits in open"
     );
     std::thread::sleep(Duration::from_millis(300));
-    for c in [&mut by_sigint, &mut by_sigkill, &mut python_sigint] {
+    for c in [
+        &mut by_sigint,
+        &mut by_sigterm,
+        &mut by_sigkill,
+        &mut python_sigint,
+    ] {
         assert!(
             c.try_wait().unwrap().is_none(),
             "still waiting before the signal"
@@ -266,12 +273,14 @@ fn sigint_and_sigkill_end_a_waiting_open_at_once_while_another_waiter_gets_the_w
     // SAFETY: signalling our own children.
     unsafe {
         libc::kill(by_sigint.id() as i32, libc::SIGINT);
+        libc::kill(by_sigterm.id() as i32, libc::SIGTERM);
         libc::kill(by_sigkill.id() as i32, libc::SIGKILL);
         libc::kill(python_sigint.id() as i32, libc::SIGINT);
     }
     let limit = Duration::from_secs(5);
     for (name, c, sig) in [
         ("sha256sum (SIGINT)", &mut by_sigint, Some(libc::SIGINT)),
+        ("sha256sum (SIGTERM)", &mut by_sigterm, Some(libc::SIGTERM)),
         ("sha256sum (SIGKILL)", &mut by_sigkill, Some(libc::SIGKILL)),
         ("python (SIGINT)", &mut python_sigint, None),
     ] {
@@ -289,7 +298,7 @@ fn sigint_and_sigkill_end_a_waiting_open_at_once_while_another_waiter_gets_the_w
     );
     // The watchdog, not the end of the download, released them.
     let log = mount.log();
-    for c in [&by_sigint, &by_sigkill, &python_sigint] {
+    for c in [&by_sigint, &by_sigterm, &by_sigkill, &python_sigint] {
         assert!(
             log.contains(&format!("open by task {} interrupted", c.id())),
             "the mount noticed task {}'s signal:\n{log}",
@@ -426,6 +435,60 @@ fn a_failed_fetch_fails_the_open_with_eio_and_the_next_open_after_the_origin_is_
     assert_eq!(origin.stats("m.gguf").gets, 3);
     assert_eq!(getxattr(&path, "user.modelfs.state").unwrap(), "present");
     store.assert_consistent();
+}
+
+/// A small tmpfs mounted over a directory, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "modelfs-test"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount a tmpfs (this test runs as root)");
+        Tmpfs(dir.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_open_with_enospc_and_after_space_is_freed_the_next_open_succeeds() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let disk = Tmpfs::mount(&store.root, "1m");
+    modelfs::store::Store::create(&store.root).unwrap();
+    let data = random_bytes(4 * MIB, 11);
+    store.add_pending("m", &origin, &data);
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let path = mount.path("m.gguf");
+
+    assert_eq!(open_and_read(&path).unwrap_err(), libc::ENOSPC);
+    assert_eq!(getxattr(&path, "user.modelfs.state").unwrap(), "failed");
+    let err = getxattr(&path, "user.modelfs.error").unwrap();
+    assert!(err.contains("disk space"), "user.modelfs.error: {err}");
+    assert!(mount.log().contains("disk space"), "{}", mount.log());
+
+    disk.resize("16m");
+    assert!(open_and_read(&path).unwrap() == data);
+    assert_eq!(origin.stats("m.gguf").gets, 1);
+    store.assert_consistent();
+    drop(mount);
 }
 
 // ---------------------------------------------------------------------------

@@ -36,8 +36,24 @@ pub enum WaiterState {
 }
 
 /// Reads the state of task `tid`.
+///
+/// A task that cannot be watched counts as waiting, never as gone (which
+/// would fail its open at once): the kernel gives tid 0 for a caller
+/// outside the mount daemon's pid namespace (a host process opening a
+/// mount served from a container), and without `/proc` no task can be
+/// looked at.
 pub fn waiter_state(tid: u32) -> WaiterState {
-    waiter_state_at(&Path::new("/proc").join(tid.to_string()).join("status"))
+    waiter_state_in(Path::new("/proc"), tid)
+}
+
+fn waiter_state_in(proc_root: &Path, tid: u32) -> WaiterState {
+    if tid == 0 {
+        return WaiterState::Waiting;
+    }
+    match waiter_state_at(&proc_root.join(tid.to_string()).join("status")) {
+        WaiterState::Gone if !proc_root.join("self/status").exists() => WaiterState::Waiting,
+        s => s,
+    }
 }
 
 fn waiter_state_at(path: &Path) -> WaiterState {
@@ -141,6 +157,24 @@ mod tests {
             WaiterState::Gone
         );
         assert_eq!(waiter_state(std::process::id()), WaiterState::Waiting);
+    }
+
+    #[test]
+    fn a_task_outside_our_pid_namespace_or_without_proc_is_never_gone() {
+        // The kernel reports tid 0 for a caller it cannot name for us.
+        assert_eq!(waiter_state(0), WaiterState::Waiting);
+        let fake = tempfile::tempdir().unwrap();
+        assert_eq!(
+            waiter_state_in(fake.path(), 4242),
+            WaiterState::Waiting,
+            "no /proc: cannot tell, keep waiting"
+        );
+        std::fs::create_dir_all(fake.path().join("self")).unwrap();
+        std::fs::write(fake.path().join("self/status"), status("0", "0", "0")).unwrap();
+        assert_eq!(waiter_state_in(fake.path(), 4242), WaiterState::Gone);
+        std::fs::create_dir_all(fake.path().join("4242")).unwrap();
+        std::fs::write(fake.path().join("4242/status"), status("0", "2", "0")).unwrap();
+        assert_eq!(waiter_state_in(fake.path(), 4242), WaiterState::Signalled);
     }
 
     #[test]
