@@ -664,3 +664,54 @@ fn sigterm_during_a_download_unmounts_cleanly_and_a_new_mount_resumes_with_a_ran
     );
     store.assert_consistent();
 }
+
+#[test]
+fn an_external_umount_during_a_background_download_ends_the_daemon_and_keeps_the_partial() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(4 * MIB, 12);
+    let m = store.add_pending("m", &origin, &data);
+    origin.set_persistent_fault("m.gguf", Some(Fault::Throttle(250_000)));
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let mountpoint = mount.mountpoint.clone();
+    assert_eq!(
+        open_flags(&mount.path("m.gguf"), libc::O_RDONLY | libc::O_NONBLOCK).unwrap_err(),
+        libc::EAGAIN
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || partial_len(&store, &m.blob)
+            >= 256 * 1024),
+        "the background download is under way"
+    );
+
+    let st = Command::new("umount").arg(&mountpoint).status().unwrap();
+    assert!(st.success(), "umount");
+    assert!(
+        wait_until(Duration::from_secs(10), || mount
+            .log()
+            .contains("was unmounted")),
+        "the daemon noticed:\n{}",
+        mount.log()
+    );
+    let status = mount.stop();
+    assert!(
+        status.success(),
+        "the daemon exits cleanly after umount: {status}"
+    );
+    assert!(!common::is_mounted(&mountpoint));
+    let kept = partial_len(&store, &m.blob);
+    assert!(
+        kept >= 256 * 1024 && kept < data.len() as u64,
+        "partial of {kept} bytes kept"
+    );
+
+    origin.set_persistent_fault("m.gguf", None);
+    let again = Mount::start(&store, origin.ca_pem_path(), &[]);
+    assert!(open_and_read(&again.path("m.gguf")).unwrap() == data);
+    let stats = origin.stats("m.gguf");
+    assert_eq!(
+        stats.range_headers.last().cloned().flatten(),
+        Some(format!("bytes={kept}-"))
+    );
+    store.assert_consistent();
+}
