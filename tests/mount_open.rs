@@ -80,9 +80,25 @@ fn hex(bytes: &[u8]) -> String {
     Sha256::of(bytes).to_hex()
 }
 
+/// Undoes an inherited "ignore SIGINT" (a test run started in the
+/// background by a shell has SIGINT and SIGQUIT ignored, and children
+/// inherit that): the signal tests need children that heed signals.
+fn heed_signals(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: signal(2) is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            for s in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM] {
+                libc::signal(s, libc::SIG_DFL);
+            }
+            Ok(())
+        })
+    }
+}
+
 /// `sha256sum PATH` in a child process.
 fn sha256sum(path: &Path) -> Child {
-    Command::new("sha256sum")
+    heed_signals(&mut Command::new("sha256sum"))
         .arg(path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -240,7 +256,7 @@ fn sigint_sigterm_and_sigkill_end_a_waiting_open_at_once_while_another_waiter_ge
     let mut by_sigkill = sha256sum(&path);
     // Python handles SIGINT itself (KeyboardInterrupt): the signal stays
     // pending instead of killing the process outright.
-    let mut python_sigint = Command::new("python3")
+    let mut python_sigint = heed_signals(&mut Command::new("python3"))
         .args(["-c", "import sys; open(sys.argv[1], 'rb').read()"])
         .arg(&path)
         .stderr(Stdio::null())
@@ -284,8 +300,15 @@ fn sigint_sigterm_and_sigkill_end_a_waiting_open_at_once_while_another_waiter_ge
         ("sha256sum (SIGKILL)", &mut by_sigkill, Some(libc::SIGKILL)),
         ("python (SIGINT)", &mut python_sigint, None),
     ] {
-        let (status, took) = reaped_within(c, limit)
-            .unwrap_or_else(|| panic!("{name} still waits {limit:?} after the signal"));
+        let pid = c.id();
+        let (status, took) = reaped_within(c, limit).unwrap_or_else(|| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let stack = std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
+            panic!(
+                "{name} (pid {pid}) still waits {limit:?} after the signal\n{status}\n{stack}\nmount log:\n{}",
+                mount.log()
+            )
+        });
         eprintln!("{name} ended {took:?} after its signal ({status})");
         assert!(!status.success(), "{name} did not read the file");
         if let Some(sig) = sig {
