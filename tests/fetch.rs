@@ -1,0 +1,1031 @@
+//! The fetch pipeline against a real HTTPS origin that misbehaves on
+//! purpose: every test builds a `Fetcher` the way the CLI does (trusting the
+//! origin's throwaway CA, with a short stall timeout and a fast retry
+//! policy), runs `Fetcher::fetch` on a store in a temp dir, and checks what a
+//! user would notice: the error kind and message, what the origin was asked
+//! for, and what ended up in the store.
+
+// `FetchError` is large on purpose (see src/lib.rs); tests pass it around.
+#![allow(clippy::result_large_err)]
+
+mod common;
+
+use std::fs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Fault, Origin, TestStore, random_bytes, wait_until};
+use modelfs::digest::Sha256;
+use modelfs::fetch::{
+    FetchError, FetchErrorKind, FetchJob, FetchOutcome, Fetcher, Http, HttpConfig, Phase, Progress,
+    RetryPolicy,
+};
+use modelfs::store::{BlobState, Manifest, ModelName, Source, lock};
+
+const STALL: Duration = Duration::from_secs(1);
+
+fn config(origin: &Origin) -> HttpConfig {
+    HttpConfig {
+        ca_file: Some(origin.ca_pem_path().into()),
+        stall_timeout: STALL,
+        connect_timeout: Duration::from_secs(5),
+        ..HttpConfig::default()
+    }
+}
+
+/// Retries quickly: a test that waits has a reason to (Retry-After, stalls).
+fn fast_policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+        max_retry_after: Duration::from_secs(10),
+    }
+}
+
+fn fetcher(origin: &Origin) -> Fetcher {
+    fetcher_with(config(origin))
+}
+
+fn fetcher_with(cfg: HttpConfig) -> Fetcher {
+    Fetcher::new(Http::new(cfg).expect("http client"), fast_policy())
+}
+
+fn fetch(f: &Fetcher, ts: &TestStore, m: &Manifest) -> Result<FetchOutcome, FetchError> {
+    let never = AtomicBool::new(false);
+    f.fetch(
+        &ts.store(),
+        &FetchJob {
+            manifest: m,
+            write_manifest: false,
+            progress: None,
+            cancel: &never,
+        },
+    )
+}
+
+fn path_of(name: &str) -> String {
+    format!("{name}.gguf")
+}
+
+/// The model's blob is in place, with exactly `bytes`.
+fn assert_present(ts: &TestStore, m: &Manifest, bytes: &[u8]) {
+    let s = ts.store();
+    assert_eq!(
+        s.blob_state(&m.blob),
+        BlobState::Present(bytes.len() as u64)
+    );
+    assert!(
+        fs::read(s.blob_path(&m.blob)).unwrap() == bytes,
+        "blob bytes differ from what the origin serves"
+    );
+    assert!(
+        !s.partial_path(&m.blob).exists(),
+        "the partial is gone once the blob is published"
+    );
+}
+
+/// The model did not arrive: no blob, and the pending manifest is intact.
+fn assert_still_pending(ts: &TestStore, m: &Manifest) {
+    let s = ts.store();
+    assert!(
+        !s.blob_path(&m.blob).exists(),
+        "no blob may appear at the digest path after a failure"
+    );
+    let on_disk = s.read_manifest(&m.name).unwrap().expect("manifest kept");
+    assert_eq!(
+        on_disk.to_json_bytes(),
+        m.to_json_bytes(),
+        "the pending manifest stays as it was"
+    );
+    assert_ne!(
+        s.blob_state(&m.blob),
+        BlobState::Partial(0),
+        "a failure before the first byte leaves no empty partial (it reads as a started download)"
+    );
+}
+
+#[test]
+fn a_clean_fetch_downloads_once_and_publishes_the_verified_blob() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(1 << 20, 1);
+    let m = ts.add_pending("clean", &origin, &bytes);
+
+    let out = fetch(&fetcher(&origin), &ts, &m).expect("fetch");
+
+    assert_eq!(
+        out,
+        FetchOutcome::Downloaded {
+            transferred: bytes.len() as u64,
+            resumed_from: 0
+        }
+    );
+    assert_present(&ts, &m, &bytes);
+    let st = origin.stats(&path_of("clean"));
+    assert_eq!((st.gets, st.range_gets), (1, 0));
+    // A second fetch finds the blob and does not touch the network.
+    assert_eq!(
+        fetch(&fetcher(&origin), &ts, &m).unwrap(),
+        FetchOutcome::AlreadyPresent {
+            waited_for_lock: false
+        }
+    );
+    assert_eq!(origin.stats(&path_of("clean")).gets, 1);
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_dropped_connection_resumes_with_a_range_request() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(1 << 20, 2);
+    let m = ts.add_pending("dropped", &origin, &bytes);
+    origin.push_fault(&path_of("dropped"), Fault::DropAt(300_000));
+
+    let out = fetch(&fetcher(&origin), &ts, &m).expect("fetch resumes");
+
+    assert_present(&ts, &m, &bytes);
+    let st = origin.stats(&path_of("dropped"));
+    assert_eq!(st.gets, 2, "one drop, one resume");
+    assert_eq!(
+        st.range_headers,
+        vec![None, Some("bytes=300000-".to_string())]
+    );
+    assert_eq!(
+        st.bytes_sent,
+        bytes.len() as u64,
+        "only the rest was sent again"
+    );
+    assert_eq!(
+        out,
+        FetchOutcome::Downloaded {
+            transferred: bytes.len() as u64,
+            resumed_from: 0
+        }
+    );
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_stall_longer_than_the_stall_timeout_is_abandoned_and_retried() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(1 << 20, 3);
+    let m = ts.add_pending("stalled", &origin, &bytes);
+    origin.push_fault(
+        &path_of("stalled"),
+        Fault::StallAt(200_000, Duration::from_secs(6)),
+    );
+
+    let t0 = Instant::now();
+    fetch(&fetcher(&origin), &ts, &m).expect("fetch succeeds after the stall");
+    let took = t0.elapsed();
+
+    assert_present(&ts, &m, &bytes);
+    assert!(
+        took >= STALL.mul_f32(0.9),
+        "the stall was noticed after the stall timeout, not before ({took:?})"
+    );
+    let st = origin.stats_now(&path_of("stalled"));
+    assert_eq!(st.gets, 2);
+    assert_eq!(st.range_headers[1].as_deref(), Some("bytes=200000-"));
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_flipped_byte_fails_with_a_digest_mismatch_and_quarantines_the_bytes() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(1 << 20, 4);
+    let m = ts.add_pending("flipped", &origin, &bytes);
+    origin.push_fault(&path_of("flipped"), Fault::FlipByte(123_456));
+    let mut served = bytes.clone();
+    served[123_456] ^= 1;
+
+    let err = fetch(&fetcher(&origin), &ts, &m).expect_err("a flipped byte must fail");
+
+    let FetchErrorKind::DigestMismatch {
+        expected,
+        actual,
+        quarantined,
+    } = &err.kind
+    else {
+        panic!("expected DigestMismatch, got {err}");
+    };
+    assert_eq!(*expected, m.blob);
+    assert_eq!(*actual, Sha256::of(&served));
+    let msg = err.to_string();
+    for needle in [
+        "\"flipped\"".to_string(),
+        origin.url(&path_of("flipped")),
+        m.blob.to_hex(),
+        Sha256::of(&served).to_hex(),
+    ] {
+        assert!(msg.contains(&needle), "{msg:?} should mention {needle}");
+    }
+    let q = quarantined.as_ref().expect("the bytes were quarantined");
+    assert!(
+        q.starts_with(ts.store().quarantine_dir()),
+        "{}",
+        q.display()
+    );
+    assert_eq!(ts.quarantined(), vec![q.clone()]);
+    assert!(
+        fs::read(q).unwrap() == served,
+        "quarantine keeps the bad bytes"
+    );
+    assert_still_pending(&ts, &m);
+    assert_eq!(
+        origin.stats(&path_of("flipped")).gets,
+        1,
+        "a fresh download that mismatches is not retried"
+    );
+    ts.assert_consistent();
+}
+
+#[test]
+fn two_mismatches_of_one_model_in_the_same_second_keep_both_quarantined_files() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(256 << 10, 5);
+    let m = ts.add_pending("twice", &origin, &bytes);
+    origin.push_fault(&path_of("twice"), Fault::FlipByte(10));
+    origin.push_fault(&path_of("twice"), Fault::FlipByte(20));
+    let f = fetcher(&origin);
+
+    let a = fetch(&f, &ts, &m).expect_err("first mismatch");
+    let b = fetch(&f, &ts, &m).expect_err("second mismatch");
+
+    assert!(matches!(a.kind, FetchErrorKind::DigestMismatch { .. }));
+    assert!(matches!(b.kind, FetchErrorKind::DigestMismatch { .. }));
+    let q = ts.quarantined();
+    assert_eq!(q.len(), 2, "both quarantined files are kept: {q:?}");
+    let mut contents: Vec<Vec<u8>> = q.iter().map(|p| fs::read(p).unwrap()).collect();
+    contents.sort();
+    let (mut one, mut two) = (bytes.clone(), bytes.clone());
+    one[10] ^= 1;
+    two[20] ^= 1;
+    let mut want = vec![one, two];
+    want.sort();
+    assert!(
+        contents == want,
+        "each file holds the bytes of its own attempt"
+    );
+    assert_still_pending(&ts, &m);
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_content_length_other_than_the_manifest_size_fails_fast_after_one_request() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(512 << 10, 6);
+    let size = bytes.len() as u64;
+    let m = ts.add_pending("wronglen", &origin, &bytes);
+    origin.set_persistent_fault(
+        &path_of("wronglen"),
+        Some(Fault::ContentLength(size - 1000)),
+    );
+
+    let err = fetch(&fetcher(&origin), &ts, &m).expect_err("wrong length must fail");
+
+    assert!(
+        matches!(
+            err.kind,
+            FetchErrorKind::LengthMismatch { expected, announced }
+                if expected == size && announced == size - 1000
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&size.to_string()), "{err}");
+    assert_eq!(origin.stats(&path_of("wronglen")).gets, 1, "not retried");
+    assert_still_pending(&ts, &m);
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_server_error_is_retried_and_the_next_answer_succeeds() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(512 << 10, 7);
+    let m = ts.add_pending("flaky", &origin, &bytes);
+    origin.push_fault(&path_of("flaky"), Fault::Status(500));
+
+    fetch(&fetcher(&origin), &ts, &m).expect("the retry succeeds");
+
+    assert_present(&ts, &m, &bytes);
+    let st = origin.stats(&path_of("flaky"));
+    assert_eq!(st.statuses, vec![500, 200]);
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_missing_file_fails_fast_after_exactly_one_request() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(256 << 10, 8);
+    // The manifest points at a path the origin does not serve.
+    let m = ts.write_manifest("missing", &origin.url("missing.gguf"), &bytes);
+
+    let err = fetch(&fetcher(&origin), &ts, &m).expect_err("404 must fail");
+
+    assert!(
+        matches!(err.kind, FetchErrorKind::Status { code: 404, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("404"), "{err}");
+    assert_eq!(origin.stats("missing.gguf").gets, 1);
+    assert_still_pending(&ts, &m);
+    ts.assert_consistent();
+}
+
+#[test]
+fn unauthorized_and_forbidden_answers_fail_fast_and_suggest_a_token() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    for (name, code) in [("gated401", 401u16), ("gated403", 403)] {
+        let bytes = random_bytes(256 << 10, u64::from(code));
+        let m = ts.add_pending(name, &origin, &bytes);
+        origin.set_persistent_fault(&path_of(name), Some(Fault::Status(code)));
+
+        let err = fetch(&fetcher(&origin), &ts, &m).expect_err("must fail");
+
+        assert!(
+            matches!(err.kind, FetchErrorKind::Status { code: c, .. } if c == code),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&code.to_string()) && msg.contains("HF_TOKEN"),
+            "{msg}"
+        );
+        assert_eq!(
+            origin.stats(&path_of(name)).gets,
+            1,
+            "{code} is not retried"
+        );
+        assert_still_pending(&ts, &m);
+    }
+    ts.assert_consistent();
+}
+
+#[test]
+fn too_many_requests_waits_for_retry_after_then_succeeds() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(256 << 10, 9);
+    let m = ts.add_pending("busy", &origin, &bytes);
+    origin.push_fault(
+        &path_of("busy"),
+        Fault::TooManyRequests {
+            retry_after_secs: 2,
+        },
+    );
+
+    let t0 = Instant::now();
+    fetch(&fetcher(&origin), &ts, &m).expect("succeeds after waiting");
+    let took = t0.elapsed();
+
+    // The policy's own backoff is 20 ms: only Retry-After explains a wait.
+    assert!(
+        took >= Duration::from_millis(1800),
+        "waited {took:?}, less than the 2 s the server asked for"
+    );
+    assert_eq!(origin.stats(&path_of("busy")).statuses, vec![429, 200]);
+    assert_present(&ts, &m, &bytes);
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_redirect_to_plain_http_is_refused() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(256 << 10, 10);
+    let m = ts.add_pending("downgrade", &origin, &bytes);
+    origin.set_persistent_fault(
+        &path_of("downgrade"),
+        Some(Fault::RedirectTo(origin.http_url(&path_of("downgrade")))),
+    );
+
+    let err = fetch(&fetcher(&origin), &ts, &m).expect_err("http:// must be refused");
+
+    assert!(matches!(err.kind, FetchErrorKind::InsecureUrl(_)), "{err}");
+    let st = origin.stats(&path_of("downgrade"));
+    assert_eq!(
+        st.plain_http_requests, 0,
+        "nothing was asked over plain HTTP"
+    );
+    assert_eq!(st.gets, 1, "an insecure redirect is not retried");
+    assert_still_pending(&ts, &m);
+    ts.assert_consistent();
+}
+
+/// A model pinned from "Hugging Face" (the `hub` origin, as HF_ENDPOINT),
+/// whose resolve URL redirects to `target` (a CDN-like second host).
+fn hf_redirect_case(hub: &Origin, target: &str, ts: &TestStore, bytes: &[u8]) -> Manifest {
+    let source = Source {
+        registry: "huggingface.co".into(),
+        repo: "org/repo".into(),
+        revision: "main".into(),
+        filename: "model.gguf".into(),
+        url: None,
+    };
+    let m = Manifest::new(
+        ModelName::parse("hfmodel").unwrap(),
+        "gguf",
+        Sha256::of(bytes),
+        bytes.len() as u64,
+        source,
+    );
+    ts.store().write_manifest(&m).unwrap();
+    hub.set_persistent_fault(
+        "org/repo/resolve/main/model.gguf",
+        Some(Fault::RedirectTo(target.to_string())),
+    );
+    m
+}
+
+fn hf_fetcher(hub: &Origin) -> Fetcher {
+    fetcher_with(HttpConfig {
+        hf_endpoint: format!("https://127.0.0.1:{}", hub.port()),
+        hf_token: Some("secret".into()),
+        ..config(hub)
+    })
+}
+
+#[test]
+fn the_hugging_face_token_goes_to_the_hub_and_never_to_the_host_it_redirects_to() {
+    let hub = Origin::start();
+    let cdn = Origin::start_with_ca(hub.ca());
+    let ts = TestStore::new();
+    let bytes = random_bytes(512 << 10, 11);
+    cdn.put("lfs/blob", bytes.clone());
+    let m = hf_redirect_case(&hub, &cdn.url_localhost("lfs/blob"), &ts, &bytes);
+
+    fetch(&hf_fetcher(&hub), &ts, &m).expect("fetch through the redirect");
+
+    assert_present(&ts, &m, &bytes);
+    assert_eq!(
+        hub.stats("org/repo/resolve/main/model.gguf")
+            .authorization_headers,
+        vec![Some("Bearer secret".to_string())]
+    );
+    assert_eq!(
+        cdn.stats("lfs/blob").authorization_headers,
+        vec![None],
+        "the token must not follow the redirect"
+    );
+    ts.assert_consistent();
+}
+
+#[test]
+fn the_hugging_face_token_is_not_sent_to_another_port_of_the_same_host() {
+    // Same IP, other port: another origin (another service) as far as
+    // credentials go, as browsers and curl treat it.
+    let hub = Origin::start();
+    let other = Origin::start_with_ca(hub.ca());
+    let ts = TestStore::new();
+    let bytes = random_bytes(256 << 10, 12);
+    other.put("lfs/blob", bytes.clone());
+    let m = hf_redirect_case(&hub, &other.url("lfs/blob"), &ts, &bytes);
+
+    fetch(&hf_fetcher(&hub), &ts, &m).expect("fetch through the redirect");
+
+    assert_present(&ts, &m, &bytes);
+    assert_eq!(
+        hub.stats("org/repo/resolve/main/model.gguf")
+            .authorization_headers,
+        vec![Some("Bearer secret".to_string())]
+    );
+    assert_eq!(other.stats("lfs/blob").authorization_headers, vec![None]);
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_server_that_ignores_range_on_resume_makes_the_download_start_over_cleanly() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(1 << 20, 13);
+    let size = bytes.len() as u64;
+    let m = ts.add_pending("norange", &origin, &bytes);
+    origin.push_fault(&path_of("norange"), Fault::DropAt(400_000));
+    origin.push_fault(&path_of("norange"), Fault::IgnoreRange);
+
+    let out = fetch(&fetcher(&origin), &ts, &m).expect("fetch");
+
+    assert_present(&ts, &m, &bytes);
+    let st = origin.stats(&path_of("norange"));
+    assert_eq!(st.range_headers[1].as_deref(), Some("bytes=400000-"));
+    assert_eq!(st.statuses, vec![200, 200], "the resume got the whole file");
+    assert_eq!(st.bytes_sent, 400_000 + size);
+    assert_eq!(
+        out,
+        FetchOutcome::Downloaded {
+            transferred: 400_000 + size,
+            resumed_from: 0
+        }
+    );
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_kept_partial_the_server_will_not_resume_is_not_reported_as_resumed() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(512 << 10, 14);
+    let m = ts.add_pending("norange2", &origin, &bytes);
+    // A good prefix from an earlier run, and a server that ignores Range.
+    let s = ts.store();
+    fs::create_dir_all(s.partial_path(&m.blob).parent().unwrap()).unwrap();
+    fs::write(s.partial_path(&m.blob), &bytes[..100_000]).unwrap();
+    origin.push_fault(&path_of("norange2"), Fault::IgnoreRange);
+
+    let out = fetch(&fetcher(&origin), &ts, &m).expect("fetch");
+
+    assert_present(&ts, &m, &bytes);
+    assert_eq!(
+        origin.stats(&path_of("norange2")).range_headers,
+        vec![Some("bytes=100000-".to_string())]
+    );
+    // Every byte came over the network again: nothing was resumed.
+    assert_eq!(
+        out,
+        FetchOutcome::Downloaded {
+            transferred: bytes.len() as u64,
+            resumed_from: 0
+        }
+    );
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_truncated_body_is_resumed() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(1 << 20, 15);
+    let m = ts.add_pending("truncated", &origin, &bytes);
+    origin.push_fault(&path_of("truncated"), Fault::Truncate(300_000));
+
+    fetch(&fetcher(&origin), &ts, &m).expect("fetch resumes");
+
+    assert_present(&ts, &m, &bytes);
+    let st = origin.stats(&path_of("truncated"));
+    assert_eq!(
+        st.range_headers,
+        vec![None, Some("bytes=300000-".to_string())]
+    );
+    assert_eq!(st.bytes_sent, bytes.len() as u64);
+    ts.assert_consistent();
+}
+
+#[test]
+fn progress_events_grow_towards_the_right_total() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(1 << 20, 16);
+    let size = bytes.len() as u64;
+    let m = ts.add_pending("progress", &origin, &bytes);
+    // About half a second, so several throttled events are due.
+    origin.set_persistent_fault(&path_of("progress"), Some(Fault::Throttle(2 << 20)));
+    let (tx, rx) = crossbeam_channel::unbounded::<Progress>();
+    let never = AtomicBool::new(false);
+
+    fetcher(&origin)
+        .fetch(
+            &ts.store(),
+            &FetchJob {
+                manifest: &m,
+                write_manifest: false,
+                progress: Some(tx),
+                cancel: &never,
+            },
+        )
+        .expect("fetch");
+
+    let events: Vec<Progress> = rx.try_iter().collect();
+    let downloading: Vec<&Progress> = events
+        .iter()
+        .filter(|p| p.phase == Phase::Downloading)
+        .collect();
+    assert!(
+        downloading.len() >= 2,
+        "several download events: {events:?}"
+    );
+    assert!(events.iter().all(|p| p.total == size), "{events:?}");
+    assert!(
+        downloading.windows(2).all(|w| w[0].done < w[1].done),
+        "done grows: {downloading:?}"
+    );
+    assert!(downloading.iter().all(|p| p.done <= size));
+    assert_eq!(downloading.last().unwrap().done, size);
+    assert_eq!(events.last().unwrap().phase, Phase::Publishing);
+    assert_present(&ts, &m, &bytes);
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_cancelled_fetch_keeps_a_resumable_partial_and_the_next_fetch_resumes() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(2 << 20, 17);
+    let size = bytes.len() as u64;
+    let m = ts.add_pending("cancelled", &origin, &bytes);
+    origin.set_persistent_fault(&path_of("cancelled"), Some(Fault::Throttle(512 << 10)));
+    let f = fetcher(&origin);
+    let cancel = AtomicBool::new(false);
+    let store = ts.store();
+
+    let result = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            f.fetch(
+                &store,
+                &FetchJob {
+                    manifest: &m,
+                    write_manifest: false,
+                    progress: None,
+                    cancel: &cancel,
+                },
+            )
+        });
+        assert!(
+            wait_until(Duration::from_secs(20), || matches!(
+                store.blob_state(&m.blob),
+                BlobState::Partial(n) if n > 0
+            )),
+            "the download never started"
+        );
+        cancel.store(true, Ordering::Relaxed);
+        h.join().unwrap()
+    });
+
+    let err = result.expect_err("a cancelled fetch fails");
+    assert!(matches!(err.kind, FetchErrorKind::Cancelled), "{err}");
+    let BlobState::Partial(kept) = store.blob_state(&m.blob) else {
+        panic!("the partial must be kept for resuming");
+    };
+    assert!(kept > 0 && kept < size, "kept {kept} of {size}");
+    assert!(fs::read(store.partial_path(&m.blob)).unwrap() == bytes[..kept as usize]);
+    assert_still_pending(&ts, &m);
+
+    origin.set_persistent_fault(&path_of("cancelled"), None);
+    let out = fetch(&f, &ts, &m).expect("the next fetch completes");
+
+    assert_eq!(
+        out,
+        FetchOutcome::Downloaded {
+            transferred: size - kept,
+            resumed_from: kept
+        }
+    );
+    let st = origin.stats(&path_of("cancelled"));
+    assert_eq!(
+        st.range_headers.last().unwrap().as_deref(),
+        Some(format!("bytes={kept}-").as_str())
+    );
+    assert_present(&ts, &m, &bytes);
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_partial_longer_than_the_blob_is_discarded_and_the_download_starts_from_zero() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(512 << 10, 18);
+    let m = ts.add_pending("toolong", &origin, &bytes);
+    let s = ts.store();
+    fs::create_dir_all(s.partial_path(&m.blob).parent().unwrap()).unwrap();
+    fs::write(
+        s.partial_path(&m.blob),
+        random_bytes(bytes.len() + 4096, 99),
+    )
+    .unwrap();
+
+    let out = fetch(&fetcher(&origin), &ts, &m).expect("fetch");
+
+    assert_present(&ts, &m, &bytes);
+    assert_eq!(
+        origin.stats(&path_of("toolong")).range_headers,
+        vec![None],
+        "one plain GET from byte 0"
+    );
+    assert_eq!(
+        out,
+        FetchOutcome::Downloaded {
+            transferred: bytes.len() as u64,
+            resumed_from: 0
+        }
+    );
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_corrupt_partial_prefix_is_quarantined_and_the_download_starts_over_once() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(1 << 20, 19);
+    let size = bytes.len() as u64;
+    let m = ts.add_pending("corrupt", &origin, &bytes);
+    let s = ts.store();
+    let garbage = random_bytes(100_000, 98);
+    fs::create_dir_all(s.partial_path(&m.blob).parent().unwrap()).unwrap();
+    fs::write(s.partial_path(&m.blob), &garbage).unwrap();
+
+    let out = fetch(&fetcher(&origin), &ts, &m).expect("fetch recovers");
+
+    assert_present(&ts, &m, &bytes);
+    let st = origin.stats(&path_of("corrupt"));
+    assert_eq!(
+        st.range_headers,
+        vec![Some("bytes=100000-".to_string()), None],
+        "resume, mismatch, then exactly one fresh download"
+    );
+    assert_eq!(st.bytes_sent, (size - 100_000) + size);
+    assert_eq!(
+        out,
+        FetchOutcome::Downloaded {
+            transferred: size,
+            resumed_from: 0
+        }
+    );
+    let q = ts.quarantined();
+    assert_eq!(q.len(), 1, "{q:?}");
+    let mut want = garbage.clone();
+    want.extend_from_slice(&bytes[100_000..]);
+    assert!(
+        fs::read(&q[0]).unwrap() == want,
+        "the bad resumed bytes are kept"
+    );
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_fetch_waits_for_another_producers_lock_and_uses_its_blob() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(256 << 10, 20);
+    let m = ts.add_pending("locked", &origin, &bytes);
+    let store = ts.store();
+    let held = lock::try_lock(&store.lock_path(&m.name))
+        .unwrap()
+        .expect("the lock is free");
+    let f = fetcher(&origin);
+    let never = AtomicBool::new(false);
+
+    let out = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            f.fetch(
+                &store,
+                &FetchJob {
+                    manifest: &m,
+                    write_manifest: false,
+                    progress: None,
+                    cancel: &never,
+                },
+            )
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!h.is_finished(), "the fetch must wait for the lock");
+        assert_eq!(origin.stats_now(&path_of("locked")).gets, 0);
+        // The other producer finishes: blob in place, lock released.
+        ts.put_blob(&bytes);
+        drop(held);
+        h.join().unwrap()
+    });
+
+    assert_eq!(
+        out.expect("fetch"),
+        FetchOutcome::AlreadyPresent {
+            waited_for_lock: true
+        }
+    );
+    assert_eq!(origin.stats(&path_of("locked")).gets, 0);
+    assert_present(&ts, &m, &bytes);
+    ts.assert_consistent();
+}
+
+#[test]
+fn the_producer_flow_writes_the_manifest_only_after_the_blob() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(256 << 10, 21);
+    origin.put("fresh.gguf", bytes.clone());
+    let m = Manifest::new(
+        ModelName::parse("fresh").unwrap(),
+        "gguf",
+        Sha256::of(&bytes),
+        bytes.len() as u64,
+        Source {
+            url: Some(origin.url("fresh.gguf")),
+            ..Source::default()
+        },
+    );
+    let never = AtomicBool::new(false);
+    // A failing producer leaves no manifest behind.
+    origin.push_fault("fresh.gguf", Fault::FlipByte(0));
+    let job = FetchJob {
+        manifest: &m,
+        write_manifest: true,
+        progress: None,
+        cancel: &never,
+    };
+    let f = fetcher(&origin);
+    assert!(f.fetch(&ts.store(), &job).is_err());
+    assert_eq!(ts.store().read_manifest(&m.name).unwrap(), None);
+
+    f.fetch(&ts.store(), &job).expect("fetch");
+
+    assert_present(&ts, &m, &bytes);
+    let written = ts
+        .store()
+        .read_manifest(&m.name)
+        .unwrap()
+        .expect("manifest");
+    assert_eq!(written.to_json_bytes(), m.to_json_bytes());
+    ts.assert_consistent();
+}
+
+#[test]
+fn the_no_space_error_says_how_much_is_needed_and_how_much_is_free() {
+    let e = FetchError::new(
+        "big",
+        Some("https://mirror.example/big.gguf"),
+        FetchErrorKind::NoSpace {
+            needed: 5 << 30,
+            available: 1 << 30,
+        },
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("\"big\"") && msg.contains("5.0 GiB") && msg.contains("1.0 GiB"),
+        "{msg}"
+    );
+    assert!(msg.contains("free disk space"), "{msg}");
+    assert!(!e.kind.is_transient());
+    assert_eq!(e.kind.raw_os_error(), Some(libc::ENOSPC));
+}
+
+#[test]
+fn a_complete_partial_left_by_a_crash_is_published_without_a_request() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(300_000, 22);
+    let m = ts.add_pending("complete", &origin, &bytes);
+    let s = ts.store();
+    fs::create_dir_all(s.partial_path(&m.blob).parent().unwrap()).unwrap();
+    fs::write(s.partial_path(&m.blob), &bytes).unwrap();
+
+    let out = fetch(&fetcher(&origin), &ts, &m).expect("fetch");
+
+    assert_eq!(
+        out,
+        FetchOutcome::Downloaded {
+            transferred: 0,
+            resumed_from: bytes.len() as u64
+        }
+    );
+    assert_eq!(origin.stats(&path_of("complete")).gets, 0);
+    assert_present(&ts, &m, &bytes);
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_server_that_keeps_failing_is_given_up_on_after_the_policys_attempts() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(256 << 10, 23);
+    let m = ts.add_pending("down", &origin, &bytes);
+    origin.set_persistent_fault(&path_of("down"), Some(Fault::Status(503)));
+
+    let err = fetch(&fetcher(&origin), &ts, &m).expect_err("must give up");
+
+    assert!(
+        matches!(err.kind, FetchErrorKind::Status { code: 503, .. }),
+        "{err}"
+    );
+    assert_eq!(err.attempts, fast_policy().max_attempts);
+    assert!(err.to_string().contains("after 5 attempts"), "{err}");
+    assert_eq!(origin.stats(&path_of("down")).gets, 5);
+    assert_still_pending(&ts, &m);
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_response_whose_headers_stall_is_abandoned_and_retried() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(256 << 10, 24);
+    let m = ts.add_pending("slowhead", &origin, &bytes);
+    origin.push_fault(
+        &path_of("slowhead"),
+        Fault::StallHeaders(Duration::from_secs(6)),
+    );
+
+    fetch(&fetcher(&origin), &ts, &m).expect("the retry succeeds");
+
+    assert_eq!(origin.stats_now(&path_of("slowhead")).gets, 2);
+    assert_present(&ts, &m, &bytes);
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_connection_reset_mid_body_is_resumed() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(1 << 20, 25);
+    let m = ts.add_pending("reset", &origin, &bytes);
+    origin.push_fault(&path_of("reset"), Fault::ResetAt(500_000));
+
+    fetch(&fetcher(&origin), &ts, &m).expect("fetch resumes");
+
+    assert_present(&ts, &m, &bytes);
+    let st = origin.stats(&path_of("reset"));
+    assert_eq!((st.gets, st.range_gets), (2, 1));
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_fetch_cancelled_while_waiting_for_the_lock_gives_up_without_a_request() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(1000, 26);
+    let m = ts.add_pending("waiting", &origin, &bytes);
+    let store = ts.store();
+    let _held = lock::try_lock(&store.lock_path(&m.name)).unwrap().unwrap();
+    let cancel = AtomicBool::new(false);
+    let f = fetcher(&origin);
+
+    let out = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            f.fetch(
+                &store,
+                &FetchJob {
+                    manifest: &m,
+                    write_manifest: false,
+                    progress: None,
+                    cancel: &cancel,
+                },
+            )
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        cancel.store(true, Ordering::Relaxed);
+        h.join().unwrap()
+    });
+
+    let err = out.expect_err("cancelled");
+    assert!(matches!(err.kind, FetchErrorKind::Cancelled), "{err}");
+    assert_eq!(origin.stats(&path_of("waiting")).gets, 0);
+    assert_still_pending(&ts, &m);
+    ts.assert_consistent();
+}
+
+#[test]
+fn two_names_for_one_blob_fetched_at_once_download_it_once() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(1 << 20, 27);
+    let a = ts.add_pending("alias-a", &origin, &bytes);
+    let b = ts.add_pending("alias-b", &origin, &bytes);
+    for p in ["alias-a.gguf", "alias-b.gguf"] {
+        origin.set_persistent_fault(p, Some(Fault::Throttle(1 << 20)));
+    }
+    let f = fetcher(&origin);
+    let store = ts.store();
+    let never = AtomicBool::new(false);
+    let job = |m| FetchJob {
+        manifest: m,
+        write_manifest: false,
+        progress: None,
+        cancel: &never,
+    };
+
+    let (ra, rb) = std::thread::scope(|s| {
+        let ha = s.spawn(|| f.fetch(&store, &job(&a)));
+        assert!(wait_until(Duration::from_secs(20), || matches!(
+            store.blob_state(&a.blob),
+            BlobState::Partial(n) if n > 0
+        )));
+        let hb = s.spawn(|| f.fetch(&store, &job(&b)));
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+
+    assert!(
+        matches!(ra.expect("a"), FetchOutcome::Downloaded { .. }),
+        "the first fetch downloads"
+    );
+    assert_eq!(
+        rb.expect("b"),
+        FetchOutcome::AlreadyPresent {
+            waited_for_lock: true
+        },
+        "the second uses the blob the first produced"
+    );
+    let gets = origin.stats("alias-a.gguf").gets + origin.stats("alias-b.gguf").gets;
+    assert_eq!(gets, 1, "one download for one blob");
+    assert_present(&ts, &a, &bytes);
+    assert!(
+        !store.partial_path(&a.blob).parent().unwrap().exists(),
+        "no partial is left behind"
+    );
+    ts.assert_consistent();
+}
