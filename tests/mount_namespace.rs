@@ -259,6 +259,39 @@ fn each_manifest_is_a_read_only_file_sized_from_its_manifest_then_its_blob_and_d
     assert_eq!(origin.stats("late.gguf").gets, 0);
 }
 
+/// The source and type `/proc/self/mountinfo` shows for `mountpoint`.
+fn mount_source(mountpoint: &Path) -> Option<(String, String)> {
+    let want = mountpoint.canonicalize().ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if left.split(' ').nth(4)? != want.to_str()? {
+            return None;
+        }
+        let mut r = right.split(' ');
+        let fstype = r.next()?.to_string();
+        Some((r.next()?.to_string(), fstype))
+    })
+}
+
+#[test]
+fn the_mount_source_is_the_absolute_store_path_even_when_given_relative() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(1000, 5);
+    store.put_blob(&data);
+    store.write_manifest("m", &origin.url("m.gguf"), &data);
+    let parent = store.root.parent().unwrap().to_path_buf();
+    let name = store.root.file_name().unwrap().to_os_string();
+    let mount = Mount::start_with(&store, origin.ca_pem_path(), &[], |c| {
+        c.current_dir(&parent).arg("--store").arg(&name);
+    });
+    let (source, fstype) = mount_source(&mount.mountpoint).expect("in mountinfo");
+    assert_eq!(source, store.root.canonicalize().unwrap().to_str().unwrap());
+    assert!(fstype.starts_with("fuse"), "{fstype}");
+    assert_eq!(std::fs::read(mount.path("m.gguf")).unwrap(), data);
+}
+
 #[test]
 fn ls_stat_and_getxattr_answer_at_once_while_downloads_of_the_same_and_another_entry_hang() {
     let origin = Origin::start();

@@ -93,6 +93,12 @@ pub fn run(g: &Globals, a: &MountArgs) -> Result<(), CliError> {
     check_mountpoint(&a.mountpoint)?;
     let root = g.store_root()?;
     let store = Store::open(&root).map_err(|e| CliError::new(format!("mount: {e}")))?;
+    // The store's absolute path: it is the mount's source in /proc/mounts
+    // and `df`, where a relative one would mean nothing.
+    let store = match std::fs::canonicalize(&root) {
+        Ok(abs) => Store::open(abs).map_err(|e| CliError::new(format!("mount: {e}")))?,
+        Err(_) => store,
+    };
     if !a.foreground && std::env::var_os(READY_FD_ENV).is_none() {
         return daemonize();
     }
