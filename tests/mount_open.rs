@@ -142,6 +142,14 @@ fn reaped_within(child: &mut Child, limit: Duration) -> Option<(ExitStatus, Dura
     None
 }
 
+/// Error lines of the mount log that name `model` and contain `reason`.
+fn failure_lines(log: &str, model: &str, reason: &str) -> usize {
+    let named = format!("model \"{model}\"");
+    log.lines()
+        .filter(|l| l.contains("ERROR") && l.contains(&named) && l.contains(reason))
+        .count()
+}
+
 fn partial_len(store: &TestStore, d: &Sha256) -> u64 {
     match store.store().blob_state(d) {
         BlobState::Partial(n) => n,
@@ -413,10 +421,10 @@ fn a_corrupted_origin_fails_every_waiter_with_eio_quarantines_the_bytes_and_a_la
         "names the expected digest: {err}"
     );
     let log = mount.log();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("ERROR") && l.contains("m") && l.contains("SHA-256 mismatch")),
-        "one log line names the model and the reason:\n{log}"
+    assert_eq!(
+        failure_lines(&log, "m", "SHA-256 mismatch"),
+        1,
+        "one log line (not one per waiter) names the model and the reason:\n{log}"
     );
 
     // Fix the origin: the next open fetches again and succeeds.
@@ -449,6 +457,12 @@ fn a_failed_fetch_fails_the_open_with_eio_and_the_next_open_after_the_origin_is_
     assert_eq!(getxattr(&path, "user.modelfs.state").unwrap(), "failed");
     let err = getxattr(&path, "user.modelfs.error").unwrap();
     assert!(err.contains("404"), "user.modelfs.error: {err}");
+    assert_eq!(
+        failure_lines(&mount.log(), "m", "404"),
+        1,
+        "{}",
+        mount.log()
+    );
     // Trying again without a fix fails again (and asks again).
     assert_eq!(open_and_read(&path).unwrap_err(), libc::EIO);
     assert_eq!(origin.stats("m.gguf").gets, 2);
@@ -505,7 +519,12 @@ fn a_full_disk_fails_the_open_with_enospc_and_after_space_is_freed_the_next_open
     assert_eq!(getxattr(&path, "user.modelfs.state").unwrap(), "failed");
     let err = getxattr(&path, "user.modelfs.error").unwrap();
     assert!(err.contains("disk space"), "user.modelfs.error: {err}");
-    assert!(mount.log().contains("disk space"), "{}", mount.log());
+    assert_eq!(
+        failure_lines(&mount.log(), "m", "disk space"),
+        1,
+        "{}",
+        mount.log()
+    );
 
     disk.resize("16m");
     assert!(open_and_read(&path).unwrap() == data);
