@@ -866,3 +866,81 @@ fn cat_cp_sha256sum_mmap_and_the_gguf_reader_read_the_blob_through_kernel_passth
 fn cat_cp_sha256sum_mmap_and_the_gguf_reader_read_the_blob_with_passthrough_off() {
     reads_match_the_blob(&["passthrough=off"], "read mode: page-cache fallback");
 }
+
+/// An overlayfs mounted over a directory (as a container's root is),
+/// unmounted on drop.
+struct Overlay {
+    merged: PathBuf,
+    _layers: tempfile::TempDir,
+}
+
+impl Overlay {
+    fn mount(merged: &Path) -> Overlay {
+        let layers = tempfile::tempdir().unwrap();
+        for d in ["lower", "upper", "work"] {
+            std::fs::create_dir(layers.path().join(d)).unwrap();
+        }
+        let l = layers.path();
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            l.join("lower").display(),
+            l.join("upper").display(),
+            l.join("work").display()
+        );
+        let st = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(merged)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount an overlayfs (this test runs as root)");
+        Overlay {
+            merged: merged.to_path_buf(),
+            _layers: layers,
+        }
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+    }
+}
+
+#[test]
+fn a_store_on_overlayfs_where_passthrough_is_refused_still_reads_right_through_the_page_cache() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let _overlay = Overlay::mount(&store.root);
+    modelfs::store::Store::create(&store.root).unwrap();
+    let present = random_bytes(5 * MIB + 3, 60);
+    store.put_blob(&present);
+    store.write_manifest("p", &origin.url("p.gguf"), &present);
+    let pending = random_bytes(2 * MIB, 61);
+    store.add_pending("q", &origin, &pending);
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let (p, q) = (mount.path("p.gguf"), mount.path("q.gguf"));
+
+    // Several opens at once, one of them held and mapped meanwhile.
+    let held = File::open(&p).unwrap();
+    let readers: Vec<_> = (0..4)
+        .map(|_| Command::new("sha256sum").arg(&p).output().unwrap())
+        .collect();
+    for out in readers {
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.split_whitespace().next(), Some(hex(&present).as_str()));
+    }
+    mmap_matches(&p, &present, 0x0ea1);
+    let mut tail = vec![0u8; 3];
+    held.read_exact_at(&mut tail, present.len() as u64 - 3)
+        .unwrap();
+    assert_eq!(tail, present[present.len() - 3..]);
+    assert!(std::fs::read(&q).unwrap() == pending, "a fetched blob too");
+    mmap_matches(&q, &pending, 7);
+
+    let log = mount.log();
+    assert!(
+        log.contains("passthrough refused"),
+        "the kernel refuses a backing file on overlayfs (stack depth), and says so:\n{log}"
+    );
+}
