@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use modelfs::cli::{self, CliError, Globals};
 
 /// Model files that appear instantly and arrive lazily.
@@ -31,17 +31,20 @@ enum Command {
     Rm(cli::rm::RmArgs),
     /// Delete blobs no manifest names and abandoned partial downloads
     Gc(cli::gc::GcArgs),
+    /// Show every model's state and download progress (of a mount, or of the store)
+    Status(cli::status::StatusArgs),
     /// Mount the store: every model appears as NAME.FORMAT and is fetched on first open
     Mount(cli::mount::MountArgs),
 }
 
-/// Subcommand names, so `modelfs SOURCE MOUNTPOINT` (mount.fuse3) is told apart.
-const SUBCOMMANDS: &[&str] = &[
-    "add", "pull", "ls", "verify", "import", "rm", "gc", "mount", "help",
-];
-
 fn main() -> ExitCode {
-    let args = cli::mount::rewrite_helper_args(std::env::args().collect(), SUBCOMMANDS);
+    // `modelfs SOURCE MOUNTPOINT -o …` is how mount.fuse3 runs an fstab line.
+    let names: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).chain(["help"]).collect();
+    let args = cli::mount::rewrite_helper_args(std::env::args().collect(), &names);
     let cli = Cli::parse_from(args);
     let target = match &cli.command {
         Command::Mount(a) => cli::mount::log_target(a),
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Rm(a) => cli::rm::run(g, a),
         Command::Gc(a) => cli::gc::run(g, a),
         Command::Mount(a) => cli::mount::run(g, a),
+        Command::Status(a) => cli::status::run(g, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,7 @@ pub mod mount_options;
 pub mod progress_view;
 pub mod pull;
 pub mod rm;
+pub mod status;
 pub mod verify;
 
 use std::fmt;

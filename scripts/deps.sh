@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# deps.sh [--test]: installs what modelfs needs on Debian/Ubuntu when it is
+# missing: fuse3 (fusermount3, mount.fuse3), attr (getfattr), openssl, python3
+# and curl; with --test also the Python gguf reader the tests use.
+set -euo pipefail
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+need=()
+command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v getfattr >/dev/null || need+=(attr)
+command -v openssl >/dev/null || need+=(openssl)
+command -v python3 >/dev/null || need+=(python3 python3-pip)
+command -v curl >/dev/null || need+=(curl)
+command -v umount >/dev/null || need+=(mount)
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ "${1:-}" = "--test" ] && ! python3 -c "import gguf, numpy" 2>/dev/null; then
+  echo "installing the Python gguf reader (pip install gguf numpy)"
+  python3 -m pip install -q gguf numpy 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages gguf numpy
+fi

@@ -1,0 +1,227 @@
+//! `modelfs status`: what every model is doing, read from a mount's
+//! extended attributes (live download progress of that mount) or, without a
+//! mountpoint, from the store (partial files show downloads by any process).
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar};
+use serde_json::json;
+
+use crate::fetch::error::human_bytes;
+use crate::fs::xattr;
+use crate::store::BlobState;
+
+use super::{CliError, Globals, progress_view};
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// A modelfs mountpoint (default: the store itself)
+    pub mountpoint: Option<PathBuf>,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+    /// Keep updating until no download is in progress
+    #[arg(long, short)]
+    pub watch: bool,
+}
+
+/// One model's state.
+#[derive(Debug, Clone)]
+pub struct ModelStatus {
+    pub file: String,
+    pub state: String,
+    pub done: u64,
+    pub total: u64,
+    pub sha256: String,
+    pub error: Option<String>,
+}
+
+/// Prints the state of every model; with `--watch`, until all downloads end.
+pub fn run(g: &Globals, a: &StatusArgs) -> Result<(), CliError> {
+    let read = || -> Result<Vec<ModelStatus>, CliError> {
+        match &a.mountpoint {
+            Some(mp) => from_mount(mp),
+            None => from_store(g),
+        }
+    };
+    if !a.watch {
+        let rows = read()?;
+        if a.json {
+            print_json(&rows)
+        } else {
+            print_table(&rows)
+        }
+        return Ok(());
+    }
+    if a.json {
+        // One JSON document per second, one per line, until idle.
+        loop {
+            let rows = read()?;
+            println!(
+                "{}",
+                serde_json::to_string(&to_json(&rows)).expect("JSON values serialise")
+            );
+            if !rows.iter().any(|r| r.state == "fetching") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    watch(read, super::stderr_is_terminal())
+}
+
+fn watch(
+    read: impl Fn() -> Result<Vec<ModelStatus>, CliError>,
+    terminal: bool,
+) -> Result<(), CliError> {
+    let multi = MultiProgress::new();
+    let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    let mut last_lines = Instant::now() - Duration::from_secs(60);
+    loop {
+        let rows = read()?;
+        let fetching: Vec<_> = rows.iter().filter(|r| r.state == "fetching").collect();
+        if terminal {
+            for r in &fetching {
+                let bar = bars
+                    .entry(r.file.clone())
+                    .or_insert_with(|| multi.add(progress_view::new_bar(&r.file, r.total)));
+                bar.set_length(r.total);
+                bar.set_position(r.done);
+            }
+            for (file, bar) in &bars {
+                if !fetching.iter().any(|r| &r.file == file) {
+                    bar.finish_and_clear();
+                }
+            }
+        } else if last_lines.elapsed() >= Duration::from_secs(5) {
+            for r in &fetching {
+                eprintln!(
+                    "{}: {} / {}, fetching",
+                    r.file,
+                    human_bytes(r.done),
+                    human_bytes(r.total)
+                );
+            }
+            last_lines = Instant::now();
+        }
+        if fetching.is_empty() {
+            let _ = multi.clear();
+            print_table(&rows);
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn from_mount(mp: &Path) -> Result<Vec<ModelStatus>, CliError> {
+    let dir = std::fs::read_dir(mp)
+        .map_err(|e| CliError::new(format!("status: cannot list {}: {e}", mp.display())))?;
+    let mut rows = Vec::new();
+    for e in dir.flatten() {
+        let path = e.path();
+        let Some(state) = get_xattr(&path, xattr::STATE) else {
+            return Err(CliError::new(format!(
+                "status: {} has no {} attribute; is {} a modelfs mount?",
+                path.display(),
+                xattr::STATE,
+                mp.display()
+            )));
+        };
+        let progress = get_xattr(&path, xattr::PROGRESS).unwrap_or_default();
+        let mut nums = progress.split(' ').map(|n| n.parse::<u64>().unwrap_or(0));
+        rows.push(ModelStatus {
+            file: e.file_name().to_string_lossy().into_owned(),
+            state,
+            done: nums.next().unwrap_or(0),
+            total: nums.next().unwrap_or(0),
+            sha256: get_xattr(&path, xattr::SHA256).unwrap_or_default(),
+            error: get_xattr(&path, xattr::ERROR),
+        });
+    }
+    rows.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(rows)
+}
+
+fn from_store(g: &Globals) -> Result<Vec<ModelStatus>, CliError> {
+    let store = g.store_for_reading()?;
+    let mut rows = Vec::new();
+    for m in store.list_manifests()? {
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("modelfs: skipping a manifest: {e}");
+                continue;
+            }
+        };
+        // A partial whose lock is held is a download running somewhere.
+        let (state, done) = match store.blob_state(&m.blob) {
+            BlobState::Present(n) => ("present", n),
+            BlobState::Partial(n)
+                if crate::store::lock::is_locked(&store.partial_path(&m.blob)).unwrap_or(false) =>
+            {
+                ("fetching", n)
+            }
+            BlobState::Partial(n) => ("partial", n),
+            BlobState::Absent => ("pending", 0),
+        };
+        rows.push(ModelStatus {
+            file: m.file_name(),
+            state: state.into(),
+            done,
+            total: m.size_bytes,
+            sha256: m.blob.to_hex(),
+            error: None,
+        });
+    }
+    Ok(rows)
+}
+
+fn get_xattr(path: &Path, name: &str) -> Option<String> {
+    let p = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let n = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid C strings and a buffer of the length we pass.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 {
+        return None;
+    }
+    buf.truncate(len as usize);
+    String::from_utf8(buf).ok()
+}
+
+fn to_json(rows: &[ModelStatus]) -> serde_json::Value {
+    rows.iter()
+        .map(|r| {
+            json!({"file": r.file, "state": r.state, "bytes_done": r.done, "bytes_total": r.total,
+                   "sha256": r.sha256, "error": r.error})
+        })
+        .collect()
+}
+
+fn print_json(rows: &[ModelStatus]) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&to_json(rows)).expect("JSON values serialise")
+    );
+}
+
+fn print_table(rows: &[ModelStatus]) {
+    println!("{:<44} {:<9} {:>22}  DIGEST", "FILE", "STATE", "PROGRESS");
+    for r in rows {
+        let progress = format!("{} / {}", human_bytes(r.done), human_bytes(r.total));
+        println!(
+            "{:<44} {:<9} {:>22}  {}",
+            r.file,
+            r.state,
+            progress,
+            r.sha256.get(..12).unwrap_or("")
+        );
+        if let Some(e) = &r.error {
+            println!("    last error: {e}");
+        }
+    }
+}
