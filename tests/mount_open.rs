@@ -122,12 +122,30 @@ fn digest_of(child: Child) -> Result<String, String> {
     }
 }
 
-/// Whether task `pid` is inside open/openat right now.
+/// The thread ids of process `pid`.
+fn threads_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The thread of process `pid` that is inside open/openat right now.
+fn thread_in_open(pid: u32) -> Option<u32> {
+    threads_of(pid).into_iter().find(|tid| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<i64>().ok())
+            .is_some_and(|nr| nr == libc::SYS_openat || nr == libc::SYS_open)
+    })
+}
+
+/// Whether a thread of process `pid` is inside open/openat right now.
 fn in_open_syscall(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<i64>().ok())
-        .is_some_and(|nr| nr == libc::SYS_openat || nr == libc::SYS_open)
+    thread_in_open(pid).is_some()
 }
 
 /// Waits up to `limit` for the child to end.
@@ -270,23 +288,46 @@ fn sigint_sigterm_and_sigkill_end_a_waiting_open_at_once_while_another_waiter_ge
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // A multi-threaded process whose main thread exits on SIGINT while
+    // another thread waits in open: the exit must not hang on that thread.
+    let mut python_thread = heed_signals(&mut Command::new("python3"))
+        .args([
+            "-c",
+            "import sys, threading, time\n\
+             t = threading.Thread(target=lambda: open(sys.argv[1], 'rb').read(), daemon=True)\n\
+             t.start()\n\
+             while True: time.sleep(0.05)\n",
+        ])
+        .arg(&path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let survivor = sha256sum(&path);
 
     assert!(
         wait_until(Duration::from_secs(10), || {
             origin.stats_now("m.gguf").bytes_sent >= 256 * 1024
-                && [&by_sigint, &by_sigterm, &by_sigkill, &python_sigint]
-                    .iter()
-                    .all(|c| in_open_syscall(c.id()))
+                && [
+                    &by_sigint,
+                    &by_sigterm,
+                    &by_sigkill,
+                    &python_sigint,
+                    &python_thread,
+                ]
+                .iter()
+                .all(|c| in_open_syscall(c.id()))
         }),
         "the download stalls and every victim waits in open"
     );
+    let opener_thread = thread_in_open(python_thread.id()).unwrap();
+    assert_ne!(opener_thread, python_thread.id(), "not the main thread");
     std::thread::sleep(Duration::from_millis(300));
     for c in [
         &mut by_sigint,
         &mut by_sigterm,
         &mut by_sigkill,
         &mut python_sigint,
+        &mut python_thread,
     ] {
         assert!(
             c.try_wait().unwrap().is_none(),
@@ -300,6 +341,7 @@ fn sigint_sigterm_and_sigkill_end_a_waiting_open_at_once_while_another_waiter_ge
         libc::kill(by_sigterm.id() as i32, libc::SIGTERM);
         libc::kill(by_sigkill.id() as i32, libc::SIGKILL);
         libc::kill(python_sigint.id() as i32, libc::SIGINT);
+        libc::kill(python_thread.id() as i32, libc::SIGINT);
     }
     let limit = Duration::from_secs(5);
     for (name, c, sig) in [
@@ -307,6 +349,7 @@ fn sigint_sigterm_and_sigkill_end_a_waiting_open_at_once_while_another_waiter_ge
         ("sha256sum (SIGTERM)", &mut by_sigterm, Some(libc::SIGTERM)),
         ("sha256sum (SIGKILL)", &mut by_sigkill, Some(libc::SIGKILL)),
         ("python (SIGINT)", &mut python_sigint, None),
+        ("python thread (SIGINT)", &mut python_thread, None),
     ] {
         let pid = c.id();
         let (status, took) = reaped_within(c, limit).unwrap_or_else(|| {
@@ -329,11 +372,17 @@ fn sigint_sigterm_and_sigkill_end_a_waiting_open_at_once_while_another_waiter_ge
     );
     // The watchdog, not the end of the download, released them.
     let log = mount.log();
-    for c in [&by_sigint, &by_sigterm, &by_sigkill, &python_sigint] {
+    let tasks = [
+        by_sigint.id(),
+        by_sigterm.id(),
+        by_sigkill.id(),
+        python_sigint.id(),
+        opener_thread,
+    ];
+    for tid in tasks {
         assert!(
-            log.contains(&format!("open by task {} interrupted", c.id())),
-            "the mount noticed task {}'s signal:\n{log}",
-            c.id()
+            log.contains(&format!("open by task {tid} interrupted")),
+            "the mount noticed task {tid}'s signal:\n{log}"
         );
     }
 
