@@ -806,3 +806,26 @@ fn an_external_umount_during_a_background_download_ends_the_daemon_and_keeps_the
     );
     store.assert_consistent();
 }
+
+#[test]
+fn sigterm_with_a_file_still_open_detaches_the_mount_and_exits_cleanly() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(MIB, 13);
+    store.put_blob(&data);
+    store.write_manifest("m", &origin.url("m.gguf"), &data);
+    let mount = Mount::start(&store, origin.ca_pem_path(), &["passthrough=off"]);
+    let mountpoint = mount.mountpoint.clone();
+    let held = File::open(mount.path("m.gguf")).unwrap();
+
+    let t = Instant::now();
+    let status = mount.stop();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(!common::is_mounted(&mountpoint), "detached though busy");
+    drop(held);
+}
