@@ -625,6 +625,55 @@ fn progress_events_grow_towards_the_right_total() {
 }
 
 #[test]
+fn progress_during_a_stall_shows_every_byte_received_before_it() {
+    // Regression: events were throttled to one per 100 ms and the last one
+    // before a stall was never sent, so status showed a stale count for the
+    // whole stall.
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(4 << 20, 17);
+    let m = ts.add_pending("stalled-progress", &origin, &bytes);
+    let stall_at = 3 * (1 << 20) + 12_345;
+    origin.push_fault(
+        &path_of("stalled-progress"),
+        Fault::StallAt(stall_at, Duration::from_secs(3)),
+    );
+    let (tx, rx) = crossbeam_channel::unbounded::<Progress>();
+    let store = ts.store();
+    let fetcher = fetcher_with(HttpConfig {
+        stall_timeout: Duration::from_secs(30),
+        ..config(&origin)
+    });
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let never = AtomicBool::new(false);
+            let job = FetchJob {
+                manifest: &m,
+                write_manifest: false,
+                progress: Some(tx),
+                cancel: &never,
+            };
+            fetcher.fetch(&store, &job).expect("fetch after the stall");
+        });
+        let mut latest = 0;
+        let reached = wait_until(Duration::from_secs(2), || {
+            latest = rx
+                .try_iter()
+                .map(|p| p.done)
+                .max()
+                .unwrap_or(latest)
+                .max(latest);
+            latest == stall_at
+        });
+        assert!(
+            reached,
+            "during the stall the last event said {latest}, {stall_at} bytes had arrived"
+        );
+    });
+    assert_present(&ts, &m, &bytes);
+}
+
+#[test]
 fn a_cancelled_fetch_keeps_a_resumable_partial_and_the_next_fetch_resumes() {
     let origin = Origin::start();
     let ts = TestStore::new();

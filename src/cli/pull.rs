@@ -35,7 +35,7 @@ pub fn run(g: &Globals, a: &PullArgs) -> Result<(), CliError> {
             failed.push(name.to_string());
             continue;
         };
-        let (tx, rx) = crossbeam_channel::bounded(64);
+        let (tx, rx) = crossbeam_channel::bounded(1024);
         let label = name.to_string();
         let view = std::thread::Builder::new()
             .name("progress".into())

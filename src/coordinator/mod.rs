@@ -196,7 +196,7 @@ impl Coordinator {
         progress: Arc<Mutex<Option<Progress>>>,
     ) {
         self.take_slot(&cancel);
-        let (tx, rx) = crossbeam_channel::bounded::<Progress>(16);
+        let (tx, rx) = crossbeam_channel::bounded::<Progress>(1024);
         let drain = std::thread::Builder::new()
             .name(format!("progress-{}", m.blob.short()))
             .spawn(move || rx.iter().for_each(|p| *progress.lock() = Some(p)));

@@ -164,15 +164,15 @@ impl Fetcher {
                         &format!("sha256-mismatch-{model}"),
                     )
                     .ok();
-                log::error!(
-                    "{model}: bytes from {} hash to {actual}, expected {}; quarantined at {:?}",
-                    redact_url(&url),
-                    m.blob,
-                    q
-                );
+                // The error returned below carries digests and quarantine
+                // path; its caller logs it once. Only a restart is news here.
                 if resumed_from > 0 && may_restart {
                     log::warn!(
-                        "{model}: the download had resumed at byte {resumed_from}; starting over from 0"
+                        "{model}: bytes from {} hash to {actual}, expected {} (quarantined at {:?}); \
+                         the download had resumed at byte {resumed_from}, starting over from 0",
+                        redact_url(&url),
+                        m.blob,
+                        q
                     );
                     may_restart = false;
                     continue;

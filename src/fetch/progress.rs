@@ -1,6 +1,9 @@
 //! Progress events of a fetch, sent on a channel so a progress bar, the
 //! mount's extended attributes and `modelfs status` can all follow along.
 //! Sends never block the download: a full or closed channel drops events.
+//! Every network read produces an event; consumers coalesce them. (An
+//! earlier version sent at most one per 100 ms and so, when the server then
+//! stalled, showed a stale count for as long as the stall lasted.)
 
 use std::time::{Duration, Instant};
 
@@ -36,20 +39,15 @@ pub struct Progress {
 /// Sends throttled progress events and keeps a moving rate.
 pub struct Reporter {
     tx: Option<Sender<Progress>>,
-    last_sent: Option<Instant>,
     window_start: Instant,
     window_bytes: u64,
     rate: f64,
 }
 
-/// Minimum pause between two `Downloading` events.
-const EVERY: Duration = Duration::from_millis(100);
-
 impl Reporter {
     pub fn new(tx: Option<Sender<Progress>>) -> Self {
         Self {
             tx,
-            last_sent: None,
             window_start: Instant::now(),
             window_bytes: 0,
             rate: 0.0,
@@ -72,11 +70,9 @@ impl Reporter {
         }
     }
 
-    /// Sends an event; `Downloading` events are throttled, others are not.
+    /// Sends an event (never blocks; drops it if the channel is full).
     pub fn report(&mut self, phase: Phase, done: u64, total: u64, transferred: u64) {
-        let Some(tx) = &self.tx else { return };
-        let due = self.last_sent.is_none_or(|t| t.elapsed() >= EVERY);
-        if phase != Phase::Downloading || due || done == total {
+        if let Some(tx) = &self.tx {
             let _ = tx.try_send(Progress {
                 phase,
                 done,
@@ -84,7 +80,6 @@ impl Reporter {
                 rate: self.rate,
                 transferred,
             });
-            self.last_sent = Some(Instant::now());
         }
     }
 }

@@ -82,8 +82,18 @@ impl TestStore {
 
     /// Writes a manifest for `bytes` fetched from `url` (nothing is served).
     pub fn write_manifest(&self, name: &str, url: &str, bytes: &[u8]) -> Manifest {
-        let source = Source { registry: "test".into(), url: Some(url.into()), ..Source::default() };
-        let m = Manifest::new(ModelName::parse(name).unwrap(), "gguf", Sha256::of(bytes), bytes.len() as u64, source);
+        let source = Source {
+            registry: "test".into(),
+            url: Some(url.into()),
+            ..Source::default()
+        };
+        let m = Manifest::new(
+            ModelName::parse(name).unwrap(),
+            "gguf",
+            Sha256::of(bytes),
+            bytes.len() as u64,
+            source,
+        );
         self.store().write_manifest(&m).expect("write manifest");
         m
     }
@@ -101,7 +111,15 @@ impl TestStore {
     pub fn cli(&self, ca: &Path) -> Command {
         let mut c = Command::new(modelfs_bin());
         c.arg("--store").arg(&self.root).arg("--ca-file").arg(ca);
-        for v in ["MODELS_HOME", "HF_TOKEN", "HF_ENDPOINT", "SSL_CERT_FILE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"] {
+        for v in [
+            "MODELS_HOME",
+            "HF_TOKEN",
+            "HF_ENDPOINT",
+            "SSL_CERT_FILE",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "ALL_PROXY",
+        ] {
             c.env_remove(v);
         }
         c
@@ -113,7 +131,12 @@ impl TestStore {
         let s = self.store();
         for (d, _) in s.list_blobs().unwrap() {
             let bytes = fs::read(s.blob_path(&d)).unwrap();
-            assert_eq!(Sha256::of(&bytes), d, "blob at {} does not hash to its name", s.blob_path(&d).display());
+            assert_eq!(
+                Sha256::of(&bytes),
+                d,
+                "blob at {} does not hash to its name",
+                s.blob_path(&d).display()
+            );
         }
         for m in s.list_manifests().unwrap() {
             m.expect("every manifest parses");
@@ -135,16 +158,26 @@ pub fn require_fuse() {
         Path::new("/dev/fuse").exists(),
         "this test needs FUSE: /dev/fuse is missing (load the fuse module or run where FUSE works)"
     );
-    let has_fusermount = ["/usr/bin/fusermount3", "/bin/fusermount3"].iter().any(|p| Path::new(p).exists());
-    assert!(has_fusermount, "this test needs fusermount3: install the fuse3 package (apt-get install -y fuse3)");
+    let has_fusermount = ["/usr/bin/fusermount3", "/bin/fusermount3"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    assert!(
+        has_fusermount,
+        "this test needs fusermount3: install the fuse3 package (apt-get install -y fuse3)"
+    );
 }
 
 /// Whether `path` is a mountpoint right now.
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(canon) = path.canonicalize() else { return false };
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(canon) = path.canonicalize() else {
+        return false;
+    };
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = canon.to_string_lossy().replace(' ', "\\040");
-    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
 /// A real `modelfs mount --foreground` of a store, unmounted on drop.
@@ -162,7 +195,12 @@ impl Mount {
     }
 
     /// Like [`Mount::start`], letting the caller adjust the command.
-    pub fn start_with(store: &TestStore, ca: &Path, options: &[&str], adjust: impl FnOnce(&mut Command)) -> Mount {
+    pub fn start_with(
+        store: &TestStore,
+        ca: &Path,
+        options: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Mount {
         require_fuse();
         let dir = tempfile::tempdir().expect("tempdir");
         let mountpoint = dir.path().join("mnt");
@@ -185,9 +223,18 @@ impl Mount {
         if !up || !is_mounted(&mountpoint) {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("modelfs mount did not come up at {}:\n{}", mountpoint.display(), fs::read_to_string(&log).unwrap_or_default());
+            panic!(
+                "modelfs mount did not come up at {}:\n{}",
+                mountpoint.display(),
+                fs::read_to_string(&log).unwrap_or_default()
+            );
         }
-        Mount { _dir: dir, mountpoint, child: Some(child), log }
+        Mount {
+            _dir: dir,
+            mountpoint,
+            child: Some(child),
+            log,
+        }
     }
 
     pub fn path(&self, file: &str) -> PathBuf {
@@ -220,7 +267,10 @@ impl Mount {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let st = child.wait().ok();
-                let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.mountpoint)
+                    .status();
                 return st;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -233,7 +283,10 @@ impl Mount {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mountpoint)
+            .status();
     }
 }
 
@@ -241,7 +294,10 @@ impl Drop for Mount {
     fn drop(&mut self) {
         self.stop_inner();
         if is_mounted(&self.mountpoint) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
         }
     }
 }
