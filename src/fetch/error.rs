@@ -26,8 +26,12 @@ pub enum FetchErrorKind {
         code: u16,
         retry_after: Option<Duration>,
     },
-    /// Connecting, resolving or reading failed (resets, refused, DNS).
+    /// Connecting, resolving or reading failed (resets, refused, a DNS
+    /// server that did not answer).
     Network(String),
+    /// The DNS answered that the host name does not exist: retrying will
+    /// not help (a resolver that cannot be reached is `Network`).
+    UnknownHost(String),
     /// No byte arrived for the stall timeout.
     Stalled(Duration),
     /// Certificate or handshake failure.
@@ -62,6 +66,7 @@ impl FetchErrorKind {
             Self::NoSource
             | Self::InsecureUrl(_)
             | Self::BadUrl(_)
+            | Self::UnknownHost(_)
             | Self::Tls(_)
             | Self::Redirect(_)
             | Self::LengthMismatch { .. }
@@ -93,6 +98,7 @@ impl fmt::Display for FetchErrorKind {
             Self::BadUrl(u) => write!(f, "cannot parse URL {u:?}"),
             Self::Status { code, .. } => write!(f, "server answered HTTP {code}"),
             Self::Network(d) => write!(f, "network error: {d}"),
+            Self::UnknownHost(d) => write!(f, "host not found (DNS): {d}"),
             Self::Stalled(t) => write!(f, "no data received for {} s", t.as_secs()),
             Self::Tls(d) => write!(f, "TLS error: {d}"),
             Self::Redirect(d) => write!(f, "bad redirect: {d}"),
@@ -170,6 +176,9 @@ impl FetchError {
             | FetchErrorKind::Network(_)
             | FetchErrorKind::Stalled(_) => {
                 "check the network and the server; the next open or `modelfs pull` resumes the download"
+            }
+            FetchErrorKind::UnknownHost(_) => {
+                "check the host name in the URL (and HF_ENDPOINT) and the DNS set-up; the next open or `modelfs pull` tries again"
             }
             FetchErrorKind::Tls(_) => {
                 "check the server's certificate; for a private mirror pass --ca-file (or -o ca_file=) or set SSL_CERT_FILE"

@@ -298,7 +298,10 @@ fn classify_ureq(e: ureq::Error, url: &str) -> FetchErrorKind {
             }
             _ => FetchErrorKind::Stalled(Duration::ZERO),
         },
-        E::HostNotFound => FetchErrorKind::Network("host not found (DNS)".into()),
+        E::HostNotFound => FetchErrorKind::UnknownHost(format!(
+            "{} has no address",
+            host_of(url).unwrap_or_default()
+        )),
         E::ConnectionFailed => FetchErrorKind::Network("connection failed".into()),
         E::Tls(d) => FetchErrorKind::Tls(d.to_string()),
         E::Rustls(r) => FetchErrorKind::Tls(r.to_string()),
@@ -314,6 +317,14 @@ fn classify_ureq(e: ureq::Error, url: &str) -> FetchErrorKind {
 fn classify_io(e: &std::io::Error, url: Option<&str>) -> FetchErrorKind {
     // ureq wraps its own errors (timeouts, TLS) into io::Error on body reads.
     let text = e.to_string();
+    if let Some(url) = url
+        && is_name_unknown(&text)
+    {
+        return FetchErrorKind::UnknownHost(format!(
+            "{}: {text}",
+            host_of(url).unwrap_or_default()
+        ));
+    }
     if e.kind() == std::io::ErrorKind::TimedOut || text.contains("timeout") {
         return FetchErrorKind::Stalled(Duration::ZERO);
     }
@@ -324,6 +335,16 @@ fn classify_io(e: &std::io::Error, url: Option<&str>) -> FetchErrorKind {
         }
     }
     FetchErrorKind::Network(text)
+}
+
+/// Whether a resolver error is the DNS's definite "no such name"
+/// (`EAI_NONAME`, `EAI_NODATA`), as opposed to a resolver that could not be
+/// asked (`EAI_AGAIN`, "Temporary failure in name resolution"), which is
+/// worth retrying. std words these with glibc's `gai_strerror`.
+fn is_name_unknown(text: &str) -> bool {
+    text.contains("failed to lookup address information")
+        && (text.contains("Name or service not known")
+            || text.contains("No address associated with hostname"))
 }
 
 /// System roots plus the optional extra CA file.
@@ -432,6 +453,19 @@ mod tests {
             h.head("ftp://127.0.0.1:1/x", false),
             Err(FetchErrorKind::InsecureUrl(_))
         ));
+    }
+
+    #[test]
+    fn a_host_the_dns_does_not_know_is_permanent_but_an_unreachable_resolver_is_not() {
+        let h = Http::new(HttpConfig::default()).unwrap();
+        let e = h.get("https://modelfs-test.invalid/x", 0).err().unwrap();
+        assert!(matches!(e, FetchErrorKind::UnknownHost(_)), "{e}");
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("modelfs-test.invalid"), "{e}");
+        let again = std::io::Error::other(
+            "failed to lookup address information: Temporary failure in name resolution",
+        );
+        assert!(classify_io(&again, Some("https://h.example/x")).is_transient());
     }
 
     #[test]

@@ -214,7 +214,8 @@ impl Fetcher {
         Ok(())
     }
 
-    /// Phase 5: attempts with backoff until the partial is complete. Returns
+    /// Phase 5: attempts with backoff until the partial is complete. Gives
+    /// up after the policy's attempts *without progress* in a row. Returns
     /// the bytes transferred, or the last error and the number of attempts.
     fn download(
         &self,
@@ -225,8 +226,13 @@ impl Fetcher {
     ) -> Result<u64, (FetchErrorKind, u32)> {
         let mut transferred = 0u64;
         let mut attempt = 0u32;
+        // Failures since the partial last grew: the policy's attempts and
+        // backoff count these, so a long download over a connection that
+        // keeps dropping goes on as long as each attempt adds bytes.
+        let mut fruitless = 0u32;
         loop {
             attempt += 1;
+            let before = p.offset;
             let result = self.attempt(url, p, reporter, cancel, &mut transferred);
             let err = match result {
                 Ok(()) => return Ok(transferred),
@@ -235,14 +241,15 @@ impl Fetcher {
                 }
                 Err(e) => e,
             };
-            if !err.is_transient() || attempt >= self.policy.max_attempts {
+            fruitless = if p.offset > before { 1 } else { fruitless + 1 };
+            if !err.is_transient() || fruitless >= self.policy.max_attempts {
                 return Err((err, attempt));
             }
             let retry_after = match &err {
                 FetchErrorKind::Status { retry_after, .. } => *retry_after,
                 _ => None,
             };
-            let pause = self.policy.backoff(attempt, retry_after);
+            let pause = self.policy.backoff(fruitless, retry_after);
             log::warn!(
                 "{}: attempt {attempt} failed at byte {} ({err}); retrying in {:.1} s",
                 redact_url(url),
