@@ -48,9 +48,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     let target = match &cli.command {
         Command::Mount(a) => cli::mount::log_target(a),
-        _ => cli::mount::LogTarget::Stderr,
+        _ => cli::logging::LogTarget::Stderr,
     };
-    cli::logging::init(&cli.globals, target);
+    if let Err(e) = cli::logging::init(&cli.globals, &target) {
+        eprintln!("modelfs: error: {e}");
+        return ExitCode::FAILURE;
+    }
     let g = &cli.globals;
     let result: Result<(), CliError> = match &cli.command {
         Command::Add(a) => cli::add::run(g, a),

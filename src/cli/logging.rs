@@ -1,45 +1,183 @@
 //! Log setup: `env_logger` everywhere, writing to stderr, a file, or
 //! syslog (a mount daemon has no terminal). `RUST_LOG` overrides the level
 //! chosen by `-v`/`-q`.
+//!
+//! A mount daemon's lines are never silently dropped: without `log_file=`
+//! they go to syslog only when something listens on `/dev/log`; otherwise
+//! (containers, minimal hosts) to a default file, [`default_log_file`].
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use super::Globals;
-use super::mount::LogTarget;
 
-/// Initialises the global logger once.
-pub fn init(g: &Globals, target: LogTarget) {
+/// The socket syslog(3) writes to.
+pub const SYSLOG_SOCKET: &str = "/dev/log";
+
+/// Where log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Stderr,
+    /// A file the operator chose (`log_file=`).
+    File(PathBuf),
+    Syslog,
+    /// The default file of a daemon on a host without syslog.
+    Fallback(PathBuf),
+}
+
+/// The target of a mount daemon without `log_file=`: syslog when
+/// `/dev/log` accepts connections, else [`default_log_file`].
+pub fn daemon_target(mountpoint: &Path) -> LogTarget {
+    if syslog_listens() {
+        return LogTarget::Syslog;
+    }
+    match default_log_file(mountpoint) {
+        Some(p) => LogTarget::Fallback(p),
+        // No home directory to put it in: stderr, which the daemon keeps
+        // pointing at its parent until the mount is up, and then at
+        // /dev/null. Rare enough (no $HOME, no passwd entry) to accept.
+        None => LogTarget::Stderr,
+    }
+}
+
+/// Whether a syslog daemon (journald, rsyslog, syslog-ng) listens on
+/// `/dev/log`. Datagram first, then stream, as glibc's syslog(3) does.
+pub fn syslog_listens() -> bool {
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    let dgram = UnixDatagram::unbound().and_then(|s| s.connect(SYSLOG_SOCKET));
+    match dgram {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => {
+            UnixStream::connect(SYSLOG_SOCKET).is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+/// The log file of a daemon mounted at `mountpoint` when there is no
+/// syslog: `/var/log/modelfs/<escaped mountpoint>.log` for root, else
+/// `${XDG_STATE_HOME:-~/.local/state}/modelfs/<escaped mountpoint>.log`.
+/// The escaping is `systemd-escape --path`'s (`/models` → `models`,
+/// `/srv/ai-models` → `srv-ai\x2dmodels`).
+pub fn default_log_file(mountpoint: &Path) -> Option<PathBuf> {
+    let abs = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let name = format!("{}.log", escape_path(&abs));
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Some(Path::new("/var/log/modelfs").join(name));
+    }
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    let state = env("XDG_STATE_HOME").or_else(|| Some(env("HOME")?.join(".local/state")))?;
+    Some(state.join("modelfs").join(name))
+}
+
+/// `systemd-escape --path`: the path without leading, trailing and
+/// repeated slashes, `/` → `-`, and every byte other than ASCII letters,
+/// digits, `:`, `_` and a non-leading `.` as `\xNN`. `/` itself is `-`.
+pub fn escape_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let parts: Vec<&[u8]> = path
+        .as_os_str()
+        .as_bytes()
+        .split(|b| *b == b'/')
+        .filter(|p| !p.is_empty() && *p != b".")
+        .collect();
+    if parts.is_empty() {
+        return "-".into();
+    }
+    let mut out = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push('-');
+        }
+        for (j, &b) in part.iter().enumerate() {
+            let leading_dot = b == b'.' && i == 0 && j == 0;
+            if (b.is_ascii_alphanumeric() || b == b':' || b == b'_' || b == b'.') && !leading_dot {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+    }
+    out
+}
+
+/// Initialises the global logger once. Fails when a log file cannot be
+/// opened: a daemon that cannot log should not start and log nowhere.
+pub fn init(g: &Globals, target: &LogTarget) -> Result<(), String> {
     let level = match (g.quiet, g.verbose) {
         (true, _) => "error",
         (false, 0) => "info",
         (false, 1) => "debug",
         (false, _) => "trace",
     };
+    // fuser warns "Failed to umount filesystem" whenever the mount was
+    // already unmounted from outside (`umount`, `fusermount3 -u`), which is
+    // the normal way to stop a mount; its errors still show.
     let mut b = env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or(format!("warn,modelfs={level}")),
+        env_logger::Env::default()
+            .default_filter_or(format!("warn,fuser::session=error,modelfs={level}")),
     );
     b.format_timestamp_millis();
     match target {
         LogTarget::Stderr => {}
-        LogTarget::File(path) => match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-        {
-            Ok(f) => {
-                b.target(env_logger::Target::Pipe(Box::new(f)));
-            }
-            Err(e) => eprintln!(
-                "modelfs: cannot open log file {}: {e}; logging to stderr",
-                path.display()
-            ),
-        },
+        LogTarget::File(path) => {
+            let f = open_log(path, false)
+                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+            b.target(env_logger::Target::Pipe(Box::new(f)));
+        }
+        LogTarget::Fallback(path) => {
+            let f = open_log(path, true).map_err(|e| {
+                format!(
+                    "no syslog listens on {SYSLOG_SOCKET} and the default log file {} cannot be opened: {e} \
+                     (set one with -o log_file=PATH)",
+                    path.display()
+                )
+            })?;
+            b.target(env_logger::Target::Pipe(Box::new(f)));
+        }
         LogTarget::Syslog => {
             b.format(|buf, record| writeln!(buf, "{}: {}", record.level(), record.args()));
             b.target(env_logger::Target::Pipe(Box::new(Syslog::open())));
         }
     }
     b.init();
+    if let LogTarget::Fallback(path) = target {
+        log::info!(
+            "no syslog listens on {SYSLOG_SOCKET}; logging to {}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Opens `path` for appending (mode 0640 when created); with
+/// `create_dirs`, creates its directory first (0755 for root's
+/// /var/log/modelfs, 0700 for a user's state directory).
+fn open_log(path: &Path, create_dirs: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if create_dirs && let Some(dir) = path.parent() {
+        // SAFETY: geteuid cannot fail.
+        let mode = if unsafe { libc::geteuid() } == 0 {
+            0o755
+        } else {
+            0o700
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
 }
 
 /// Sends each log line to syslog(3) (journald on systemd hosts).
@@ -78,5 +216,33 @@ impl Write for Syslog {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountpoints_are_escaped_like_systemd_escape_path() {
+        assert_eq!(escape_path(Path::new("/models")), "models");
+        assert_eq!(escape_path(Path::new("/")), "-");
+        assert_eq!(
+            escape_path(Path::new("//srv//ai-models/")),
+            "srv-ai\\x2dmodels"
+        );
+        assert_eq!(
+            escape_path(Path::new("/tmp/.hidden/my models")),
+            "tmp-.hidden-my\\x20models"
+        );
+        assert_eq!(escape_path(Path::new("/.x")), "\\x2ex");
+        assert_eq!(escape_path(Path::new("/a/./b")), "a-b");
+    }
+
+    #[test]
+    fn the_default_log_file_is_named_after_the_mountpoint() {
+        let p = default_log_file(Path::new("/models")).unwrap();
+        assert_eq!(p.file_name().unwrap(), "models.log");
+        assert_eq!(p.parent().unwrap().file_name().unwrap(), "modelfs");
     }
 }

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
 
+use super::logging;
+pub use super::logging::LogTarget;
 use super::mount_options::MountOptions;
 use super::{CliError, Globals};
 use crate::coordinator::Coordinator;
@@ -47,22 +49,18 @@ pub struct MountArgs {
     pub options: Vec<String>,
 }
 
-/// Where the mount's log lines go.
-pub enum LogTarget {
-    Stderr,
-    File(PathBuf),
-    Syslog,
-}
-
-/// The log target of a mount: stderr in the foreground; in the daemon,
-/// `log_file=` if given, else syslog.
+/// Where the log lines of `modelfs mount` go: in the foreground, to
+/// `log_file=` if given, else stderr; in the daemon, to `log_file=` if
+/// given, else syslog, else (no syslog on this host) the default file of
+/// [`logging::default_log_file`]. The parent that starts the daemon logs to
+/// stderr: its errors are for the person or tool running it.
 pub fn log_target(a: &MountArgs) -> LogTarget {
     let opts = MountOptions::parse(&a.options).unwrap_or_default();
     let daemon_child = std::env::var_os(READY_FD_ENV).is_some();
-    match (opts.log_file, daemon_child) {
-        (Some(f), _) => LogTarget::File(f),
-        (None, true) => LogTarget::Syslog,
-        (None, false) => LogTarget::Stderr,
+    match (opts.log_file, daemon_child || a.foreground, daemon_child) {
+        (Some(f), true, _) => LogTarget::File(f),
+        (None, _, true) => logging::daemon_target(&a.mountpoint),
+        _ => LogTarget::Stderr,
     }
 }
 
@@ -99,10 +97,30 @@ pub fn run(g: &Globals, a: &MountArgs) -> Result<(), CliError> {
         Ok(abs) => Store::open(abs).map_err(|e| CliError::new(format!("mount: {e}")))?,
         Err(_) => store,
     };
-    if !a.foreground && std::env::var_os(READY_FD_ENV).is_none() {
+    let daemon_child = ready_fd().is_some();
+    if !a.foreground && !daemon_child {
         return daemonize();
     }
-    serve(g, a, &opts, store)
+    if let Some(fd) = ready_fd() {
+        // Keep the readiness pipe out of anything the daemon starts (the
+        // fusermount3 of a user mount): the parent waits for its EOF.
+        // SAFETY: fcntl on the fd our parent handed us.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    let result = serve(g, a, &opts, store);
+    if let Err(e) = &result {
+        // A daemon's stderr is /dev/null once the mount is up (before that
+        // the parent prints it): this line in the log is all that remains.
+        if daemon_child {
+            log::error!("{e}");
+        }
+    }
+    result
+}
+
+/// The readiness fd, in the daemon child only.
+fn ready_fd() -> Option<i32> {
+    std::env::var(READY_FD_ENV).ok()?.parse().ok()
 }
 
 fn check_mountpoint(mp: &Path) -> Result<(), CliError> {
@@ -184,10 +202,7 @@ fn pipe() -> std::io::Result<(i32, i32)> {
 /// In the daemon child: tell the parent the mount is live, then stop
 /// writing to its pipe (stderr goes to /dev/null; logs have their target).
 fn report_ready() {
-    let Some(fd) = std::env::var(READY_FD_ENV)
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-    else {
+    let Some(fd) = ready_fd() else {
         return;
     };
     // SAFETY: the fd was handed to us by the parent for exactly this.
@@ -199,6 +214,10 @@ fn report_ready() {
         // SAFETY: dup2 onto stderr with a valid fd.
         unsafe { libc::dup2(null.as_raw_fd(), 2) };
     }
+    // Like any daemon, do not keep the directory it was started from busy
+    // (every path it still needs is absolute by now).
+    // SAFETY: chdir with a static C string.
+    unsafe { libc::chdir(c"/".as_ptr()) };
 }
 
 enum Event {
@@ -210,6 +229,11 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
     // Before any thread starts, so every thread inherits the mask and the
     // signals reach only the waiter below.
     let signals = block_stop_signals();
+    // Absolute, without resolving anything (resolving could walk into an
+    // automount placeholder): the daemon leaves its working directory, and
+    // the unmount at the end must still find the mountpoint.
+    let mountpoint = std::path::absolute(&a.mountpoint)
+        .map_err(|e| CliError::new(format!("mount: mountpoint {}: {e}", a.mountpoint.display())))?;
     let mut http = g.http_config();
     if opts.ca_file.is_some() {
         http.ca_file = opts.ca_file.clone();
@@ -254,18 +278,20 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
     config.n_threads = Some(opts.threads);
     config.clone_fd = true;
 
-    let mut session = fuser::Session::new(adapter, &a.mountpoint, &config).map_err(|e| {
+    let cannot_mount = |e: std::io::Error| {
         CliError::new(format!(
-            "mount: cannot mount {} at {}: {e} (is the fuse3 package installed and /dev/fuse available?)",
+            "mount: cannot mount {} at {}: {e} ({})",
             store.root().display(),
-            a.mountpoint.display()
+            mountpoint.display(),
+            fuse_hint()
         ))
-    })?;
+    };
+    let mut session = fuser::Session::new(adapter, &mountpoint, &config).map_err(cannot_mount)?;
     let mut unmounter = session.unmount_callable();
     log::info!(
         "mounted {} at {} with {} model(s)",
         store.root().display(),
-        a.mountpoint.display(),
+        mountpoint.display(),
         fs.namespace().len()
     );
     report_ready();
@@ -295,18 +321,18 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
 
     let result = match rx.recv() {
         Ok(Event::SessionEnded(r)) => {
-            log::info!("{} was unmounted", a.mountpoint.display());
+            log::info!("{} was unmounted", mountpoint.display());
             coordinator.shutdown();
             r.map_err(|e| {
                 CliError::new(format!("mount: the FUSE session ended with an error: {e}"))
             })
         }
         Ok(Event::Signal(sig)) => {
-            log::info!("signal {sig}: unmounting {}", a.mountpoint.display());
+            log::info!("signal {sig}: unmounting {}", mountpoint.display());
             coordinator.shutdown();
             if let Err(e) = unmounter.unmount() {
                 log::info!("unmount: {e}; detaching lazily (files are still open)");
-                lazy_unmount(&a.mountpoint);
+                lazy_unmount(&mountpoint);
             }
             // Give the session a moment to drain; exiting closes /dev/fuse.
             let _ = rx.recv_timeout(Duration::from_secs(2));
@@ -316,6 +342,21 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
     };
     stop_refresh.store(true, Ordering::Relaxed);
     result
+}
+
+/// What to check when the mount itself failed.
+fn fuse_hint() -> &'static str {
+    // SAFETY: geteuid cannot fail; access with a static C string.
+    let user = unsafe { libc::geteuid() } != 0;
+    let denied = unsafe { libc::access(c"/dev/fuse".as_ptr(), libc::R_OK | libc::W_OK) } != 0;
+    if user && std::path::Path::new("/dev/fuse").exists() && denied {
+        // fusermount3 opens the device with the user's rights too, so this
+        // is the host's policy, not something fusermount3 works around.
+        "/dev/fuse is not open to this user: FUSE mounts by users need it read-write \
+         for them (the fuse3 package's default is mode 0666)"
+    } else {
+        "is the fuse3 package installed and /dev/fuse available?"
+    }
 }
 
 fn spawn_refresher(fs: Arc<ModelFs>, stop: Arc<AtomicBool>) {

@@ -76,7 +76,6 @@ const IGNORED: &[&str] = &[
     "nodiratime",
     "async",
     "sync",
-    "nofail",
     "loop",
 ];
 
@@ -166,11 +165,14 @@ Mount options (-o, comma-separated; also the fstab options column):
   fsname=NAME            source shown in /proc/mounts (default: the store path)
   ca_file=PATH           extra PEM CA bundle for private mirrors
   passthrough=on|off     kernel passthrough reads when possible (default on); off forces the page-cache path
-  stall_timeout=SECS     fail a download attempt after this long without data (default 30)
+  stall_timeout=SECS     give up on a download attempt after this long without data, and retry (default 30)
   fetch_threads=N        downloads that may run at once (default 4)
   threads=N              threads serving kernel requests (default 4)
-  log_file=PATH          daemon log file (default: syslog; foreground: stderr)
-Ignored, for mount(8) and systemd: _netdev, nofail, noauto, auto, user, users, defaults, comment=..., x-*";
+  log_file=PATH          log file, also with -f (default with -f: stderr; as a daemon: syslog,
+                         or /var/log/modelfs/<mountpoint>.log where nothing listens on /dev/log)
+Ignored, for mount(8) and systemd: _netdev, nofail, noauto, auto, user, users, nouser, owner,
+  group, defaults, comment=..., x-*, and the generic flags (dev, suid, exec, their no- forms,
+  async, sync, atime, ...); the mount is always ro,nodev,nosuid";
 
 #[cfg(test)]
 mod tests {
