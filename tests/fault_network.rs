@@ -109,11 +109,11 @@ fn getxattr(p: &Path, name: &str) -> Result<String, i32> {
     Ok(String::from_utf8(buf).unwrap())
 }
 
+/// A thread that opened and read a file: what it got, and how long it took.
+type Waiter = std::thread::JoinHandle<(Result<Vec<u8>, i32>, Duration)>;
+
 /// `n` threads that each open and read `path`: (result, time the open took).
-fn waiters(
-    path: &Path,
-    n: usize,
-) -> Vec<std::thread::JoinHandle<(Result<Vec<u8>, i32>, Duration)>> {
+fn waiters(path: &Path, n: usize) -> Vec<Waiter> {
     (0..n)
         .map(|_| {
             let p = path.to_path_buf();
@@ -174,11 +174,7 @@ impl LsProbe {
 }
 
 /// Asserts every waiter read exactly `data`; returns the slowest open.
-fn all_read_right(
-    ws: Vec<std::thread::JoinHandle<(Result<Vec<u8>, i32>, Duration)>>,
-    data: &[u8],
-    mount: &Mount,
-) -> Duration {
+fn all_read_right(ws: Vec<Waiter>, data: &[u8], mount: &Mount) -> Duration {
     let mut slowest = Duration::ZERO;
     for (i, w) in ws.into_iter().enumerate() {
         let (r, took) = w.join().unwrap();

@@ -158,12 +158,19 @@ impl Fetcher {
             let resumed_from = partial.resumed;
             let actual = partial.hasher.clone().finish();
             if !actual.ct_eq(&m.blob) {
-                let q = store
-                    .quarantine(
-                        &store.partial_path(&m.blob),
-                        &format!("sha256-mismatch-{model}"),
-                    )
-                    .ok();
+                let q = match store.quarantine_partial(&m.blob, &format!("sha256-mismatch-{model}"))
+                {
+                    Ok(q) => Some(q),
+                    Err(e) => {
+                        // Bytes that fail verification are never kept to be
+                        // resumed: without a quarantine they are deleted.
+                        log::warn!("{model}: cannot quarantine the bad bytes ({e}); deleting them");
+                        if let Err(e) = store.remove_partial(&m.blob) {
+                            log::warn!("{model}: cannot delete the bad bytes either: {e}");
+                        }
+                        None
+                    }
+                };
                 // The error returned below carries digests and quarantine
                 // path; its caller logs it once. Only a restart is news here.
                 if resumed_from > 0 && may_restart {
@@ -382,7 +389,7 @@ impl Partial {
             match lock::try_lock_file(file) {
                 // gc deletes a partial while holding its lock: if ours is no
                 // longer the file at the path, open the new one instead.
-                Ok(Some(g)) if still_linked(g.file(), &path) => break g,
+                Ok(Some(g)) if still_linked(g.file(), store, d) => break g,
                 Ok(Some(_)) => continue,
                 Ok(None) if cancelled() => return Err(FetchErrorKind::Cancelled),
                 Ok(None) => {
@@ -453,12 +460,8 @@ impl Partial {
     /// no space) leaves the model pending instead of looking like a started
     /// download. Safe because we hold the partial's lock, as gc does.
     fn discard_if_empty(&self, store: &Store, d: &Sha256) {
-        let path = store.partial_path(d);
-        if self.offset == 0 && still_linked(&self.file, &path) {
-            let _ = std::fs::remove_file(&path);
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::remove_dir(dir);
-            }
+        if self.offset == 0 && still_linked(&self.file, store, d) {
+            let _ = store.remove_partial(d);
         }
     }
 
@@ -508,10 +511,11 @@ impl Partial {
     }
 }
 
-fn still_linked(file: &File, path: &Path) -> bool {
+/// Whether `file` is still the partial file of `d` in the store.
+fn still_linked(file: &File, store: &Store, d: &Sha256) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), std::fs::symlink_metadata(path)) {
-        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+    match (file.metadata(), store.stat_partial(d)) {
+        (Ok(a), Some(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
         _ => false,
     }
 }
@@ -519,7 +523,8 @@ fn still_linked(file: &File, path: &Path) -> bool {
 fn lock_error(path: &Path, e: LockWaitError) -> FetchErrorKind {
     match e {
         LockWaitError::Cancelled => FetchErrorKind::Cancelled,
-        LockWaitError::Io(e) => FetchErrorKind::Store(crate::store::StoreError::io(path, e)),
+        // A symlink at the lock path is refused by name, not as a mystery ELOOP.
+        LockWaitError::Io(e) => FetchErrorKind::Store(crate::store::StoreError::walking(path, e)),
     }
 }
 

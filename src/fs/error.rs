@@ -39,6 +39,11 @@ pub enum FsError {
     BadHandle,
     /// Local I/O on the blob failed.
     Io(Arc<std::io::Error>),
+    /// The store refused to open the blob (a planted symlink, …).
+    Store(Arc<crate::store::StoreError>),
+    /// The inode's blob file is gone or was replaced since it was served;
+    /// the name has a new inode (see `namespace`).
+    Stale,
     /// A bug; the message says where.
     Internal(String),
 }
@@ -71,6 +76,15 @@ impl FsError {
             Self::XattrRange => libc::ERANGE,
             Self::BadHandle => libc::EBADF,
             Self::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            // A symlink planted in the store is the store's fault, not the
+            // caller's: EIO, with the path in the log.
+            Self::Store(e) => match e.raw_os_error() {
+                Some(libc::ENOSPC) => libc::ENOSPC,
+                _ => libc::EIO,
+            },
+            // On ESTALE the kernel walks the path again, revalidating the
+            // name, and so reaches the new inode: the caller never sees it.
+            Self::Stale => libc::ESTALE,
             Self::Internal(_) => libc::EIO,
         }
     }
@@ -88,10 +102,11 @@ impl FsError {
             | Self::Denied
             | Self::NoIoctl
             | Self::WouldBlock
+            | Self::Stale
             | Self::Interrupted => log::Level::Debug,
             // The coordinator already logged the fetch failure once.
             Self::FetchFailed(_) | Self::ShuttingDown => log::Level::Debug,
-            Self::BadHandle | Self::Io(_) | Self::Internal(_) => log::Level::Warn,
+            Self::BadHandle | Self::Io(_) | Self::Store(_) | Self::Internal(_) => log::Level::Warn,
         }
     }
 }
@@ -118,6 +133,7 @@ impl fmt::Display for FsError {
         match self {
             Self::FetchFailed(e) => write!(f, "{e}"),
             Self::Io(e) => write!(f, "I/O error: {e}"),
+            Self::Store(e) => write!(f, "{e}"),
             Self::Internal(s) => f.write_str(s),
             other => write!(f, "{other:?}"),
         }

@@ -19,7 +19,7 @@ pub mod xattr;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -210,7 +210,15 @@ impl ModelFs {
             Err(err) => return done(Err(err)),
         };
         let store = self.coordinator.store();
-        if let Ok(file) = open_blob(&store.blob_path(&e.manifest.blob)) {
+        let blob = store.open_blob(&e.manifest.blob).ok();
+        let now = blob
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map(|m| (m.dev(), m.ino()));
+        if self.namespace.is_stale(&e, now) {
+            return done(Err(FsError::Stale));
+        }
+        if let Some(file) = blob {
             return done(self.register(&e, file));
         }
         if flags & libc::O_NONBLOCK != 0 {
@@ -218,14 +226,17 @@ impl ModelFs {
             return done(Err(FsError::WouldBlock));
         }
         let this = self.clone();
-        let path = store.blob_path(&e.manifest.blob);
         let manifest = e.manifest.clone();
         self.coordinator.wait_for(
             &manifest,
             tid,
             Box::new(move |result| {
                 let opened = result.map_err(FsError::from).and_then(|()| {
-                    let file = open_blob(&path)?;
+                    let file = this
+                        .coordinator
+                        .store()
+                        .open_blob(&e.manifest.blob)
+                        .map_err(|e| FsError::Store(Arc::new(e)))?;
                     this.register(&e, file)
                 });
                 done(opened)
@@ -234,7 +245,9 @@ impl ModelFs {
     }
 
     fn register(&self, e: &Entry, file: File) -> Result<Opened, FsError> {
-        let size = file.metadata()?.len();
+        let meta = file.metadata()?;
+        let size = meta.len();
+        self.namespace.note_served(e.ino, (meta.dev(), meta.ino()));
         self.namespace.mark_present(e.ino, size);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file = Arc::new(file);
@@ -311,12 +324,4 @@ impl ModelFs {
         let e = self.entry(ino)?;
         Ok(xattr::list(&self.coordinator.activity(&e.manifest.blob)))
     }
-}
-
-/// Opens a blob read-only, never through a symlink.
-fn open_blob(path: &std::path::Path) -> std::io::Result<File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
 }

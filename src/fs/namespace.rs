@@ -7,6 +7,17 @@
 //! blob gets a new inode, so the kernel can never serve cached pages of the
 //! old bytes for the new ones, while a file opened before keeps its inode
 //! and its bytes. Inodes are never reused within a mount.
+//!
+//! An inode is also retired when the blob file it served goes away or is
+//! replaced (`modelfs verify` quarantined it, then a fetch put the pinned
+//! bytes back): the kernel may hold that file's pages in its cache under the
+//! inode, and they must never be served for the new file. Opening a retired
+//! inode fails with `ESTALE`, on which the kernel looks the name up again and
+//! gets the new inode.
+//!
+//! Manifest files that are ignored (a name that is not a valid model name,
+//! a symlink, a special file) and manifests that do not parse are logged
+//! once each, when they appear or change, not on every refresh.
 
 use std::collections::HashMap;
 use std::fs;
@@ -57,7 +68,7 @@ impl Changes {
 }
 
 /// Identity of a manifest file on disk, to skip re-parsing.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct FileKey {
     ino: u64,
     size: u64,
@@ -74,6 +85,20 @@ struct Tables {
     next_ino: u64,
     /// Parsed manifests by file, with the key they were parsed at.
     parsed: HashMap<String, (FileKey, Option<Arc<Manifest>>)>,
+    /// Ignored files of `manifests/`, with the key they were logged at.
+    ignored: HashMap<String, FileKey>,
+    /// The blob file each inode has served, by (device, inode).
+    served: HashMap<u64, Served>,
+}
+
+/// What an inode has served.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Served {
+    /// This blob file, by (device, inode).
+    File(u64, u64),
+    /// A blob file that has since gone or been replaced: the inode is
+    /// retired and its name has a new one.
+    Stale,
 }
 
 /// The mount's directory; see the module doc.
@@ -128,6 +153,38 @@ impl Namespace {
         self.len() == 0
     }
 
+    /// Records that `ino` serves the blob file `(dev, inode)`, the first
+    /// time it serves one.
+    pub fn note_served(&self, ino: u64, file: (u64, u64)) {
+        self.tables
+            .lock()
+            .served
+            .entry(ino)
+            .or_insert(Served::File(file.0, file.1));
+    }
+
+    /// Whether `e`'s inode must not be opened because the blob file it
+    /// served is gone or replaced (`now` is the file at the blob path
+    /// now). Retires the inode if that is news: its name gets a new inode.
+    pub fn is_stale(&self, e: &Entry, now: Option<(u64, u64)>) -> bool {
+        let mut t = self.tables.lock();
+        match t.served.get(&e.ino) {
+            Some(Served::Stale) => true,
+            Some(Served::File(dev, ino)) if Some((*dev, *ino)) != now => {
+                let new = retire(&mut t, &e.manifest, e.ino);
+                drop(t);
+                if let Some(new) = new {
+                    let mut cur = self.current.write();
+                    if cur.get(&new.file_name).is_some_and(|x| x.ino == e.ino) {
+                        Arc::make_mut(&mut cur).insert(new.file_name.clone(), new);
+                    }
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Records that the blob of `ino` is present with `size` bytes.
     pub fn mark_present(&self, ino: u64, size: u64) {
         let mut t = self.tables.lock();
@@ -152,8 +209,17 @@ impl Namespace {
     /// Re-reads the store's manifests and blob states into a new snapshot.
     pub fn refresh(&self, store: &Store) -> Changes {
         let _one_at_a_time = self.refreshing.lock();
-        let files = scan_manifest_files(store);
+        let (files, ignored) = scan_manifest_files(store);
         let mut t = self.tables.lock();
+        for (fname, key, why) in &ignored {
+            if t.ignored.get(fname) != Some(key) {
+                log::warn!(
+                    "ignoring {}: {why}",
+                    store.manifests_dir().join(fname).display()
+                );
+            }
+        }
+        t.ignored = ignored.into_iter().map(|(f, k, _)| (f, k)).collect();
         let mut next: HashMap<String, Arc<Entry>> = HashMap::with_capacity(files.len());
         let mut seen_files = std::collections::HashSet::with_capacity(files.len());
         for (stem, key) in files {
@@ -169,7 +235,7 @@ impl Namespace {
             let Some(m) = manifest else { continue };
             let file_name = m.file_name();
             let ident = (m.name.to_string(), m.format.clone(), m.blob);
-            let ino = match t.inos.get(&ident) {
+            let mut ino = match t.inos.get(&ident) {
                 Some(i) => *i,
                 None => {
                     let i = t.next_ino;
@@ -178,10 +244,15 @@ impl Namespace {
                     i
                 }
             };
-            let present_size = match fs::symlink_metadata(store.blob_path(&m.blob)) {
-                Ok(meta) if meta.is_file() => Some(meta.len()),
-                _ => None,
-            };
+            let blob = store.stat_blob(&m.blob);
+            let present_size = blob.as_ref().map(|b| b.len());
+            let file = blob.as_ref().map(|b| (b.dev(), b.ino()));
+            if let Some(Served::File(dev, i)) = t.served.get(&ino).copied()
+                && Some((dev, i)) != file
+                && let Some(new) = retire(&mut t, &m, ino)
+            {
+                ino = new.ino;
+            }
             let mtime = timestamp::parse_rfc3339(&m.produced_at).unwrap_or(SystemTime::UNIX_EPOCH);
             let entry = match t.by_ino.get(&ino) {
                 Some(e) if e.present_size == present_size && Arc::ptr_eq(&e.manifest, &m) => {
@@ -208,6 +279,31 @@ impl Namespace {
     }
 }
 
+/// Marks `old` stale and gives the manifest's (name, format, digest) a new
+/// inode, if `old` is still its inode; returns the new entry.
+fn retire(t: &mut Tables, m: &Arc<Manifest>, old: u64) -> Option<Arc<Entry>> {
+    t.served.insert(old, Served::Stale);
+    let ident = (m.name.to_string(), m.format.clone(), m.blob);
+    if t.inos.get(&ident) != Some(&old) {
+        return None;
+    }
+    let ino = t.next_ino;
+    t.next_ino += 1;
+    t.inos.insert(ident, ino);
+    log::info!(
+        "{}: the blob it served is gone or replaced; new inode {ino} (was {old})",
+        m.file_name()
+    );
+    let prev = t.by_ino.get(&old)?;
+    let entry = Arc::new(Entry {
+        ino,
+        present_size: None,
+        ..(**prev).clone()
+    });
+    t.by_ino.insert(ino, entry.clone());
+    Some(entry)
+}
+
 fn diff(old: &HashMap<String, Arc<Entry>>, new: &HashMap<String, Arc<Entry>>) -> Changes {
     let mut c = Changes::default();
     for (name, e) in new {
@@ -228,36 +324,52 @@ fn diff(old: &HashMap<String, Arc<Entry>>, new: &HashMap<String, Arc<Entry>>) ->
     c
 }
 
-/// `(stem, key)` of every `<valid-name>.json` regular file.
-fn scan_manifest_files(store: &Store) -> Vec<(String, FileKey)> {
+/// An ignored file of `manifests/`: its name, key and why.
+type Ignored = (String, FileKey, String);
+
+/// `(stem, key)` of every `<valid-name>.json` regular file, and the other
+/// `*.json` entries, ignored, with the reason. Other files (`*.json.tmp`
+/// of a writer, notes) are none of our business.
+fn scan_manifest_files(store: &Store) -> (Vec<(String, FileKey)>, Vec<Ignored>) {
+    let (mut out, mut ignored) = (Vec::new(), Vec::new());
     let Ok(dir) = fs::read_dir(store.manifests_dir()) else {
-        return Vec::new();
+        return (out, ignored);
     };
-    let mut out = Vec::new();
     for e in dir.flatten() {
         let fname = e.file_name();
         let Some(stem) = fname.to_str().and_then(|f| f.strip_suffix(".json")) else {
             continue;
         };
-        if ModelName::parse(stem).is_err() {
-            continue;
-        }
         // symlink_metadata: a planted symlink is skipped, never followed.
         let Ok(m) = fs::symlink_metadata(e.path()) else {
             continue;
         };
-        if !m.is_file() {
-            continue;
-        }
         let key = FileKey {
             ino: m.ino(),
             size: m.size(),
             mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
             ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
         };
+        if let Err(err) = ModelName::parse(stem) {
+            ignored.push((
+                stem.to_string() + ".json",
+                key,
+                format!("not a valid model name: {err}"),
+            ));
+            continue;
+        }
+        if !m.is_file() {
+            let what = if m.file_type().is_symlink() {
+                "a symlink (symlinks in the store are never followed)"
+            } else {
+                "not a regular file"
+            };
+            ignored.push((stem.to_string() + ".json", key, what.to_string()));
+            continue;
+        }
         out.push((stem.to_string(), key));
     }
-    out
+    (out, ignored)
 }
 
 fn parse_one(store: &Store, stem: &str) -> Option<Arc<Manifest>> {

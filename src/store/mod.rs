@@ -12,22 +12,28 @@
 //! This module owns every path under the root and the file-level rules:
 //! names are validated before a path is built ([`ModelName`]), manifests are
 //! written atomically (tmp, fsync, rename, fsync dir), a blob appears under
-//! its digest only through [`Store::publish_blob`], and files are opened with
-//! `O_NOFOLLOW` when written so a planted symlink cannot redirect a write
-//! outside the root. It knows nothing about HTTP or FUSE.
+//! its digest only through [`Store::publish_blob`], and everything below
+//! `blobs/sha256/` and `locks/` is reached through [`nofollow`], one
+//! component at a time, so a symlink planted inside the store can redirect
+//! neither a read nor a write outside the root (the top-level folders
+//! themselves may be the operator's symlinks). Folders are created 0755 and
+//! files 0644 whatever the umask. It knows nothing about HTTP or FUSE.
 
 pub mod lock;
 pub mod manifest;
 pub mod name;
+pub mod nofollow;
 pub mod timestamp;
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use nofollow::{Dir, is_planted_link};
 
 pub use manifest::{Manifest, ManifestError, Source};
 pub use name::{ModelName, NameError};
@@ -52,7 +58,8 @@ pub enum StoreError {
         path: PathBuf,
         source: ManifestError,
     },
-    /// A path the store would write is a symlink or not a regular file.
+    /// A path the store would read or write below its top-level folders is
+    /// a symlink, or not the kind of file the layout puts there.
     Unsafe {
         path: PathBuf,
     },
@@ -67,9 +74,11 @@ impl fmt::Display for StoreError {
             Self::BadRoot { root, reason } => write!(f, "model store {}: {reason}", root.display()),
             Self::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Self::Manifest { path, source } => write!(f, "{}: {source}", path.display()),
-            Self::Unsafe { path } => {
-                write!(f, "{}: refusing to write through a symlink or non-regular file", path.display())
-            }
+            Self::Unsafe { path } => write!(
+                f,
+                "{}: a symlink or an unexpected kind of file sits on this path; refusing to follow it (remove it)",
+                path.display()
+            ),
         }
     }
 }
@@ -89,6 +98,15 @@ impl StoreError {
         Self::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// Like [`StoreError::io`], but a planted symlink is [`StoreError::Unsafe`].
+    pub fn walking(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        if is_planted_link(&source) {
+            Self::Unsafe { path: path.into() }
+        } else {
+            Self::io(path, source)
         }
     }
 
@@ -169,7 +187,7 @@ impl Store {
             store.root.join("blobs/sha256"),
             store.quarantine_dir(),
         ] {
-            fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+            nofollow::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         }
         Ok(store)
     }
@@ -280,7 +298,7 @@ impl Store {
     /// fsync of the directory.
     pub fn write_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
         let dir = self.manifests_dir();
-        fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        nofollow::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         let path = self.manifest_path(&m.name);
         refuse_symlink(&path)?;
         let tmp = dir.join(format!("{}.json.tmp", m.name));
@@ -304,61 +322,170 @@ impl Store {
         }
     }
 
-    /// Present, partial or absent; never reads the bytes.
+    /// `blobs/sha256/<aa>`, opened (or created) without following a
+    /// symlink at `<aa>`.
+    fn fanout(&self, d: &Sha256, create: bool) -> Result<Dir, StoreError> {
+        let top = self.root.join("blobs/sha256");
+        let aa = &d.to_hex()[..2];
+        let fan = if create {
+            Dir::create(&top).and_then(|t| t.sub_or_create(aa))
+        } else {
+            Dir::open(&top).and_then(|t| t.sub(aa))
+        };
+        fan.map_err(|e| StoreError::walking(self.fanout_dir(d), e))
+    }
+
+    fn partial_dir_name(d: &Sha256) -> String {
+        format!(".partial-{}", d.to_hex())
+    }
+
+    /// The metadata of `blobs/.../<hex>/data` if it is a regular file
+    /// reached without a symlink.
+    pub fn stat_blob(&self, d: &Sha256) -> Option<Metadata> {
+        let m = self
+            .fanout(d, false)
+            .ok()?
+            .sub(&d.to_hex())
+            .ok()?
+            .stat("data")
+            .ok()?;
+        m.is_file().then_some(m)
+    }
+
+    /// The metadata of the partial file, if it is a regular file reached
+    /// without a symlink.
+    pub fn stat_partial(&self, d: &Sha256) -> Option<Metadata> {
+        let m = self
+            .fanout(d, false)
+            .ok()?
+            .sub(&Self::partial_dir_name(d))
+            .ok()?
+            .stat("data.tmp")
+            .ok()?;
+        m.is_file().then_some(m)
+    }
+
+    /// Present, partial or absent; never reads the bytes. A symlink
+    /// anywhere below `blobs/sha256/` counts as absent.
     pub fn blob_state(&self, d: &Sha256) -> BlobState {
-        if let Ok(m) = fs::symlink_metadata(self.blob_path(d))
-            && m.is_file()
-        {
+        if let Some(m) = self.stat_blob(d) {
             return BlobState::Present(m.len());
         }
-        match fs::symlink_metadata(self.partial_path(d)) {
-            Ok(m) if m.is_file() => BlobState::Partial(m.len()),
-            _ => BlobState::Absent,
+        match self.stat_partial(d) {
+            Some(m) => BlobState::Partial(m.len()),
+            None => BlobState::Absent,
         }
+    }
+
+    /// Opens a present blob for reading, never through a symlink.
+    pub fn open_blob(&self, d: &Sha256) -> Result<File, StoreError> {
+        let path = self.blob_path(d);
+        self.fanout(d, false)?
+            .sub(&d.to_hex())
+            .and_then(|dir| dir.open_file("data", libc::O_RDONLY, 0))
+            .map_err(|e| StoreError::walking(&path, e))
     }
 
     /// Opens (creating) the partial file for `d` for appending, never
     /// through a symlink.
     pub fn open_partial(&self, d: &Sha256) -> Result<File, StoreError> {
         let path = self.partial_path(d);
-        let dir = path.parent().expect("partial path has a parent");
-        fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| StoreError::io(&path, e))
+        self.fanout(d, true)?
+            .sub_or_create(&Self::partial_dir_name(d))
+            .and_then(|dir| dir.open_file("data.tmp", libc::O_RDWR | libc::O_CREAT, 0o644))
+            .map_err(|e| StoreError::walking(&path, e))
+    }
+
+    /// Removes the partial file and its folder (the caller holds its lock).
+    pub fn remove_partial(&self, d: &Sha256) -> Result<(), StoreError> {
+        let path = self.partial_path(d);
+        let fan = self.fanout(d, false)?;
+        let name = Self::partial_dir_name(d);
+        match fan.sub(&name).and_then(|dir| dir.unlink("data.tmp")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::walking(&path, e)),
+        }
+        let _ = fan.rmdir(&name);
+        Ok(())
     }
 
     /// Moves a verified partial into place under its digest: `sync_all`,
     /// rename, fsync of both directories, removal of the partial folder.
-    /// The caller has checked the digest.
+    /// The caller has checked the digest of the bytes in `partial`, which
+    /// must still be the file at the partial path.
     pub fn publish_blob(&self, d: &Sha256, partial: &File) -> Result<PathBuf, StoreError> {
         let src = self.partial_path(d);
         let dst = self.blob_path(d);
         partial.sync_all().map_err(|e| StoreError::io(&src, e))?;
-        let dst_dir = dst.parent().expect("blob path has a parent");
-        fs::create_dir_all(dst_dir).map_err(|e| StoreError::io(dst_dir, e))?;
-        refuse_symlink(&dst)?;
-        fs::rename(&src, &dst).map_err(|e| StoreError::io(&dst, e))?;
-        sync_dir(dst_dir)?;
-        let partial_dir = src.parent().expect("partial path has a parent");
-        let _ = fs::remove_dir(partial_dir);
-        sync_dir(&self.fanout_dir(d))?;
+        let fan = self.fanout(d, true)?;
+        let from = fan
+            .sub(&Self::partial_dir_name(d))
+            .map_err(|e| StoreError::walking(&src, e))?;
+        let (ours, there) = (
+            partial.metadata().map_err(|e| StoreError::io(&src, e))?,
+            from.stat("data.tmp")
+                .map_err(|e| StoreError::walking(&src, e))?,
+        );
+        if !there.is_file() || (ours.dev(), ours.ino()) != (there.dev(), there.ino()) {
+            return Err(StoreError::io(
+                &src,
+                io::Error::other("the partial file was replaced while it was being verified"),
+            ));
+        }
+        let to = fan
+            .sub_or_create(&d.to_hex())
+            .map_err(|e| StoreError::walking(&dst, e))?;
+        match to.stat("data") {
+            Ok(m) if !m.is_file() => return Err(StoreError::Unsafe { path: dst }),
+            _ => {}
+        }
+        from.rename("data.tmp", &to, "data", false)
+            .map_err(|e| StoreError::walking(&dst, e))?;
+        to.sync().map_err(|e| StoreError::io(&dst, e))?;
+        let _ = fan.rmdir(&Self::partial_dir_name(d));
+        fan.sync()
+            .map_err(|e| StoreError::io(self.fanout_dir(d), e))?;
         Ok(dst)
+    }
+
+    /// `locks/quarantine`, opened (or created) without following a symlink
+    /// at `quarantine`.
+    fn quarantine_folder(&self) -> Result<Dir, StoreError> {
+        Dir::create(&self.locks_dir())
+            .and_then(|l| l.sub_or_create("quarantine"))
+            .map_err(|e| StoreError::walking(self.quarantine_dir(), e))
     }
 
     /// Moves `path` into quarantine as
     /// `<timestamp>-<reason>-<pid>-<seq>.bin` with `RENAME_NOREPLACE`, so
     /// two failures, even in the same nanosecond, keep both files.
     pub fn quarantine(&self, path: &Path, reason: &str) -> Result<PathBuf, StoreError> {
+        self.quarantine_with(reason, path, |q, name| nofollow::rename_into(path, q, name))
+    }
+
+    /// Moves the partial file of `d` into quarantine (see
+    /// [`Store::quarantine`]), never through a symlink.
+    pub fn quarantine_partial(&self, d: &Sha256, reason: &str) -> Result<PathBuf, StoreError> {
+        let src = self.partial_path(d);
+        let from = self
+            .fanout(d, false)?
+            .sub(&Self::partial_dir_name(d))
+            .map_err(|e| StoreError::walking(&src, e))?;
+        self.quarantine_with(reason, &src, |q, name| {
+            from.rename("data.tmp", q, name, true)
+        })
+    }
+
+    fn quarantine_with(
+        &self,
+        reason: &str,
+        src: &Path,
+        mv: impl Fn(&Dir, &str) -> io::Result<()>,
+    ) -> Result<PathBuf, StoreError> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let qdir = self.quarantine_dir();
-        fs::create_dir_all(&qdir).map_err(|e| StoreError::io(&qdir, e))?;
+        let q = self.quarantine_folder()?;
         let reason: String = reason
             .chars()
             .map(|c| {
@@ -378,17 +505,17 @@ impl Store {
             .unwrap_or(0);
         loop {
             let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-            let dst = qdir.join(format!(
+            let name = format!(
                 "{stamp}.{nanos:09}-{reason}-{}-{seq}.bin",
                 std::process::id()
-            ));
-            match rename_noreplace(path, &dst) {
+            );
+            match mv(&q, &name) {
                 Ok(()) => {
-                    sync_dir(&qdir)?;
-                    return Ok(dst);
+                    q.sync().map_err(|e| StoreError::io(&qdir, e))?;
+                    return Ok(qdir.join(name));
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
-                Err(e) => return Err(StoreError::io(path, e)),
+                Err(e) => return Err(StoreError::walking(src, e)),
             }
         }
     }
@@ -410,11 +537,14 @@ impl Store {
         let Ok(fanouts) = fs::read_dir(&top) else {
             return Ok((blobs, partials));
         };
-        for fan in fanouts.flatten() {
+        // DirEntry::file_type does not follow symlinks: a planted link to a
+        // folder outside is never listed, so never deleted by gc.
+        let is_dir = |e: &fs::DirEntry| e.file_type().is_ok_and(|t| t.is_dir());
+        for fan in fanouts.flatten().filter(is_dir) {
             let Ok(inner) = fs::read_dir(fan.path()) else {
                 continue;
             };
-            for e in inner.flatten() {
+            for e in inner.flatten().filter(is_dir) {
                 let fname = e.file_name();
                 let fname = fname.to_string_lossy();
                 let (hex, partial) = match fname.strip_prefix(".partial-") {
@@ -424,14 +554,12 @@ impl Store {
                 let Ok(d) = Sha256::from_hex(&hex) else {
                     continue;
                 };
-                let path = if partial {
-                    self.partial_path(&d)
+                let meta = if partial {
+                    self.stat_partial(&d)
                 } else {
-                    self.blob_path(&d)
+                    self.stat_blob(&d)
                 };
-                if let Ok(m) = fs::symlink_metadata(&path)
-                    && m.is_file()
-                {
+                if let Some(m) = meta {
                     if partial { &mut partials } else { &mut blobs }.push((d, m.len()));
                 }
             }
@@ -486,26 +614,6 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io(dir, e))
-}
-
-fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
-    let (s, d) = (c(src)?, c(dst)?);
-    // SAFETY: both are valid NUL-terminated paths.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            s.as_ptr(),
-            libc::AT_FDCWD,
-            d.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// The device id of a path, to tell whether a hard link can reach it.

@@ -1,0 +1,258 @@
+//! Walking the store below its top-level folders without following a
+//! symlink, one path component at a time.
+//!
+//! The top-level folders (`blobs/sha256`, `manifests`, `locks`) are opened
+//! by path: an operator may make them symlinks, for example to keep blobs on
+//! another disk. Below them, every folder and file is reached with
+//! `openat(…, O_NOFOLLOW)` relative to its parent's descriptor, so a symlink
+//! planted inside the store (a fan-out folder, a blob or partial folder, a
+//! blob, a partial, the quarantine folder) makes the operation fail with
+//! [`is_planted_link`] instead of leading a read or a write outside the
+//! root. `O_NOFOLLOW` on a whole path only guards its last component; this
+//! guards each of them, and working from descriptors leaves no window
+//! between a check and the use.
+//!
+//! Folders are created with mode 0755 and files by the callers with 0644,
+//! whatever the process umask (a daemon started with umask 000 must not make
+//! its store writable by others); a umask can only take bits away.
+
+use std::ffi::CString;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+/// Mode of every folder the store creates.
+pub const DIR_MODE: libc::mode_t = 0o755;
+
+/// An open folder of the store.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+}
+
+fn cstr(name: &str) -> io::Result<CString> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a single path component"),
+        ));
+    }
+    CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Retries a syscall interrupted by a signal.
+fn retry(mut f: impl FnMut() -> libc::c_int) -> io::Result<libc::c_int> {
+    loop {
+        match check(f()) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Whether an error means a symlink (or another non-folder) sat where the
+/// store expects a folder or a regular file.
+pub fn is_planted_link(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR))
+}
+
+impl Dir {
+    /// Opens a top-level folder by path (symlinks in `path` are followed:
+    /// they are the operator's).
+    pub fn open(path: &Path) -> io::Result<Dir> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(path)?;
+        Ok(Dir { fd: f.into() })
+    }
+
+    /// Opens a top-level folder by path, creating it (and its parents) with
+    /// [`DIR_MODE`] if missing.
+    pub fn create(path: &Path) -> io::Result<Dir> {
+        create_dir_all(path)?;
+        Self::open(path)
+    }
+
+    /// The sub-folder `name`; a symlink there fails with `ELOOP`/`ENOTDIR`.
+    pub fn sub(&self, name: &str) -> io::Result<Dir> {
+        let c = cstr(name)?;
+        // SAFETY: a valid dirfd and NUL-terminated name; the fd is owned below.
+        let fd = retry(|| unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: a fresh descriptor we own.
+        Ok(Dir {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// The sub-folder `name`, created with [`DIR_MODE`] if missing.
+    pub fn sub_or_create(&self, name: &str) -> io::Result<Dir> {
+        let c = cstr(name)?;
+        // SAFETY: a valid dirfd and NUL-terminated name.
+        match retry(|| unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), DIR_MODE) }) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        self.sub(name)
+    }
+
+    /// Opens the file `name` with `flags` (`O_NOFOLLOW` and `O_CLOEXEC` are
+    /// added); `mode` applies when `O_CREAT` creates it.
+    pub fn open_file(
+        &self,
+        name: &str,
+        flags: libc::c_int,
+        mode: libc::mode_t,
+    ) -> io::Result<File> {
+        let c = cstr(name)?;
+        // SAFETY: a valid dirfd and NUL-terminated name; the fd is owned below.
+        let fd = retry(|| unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                libc::c_uint::from(mode),
+            )
+        })?;
+        // SAFETY: a fresh descriptor we own.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    /// The metadata of `name` itself (a symlink is reported as one).
+    pub fn stat(&self, name: &str) -> io::Result<Metadata> {
+        self.open_file(name, libc::O_PATH, 0)?.metadata()
+    }
+
+    /// Renames `name` here to `to_name` in `to`; with `noreplace`, fails
+    /// with `EEXIST` rather than replace anything.
+    pub fn rename(&self, name: &str, to: &Dir, to_name: &str, noreplace: bool) -> io::Result<()> {
+        let (a, b) = (cstr(name)?, cstr(to_name)?);
+        let flags = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
+        // SAFETY: valid dirfds and NUL-terminated names.
+        retry(|| unsafe {
+            libc::renameat2(
+                self.fd.as_raw_fd(),
+                a.as_ptr(),
+                to.fd.as_raw_fd(),
+                b.as_ptr(),
+                flags,
+            ) as libc::c_int
+        })
+        .map(|_| ())
+    }
+
+    /// Removes the file `name` (a symlink there is removed, not followed).
+    pub fn unlink(&self, name: &str) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: a valid dirfd and NUL-terminated name.
+        retry(|| unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) }).map(|_| ())
+    }
+
+    /// Removes the empty folder `name`.
+    pub fn rmdir(&self, name: &str) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: a valid dirfd and NUL-terminated name.
+        retry(|| unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
+            .map(|_| ())
+    }
+
+    /// fsyncs the folder, so renames in it survive a crash.
+    pub fn sync(&self) -> io::Result<()> {
+        // SAFETY: fsync on a valid descriptor.
+        retry(|| unsafe { libc::fsync(self.fd.as_raw_fd()) }).map(|_| ())
+    }
+}
+
+/// `create_dir_all` with [`DIR_MODE`] for every folder it creates.
+pub fn create_dir_all(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(path)
+}
+
+/// Renames the file at `src` (a path) to `to_name` in `to`, never
+/// replacing anything there.
+pub fn rename_into(src: &Path, to: &Dir, to_name: &str) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let a = CString::new(src.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let b = cstr(to_name)?;
+    // SAFETY: valid NUL-terminated paths and a valid dirfd.
+    retry(|| unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            to.fd.as_raw_fd(),
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        ) as libc::c_int
+    })
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    #[test]
+    fn a_symlink_below_a_top_level_folder_is_refused_as_folder_and_as_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("f"), b"keep").unwrap();
+        let top = Dir::create(&dir.path().join("top")).unwrap();
+        symlink(&outside, dir.path().join("top/linkdir")).unwrap();
+        symlink(outside.join("f"), dir.path().join("top/linkfile")).unwrap();
+
+        let e = top.sub("linkdir").unwrap_err();
+        assert!(is_planted_link(&e), "{e}");
+        let e = top.sub_or_create("linkdir").unwrap_err();
+        assert!(is_planted_link(&e), "{e}");
+        let e = top
+            .open_file("linkfile", libc::O_RDWR | libc::O_CREAT, 0o644)
+            .unwrap_err();
+        assert!(is_planted_link(&e), "{e}");
+        assert!(top.stat("linkfile").unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(outside.join("f")).unwrap(), b"keep");
+        assert!(top.sub("../outside").is_err());
+    }
+
+    #[test]
+    fn folders_are_0755_even_under_umask_000() {
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: umask is process-wide; this test restores it at once and
+        // the modes it checks are of folders it creates itself.
+        let old = unsafe { libc::umask(0) };
+        let top = Dir::create(&dir.path().join("a/b"));
+        let sub = top.as_ref().map(|t| t.sub_or_create("c"));
+        unsafe { libc::umask(old) };
+        sub.unwrap().unwrap();
+        for p in ["a", "a/b", "a/b/c"] {
+            let mode = std::fs::metadata(dir.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o755, "{p}");
+        }
+    }
+}
