@@ -885,3 +885,78 @@ fn a_pull_killed_half_way_is_resumed_by_the_next_pull_with_a_range_request() {
     assert!(blob_bytes(&ts, &bytes) == bytes);
     ts.assert_consistent();
 }
+
+#[test]
+fn gc_verify_and_import_never_follow_a_symlink_planted_under_blobs() {
+    // Regression: gc deleted, verify quarantined and import wrote by path,
+    // so a symlinked blob folder led them outside the store.
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let outside = tempfile::tempdir().unwrap();
+    let store = ts.store();
+
+    // An unreferenced "blob" whose folder is a symlink to an outside folder.
+    let orphan = random_bytes(4096, 90);
+    let d = Sha256::of(&orphan);
+    fs::write(outside.path().join("data"), &orphan).unwrap();
+    let fan = store
+        .blob_path(&d)
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    fs::create_dir_all(&fan).unwrap();
+    std::os::unix::fs::symlink(outside.path(), fan.join(d.to_hex())).unwrap();
+    let mut gc = ts.cli(origin.ca_pem_path());
+    gc.env("MODELFS_GC_GRACE_SECS", "0").arg("gc");
+    ran(gc.output().unwrap()).ok();
+    assert_eq!(
+        fs::read(outside.path().join("data")).unwrap(),
+        orphan,
+        "gc deleted a file outside the store"
+    );
+
+    // A named model whose blob folder is a planted link to garbage.
+    let good = random_bytes(8192, 91);
+    let m = ts.add_pending("planted", &origin, &good);
+    let fan = store
+        .blob_path(&m.blob)
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    fs::create_dir_all(&fan).unwrap();
+    let garbage = tempfile::tempdir().unwrap();
+    fs::write(garbage.path().join("data"), random_bytes(8192, 92)).unwrap();
+    std::os::unix::fs::symlink(garbage.path(), fan.join(m.blob.to_hex())).unwrap();
+    cli(&ts, &origin, &["verify", "planted"]).ok();
+    assert!(
+        garbage.path().join("data").exists(),
+        "verify moved a file from outside the store"
+    );
+    assert!(ts.quarantined().is_empty(), "{:?}", ts.quarantined());
+
+    // import refuses to place a blob through the planted link.
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("model.gguf");
+    fs::write(&file, &good).unwrap();
+    cli(
+        &ts,
+        &origin,
+        &[
+            "import",
+            file.to_str().unwrap(),
+            "--name",
+            "planted",
+            "--force",
+        ],
+    )
+    .failed();
+    assert_ne!(
+        fs::read(garbage.path().join("data")).unwrap(),
+        good,
+        "import wrote outside the store"
+    );
+}

@@ -54,8 +54,7 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<(), CliError> {
         if referenced.contains(&d) {
             continue;
         }
-        let path = store.blob_path(&d);
-        let Ok(meta) = fs::symlink_metadata(&path) else {
+        let Some(meta) = store.stat_blob(&d) else {
             continue;
         };
         if now - meta.ctime() < grace {
@@ -73,9 +72,9 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<(), CliError> {
             human_bytes(size)
         );
         if !a.dry_run {
-            fs::remove_file(&path)
-                .map_err(|e| CliError::new(format!("cannot delete {}: {e}", path.display())))?;
-            let _ = fs::remove_dir(path.parent().expect("blob has a parent"));
+            store
+                .remove_blob(&d)
+                .map_err(|e| CliError::new(format!("cannot delete blob {d}: {e}")))?;
         }
         freed += size;
         count += 1;
@@ -84,8 +83,7 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<(), CliError> {
         if referenced.contains(&d) {
             continue;
         }
-        let path = store.partial_path(&d);
-        let Ok(file) = fs::OpenOptions::new().read(true).write(true).open(&path) else {
+        let Ok(file) = store.open_existing_partial(&d) else {
             continue;
         };
         let Ok(Some(_held)) = lock::try_lock_file(file) else {
@@ -103,9 +101,9 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<(), CliError> {
             human_bytes(size)
         );
         if !a.dry_run {
-            fs::remove_file(&path)
-                .map_err(|e| CliError::new(format!("cannot delete {}: {e}", path.display())))?;
-            let _ = fs::remove_dir(path.parent().expect("partial has a parent"));
+            store
+                .remove_partial(&d)
+                .map_err(|e| CliError::new(format!("cannot delete partial {d}: {e}")))?;
         }
         freed += size;
         count += 1;

@@ -82,16 +82,10 @@ pub fn run(g: &Globals, a: &ImportArgs) -> Result<(), CliError> {
     if let BlobState::Present(_) = store.blob_state(&digest) {
         let _ = fs::remove_file(&staging);
     } else {
-        let dst = store.blob_path(&digest);
-        let dir = dst.parent().expect("blob has a parent");
-        fs::create_dir_all(dir)
-            .map_err(|e| CliError::new(format!("cannot create {}: {e}", dir.display())))?;
-        File::open(&staging)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| err("cannot sync", e))?;
-        fs::rename(&staging, &dst)
-            .map_err(|e| CliError::new(format!("cannot place {}: {e}", dst.display())))?;
-        crate::store::sync_dir(dir)?;
+        if let Err(e) = store.adopt_blob(&digest, &staging) {
+            let _ = fs::remove_file(&staging);
+            return Err(CliError::new(format!("{name}: cannot place the blob: {e}")));
+        }
     }
     let filename = a
         .path

@@ -1,7 +1,5 @@
 //! `modelfs verify`: re-hash present blobs; quarantine the ones that lie.
 
-use std::fs::File;
-
 use crate::digest::hash_reader;
 use crate::store::{BlobState, lock};
 
@@ -45,16 +43,18 @@ pub fn run(g: &Globals, a: &VerifyArgs) -> Result<(), CliError> {
         // Hold the producer lock so a fetch does not race the quarantine.
         let _l = lock::lock_waiting(&store.lock_path(&m.name), &|| false, &mut || {})
             .map_err(|e| CliError::new(format!("{}: cannot take the store lock: {e:?}", m.name)))?;
-        let path = store.blob_path(&m.blob);
-        let (actual, size) = File::open(&path).and_then(hash_reader).map_err(|e| {
-            CliError::new(format!("{}: cannot read {}: {e}", m.name, path.display()))
-        })?;
+        let (actual, size) = store
+            .open_blob(&m.blob)
+            .map_err(|e| CliError::new(format!("{}: {e}", m.name)))
+            .and_then(|f| {
+                hash_reader(f)
+                    .map_err(|e| CliError::new(format!("{}: cannot read its blob: {e}", m.name)))
+            })?;
         if actual.ct_eq(&m.blob) {
             println!("{}: ok ({size} bytes)", m.name);
             continue;
         }
-        let q = store.quarantine(&path, &format!("verify-failed-{}", m.name))?;
-        let _ = std::fs::remove_dir(path.parent().expect("blob has a parent"));
+        let q = store.quarantine_blob(&m.blob, &format!("verify-failed-{}", m.name))?;
         eprintln!(
             "modelfs: {}: blob {} hashes to {actual}; moved to {} (it will be fetched again on next open or pull)",
             m.name,

@@ -449,6 +449,60 @@ impl Store {
         Ok(dst)
     }
 
+    /// Opens an existing partial file for writing, never creating it and
+    /// never through a symlink (for `gc`, which must not create partials).
+    pub fn open_existing_partial(&self, d: &Sha256) -> Result<File, StoreError> {
+        let path = self.partial_path(d);
+        self.fanout(d, false)?
+            .sub(&Self::partial_dir_name(d))
+            .and_then(|dir| dir.open_file("data.tmp", libc::O_RDWR, 0))
+            .map_err(|e| StoreError::walking(&path, e))
+    }
+
+    /// Deletes a blob and its folder, never through a symlink. The caller
+    /// has made sure no manifest names it.
+    pub fn remove_blob(&self, d: &Sha256) -> Result<(), StoreError> {
+        let path = self.blob_path(d);
+        let fan = self.fanout(d, false)?;
+        fan.sub(&d.to_hex())
+            .and_then(|dir| dir.unlink("data"))
+            .map_err(|e| StoreError::walking(&path, e))?;
+        let _ = fan.rmdir(&d.to_hex());
+        fan.sync()
+            .map_err(|e| StoreError::io(self.fanout_dir(d), e))
+    }
+
+    /// Places a file the caller has verified to hash to `d` (an import) as
+    /// the blob of `d`: `sync_all`, rename without replacing, fsync.
+    pub fn adopt_blob(&self, d: &Sha256, src: &Path) -> Result<PathBuf, StoreError> {
+        let dst = self.blob_path(d);
+        File::open(src)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::io(src, e))?;
+        let fan = self.fanout(d, true)?;
+        let to = fan
+            .sub_or_create(&d.to_hex())
+            .map_err(|e| StoreError::walking(&dst, e))?;
+        nofollow::rename_into(src, &to, "data").map_err(|e| StoreError::walking(&dst, e))?;
+        to.sync().map_err(|e| StoreError::io(&dst, e))?;
+        fan.sync()
+            .map_err(|e| StoreError::io(self.fanout_dir(d), e))?;
+        Ok(dst)
+    }
+
+    /// Moves a present blob into quarantine (see [`Store::quarantine`]),
+    /// never through a symlink; `verify` uses it for bytes that lie.
+    pub fn quarantine_blob(&self, d: &Sha256, reason: &str) -> Result<PathBuf, StoreError> {
+        let src = self.blob_path(d);
+        let fan = self.fanout(d, false)?;
+        let from = fan
+            .sub(&d.to_hex())
+            .map_err(|e| StoreError::walking(&src, e))?;
+        let q = self.quarantine_with(reason, &src, |q, name| from.rename("data", q, name, true))?;
+        let _ = fan.rmdir(&d.to_hex());
+        Ok(q)
+    }
+
     /// `locks/quarantine`, opened (or created) without following a symlink
     /// at `quarantine`.
     fn quarantine_folder(&self) -> Result<Dir, StoreError> {
