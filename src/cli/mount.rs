@@ -124,8 +124,8 @@ fn ready_fd() -> Option<i32> {
 }
 
 fn check_mountpoint(mp: &Path) -> Result<(), CliError> {
-    match std::fs::metadata(mp) {
-        Ok(m) if m.is_dir() => Ok(()),
+    match stat_no_automount(mp) {
+        Ok(mode) if mode & libc::S_IFMT == libc::S_IFDIR => Ok(()),
         Ok(_) => Err(CliError::new(format!(
             "mount: {} is not a directory",
             mp.display()
@@ -136,6 +136,22 @@ fn check_mountpoint(mp: &Path) -> Result<(), CliError> {
             mp.display()
         ))),
     }
+}
+
+/// The `st_mode` of `path`, without triggering an automount placeholder
+/// there. `std::fs::metadata` (statx) and `open` both trigger one, and the
+/// automounter (systemd) then waits for the very mount we are making.
+fn stat_no_automount(path: &Path) -> std::io::Result<u32> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("a NUL byte in the path"))?;
+    // SAFETY: an all-zero stat is valid; fstatat fills it in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and stat buffer.
+    if unsafe { libc::fstatat(libc::AT_FDCWD, c.as_ptr(), &mut st, libc::AT_NO_AUTOMOUNT) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.st_mode)
 }
 
 /// Starts `modelfs … --foreground` in a new session and waits for its
@@ -286,8 +302,30 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
             fuse_hint()
         ))
     };
-    let mut session = fuser::Session::new(adapter, &mountpoint, &config).map_err(cannot_mount)?;
-    let mut unmounter = session.unmount_callable();
+    // Root mounts with mount(2) itself; a user (or root without the right
+    // to, in some containers) goes through fuser and fusermount3.
+    // SAFETY: geteuid cannot fail.
+    let direct = if unsafe { libc::geteuid() } == 0 {
+        direct::mount(&mountpoint, &config).map_err(cannot_mount)?
+    } else {
+        None
+    };
+    let (session, mut unmounter) = match direct {
+        Some(fd) => {
+            let session = fuser::Session::from_fd(adapter, fd, config.acl, config.clone())
+                .map_err(|e| {
+                    lazy_unmount(&mountpoint);
+                    cannot_mount(e)
+                })?;
+            (session, Unmounter::Direct)
+        }
+        None => {
+            let mut session =
+                fuser::Session::new(adapter, &mountpoint, &config).map_err(cannot_mount)?;
+            let unmounter = Unmounter::Fuser(session.unmount_callable());
+            (session, unmounter)
+        }
+    };
     log::info!(
         "mounted {} at {} with {} model(s)",
         store.root().display(),
@@ -330,7 +368,7 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
         Ok(Event::Signal(sig)) => {
             log::info!("signal {sig}: unmounting {}", mountpoint.display());
             coordinator.shutdown();
-            if let Err(e) = unmounter.unmount() {
+            if let Err(e) = unmounter.unmount(&mountpoint) {
                 log::info!("unmount: {e}; detaching lazily (files are still open)");
                 lazy_unmount(&mountpoint);
             }
@@ -342,6 +380,111 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
     };
     stop_refresh.store(true, Ordering::Relaxed);
     result
+}
+
+/// How the daemon unmounts when told to stop.
+enum Unmounter {
+    /// A mount made by [`direct::mount`].
+    Direct,
+    /// A mount made by fuser (through fusermount3).
+    Fuser(fuser::SessionUnmounter),
+}
+
+impl Unmounter {
+    fn unmount(&mut self, mp: &Path) -> std::io::Result<()> {
+        match self {
+            Self::Direct => direct::unmount(mp),
+            Self::Fuser(u) => u.unmount(),
+        }
+    }
+}
+
+/// Mounting with mount(2), as root. fuser 0.18 would `open()` the
+/// mountpoint first, which triggers an automount placeholder there (systemd's
+/// `.automount`, `x-systemd.automount`) and then waits for the mount that
+/// is waiting for it. This `stat()`s it with `AT_NO_AUTOMOUNT` instead;
+/// mount(2) then mounts on top of the placeholder without triggering it.
+mod direct {
+    use std::ffi::CString;
+    use std::io;
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::Path;
+
+    use fuser::{Config, MountOption, SessionACL};
+
+    /// Mounts at `mp`; the /dev/fuse fd of the new mount, or `None` when
+    /// mount(2) is not permitted (fuser then tries fusermount3).
+    pub fn mount(mp: &Path, config: &Config) -> io::Result<Option<OwnedFd>> {
+        let kind = super::stat_no_automount(mp)? & libc::S_IFMT;
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/fuse")
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot open /dev/fuse: {e}")))?;
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let mut data = format!(
+            "fd={},rootmode={kind:o},user_id={uid},group_id={gid}",
+            dev.as_raw_fd()
+        );
+        let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+        let mut source = "modelfs".to_string();
+        let mut fstype = "fuse".to_string();
+        for o in &config.mount_options {
+            match o {
+                MountOption::RO => flags |= libc::MS_RDONLY,
+                MountOption::DefaultPermissions => data.push_str(",default_permissions"),
+                MountOption::FSName(n) => source = n.clone(),
+                MountOption::Subtype(t) => fstype = format!("fuse.{t}"),
+                _ => {}
+            }
+        }
+        // allow_root is allow_other in the kernel, narrowed by fuser.
+        if config.acl != SessionACL::Owner {
+            data.push_str(",allow_other");
+        }
+        let c = |s: &[u8]| {
+            CString::new(s).map_err(|_| io::Error::other("a NUL byte in a mount argument"))
+        };
+        let (source, target, fstype, data) = (
+            c(source.as_bytes())?,
+            c(mp.as_os_str().as_bytes())?,
+            c(fstype.as_bytes())?,
+            c(data.as_bytes())?,
+        );
+        // SAFETY: valid C strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                flags,
+                data.as_ptr().cast(),
+            )
+        };
+        if rc == 0 {
+            return Ok(Some(dev.into()));
+        }
+        match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::EPERM) => Ok(None),
+            e => Err(e),
+        }
+    }
+
+    /// umount(2), not lazily: fails with EBUSY while files are open.
+    pub fn unmount(mp: &Path) -> io::Result<()> {
+        let target = CString::new(mp.as_os_str().as_bytes())
+            .map_err(|_| io::Error::other("a NUL byte in the mountpoint"))?;
+        // SAFETY: a valid C string.
+        if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
 }
 
 /// What to check when the mount itself failed.
