@@ -202,7 +202,11 @@ impl Drop for MountGuard {
     fn drop(&mut self) {
         let pid = daemon_pid(&self.mp);
         if mounts_at(&self.mp) > 0 {
-            let _ = Command::new("umount").arg("-l").arg(&self.mp).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mp)
+                .stderr(Stdio::null())
+                .status();
         }
         if let Some(pid) = pid {
             // SAFETY: signalling the daemon this test started, by its pid.
@@ -580,7 +584,7 @@ fn an_fstab_line_mounts_through_mount_fuse3_fetches_on_first_read_and_umount_end
     );
     assert_eq!(
         proc_mounts_at(&mnt),
-        vec![(store_root.display().to_string(), "fuse".to_string())],
+        vec![(store_root.display().to_string(), "fuse.modelfs".to_string())],
         "/proc/mounts should show the store as the source"
     );
     let opts = proc_mount_options(&mnt);
@@ -701,6 +705,134 @@ fn the_systemd_mount_unit_mounts_through_mount_8_the_way_systemd_runs_it() {
     assert!(wait_until(Duration::from_secs(10), || process_gone(pid)));
 }
 
+/// A direct autofs mount at a directory, as systemd's `.automount` (or
+/// `x-systemd.automount`) puts at `/models`, with this test process as
+/// the automount daemon that never answers: anything that triggers it would
+/// hang. The pipe shows whether the kernel asked for a mount. Detached on
+/// drop.
+struct AutofsPlaceholder {
+    mp: PathBuf,
+    read_end: fs::File,
+    _write_end: fs::File,
+}
+
+impl AutofsPlaceholder {
+    fn mount(mp: &Path) -> AutofsPlaceholder {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: a valid 2-element array; O_NONBLOCK so that the check
+        // below does not wait.
+        assert_eq!(
+            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) },
+            0
+        );
+        // SAFETY: fresh fds we own.
+        let (read_end, write_end) =
+            unsafe { (fs::File::from_raw_fd(fds[0]), fs::File::from_raw_fd(fds[1])) };
+        // SAFETY: getpgrp cannot fail.
+        let pgrp = unsafe { libc::getpgrp() };
+        let data = std::ffi::CString::new(format!(
+            "fd={},pgrp={pgrp},minproto=5,maxproto=5,direct",
+            write_end.as_raw_fd()
+        ))
+        .unwrap();
+        let target = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C strings.
+        let rc = unsafe {
+            libc::mount(
+                c"modelfs-test-autofs".as_ptr(),
+                target.as_ptr(),
+                c"autofs".as_ptr(),
+                0,
+                data.as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "cannot mount an autofs placeholder (is the autofs module available?): {}",
+            std::io::Error::last_os_error()
+        );
+        AutofsPlaceholder {
+            mp: mp.to_path_buf(),
+            read_end,
+            _write_end: write_end,
+        }
+    }
+
+    /// Whether the kernel asked the automount daemon for a mount.
+    fn triggered(&self) -> bool {
+        use std::io::Read;
+        let mut buf = [0u8; 512];
+        matches!((&self.read_end).read(&mut buf), Ok(n) if n > 0)
+    }
+}
+
+impl Drop for AutofsPlaceholder {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mp)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn a_mount_over_an_automount_placeholder_neither_triggers_it_nor_is_refused() {
+    require_fuse();
+    let store = TestStore::new();
+    let data = random_bytes(32 * KIB, 49);
+    store.put_blob(&data);
+    store.write_manifest("auto-model", "https://example.invalid/a.gguf", &data);
+    let dir = open_tempdir();
+    let mnt = make_dir(dir.path(), "models");
+    let log = dir.path().join("auto.log");
+    let placeholder = AutofsPlaceholder::mount(&mnt);
+    let _guard = MountGuard::new(&mnt);
+    assert_eq!(mounts_at(&mnt), 1);
+
+    // What systemd does once the placeholder is accessed: `mount WHAT
+    // WHERE -t fuse.modelfs -o …`, from outside the automounter's process
+    // group (here, a new session), so anything along the way that opened
+    // or statx()ed the placeholder would trigger it and wait forever.
+    let _link = SbinLink::install();
+    let mut cmd = Command::new("mount");
+    cmd.arg(&store.root)
+        .arg(&mnt)
+        .args(["-t", "fuse.modelfs", "-o"])
+        .arg(format!("ro,_netdev,log_file={}", log.display()));
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let out = run_within(&mut cmd, Duration::from_secs(15));
+    assert!(
+        out.status.success(),
+        "mounting over the placeholder failed: {}",
+        stderr_of(&out)
+    );
+    assert!(
+        !placeholder.triggered(),
+        "mounting triggered the automount (it opened the mountpoint)"
+    );
+    assert_eq!(
+        mounts_at(&mnt),
+        2,
+        "modelfs should sit on top of the placeholder"
+    );
+    assert_eq!(sha_through(&mnt.join("auto-model.gguf")), hex(&data));
+    let pid = daemon_pid(&mnt).expect("the daemon");
+    run_ok(Command::new("umount").arg(&mnt));
+    assert_eq!(mounts_at(&mnt), 1, "only the placeholder should remain");
+    assert!(wait_until(Duration::from_secs(10), || process_gone(pid)));
+    assert!(!placeholder.triggered());
+}
+
 #[test]
 fn the_helper_calling_form_with_relative_paths_mounts_the_store_as_the_source() {
     require_fuse();
@@ -747,7 +879,7 @@ fn the_helper_calling_form_with_relative_paths_mounts_the_store_as_the_source() 
         proc_mounts_at(&mnt),
         vec![(
             store.root.canonicalize().unwrap().display().to_string(),
-            "fuse".to_string()
+            "fuse.modelfs".to_string()
         )],
         "the source must be the store's absolute, resolved path"
     );
@@ -1081,7 +1213,7 @@ fn a_user_mounts_their_store_through_fusermount3_reads_a_pending_model_and_unmou
     let entries = proc_mounts_at(&mnt);
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].0, store_root.display().to_string());
-    assert!(entries[0].1.starts_with("fuse"), "{entries:?}");
+    assert_eq!(entries[0].1, "fuse.modelfs");
     let pid = daemon_pid(&mnt).expect("the user's daemon");
     let owner = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(
