@@ -1474,3 +1474,34 @@ fn status_json_shows_a_download_growing_then_present_for_the_mount_and_for_the_s
         ("present".to_string(), size as u64, size as u64)
     );
 }
+
+#[test]
+fn status_shows_a_failed_download_with_its_last_error_and_exits_zero() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(64 * KIB, 50);
+    store.add_pending("broken", &origin, &data);
+    origin.set_persistent_fault("broken.gguf", Some(Fault::Status(404)));
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let file = "broken.gguf";
+
+    let err = fs::read(mount.path(file)).expect_err("a 404 must not be readable");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let rows = status_json(&store, Some(&mount.mountpoint));
+    let r = rows.iter().find(|r| r["file"] == file).unwrap();
+    assert_eq!(r["state"], "failed", "{rows:?}");
+    let error = r["error"].as_str().unwrap_or_default();
+    assert!(error.contains("404"), "the last error should say why: {r}");
+
+    // The table shows it too, and `status` itself succeeds.
+    let out = run_ok(
+        Command::new(modelfs_bin())
+            .arg("status")
+            .arg(&mount.mountpoint),
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("failed") && table.contains("last error:") && table.contains("404"),
+        "{table}"
+    );
+}
