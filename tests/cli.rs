@@ -960,3 +960,49 @@ fn gc_verify_and_import_never_follow_a_symlink_planted_under_blobs() {
         "import wrote outside the store"
     );
 }
+
+#[test]
+fn the_token_stays_out_of_the_log_even_at_trace_level() {
+    // Regression: at RUST_LOG=trace the HTTP library dumped each request,
+    // Authorization header included, as hex rows.
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(10_000, 93);
+    let resolve = "org/repo/resolve/main/m.gguf";
+    origin.set_extra_headers(
+        resolve,
+        vec![
+            ("X-Linked-Etag".into(), format!("\"{}\"", hex_of(&bytes))),
+            ("X-Linked-Size".into(), bytes.len().to_string()),
+        ],
+    );
+    origin.put(resolve, bytes.clone());
+    let endpoint = format!("https://127.0.0.1:{}", origin.port());
+    let token = "hf_SeCrEtToKeN";
+    let out = cli_env(
+        &ts,
+        &origin,
+        &[
+            ("HF_ENDPOINT", &endpoint),
+            ("HF_TOKEN", token),
+            ("RUST_LOG", "trace"),
+        ],
+        &["add", "m", "--hf", "org/repo/m.gguf"],
+    )
+    .ok();
+    let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+    let log = format!("{}{}", out.stdout, out.stderr);
+    assert!(log.contains("TRACE"), "trace logging was on: {log}");
+    assert!(
+        !log.contains(token) && !log.contains(&hex[..12]),
+        "the token leaked:\n{log}"
+    );
+    assert!(
+        !log.contains("ureq_proto::util"),
+        "the wire dump is capped:\n{log}"
+    );
+    assert_eq!(
+        origin.stats(resolve).authorization_headers,
+        vec![Some(format!("Bearer {token}"))]
+    );
+}

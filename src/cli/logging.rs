@@ -123,6 +123,12 @@ pub fn init(g: &Globals, target: &LogTarget) -> Result<(), String> {
         env_logger::Env::default()
             .default_filter_or(format!("warn,fuser::session=error,modelfs={level}")),
     );
+    // The HTTP library's trace output dumps every request on the wire,
+    // Authorization header included: never let RUST_LOG turn that on, so a
+    // token cannot reach a log (its debug output redacts headers).
+    for wire_dump in ["ureq_proto", "ureq_proto::util"] {
+        b.filter_module(wire_dump, log::LevelFilter::Debug);
+    }
     b.format_timestamp_millis();
     match target {
         LogTarget::Stderr => {}
