@@ -8,16 +8,14 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::FromRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::sys::{getxattr, open_flags};
 use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::{BlobState, ModelName};
@@ -28,52 +26,12 @@ const MIB: usize = 1 << 20;
 // Helpers
 // ---------------------------------------------------------------------------
 
-fn c_path(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
-}
-
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-/// open(2) with exactly these flags; the errno on failure.
-fn open_flags(p: &Path, flags: i32) -> Result<File, i32> {
-    // SAFETY: a valid C path; the fd returned is owned by the File.
-    let fd = unsafe { libc::open(c_path(p).as_ptr(), flags | libc::O_CLOEXEC) };
-    if fd < 0 {
-        Err(last_errno())
-    } else {
-        // SAFETY: a fresh fd we own.
-        Ok(unsafe { File::from_raw_fd(fd) })
-    }
-}
-
 /// Opens read-only and reads everything; the errno of the open on failure.
 fn open_and_read(p: &Path) -> Result<Vec<u8>, i32> {
     let mut f = open_flags(p, libc::O_RDONLY)?;
     let mut v = Vec::new();
     f.read_to_end(&mut v).expect("read after a successful open");
     Ok(v)
-}
-
-/// getxattr(2) as text; the errno on failure.
-fn getxattr(p: &Path, name: &str) -> Result<String, i32> {
-    let name = CString::new(name).unwrap();
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid C strings and a buffer of the length passed.
-    let n = unsafe {
-        libc::getxattr(
-            c_path(p).as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(last_errno());
-    }
-    buf.truncate(n as usize);
-    Ok(String::from_utf8(buf).unwrap())
 }
 
 fn hex(bytes: &[u8]) -> String {

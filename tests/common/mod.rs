@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod origin;
+pub mod sys;
 
 use std::fs;
 use std::path::{Path, PathBuf};
