@@ -1,0 +1,600 @@
+#!/usr/bin/env bash
+# bench.sh [SIZE_MIB]: the benchmark of issue 5, on this machine, in one go.
+#
+# Builds modelfs (release), generates a GGUF of SIZE_MIB (default 2048; the
+# SIZE_MIB environment variable works too), serves it from nginx over HTTPS
+# on 127.0.0.1 (throwaway CA, own config and prefix in a temp dir), and
+# measures rows 1-9 of the issue's table, each several times (RUNS, default
+# 5; 3 in smoke mode, i.e. SIZE_MIB < 512). Prints one table and writes
+# bench-results.json (OUT_JSON overrides the path). Everything it starts
+# (mounts, nginx, rclone, temp dirs) is cleaned up on exit, also on failure.
+#
+#   scripts/bench.sh                 # 2 GiB model, the numbers in BENCHMARKS.md
+#   SIZE_MIB=64 scripts/bench.sh     # smoke run (CI)
+#   ROWS="1 3" RUNS=2 scripts/bench.sh 256   # a subset, while working on one row
+#   MODELFS_BIN=/tmp/proto/target/release/modelfs scripts/bench.sh   # another build
+#
+# Needs root (drop_caches, FUSE passthrough). Installs nginx, rclone, curl,
+# fuse3, attr, openssl and python3 with apt-get when they are missing. There
+# are no pass/fail thresholds: the exit status is non-zero only when
+# something could not be measured.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+SIZE_MIB=${1:-${SIZE_MIB:-2048}}
+if ! [[ $SIZE_MIB =~ ^[0-9]+$ ]] || [ "$SIZE_MIB" -lt 1 ]; then
+  echo "bench.sh: SIZE_MIB must be a positive number of MiB, got '$SIZE_MIB'" >&2
+  exit 2
+fi
+SMOKE=0
+[ "$SIZE_MIB" -lt 512 ] && SMOKE=1
+if [ "$SMOKE" = 1 ]; then RUNS=${RUNS:-3}; else RUNS=${RUNS:-5}; fi
+ROWS=${ROWS:-1 2 3 4 5 6 7 8 9}
+OUT_JSON=${OUT_JSON:-$ROOT/bench-results.json}
+MANIFESTS=${MANIFESTS:-10000}
+TOUCHES=20000
+CONCURRENT=32
+SIZE_BYTES=$((SIZE_MIB << 20))
+T_START=$(date +%s)
+
+if [ "$(id -u)" != 0 ]; then
+  if command -v sudo >/dev/null; then
+    exec sudo -E SIZE_MIB="$SIZE_MIB" "$0"
+  fi
+  echo "bench.sh: needs root (drop_caches, FUSE passthrough) and sudo is missing" >&2
+  exit 1
+fi
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+info() { printf '   %s\n' "$*"; }
+die() {
+  echo "bench.sh: $*" >&2
+  exit 1
+}
+want_row() { [[ " $ROWS " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------- tools
+say "tools"
+apt_install() {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 && return 0
+  apt-get update -qq >/dev/null 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1
+}
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v curl >/dev/null || need+=(curl)
+command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v getfattr >/dev/null || need+=(attr)
+command -v openssl >/dev/null || need+=(openssl)
+command -v python3 >/dev/null || need+=(python3)
+command -v pgrep >/dev/null || need+=(procps)
+if [ "${#need[@]}" -gt 0 ]; then
+  info "installing: ${need[*]}"
+  apt_install "${need[@]}" || die "apt-get install ${need[*]} failed"
+fi
+RCLONE_SKIPPED=""
+if want_row 9 && ! command -v rclone >/dev/null; then
+  info "installing: rclone"
+  if ! apt_install rclone; then
+    [ "$SMOKE" = 1 ] || die "apt-get install rclone failed (row 9 needs it)"
+    RCLONE_SKIPPED="rclone could not be installed with apt-get"
+    echo "   row 9 skipped: $RCLONE_SKIPPED"
+  fi
+fi
+want_row 9 || RCLONE_SKIPPED="not selected (ROWS)"
+[ -w /proc/sys/vm/drop_caches ] || die "cannot write /proc/sys/vm/drop_caches (needed for the cold rows)"
+command -v cargo >/dev/null || die "cargo is missing (install Rust with rustup)"
+
+if [ -n "${MODELFS_BIN:-}" ]; then
+  # Benchmark another build (a prototype) without rebuilding this tree.
+  BIN=$(realpath "$MODELFS_BIN")
+  [ -x "$BIN" ] || die "MODELFS_BIN=$MODELFS_BIN is not an executable"
+  say "using MODELFS_BIN=$BIN"
+else
+  say "cargo build --release"
+  cargo build --release --quiet
+  BIN=$ROOT/target/release/modelfs
+fi
+
+# ---------------------------------------------------------------- workspace and cleanup
+WORK=$(mktemp -d /tmp/modelfs-bench.XXXXXX)
+mkdir -p "$WORK/logs" "$WORK/origin" "$WORK/mnt"
+SAMPLES=$WORK/samples.tsv
+META=$WORK/meta.tsv
+: >"$SAMPLES"
+: >"$META"
+MOUNTS=()
+declare -A MOUNT_PID=()
+BG_PIDS=()
+NGINX_CONF=""
+NMOUNT=0
+
+cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  for p in "${BG_PIDS[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  for m in "${MOUNTS[@]}"; do
+    fusermount3 -u "$m" 2>/dev/null || umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+  done
+  for m in "${MOUNTS[@]}"; do
+    local pid=${MOUNT_PID[$m]:-}
+    [ -n "$pid" ] || continue
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  done
+  if [ -n "$NGINX_CONF" ] && [ -s "$WORK/nginx/nginx.pid" ]; then
+    kill "$(cat "$WORK/nginx/nginx.pid")" 2>/dev/null
+    for _ in $(seq 50); do [ -s "$WORK/nginx/nginx.pid" ] || break; sleep 0.1; done
+  fi
+  if grep -q " $WORK/" /proc/mounts; then
+    echo "bench.sh: mounts under $WORK are still there; leaving $WORK" >&2
+  else
+    rm -rf --one-file-system "$WORK"
+  fi
+  [ $rc = 0 ] || echo "bench.sh: failed (exit $rc); everything it started was cleaned up" >&2
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- helpers
+rec() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$SAMPLES"; }
+meta() { printf '%s\t%s\n' "$1" "$2" >>"$META"; }
+now_ns() { date +%s%N; }
+secs_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.6f", (b - a) / 1e9 }'; }
+# tcat FILE: seconds to read FILE once with cat.
+tcat() {
+  local t0
+  t0=$(now_ns)
+  cat "$1" >/dev/null
+  secs_since "$t0"
+}
+drop_caches() {
+  sync
+  echo 3 >/proc/sys/vm/drop_caches
+}
+cached_kib() { awk '/^Cached:/ { print $2 }' /proc/meminfo; }
+mibs() { awk -v s="$1" -v m="$SIZE_MIB" 'BEGIN { printf "%.0f", m / s }'; }
+status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+gets_of() { grep -c "^GET $1 " "$WORK/nginx/access.log" || true; }
+
+# mfs_mount STORE MNT pt|off: mounts modelfs (daemon mode) and records its pid.
+mfs_mount() {
+  local store=$1 mnt=$2 mode=$3 opts
+  NMOUNT=$((NMOUNT + 1))
+  opts="ca_file=$WORK/tls/ca.pem,log_file=$WORK/logs/mount-$NMOUNT.log"
+  [ "$mode" = off ] && opts+=",passthrough=off"
+  mkdir -p "$mnt"
+  "$BIN" mount "$mnt" --store "$store" -o "$opts"
+  MOUNTS+=("$mnt")
+  MOUNT_PID[$mnt]=$(pgrep -n -f -- "modelfs mount $mnt --store") || die "cannot find the daemon of $mnt"
+  MOUNT_LOG[$mnt]=$WORK/logs/mount-$NMOUNT.log
+}
+declare -A MOUNT_LOG=()
+
+forget_mount() {
+  local m keep=()
+  for m in "${MOUNTS[@]}"; do [ "$m" = "$1" ] || keep+=("$m"); done
+  MOUNTS=("${keep[@]}")
+}
+
+# unmount MNT: unmounts modelfs or rclone and waits for its server to exit.
+unmount() {
+  local mnt=$1 pid=${MOUNT_PID[$1]:-}
+  local i
+  for i in $(seq 50); do
+    fusermount3 -u "$mnt" 2>/dev/null || umount "$mnt" 2>/dev/null && break
+    [ "$i" = 50 ] && die "cannot unmount $mnt"
+    sleep 0.2
+  done
+  forget_mount "$mnt"
+  if [ -n "$pid" ]; then
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && die "the server of $mnt (pid $pid) did not exit after unmount"
+  fi
+  unset "MOUNT_PID[$mnt]"
+  return 0
+}
+
+# pending_store DIR [URL]: a store whose only manifest is the pending `model`.
+pending_store() {
+  rm -rf "$1"
+  "$BIN" add model --url "${2:-$URL}" --sha256 "$SHA" --size "$SIZE_BYTES" \
+    --store "$1" --ca-file "$WORK/tls/ca.pem" -q >/dev/null
+}
+
+blob_in() { echo "$1/blobs/sha256/${SHA:0:2}/$SHA/data"; }
+
+passthrough_active() { grep -q "read mode: kernel passthrough" "${MOUNT_LOG[$1]}"; }
+
+# rclone_mount MNT CACHE_DIR: the origin as an :http: remote, full VFS cache.
+RCLONE_N=0
+rclone_mount() {
+  local mnt=$1 cache=$2
+  RCLONE_N=$((RCLONE_N + 1))
+  mkdir -p "$mnt" "$cache"
+  RCLONE_CONFIG=$WORK/rclone.conf rclone mount :http: "$mnt" \
+    --http-url "https://127.0.0.1:$PORT/" --ca-cert "$WORK/tls/ca.pem" \
+    --vfs-cache-mode full --cache-dir "$cache" --read-only \
+    --log-file "$WORK/logs/rclone-$RCLONE_N.log" --log-level INFO --daemon
+  MOUNTS+=("$mnt")
+  local i
+  for i in $(seq 200); do
+    mountpoint -q "$mnt" && [ -e "$mnt/model.gguf" ] && break
+    [ "$i" = 200 ] && die "rclone mount at $mnt did not come up (see $WORK/logs/rclone-$RCLONE_N.log)"
+    sleep 0.1
+  done
+  MOUNT_PID[$mnt]=$(pgrep -n -f -- "rclone mount :http: $mnt ") || true
+}
+
+# ---------------------------------------------------------------- origin
+say "a ${SIZE_MIB} MiB GGUF behind nginx on 127.0.0.1 (TLS, throwaway CA)"
+python3 scripts/make_gguf.py "$WORK/origin/model.gguf" "$SIZE_BYTES" >/dev/null
+SHA=$(sha256sum "$WORK/origin/model.gguf" | cut -d' ' -f1)
+scripts/make_ca.sh "$WORK/tls"
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Throttled location for row 6: a download that lasts ~120 s whatever the size.
+SLOW_KIB=$((SIZE_MIB * 1024 / 120))
+[ "$SLOW_KIB" -lt 64 ] && SLOW_KIB=64
+NGX=$WORK/nginx
+mkdir -p "$NGX/tmp"
+temp_paths="client_body_temp_path $NGX/tmp/body;"
+for mod in proxy fastcgi uwsgi scgi; do
+  nginx -V 2>&1 | grep -q -- "--without-http_${mod}_module" || temp_paths+=" ${mod}_temp_path $NGX/tmp/$mod;"
+done
+NGINX_CONF=$NGX/nginx.conf
+cat >"$NGINX_CONF" <<EOF
+user root root;
+worker_processes auto;
+pid $NGX/nginx.pid;
+error_log $NGX/error.log warn;
+events { worker_connections 1024; }
+http {
+  $temp_paths
+  default_type application/octet-stream;
+  log_format bench '\$request_method \$uri \$status \$body_bytes_sent \$request_time "\$http_range" "\$http_user_agent"';
+  access_log $NGX/access.log bench;
+  sendfile on;
+  keepalive_timeout 65;
+  server {
+    listen 127.0.0.1:$PORT ssl;
+    ssl_certificate $WORK/tls/cert.pem;
+    ssl_certificate_key $WORK/tls/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    root $WORK/origin;
+    autoindex on;
+    location /slow/ {
+      alias $WORK/origin/;
+      limit_rate ${SLOW_KIB}k;
+    }
+  }
+}
+EOF
+nginx -p "$NGX/" -c "$NGINX_CONF" -e "$NGX/error.log" -t -q || die "nginx refused its config"
+nginx -p "$NGX/" -c "$NGINX_CONF" -e "$NGX/error.log" || die "nginx did not start (see $NGX/error.log)"
+URL="https://127.0.0.1:$PORT/model.gguf"
+SLOW_URL="https://127.0.0.1:$PORT/slow/model.gguf"
+for i in $(seq 50); do
+  curl -sS --fail --cacert "$WORK/tls/ca.pem" -o /dev/null -r 0-0 "$URL" 2>/dev/null && break
+  [ "$i" = 50 ] && die "nginx does not answer on $URL (see $NGX/error.log)"
+  sleep 0.1
+done
+info "origin: $URL (sha256 ${SHA:0:12}…), throttled copy at ${SLOW_KIB} KiB/s: $SLOW_URL"
+
+MMAP_TOUCH=$WORK/mmap_touch
+rustc --edition 2021 -O -o "$MMAP_TOUCH" scripts/bench/mmap_touch.rs
+# mmap_ms FILE SEED: milliseconds for TOUCHES random page touches of FILE.
+mmap_ms() { "$MMAP_TOUCH" "$1" "$TOUCHES" "$2" | awk '{ printf "%.3f", $1 / 1e6 }'; }
+
+# ---------------------------------------------------------------- machine
+meta size_mib "$SIZE_MIB"
+meta size_bytes "$SIZE_BYTES"
+meta runs "$RUNS"
+meta smoke "$SMOKE"
+meta rows "$ROWS"
+meta nproc "$(nproc)"
+meta cpu "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+meta mem_total_kib "$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)"
+meta kernel "$(uname -r)"
+meta work_fs "$(df -T "$WORK" | awk 'NR == 2 { print $2 " on " $1 }')"
+if [ -n "${MODELFS_BIN:-}" ]; then
+  meta modelfs_commit "n/a: MODELFS_BIN"
+else
+  meta modelfs_commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' + uncommitted changes')"
+fi
+meta modelfs_version "$("$BIN" --version 2>/dev/null || echo unknown)"
+meta modelfs_bin "$BIN"
+meta loadavg_start "$(cut -d' ' -f1-3 /proc/loadavg)"
+meta cpu_pressure_start "$(sed -n 1p /proc/pressure/cpu 2>/dev/null || echo n/a)"
+meta nginx "$(nginx -v 2>&1 | sed 's/.*: //')"
+meta curl "$(curl --version | sed -n '1s/^\(curl [^ ]*\).*/\1/p')"
+meta rclone "$(command -v rclone >/dev/null && rclone version 2>/dev/null | sed -n 1p || echo none)"
+meta date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+[ -n "$RCLONE_SKIPPED" ] && meta rclone_skipped "$RCLONE_SKIPPED"
+USE_RCLONE=0
+[ -z "$RCLONE_SKIPPED" ] && USE_RCLONE=1
+
+# ---------------------------------------------------------------- rows 1, 2, 3, 8 (a verified model)
+if want_row 1 || want_row 2 || want_row 3 || want_row 8 || { [ "$USE_RCLONE" = 1 ] && want_row 9; }; then
+  say "a verified store (modelfs import) mounted twice: passthrough and passthrough=off"
+  VSTORE=$WORK/vstore
+  "$BIN" import "$WORK/origin/model.gguf" --name model --store "$VSTORE" -q >/dev/null
+  BLOB=$(blob_in "$VSTORE")
+  [ -f "$BLOB" ] || die "import did not produce $BLOB"
+  declare -A MNT_OF=([pt]=$WORK/mnt/pt [off]=$WORK/mnt/off)
+  mfs_mount "$VSTORE" "${MNT_OF[pt]}" pt
+  mfs_mount "$VSTORE" "${MNT_OF[off]}" off
+  cat "${MNT_OF[pt]}/model.gguf" "${MNT_OF[off]}/model.gguf" "$BLOB" >/dev/null
+  if passthrough_active "${MNT_OF[pt]}"; then meta passthrough_active yes; else
+    meta passthrough_active no
+    echo "   warning: the default mount did not get kernel passthrough (see ${MOUNT_LOG[${MNT_OF[pt]}]})"
+  fi
+  RMNT=$WORK/mnt/rclone
+  if [ "$USE_RCLONE" = 1 ]; then
+    rclone_mount "$RMNT" "$WORK/rclone-cache"
+    cat "$RMNT/model.gguf" >/dev/null # downloads it into rclone's cache
+  fi
+  rclone_on() { [ "$USE_RCLONE" = 1 ] && [ "$1" = pt ]; }
+
+  if want_row 1 || { rclone_on pt && want_row 9; }; then
+    say "row 1: warm sequential read, cat through the mount vs cat of the blob"
+    for mode in pt off; do
+      f=${MNT_OF[$mode]}/model.gguf
+      cat "$f" "$BLOB" >/dev/null
+      for i in $(seq "$RUNS"); do
+        d=$(tcat "$BLOB")
+        m=$(tcat "$f")
+        rec 1 "$mode" direct_s "$i" "$d"
+        rec 1 "$mode" mount_s "$i" "$m"
+        line="$mode run $i: mount $(mibs "$m") MiB/s, direct $(mibs "$d") MiB/s"
+        if rclone_on "$mode"; then
+          r=$(tcat "$RMNT/model.gguf")
+          rec 9 rclone warm_s "$i" "$r"
+          rec 9 modelfs warm_s "$i" "$m"
+          line+=", rclone $(mibs "$r") MiB/s"
+        fi
+        info "$line"
+      done
+    done
+  fi
+
+  if want_row 2 || { rclone_on pt && want_row 9; }; then
+    say "row 2: cold sequential read (drop_caches before each read)"
+    for mode in pt off; do
+      f=${MNT_OF[$mode]}/model.gguf
+      for i in $(seq "$RUNS"); do
+        drop_caches
+        d=$(tcat "$BLOB")
+        drop_caches
+        m=$(tcat "$f")
+        rec 2 "$mode" direct_s "$i" "$d"
+        rec 2 "$mode" mount_s "$i" "$m"
+        line="$mode run $i: mount $(mibs "$m") MiB/s, direct $(mibs "$d") MiB/s"
+        if rclone_on "$mode"; then
+          drop_caches
+          r=$(tcat "$RMNT/model.gguf")
+          rec 9 rclone cold_s "$i" "$r"
+          rec 9 modelfs cold_s "$i" "$m"
+          line+=", rclone $(mibs "$r") MiB/s"
+        fi
+        info "$line"
+      done
+    done
+  fi
+
+  if want_row 3 || { rclone_on pt && want_row 9; }; then
+    say "row 3: mmap of the whole file, $TOUCHES random 4 KiB page touches, warm"
+    for mode in pt off; do
+      f=${MNT_OF[$mode]}/model.gguf
+      cat "$f" "$BLOB" >/dev/null
+      rclone_on "$mode" && cat "$RMNT/model.gguf" >/dev/null
+      for i in $(seq "$RUNS"); do
+        seed=$((i * 7919))
+        d=$(mmap_ms "$BLOB" "$seed")
+        m=$(mmap_ms "$f" "$seed")
+        rec 3 "$mode" direct_ms "$i" "$d"
+        rec 3 "$mode" mount_ms "$i" "$m"
+        line="$mode run $i: mount $m ms, direct $d ms"
+        if rclone_on "$mode"; then
+          r=$(mmap_ms "$RMNT/model.gguf" "$seed")
+          rec 9 rclone mmap_ms "$i" "$r"
+          rec 9 modelfs mmap_ms "$i" "$m"
+          line+=", rclone $r ms"
+        fi
+        info "$line"
+      done
+    done
+  fi
+
+  # rclone is done: unmount it now so that its process cannot add pages
+  # to the page cache while row 8 measures it.
+  if [ "$USE_RCLONE" = 1 ]; then unmount "$RMNT"; fi
+  if want_row 8; then
+    say "row 8: page cache added by one read of the verified model (drop_caches first)"
+    for mode in pt off; do
+      f=${MNT_OF[$mode]}/model.gguf
+      for i in $(seq "$RUNS"); do
+        drop_caches
+        cat /dev/null
+        c0=$(cached_kib)
+        cat "$f" >/dev/null
+        c1=$(cached_kib)
+        drop_caches
+        cat /dev/null
+        c2=$(cached_kib)
+        cat "$BLOB" >/dev/null
+        c3=$(cached_kib)
+        g=$(awk -v a="$c0" -v b="$c1" -v s="$SIZE_BYTES" 'BEGIN { printf "%.4f", (b - a) * 1024 / s }')
+        gd=$(awk -v a="$c2" -v b="$c3" -v s="$SIZE_BYTES" 'BEGIN { printf "%.4f", (b - a) * 1024 / s }')
+        rec 8 "$mode" mount_growth "$i" "$g"
+        rec 8 "$mode" direct_growth "$i" "$gd"
+        info "$mode run $i: Cached grew by $g x the model size through the mount, $gd x reading the blob"
+      done
+    done
+  fi
+
+  unmount "${MNT_OF[pt]}"
+  unmount "${MNT_OF[off]}"
+  rm -rf "$VSTORE" "$WORK/rclone-cache"
+fi
+
+# ---------------------------------------------------------------- rows 4, 7, 9: first open
+if want_row 4 || want_row 7 || { [ "$USE_RCLONE" = 1 ] && want_row 9; }; then
+  say "rows 4, 7 (and 9): first open of a pending model vs curl -o of the same URL"
+  cat "$WORK/origin/model.gguf" >/dev/null # the origin's side is warm for everyone
+  FMNT=$WORK/mnt/first
+  # One unrecorded round first: the first large writes after start-up are
+  # much slower on a VM whose free memory was never touched.
+  curl -sS --fail --cacert "$WORK/tls/ca.pem" -o "$WORK/curl.out" "$URL"
+  rm -f "$WORK/curl.out"
+  pending_store "$WORK/first-store"
+  mfs_mount "$WORK/first-store" "$FMNT" pt
+  cat "$FMNT/model.gguf" >/dev/null
+  unmount "$FMNT"
+  rm -rf "$WORK/first-store"
+  sync
+  for i in $(seq "$RUNS"); do
+    sync
+    t0=$(now_ns)
+    curl -sS --fail --cacert "$WORK/tls/ca.pem" -o "$WORK/curl.out" "$URL"
+    c=$(secs_since "$t0")
+    rm -f "$WORK/curl.out"
+    sync
+    t0=$(now_ns)
+    curl -sS --fail --cacert "$WORK/tls/ca.pem" -o "$WORK/curl.out" "$URL"
+    sync -d "$WORK/curl.out"
+    cf=$(secs_since "$t0")
+    rm -f "$WORK/curl.out"
+    sync
+
+    S=$WORK/first-store
+    pending_store "$S"
+    mfs_mount "$S" "$FMNT" pt
+    pid=${MOUNT_PID[$FMNT]}
+    base=$(status_kib "$pid" VmRSS)
+    g0=$(gets_of /model.gguf)
+    m=$(tcat "$FMNT/model.gguf")
+    hwm=$(status_kib "$pid" VmHWM)
+    g1=$(gets_of /model.gguf)
+    unmount "$FMNT"
+    [ -f "$(blob_in "$S")" ] || die "the first open did not leave a verified blob"
+    rm -rf "$S"
+    sync
+    rec 4 - curl_s "$i" "$c"
+    rec 4 - curl_fsync_s "$i" "$cf"
+    rec 4 - modelfs_s "$i" "$m"
+    rec 4 - modelfs_gets "$i" "$((g1 - g0))"
+    rec 7 - hwm_mib "$i" "$(awk -v k="$hwm" 'BEGIN { printf "%.1f", k / 1024 }')"
+    rec 7 - base_mib "$i" "$(awk -v k="$base" 'BEGIN { printf "%.1f", k / 1024 }')"
+    line="run $i: modelfs $m s, curl -o $c s (with fsync $cf s), daemon VmHWM $((hwm / 1024)) MiB"
+    if [ "$USE_RCLONE" = 1 ] && want_row 9; then
+      RF=$WORK/mnt/rclone-first
+      rclone_mount "$RF" "$WORK/rclone-first-cache"
+      r=$(tcat "$RF/model.gguf")
+      unmount "$RF"
+      rm -rf "$WORK/rclone-first-cache"
+      sync
+      rec 9 rclone first_s "$i" "$r"
+      rec 9 modelfs first_s "$i" "$m"
+      line+=", rclone $r s"
+    fi
+    info "$line"
+  done
+fi
+
+# ---------------------------------------------------------------- row 5: 32 concurrent first opens
+if want_row 5; then
+  say "row 5: $CONCURRENT concurrent first opens of one pending model vs one opener"
+  OMNT=$WORK/mnt/openers
+  for i in $(seq "$RUNS"); do
+    S=$WORK/open-store
+    pending_store "$S"
+    mfs_mount "$S" "$OMNT" pt
+    one=$(python3 scripts/bench/openers.py 1 "$OMNT/model.gguf")
+    unmount "$OMNT"
+    rm -rf "$S"
+    sync
+    pending_store "$S"
+    mfs_mount "$S" "$OMNT" pt
+    g0=$(gets_of /model.gguf)
+    lat=$(python3 scripts/bench/openers.py "$CONCURRENT" "$OMNT/model.gguf")
+    g1=$(gets_of /model.gguf)
+    unmount "$OMNT"
+    rm -rf "$S"
+    sync
+    n=$(wc -l <<<"$lat")
+    [ "$n" = "$CONCURRENT" ] || die "only $n of $CONCURRENT openers reported"
+    slow=$(sort -g <<<"$lat" | tail -1)
+    fast=$(sort -g <<<"$lat" | head -1)
+    rec 5 - single_s "$i" "$one"
+    rec 5 - slowest_s "$i" "$slow"
+    rec 5 - fastest_s "$i" "$fast"
+    rec 5 - gets "$i" "$((g1 - g0))"
+    info "run $i: single $one s; $CONCURRENT openers: fastest $fast s, slowest $slow s; origin GETs $((g1 - g0))"
+  done
+fi
+
+# ---------------------------------------------------------------- row 6: 10,000 manifests
+if want_row 6; then
+  say "row 6: ls -l and stat with $MANIFESTS manifests, idle and during a download"
+  S=$WORK/many-store
+  python3 scripts/bench/gen_manifests.py "$S" "$MANIFESTS" "https://127.0.0.1:$PORT"
+  "$BIN" add slow --url "$SLOW_URL" --sha256 "$SHA" --size "$SIZE_BYTES" \
+    --store "$S" --ca-file "$WORK/tls/ca.pem" -q >/dev/null
+  MMNT=$WORK/mnt/many
+  mfs_mount "$S" "$MMNT" pt
+  entries=("$MMNT"/*)
+  [ "${#entries[@]}" = $((MANIFESTS + 1)) ] || die "the mount shows ${#entries[@]} entries, expected $((MANIFESTS + 1))"
+  ls -l "$MMNT" >/dev/null
+  # The kernel caches names and attributes for 1 s (TTL): wait it out before
+  # each measurement, so that every run asks modelfs.
+  measure6() {
+    local phase=$1 i t0 l s
+    for i in $(seq "$RUNS"); do
+      sleep 1.1
+      t0=$(now_ns)
+      ls -l "$MMNT" >/dev/null
+      l=$(secs_since "$t0")
+      sleep 1.1
+      t0=$(now_ns)
+      stat -- "${entries[@]}" >/dev/null
+      s=$(secs_since "$t0")
+      rec 6 - "ls_${phase}_s" "$i" "$l"
+      rec 6 - "stat_${phase}_s" "$i" "$s"
+      info "$phase run $i: ls -l $l s, stat of every entry $s s"
+    done
+  }
+  measure6 idle
+  cat "$MMNT/slow.gguf" >/dev/null 2>&1 &
+  CAT_PID=$!
+  BG_PIDS+=("$CAT_PID")
+  for _ in $(seq 50); do
+    [ "$(getfattr --only-values -n user.modelfs.state "$MMNT/slow.gguf" 2>/dev/null)" = fetching ] && break
+    sleep 0.1
+  done
+  sleep 1
+  before=$(getfattr --only-values -n user.modelfs.progress "$MMNT/slow.gguf" 2>/dev/null || echo "? ?")
+  measure6 busy
+  after=$(getfattr --only-values -n user.modelfs.progress "$MMNT/slow.gguf" 2>/dev/null || echo "? ?")
+  state=$(getfattr --only-values -n user.modelfs.state "$MMNT/slow.gguf" 2>/dev/null || echo unknown)
+  info "download during the busy runs: bytes ${before%% *} -> ${after%% *} of ${after##* }, state now: $state"
+  meta row6_download "bytes ${before%% *} -> ${after%% *} of ${after##* } at ${SLOW_KIB} KiB/s; state after: $state"
+  [ "$state" = fetching ] || echo "   warning: the download was not running through all busy runs"
+  kill -9 "$CAT_PID" 2>/dev/null || true
+  wait "$CAT_PID" 2>/dev/null || true
+  BG_PIDS=()
+  unmount "$MMNT"
+  rm -rf "$S"
+fi
+
+# ---------------------------------------------------------------- report
+T_END=$(date +%s)
+meta duration_s "$((T_END - T_START))"
+meta loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg)"
+meta cpu_pressure_end "$(sed -n 1p /proc/pressure/cpu 2>/dev/null || echo n/a)"
+say "results (${SIZE_MIB} MiB model, $RUNS runs each; median [min-max])"
+python3 scripts/bench/report.py "$WORK" "$OUT_JSON"
+echo
+echo "raw samples and metadata: $OUT_JSON (took $((T_END - T_START)) s)"
