@@ -122,6 +122,13 @@ class Report:
                      ("modelfs", summary(list(m.values()), "s")),
                      ("curl -o", summary(list(c.values()), "s")), ratio, "modelfs ÷ curl time",
                      "≤ 1.10", "lower", 1.10)
+        cf = self.get("4", "-", "curl_fsync_s")
+        if m and cf:
+            ratio = summary(self.paired(m, cf, lambda mv, cv: mv / cv), "x")
+            self.add("4", "  the same vs curl -o followed by fsync (reference)", "-",
+                     ("modelfs", summary(list(m.values()), "s")),
+                     ("curl -o + fsync", summary(list(cf.values()), "s")), ratio,
+                     "modelfs ÷ (curl + fsync) time", "(information)", "lower", None)
         # Row 5: 32 concurrent first opens.
         g = self.get("5", "-", "gets")
         one = self.get("5", "-", "single_s")
