@@ -170,6 +170,9 @@ impl Filesystem for FuseAdapter {
         let _ = config
             .set_max_readahead(u32::MAX)
             .or_else(|max| config.set_max_readahead(max));
+        // READDIRPLUS: `ls -l` gets every entry's attributes with the
+        // listing instead of one LOOKUP round trip per entry.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         let wants = self.mode == ReadMode::Auto;
         let can = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
         // Registering a backing file needs CAP_SYS_ADMIN; without it every
@@ -303,6 +306,36 @@ impl Filesystem for FuseAdapter {
         };
         for (i, e) in list.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
+        let list = match self.fs.readdir(fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(fail("readdirplus", &e)),
+        };
+        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+            let Ok(attr) = self.fs.getattr(e.ino) else {
+                continue;
+            };
+            if reply.add(
+                INodeNo(e.ino),
+                (i + 1) as u64,
+                &e.name,
+                &TTL,
+                &to_file_attr(&attr),
+                fuser::Generation(0),
+            ) {
                 break;
             }
         }

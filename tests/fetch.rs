@@ -597,7 +597,7 @@ fn progress_events_grow_towards_the_right_total() {
             &FetchJob {
                 manifest: &m,
                 write_manifest: false,
-                progress: Some(tx),
+                progress: Some(tx.into()),
                 cancel: &never,
             },
         )
@@ -650,7 +650,7 @@ fn progress_during_a_stall_shows_every_byte_received_before_it() {
             let job = FetchJob {
                 manifest: &m,
                 write_manifest: false,
-                progress: Some(tx),
+                progress: Some(tx.into()),
                 cancel: &never,
             };
             fetcher.fetch(&store, &job).expect("fetch after the stall");

@@ -44,7 +44,7 @@ pub fn run(g: &Globals, a: &PullArgs) -> Result<(), CliError> {
         let job = FetchJob {
             manifest: &manifest,
             write_manifest: false,
-            progress: Some(tx),
+            progress: Some(tx.into()),
             cancel: &never,
         };
         let result = fetcher.fetch(&store, &job);

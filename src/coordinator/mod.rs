@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::digest::Sha256;
-use crate::fetch::{FetchError, FetchJob, Fetcher, Progress};
+use crate::fetch::{FetchError, FetchJob, Fetcher, Progress, ProgressSink};
 use crate::store::{Manifest, Store};
 
 /// How often the watchdog looks at waiting tasks.
@@ -196,22 +196,15 @@ impl Coordinator {
         progress: Arc<Mutex<Option<Progress>>>,
     ) {
         self.take_slot(&cancel);
-        let (tx, rx) = crossbeam_channel::bounded::<Progress>(1024);
-        let drain = std::thread::Builder::new()
-            .name(format!("progress-{}", m.blob.short()))
-            .spawn(move || rx.iter().for_each(|p| *progress.lock() = Some(p)));
         let job = FetchJob {
             manifest: &m,
             write_manifest: false,
-            progress: Some(tx),
+            progress: Some(ProgressSink::Latest(progress)),
             cancel: &cancel,
         };
         let outcome =
             std::panic::catch_unwind(AssertUnwindSafe(|| self.fetcher.fetch(&self.store, &job)));
         drop(job);
-        if let Ok(d) = drain {
-            let _ = d.join();
-        }
         self.give_slot();
         let result = match outcome {
             Ok(Ok(_)) => Ok(()),

@@ -14,5 +14,5 @@ pub mod retry;
 pub use error::{FetchError, FetchErrorKind};
 pub use http::{Http, HttpConfig};
 pub use pipeline::{FetchJob, FetchOutcome, Fetcher};
-pub use progress::{Phase, Progress};
+pub use progress::{Phase, Progress, ProgressSink};
 pub use retry::RetryPolicy;

@@ -32,11 +32,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
-
 use super::error::{FetchError, FetchErrorKind, redact_url};
 use super::http::Http;
-use super::progress::{Phase, Progress, Reporter};
+use super::progress::{Phase, ProgressSink, Reporter};
 use super::retry::RetryPolicy;
 use crate::digest::{Hasher, Sha256};
 use crate::store::lock::{self, LockGuard, LockWaitError};
@@ -44,6 +42,10 @@ use crate::store::{BlobState, Manifest, Store};
 
 /// Size of one read from the network and one write to the partial.
 const CHUNK_BYTES: usize = 1 << 20;
+/// One handover to the hashing thread (small enough to stay in cache), and
+/// how many may wait for it.
+const PIPE_CHUNK: usize = 64 << 10;
+const PIPE_DEPTH: usize = 8;
 
 /// How a successful fetch went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +63,7 @@ pub struct FetchJob<'a> {
     /// Write the manifest after the blob is in place (producer flow); off
     /// when the manifest is already on disk as a pending manifest.
     pub write_manifest: bool,
-    pub progress: Option<Sender<Progress>>,
+    pub progress: Option<ProgressSink>,
     /// Set to abandon the fetch; the partial is kept for resuming.
     pub cancel: &'a AtomicBool,
 }
@@ -327,24 +329,103 @@ impl Fetcher {
                 announced: p.offset + len,
             });
         }
-        let mut buf = vec![0u8; CHUNK_BYTES];
-        loop {
-            let n = resp.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            let keep = n.min((p.size - p.offset) as usize);
-            p.append(&buf[..keep])?;
-            *transferred += n as u64;
-            reporter.add(n as u64);
-            reporter.report(Phase::Downloading, p.offset, p.size, *transferred);
-            if keep < n {
-                return Err(FetchErrorKind::TooLong { expected: p.size });
-            }
-            if cancel.load(Ordering::Relaxed) {
-                return Err(FetchErrorKind::Cancelled);
-            }
+        // SHA-256 runs on a second thread while this one reads the socket
+        // (TLS decryption) and writes the partial: on two cores, one
+        // thread doing all three is the bottleneck of the whole download.
+        // The hasher only gets bytes that reached the file, in order, so
+        // the digest still covers exactly the file's bytes.
+        let (full_tx, full_rx) = crossbeam_channel::bounded::<(Vec<u8>, usize)>(PIPE_DEPTH);
+        let (free_tx, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(PIPE_DEPTH + 2);
+        for _ in 0..PIPE_DEPTH + 2 {
+            let _ = free_tx.send(vec![0u8; PIPE_CHUNK]);
         }
+        // The hasher moves to the thread only once it runs, so a failed
+        // spawn leaves the partial's hash state untouched.
+        let (start_tx, start_rx) = crossbeam_channel::bounded::<Hasher>(1);
+        let fd = p.file.as_raw_fd();
+        std::thread::scope(|scope| {
+            let hashing = std::thread::Builder::new()
+                .name("hash".into())
+                .spawn_scoped(scope, move || {
+                    let mut hasher = start_rx.recv().ok()?;
+                    let mut unsynced = 0u64;
+                    for (buf, len) in full_rx {
+                        hasher.update(&buf[..len]);
+                        let _ = free_tx.send(buf);
+                        // Start write-back here, not on the thread that
+                        // reads the socket: submitting it costs CPU.
+                        unsynced += len as u64;
+                        if unsynced >= WRITEBACK_EVERY {
+                            unsynced = 0;
+                            // SAFETY: plain syscall on an fd the partial
+                            // keeps open; failure only loses a hint.
+                            unsafe {
+                                libc::sync_file_range(fd, 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+                            }
+                        }
+                    }
+                    Some(hasher)
+                })
+                .map_err(|e| {
+                    FetchErrorKind::Network(format!("cannot start the hashing thread: {e}"))
+                })?;
+            let _ = start_tx.send(std::mem::take(&mut p.hasher));
+            let result = (|| -> Result<(), FetchErrorKind> {
+                loop {
+                    // Fill one chunk, then write it and hand it to the
+                    // hasher: one write(2) per TLS record (16 KiB) cost a
+                    // third more CPU. Progress is reported after every
+                    // read and counts the bytes received, so a stall never
+                    // hides bytes that arrived before it.
+                    let mut buf = free_rx.recv().unwrap_or_else(|_| vec![0u8; PIPE_CHUNK]);
+                    let room = PIPE_CHUNK.min((p.size - p.offset) as usize + 1);
+                    let mut n = 0;
+                    let mut step = Ok(true);
+                    while n < room {
+                        match resp.read(&mut buf[n..room]) {
+                            Ok(0) => {
+                                step = Ok(false);
+                                break;
+                            }
+                            Ok(k) => {
+                                n += k;
+                                *transferred += k as u64;
+                                reporter.add(k as u64);
+                                let done = (p.offset + n as u64).min(p.size);
+                                reporter.report(Phase::Downloading, done, p.size, *transferred);
+                            }
+                            Err(e) => {
+                                step = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                    // The server sent more than the blob's size.
+                    let keep = n.min((p.size - p.offset) as usize);
+                    if keep < n {
+                        step = Err(FetchErrorKind::TooLong { expected: p.size });
+                    }
+                    if keep > 0 {
+                        p.append_unhashed(&buf[..keep])?;
+                        let _ = full_tx.send((buf, keep));
+                    }
+                    match step {
+                        Ok(true) if cancel.load(Ordering::Relaxed) => {
+                            return Err(FetchErrorKind::Cancelled);
+                        }
+                        Ok(true) => {}
+                        Ok(false) => return Ok(()), // end of the body
+                        Err(e) => return Err(e),
+                    }
+                }
+            })();
+            drop(full_tx);
+            p.hasher = hashing
+                .join()
+                .expect("the hashing thread panicked")
+                .expect("the hashing thread got the hasher");
+            result
+        })?;
         if p.offset < p.size {
             return Err(FetchErrorKind::Network(format!(
                 "connection closed after byte {} of {}",
@@ -367,8 +448,6 @@ struct Partial {
     /// Whether another producer held the partial's lock when we came.
     waited: bool,
     hasher: Hasher,
-    /// Bytes written since the last `sync_file_range` kick.
-    unsynced: u64,
 }
 
 /// Start write-back every this many bytes, so the final `sync_all` before
@@ -419,7 +498,6 @@ impl Partial {
             resumed: len,
             waited,
             hasher: Hasher::new(),
-            unsynced: 0,
         };
         if len > size {
             log::warn!(
@@ -475,7 +553,9 @@ impl Partial {
         Ok(())
     }
 
-    fn append(&mut self, bytes: &[u8]) -> Result<(), FetchErrorKind> {
+    /// Writes `bytes` at the end of the partial. The caller hashes them
+    /// (on the hashing thread), and only once they are written.
+    fn append_unhashed(&mut self, bytes: &[u8]) -> Result<(), FetchErrorKind> {
         if let Err(e) = self.file.write_all(bytes) {
             if e.raw_os_error() == Some(libc::ENOSPC) {
                 let available = free_bytes(
@@ -497,16 +577,7 @@ impl Partial {
                 e,
             )));
         }
-        self.hasher.update(bytes);
         self.offset += bytes.len() as u64;
-        self.unsynced += bytes.len() as u64;
-        if self.unsynced >= WRITEBACK_EVERY {
-            self.unsynced = 0;
-            // SAFETY: plain syscall on an owned fd; failure only loses a hint.
-            unsafe {
-                libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-            }
-        }
         Ok(())
     }
 }

@@ -7,7 +7,26 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+
+/// Where progress events go.
+#[derive(Clone)]
+pub enum ProgressSink {
+    /// Every event on a channel (the CLI's progress bar).
+    Channel(Sender<Progress>),
+    /// The latest event, overwritten in place: readers always see the
+    /// newest count, and no thread is woken per network read.
+    Latest(Arc<Mutex<Option<Progress>>>),
+}
+
+impl From<Sender<Progress>> for ProgressSink {
+    fn from(tx: Sender<Progress>) -> Self {
+        Self::Channel(tx)
+    }
+}
 
 /// What a fetch is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,14 +57,14 @@ pub struct Progress {
 
 /// Sends throttled progress events and keeps a moving rate.
 pub struct Reporter {
-    tx: Option<Sender<Progress>>,
+    tx: Option<ProgressSink>,
     window_start: Instant,
     window_bytes: u64,
     rate: f64,
 }
 
 impl Reporter {
-    pub fn new(tx: Option<Sender<Progress>>) -> Self {
+    pub fn new(tx: Option<ProgressSink>) -> Self {
         Self {
             tx,
             window_start: Instant::now(),
@@ -72,14 +91,19 @@ impl Reporter {
 
     /// Sends an event (never blocks; drops it if the channel is full).
     pub fn report(&mut self, phase: Phase, done: u64, total: u64, transferred: u64) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.try_send(Progress {
-                phase,
-                done,
-                total,
-                rate: self.rate,
-                transferred,
-            });
+        let p = Progress {
+            phase,
+            done,
+            total,
+            rate: self.rate,
+            transferred,
+        };
+        match &self.tx {
+            Some(ProgressSink::Channel(tx)) => {
+                let _ = tx.try_send(p);
+            }
+            Some(ProgressSink::Latest(cell)) => *cell.lock() = Some(p),
+            None => {}
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod xattr;
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -275,6 +276,7 @@ impl ModelFs {
             }
         }
         buf.truncate(filled);
+        drop_behind(&file, offset, filled < size as usize);
         Ok(buf)
     }
 
@@ -304,9 +306,19 @@ impl ModelFs {
         if ino == ROOT_INO {
             return Err(FsError::NoAttr);
         }
+        // `ls -l` asks every entry for security.selinux and
+        // system.posix_acl_access: answer names we never have without
+        // the coordinator's lock or a look at the disk.
+        if !matches!(
+            name,
+            xattr::SHA256 | xattr::STATE | xattr::PROGRESS | xattr::URL | xattr::ERROR
+        ) {
+            self.entry(ino)?;
+            return Err(FsError::NoAttr);
+        }
         let e = self.entry(ino)?;
         let activity = self.coordinator.activity(&e.manifest.blob);
-        let partial = if activity.fetching || e.present_size.is_some() {
+        let partial = if name != xattr::PROGRESS || activity.fetching || e.present_size.is_some() {
             crate::store::BlobState::Absent
         } else {
             self.coordinator.store().blob_state(&e.manifest.blob)
@@ -323,5 +335,35 @@ impl ModelFs {
         }
         let e = self.entry(ino)?;
         Ok(xattr::list(&self.coordinator.activity(&e.manifest.blob)))
+    }
+}
+
+/// The largest folio the page cache uses for a file (PMD size on x86-64).
+/// `POSIX_FADV_DONTNEED` drops only folios wholly inside its range, and
+/// ext4 caches a sequentially read file in large folios, so the dropped
+/// range must be aligned to this.
+const DROP_WINDOW: u64 = 2 << 20;
+
+/// Fallback reads: the kernel keeps what we return in the FUSE file's page
+/// cache (FOPEN_KEEP_CACHE), so drop the blob's own copy behind the reader
+/// instead of caching the model twice. Drops the aligned window two windows
+/// behind `offset` (reads arrive slightly out of order from several
+/// threads), and at end of file everything from there on. A hint only.
+fn drop_behind(file: &File, offset: u64, at_eof: bool) {
+    let window = offset / DROP_WINDOW * DROP_WINDOW;
+    let fd = file.as_raw_fd();
+    // SAFETY: plain syscalls on an fd we hold open.
+    unsafe {
+        if at_eof {
+            let from = window.saturating_sub(2 * DROP_WINDOW);
+            libc::posix_fadvise(fd, from as libc::off_t, 0, libc::POSIX_FADV_DONTNEED);
+        } else if window >= 2 * DROP_WINDOW {
+            libc::posix_fadvise(
+                fd,
+                (window - 2 * DROP_WINDOW) as libc::off_t,
+                DROP_WINDOW as libc::off_t,
+                libc::POSIX_FADV_DONTNEED,
+            );
+        }
     }
 }
