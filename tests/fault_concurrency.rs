@@ -13,9 +13,7 @@
 
 mod common;
 
-use std::fs::{self, File};
-use std::io::Read;
-use std::os::fd::FromRawFd;
+use std::fs;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -24,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::sys::c_path;
+use common::sys::open_and_read;
 use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::BlobState;
@@ -34,20 +32,6 @@ const MIB: usize = 1 << 20;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// Opens read-only and reads everything; the errno of the open on failure.
-fn open_and_read(p: &Path) -> Result<Vec<u8>, i32> {
-    // SAFETY: a valid C path; the fd returned is owned by the File.
-    let fd = unsafe { libc::open(c_path(p).as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-    }
-    // SAFETY: a fresh fd we own.
-    let mut f = unsafe { File::from_raw_fd(fd) };
-    let mut v = Vec::new();
-    f.read_to_end(&mut v).expect("read after a successful open");
-    Ok(v)
-}
 
 type Waiter = std::thread::JoinHandle<(Result<Vec<u8>, i32>, Duration)>;
 

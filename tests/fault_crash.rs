@@ -17,13 +17,12 @@
 mod common;
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::os::fd::FromRawFd;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::sys::c_path;
+use common::sys::{Rng, open_and_read};
 use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::{BlobState, ModelName, Store, lock};
@@ -33,52 +32,6 @@ const MIB: usize = 1 << 20;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// A small xorshift generator; the seed is printed so a run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded(test: &str) -> Rng {
-        let seed = std::env::var("FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        eprintln!("{test}: FAULT_SEED={seed}");
-        Rng(seed | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
-/// Opens read-only and reads everything; the errno of the open on failure.
-fn open_and_read(p: &Path) -> Result<Vec<u8>, i32> {
-    // SAFETY: a valid C path; the fd returned is owned by the File.
-    let fd = unsafe { libc::open(c_path(p).as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-    }
-    // SAFETY: a fresh fd we own.
-    let mut f = unsafe { File::from_raw_fd(fd) };
-    let mut v = Vec::new();
-    match f.read_to_end(&mut v) {
-        Ok(_) => Ok(v),
-        Err(e) => Err(e.raw_os_error().unwrap_or(libc::EIO)),
-    }
-}
 
 fn partial_len(s: &Store, d: &Sha256) -> u64 {
     match s.blob_state(d) {

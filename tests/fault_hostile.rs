@@ -17,15 +17,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Read;
-use std::os::fd::FromRawFd;
+use std::fs;
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::sys::c_path;
+use common::sys::open_and_read;
 use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::BlobState;
@@ -35,20 +33,6 @@ const MIB: usize = 1 << 20;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// Opens read-only and reads everything; the errno of the open on failure.
-fn open_and_read(p: &Path) -> Result<Vec<u8>, i32> {
-    // SAFETY: a valid C path; the fd returned is owned by the File.
-    let fd = unsafe { libc::open(c_path(p).as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-    }
-    // SAFETY: a fresh fd we own.
-    let mut f = unsafe { File::from_raw_fd(fd) };
-    let mut v = Vec::new();
-    f.read_to_end(&mut v).expect("read after a successful open");
-    Ok(v)
-}
 
 /// `n` threads opening and reading `path`.
 fn waiters(path: &Path, n: usize) -> Vec<std::thread::JoinHandle<Result<Vec<u8>, i32>>> {

@@ -15,16 +15,14 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::Read;
-use std::os::fd::FromRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::sys::{c_path, getxattr, last_errno};
+use common::sys::getxattr;
+use common::sys::{Rng, open_and_read};
 use common::{Fault, Mount, Origin, TestStore, random_bytes};
 use modelfs::digest::Sha256;
 use modelfs::store::{Manifest, ModelName, Source};
@@ -34,51 +32,6 @@ const MIB: usize = 1 << 20;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// A small xorshift generator; the seed is printed so a run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded(test: &str) -> Rng {
-        let seed = std::env::var("FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        eprintln!("{test}: FAULT_SEED={seed}");
-        Rng(seed | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A number in `lo..hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
-/// Opens read-only and reads everything; the errno of the open on failure.
-fn open_and_read(p: &Path) -> Result<Vec<u8>, i32> {
-    // SAFETY: a valid C path; the fd returned is owned by the File.
-    let fd = unsafe { libc::open(c_path(p).as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(last_errno());
-    }
-    // SAFETY: a fresh fd we own.
-    let mut f = unsafe { File::from_raw_fd(fd) };
-    let mut v = Vec::new();
-    f.read_to_end(&mut v).expect("read after a successful open");
-    Ok(v)
-}
 
 /// A thread that opened and read a file: what it got, and how long it took.
 type Waiter = std::thread::JoinHandle<(Result<Vec<u8>, i32>, Duration)>;

@@ -15,6 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::sys::open_and_read;
 use common::sys::{getxattr, open_flags};
 use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
 use modelfs::digest::Sha256;
@@ -25,14 +26,6 @@ const MIB: usize = 1 << 20;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// Opens read-only and reads everything; the errno of the open on failure.
-fn open_and_read(p: &Path) -> Result<Vec<u8>, i32> {
-    let mut f = open_flags(p, libc::O_RDONLY)?;
-    let mut v = Vec::new();
-    f.read_to_end(&mut v).expect("read after a successful open");
-    Ok(v)
-}
 
 fn hex(bytes: &[u8]) -> String {
     Sha256::of(bytes).to_hex()

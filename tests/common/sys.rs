@@ -47,3 +47,44 @@ pub fn getxattr(p: &Path, name: &str) -> Result<String, i32> {
     buf.truncate(n as usize);
     Ok(String::from_utf8(buf).expect("xattr values are text"))
 }
+
+/// Opens read-only and reads everything; the errno of the open on failure.
+pub fn open_and_read(p: &Path) -> Result<Vec<u8>, i32> {
+    use std::io::Read;
+    let mut f = open_flags(p, libc::O_RDONLY)?;
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).expect("read after a successful open");
+    Ok(v)
+}
+
+/// A small xorshift generator for fault tests; the seed is printed (and
+/// `FAULT_SEED=<n>` replays it) so a failing run can be repeated.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded(test: &str) -> Rng {
+        let seed = std::env::var("FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("{test}: FAULT_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
