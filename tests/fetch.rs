@@ -1078,3 +1078,138 @@ fn two_names_for_one_blob_fetched_at_once_download_it_once() {
     );
     ts.assert_consistent();
 }
+
+/// Runs `fetch_handing_over` and records every handed-over file with what
+/// the store looked like at that moment: (file, blob published yet?).
+fn fetch_recording_hand_over(
+    f: &Fetcher,
+    ts: &TestStore,
+    m: &Manifest,
+) -> (Result<FetchOutcome, FetchError>, Vec<(fs::File, bool)>) {
+    let never = AtomicBool::new(false);
+    let store = ts.store();
+    let mut handed = Vec::new();
+    let out = f.fetch_handing_over(
+        &store,
+        &FetchJob {
+            manifest: m,
+            write_manifest: false,
+            progress: None,
+            cancel: &never,
+        },
+        &mut |file| handed.push((file, store.blob_path(&m.blob).exists())),
+    );
+    (out, handed)
+}
+
+#[test]
+fn the_verified_file_is_handed_over_read_only_before_it_is_published() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::MetadataExt;
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(3 << 20, 40);
+    let m = ts.add_pending("early", &origin, &bytes);
+
+    let (out, mut handed) = fetch_recording_hand_over(&fetcher(&origin), &ts, &m);
+
+    assert!(
+        matches!(out, Ok(FetchOutcome::Downloaded { .. })),
+        "{out:?}"
+    );
+    assert_eq!(handed.len(), 1, "handed over exactly once");
+    let (file, published) = &mut handed[0];
+    assert!(
+        !*published,
+        "handed over before the rename that publishes it"
+    );
+    let mut got = Vec::new();
+    file.read_to_end(&mut got).unwrap();
+    assert!(
+        got == bytes,
+        "the handed-over file holds the verified bytes"
+    );
+    assert!(
+        file.write_all(b"x").is_err(),
+        "the handed-over file is read-only"
+    );
+    // It is the file that was then published, so a reader of either sees
+    // the same inode.
+    let (a, b) = (
+        file.metadata().unwrap(),
+        fs::metadata(ts.store().blob_path(&m.blob)).unwrap(),
+    );
+    assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
+    assert_present(&ts, &m, &bytes);
+}
+
+#[test]
+fn bytes_that_fail_verification_are_never_handed_over() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(1 << 20, 41);
+    let m = ts.add_pending("never-early", &origin, &bytes);
+    origin.push_fault(&path_of("never-early"), Fault::FlipByte(999));
+
+    let (out, handed) = fetch_recording_hand_over(&fetcher(&origin), &ts, &m);
+
+    assert!(
+        matches!(&out, Err(e) if matches!(e.kind, FetchErrorKind::DigestMismatch { .. })),
+        "{out:?}"
+    );
+    assert!(handed.is_empty(), "nothing is handed over on a mismatch");
+    assert_still_pending(&ts, &m);
+}
+
+#[test]
+fn a_restart_after_a_bad_resumed_prefix_hands_over_only_the_clean_download() {
+    use std::io::Read;
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(1 << 20, 42);
+    let m = ts.add_pending("restart-early", &origin, &bytes);
+    // A partial left by an earlier run with a bad prefix: the resume
+    // completes it, the digest fails, and the fetch starts over from 0.
+    let s = ts.store();
+    fs::create_dir_all(s.partial_path(&m.blob).parent().unwrap()).unwrap();
+    fs::write(s.partial_path(&m.blob), random_bytes(100_000, 97)).unwrap();
+
+    let (out, mut handed) = fetch_recording_hand_over(&fetcher(&origin), &ts, &m);
+
+    assert!(
+        matches!(out, Ok(FetchOutcome::Downloaded { .. })),
+        "{out:?}"
+    );
+    assert_eq!(
+        handed.len(),
+        1,
+        "only the download that verified is handed over"
+    );
+    let mut got = Vec::new();
+    handed[0].0.read_to_end(&mut got).unwrap();
+    assert!(
+        got == bytes,
+        "the handed-over file holds the verified bytes"
+    );
+    assert_present(&ts, &m, &bytes);
+}
+
+#[test]
+fn a_blob_that_is_already_present_is_not_handed_over() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(64 << 10, 43);
+    let m = ts.add_pending("present-early", &origin, &bytes);
+    let f = fetcher(&origin);
+    fetch(&f, &ts, &m).expect("first fetch");
+
+    let (out, handed) = fetch_recording_hand_over(&f, &ts, &m);
+
+    assert_eq!(
+        out.expect("second fetch"),
+        FetchOutcome::AlreadyPresent {
+            waited_for_lock: false
+        }
+    );
+    assert!(handed.is_empty(), "a present blob is opened at its path");
+}

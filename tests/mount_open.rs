@@ -166,6 +166,47 @@ fn thirty_two_processes_opening_one_pending_entry_share_one_download() {
 }
 
 #[test]
+fn an_open_answered_at_verification_keeps_reading_its_file_after_it_is_published() {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::MetadataExt;
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(4 * MIB, 6);
+    let m = store.add_pending("m", &origin, &data);
+    origin.set_persistent_fault("m.gguf", Some(Fault::Throttle(8_000_000)));
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let path = mount.path("m.gguf");
+    let ino_before = std::fs::metadata(&path).unwrap().ino();
+
+    // The open returns once the digest matches, possibly before the blob
+    // is made durable and renamed into place.
+    let mut f = File::open(&path).expect("open waits for the verified bytes");
+    let mut got = Vec::new();
+    f.read_to_end(&mut got).unwrap();
+    assert!(got == data, "the first open reads the verified bytes");
+    assert!(
+        wait_until(Duration::from_secs(10), || is_present(&store, &m.blob)),
+        "the blob is published after the open returned"
+    );
+    assert_eq!(getxattr(&path, "user.modelfs.state").unwrap(), "present");
+
+    // The same handle, the same inode and a new open all read the blob.
+    f.seek(SeekFrom::Start(0)).unwrap();
+    got.clear();
+    f.read_to_end(&mut got).unwrap();
+    assert!(got == data, "the early handle reads on after the rename");
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino_before);
+    assert!(open_and_read(&path).unwrap() == data);
+    let log = mount.log();
+    assert!(
+        !log.contains("gone or replaced"),
+        "publishing the handed-over file must not retire its inode:\n{log}"
+    );
+    assert_eq!(origin.stats("m.gguf").gets, 1);
+    store.assert_consistent();
+}
+
+#[test]
 fn two_mounts_and_a_pull_wanting_one_pending_model_download_it_once() {
     let origin = Origin::start();
     let store = TestStore::new();

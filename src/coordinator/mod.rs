@@ -5,7 +5,10 @@
 //! The coordinator runs at most one fetch per digest in this process (other
 //! processes are kept out by the store's producer lock, which the fetch
 //! waits for), queues the callbacks of every open that joins it, and calls
-//! them all when the fetch ends. A watchdog looks at each waiter's pending
+//! them all as soon as the downloaded bytes match the digest, with a
+//! read-only handle on the verified file, while the fetch goes on to make
+//! it durable and publish it; an open that joins in that window is answered
+//! at once with the same file. A watchdog looks at each waiter's pending
 //! signals (see [`interrupt`]) and ends the wait of a task that was told to
 //! stop with [`WaitError::Interrupted`]; the fetch carries on for the others
 //! and, if nobody waits any more, finishes anyway so the next open is fast.
@@ -17,6 +20,7 @@
 pub mod interrupt;
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -44,8 +48,19 @@ pub enum WaitError {
     Internal(String),
 }
 
+/// What an open that waited gets.
+#[derive(Debug, Clone)]
+pub enum Ready {
+    /// The verified bytes, read-only, possibly before they are published
+    /// at the blob's path: read this file, not the path.
+    Verified(Arc<File>),
+    /// The blob is at its path (it was there already, or another process
+    /// produced it): open it there.
+    Published,
+}
+
 /// Called once when a wait ends.
-pub type Done = Box<dyn FnOnce(Result<(), WaitError>) + Send>;
+pub type Done = Box<dyn FnOnce(Result<Ready, WaitError>) + Send>;
 
 /// What a blob is doing, for extended attributes and status.
 #[derive(Debug, Clone, Default)]
@@ -54,6 +69,9 @@ pub struct BlobActivity {
     pub fetching: bool,
     pub progress: Option<Progress>,
     pub waiters: usize,
+    /// The bytes are verified and opens are answered at once, while the
+    /// fetch makes them durable and publishes them.
+    pub verified: bool,
     /// The last failure, until a fetch succeeds.
     pub last_error: Option<String>,
 }
@@ -66,6 +84,8 @@ struct Waiter {
 
 struct Job {
     waiters: Vec<Waiter>,
+    /// Set once the bytes are verified; later waiters get it at once.
+    verified: Option<Arc<File>>,
     cancel: Arc<AtomicBool>,
     progress: Arc<Mutex<Option<Progress>>>,
 }
@@ -81,7 +101,12 @@ pub struct Coordinator {
     /// Fetches running now, and the most allowed at once.
     slots: (Mutex<usize>, Condvar),
     max_fetches: usize,
+    /// Told of every blob this coordinator published.
+    on_published: std::sync::OnceLock<PublishedHook>,
 }
+
+/// Called with a blob's digest after a fetch published it.
+pub type PublishedHook = Box<dyn Fn(&Sha256) + Send + Sync>;
 
 impl Coordinator {
     /// Creates the coordinator and its watchdog thread, which ends when
@@ -96,6 +121,7 @@ impl Coordinator {
             next_waiter: AtomicU64::new(1),
             slots: (Mutex::new(0), Condvar::new()),
             max_fetches: max_fetches.max(1),
+            on_published: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&c);
         std::thread::Builder::new()
@@ -103,6 +129,13 @@ impl Coordinator {
             .spawn(move || watchdog(weak))
             .expect("cannot start the watchdog thread");
         c
+    }
+
+    /// Sets the hook told of every published blob (once; later calls are
+    /// ignored). Opens answered with the verified file before it was
+    /// published learn of it no other way.
+    pub fn on_published(&self, hook: PublishedHook) {
+        let _ = self.on_published.set(hook);
     }
 
     pub fn store(&self) -> &Store {
@@ -141,6 +174,7 @@ impl Coordinator {
         if let Some(job) = self.jobs.lock().get(d) {
             a.fetching = true;
             a.waiters = job.waiters.len();
+            a.verified = job.verified.is_some();
             a.progress = *job.progress.lock();
         }
         a
@@ -163,11 +197,20 @@ impl Coordinator {
     fn ensure_job(self: &Arc<Self>, m: &Manifest, waiter: Option<Waiter>) {
         let mut jobs = self.jobs.lock();
         if let Some(job) = jobs.get_mut(&m.blob) {
-            job.waiters.extend(waiter);
+            match (&job.verified, waiter) {
+                (Some(file), Some(w)) => {
+                    let file = file.clone();
+                    drop(jobs);
+                    (w.done)(Ok(Ready::Verified(file)));
+                }
+                (None, w) => job.waiters.extend(w),
+                (Some(_), None) => {}
+            }
             return;
         }
         let job = Job {
             waiters: waiter.into_iter().collect(),
+            verified: None,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(Mutex::new(None)),
         };
@@ -202,12 +245,19 @@ impl Coordinator {
             progress: Some(ProgressSink::Latest(progress)),
             cancel: &cancel,
         };
-        let outcome =
-            std::panic::catch_unwind(AssertUnwindSafe(|| self.fetcher.fetch(&self.store, &job)));
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.fetcher
+                .fetch_handing_over(&self.store, &job, &mut |file| self.hand_over(&m.blob, file))
+        }));
         drop(job);
         self.give_slot();
         let result = match outcome {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => {
+                if let Some(hook) = self.on_published.get() {
+                    hook(&m.blob);
+                }
+                Ok(Ready::Published)
+            }
             Ok(Err(e)) => {
                 if !matches!(e.kind, crate::fetch::FetchErrorKind::Cancelled) {
                     log::error!("{e}");
@@ -230,10 +280,29 @@ impl Coordinator {
         self.finish(&m.blob, result);
     }
 
+    /// Answers every waiter with the verified file, and keeps it for the
+    /// opens that join before the fetch ends.
+    fn hand_over(&self, d: &Sha256, file: File) {
+        let file = Arc::new(file);
+        // The last failure is history once bytes verified; a failure to
+        // publish them is recorded anew when the fetch ends.
+        self.last_errors.lock().remove(d);
+        let waiters = match self.jobs.lock().get_mut(d) {
+            Some(job) => {
+                job.verified = Some(file.clone());
+                std::mem::take(&mut job.waiters)
+            }
+            None => return,
+        };
+        for w in waiters {
+            (w.done)(Ok(Ready::Verified(file.clone())));
+        }
+    }
+
     /// Removes the job and calls every waiter's callback, outside the lock.
-    fn finish(&self, d: &Sha256, result: Result<(), WaitError>) {
+    fn finish(&self, d: &Sha256, result: Result<Ready, WaitError>) {
         match &result {
-            Ok(()) => {
+            Ok(_) => {
                 self.last_errors.lock().remove(d);
             }
             Err(WaitError::Failed(e))

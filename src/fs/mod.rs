@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 pub use error::FsError;
 pub use namespace::{Changes, Entry, Namespace, ROOT_INO};
 
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, Ready};
 
 /// What kind of node an inode is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +73,7 @@ pub type OpenDone = Box<dyn FnOnce(Result<Opened, FsError>) + Send>;
 /// The mounted filesystem's state.
 pub struct ModelFs {
     coordinator: Arc<Coordinator>,
-    namespace: Namespace,
+    namespace: Arc<Namespace>,
     handles: Mutex<HashMap<u64, Arc<File>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
@@ -86,9 +86,21 @@ impl ModelFs {
     /// A filesystem over the coordinator's store; call [`ModelFs::refresh`]
     /// before mounting and then periodically.
     pub fn new(coordinator: Arc<Coordinator>, uid: u32, gid: u32) -> Self {
+        let namespace = Arc::new(Namespace::new());
+        // Opens answered before the blob was published did not mark it
+        // present; the entries' size and state follow the blob from here.
+        let (ns, store) = (Arc::downgrade(&namespace), coordinator.store().clone());
+        coordinator.on_published(Box::new(move |d| {
+            let (Some(ns), Some(size)) = (ns.upgrade(), store.stat_blob(d).map(|m| m.len())) else {
+                return;
+            };
+            for e in ns.entries().iter().filter(|e| e.manifest.blob == *d) {
+                ns.mark_present(e.ino, size);
+            }
+        }));
         Self {
             coordinator,
-            namespace: Namespace::new(),
+            namespace,
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -232,13 +244,16 @@ impl ModelFs {
             &manifest,
             tid,
             Box::new(move |result| {
-                let opened = result.map_err(FsError::from).and_then(|()| {
-                    let file = this
-                        .coordinator
-                        .store()
-                        .open_blob(&e.manifest.blob)
-                        .map_err(|e| FsError::Store(Arc::new(e)))?;
-                    this.register(&e, file)
+                let opened = result.map_err(FsError::from).and_then(|ready| match ready {
+                    Ready::Verified(file) => Ok(this.add_handle(file)),
+                    Ready::Published => {
+                        let file = this
+                            .coordinator
+                            .store()
+                            .open_blob(&e.manifest.blob)
+                            .map_err(|e| FsError::Store(Arc::new(e)))?;
+                        this.register(&e, file)
+                    }
                 });
                 done(opened)
             }),
@@ -250,10 +265,18 @@ impl ModelFs {
         let size = meta.len();
         self.namespace.note_served(e.ino, (meta.dev(), meta.ino()));
         self.namespace.mark_present(e.ino, size);
+        Ok(self.add_handle(Arc::new(file)))
+    }
+
+    /// A handle on `file`. A verified file handed over before it is
+    /// published goes straight here: noting it as served would make the
+    /// namespace retire the inode while the file is not yet at the blob's
+    /// path, and its bytes are the digest's bytes whichever file holds
+    /// them, so the kernel's cached pages stay right either way.
+    fn add_handle(&self, file: Arc<File>) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let file = Arc::new(file);
         self.handles.lock().insert(fh, file.clone());
-        Ok(Opened { fh, file })
+        Opened { fh, file }
     }
 
     /// Reads up to `size` bytes at `offset` from an open handle (used when

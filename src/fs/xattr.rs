@@ -24,9 +24,10 @@ pub const PROGRESS: &str = "user.modelfs.progress";
 pub const URL: &str = "user.modelfs.url";
 pub const ERROR: &str = "user.modelfs.error";
 
-/// The state word of an entry.
+/// The state word of an entry. Verified bytes that are still being moved
+/// into place count as present: an open gets them at once.
 pub fn state_word(e: &Entry, a: &BlobActivity) -> &'static str {
-    if e.present_size.is_some() {
+    if e.present_size.is_some() || a.verified {
         "present"
     } else if a.fetching {
         "fetching"
