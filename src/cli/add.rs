@@ -167,15 +167,8 @@ fn pin_hf(
         filename: file.into(),
         url: None,
     };
-    let probe = Manifest::new(
-        crate::store::ModelName::parse("probe").expect("valid"),
-        "gguf",
-        Sha256::of(b""),
-        0,
-        source.clone(),
-    );
     let url = fetcher
-        .url_for(&probe)
+        .source_url(&source)
         .expect("an hf source always has a URL");
     let resp = fetcher
         .http()

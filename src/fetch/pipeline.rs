@@ -43,7 +43,7 @@ use super::progress::{Phase, ProgressSink, Reporter};
 use super::retry::RetryPolicy;
 use crate::digest::{Hasher, Sha256};
 use crate::store::lock::{self, LockGuard, LockWaitError};
-use crate::store::{BlobState, Manifest, Store};
+use crate::store::{BlobState, Manifest, Source, Store};
 
 /// Size of one read from the network and one write to the partial.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -90,9 +90,14 @@ impl Fetcher {
 
     /// The URL a manifest is fetched from (honouring `HF_ENDPOINT`).
     pub fn url_for(&self, m: &Manifest) -> Option<String> {
-        let url = m.fetch_url()?;
+        self.source_url(&m.source)
+    }
+
+    /// The URL a source is fetched from (honouring `HF_ENDPOINT`).
+    pub fn source_url(&self, source: &Source) -> Option<String> {
+        let url = source.fetch_url()?;
         let endpoint = self.http.config().hf_endpoint.trim_end_matches('/');
-        if m.source.url.is_none() && endpoint != super::http::DEFAULT_HF_ENDPOINT {
+        if source.url.is_none() && endpoint != super::http::DEFAULT_HF_ENDPOINT {
             return Some(url.replacen(super::http::DEFAULT_HF_ENDPOINT, endpoint, 1));
         }
         Some(url)

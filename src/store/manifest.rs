@@ -33,6 +33,28 @@ pub struct Source {
     pub url: Option<String>,
 }
 
+impl Source {
+    /// The URL to fetch the blob from: `source.url`, else the Hugging Face
+    /// resolve URL for a `huggingface.co` source, else `None`.
+    pub fn fetch_url(&self) -> Option<String> {
+        if let Some(u) = &self.url {
+            return Some(u.clone());
+        }
+        if self.registry == "huggingface.co" && !self.repo.is_empty() && !self.filename.is_empty() {
+            let rev = if self.revision.is_empty() {
+                "main"
+            } else {
+                &self.revision
+            };
+            return Some(format!(
+                "https://huggingface.co/{}/resolve/{}/{}",
+                self.repo, rev, self.filename
+            ));
+        }
+        None
+    }
+}
+
 /// A parsed manifest. Build new ones with [`Manifest::new`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
@@ -219,25 +241,9 @@ impl Manifest {
         out
     }
 
-    /// The URL to fetch the blob from: `source.url`, else the Hugging Face
-    /// resolve URL for a `huggingface.co` source, else `None`.
+    /// The URL to fetch the blob from; see [`Source::fetch_url`].
     pub fn fetch_url(&self) -> Option<String> {
-        if let Some(u) = &self.source.url {
-            return Some(u.clone());
-        }
-        let s = &self.source;
-        if s.registry == "huggingface.co" && !s.repo.is_empty() && !s.filename.is_empty() {
-            let rev = if s.revision.is_empty() {
-                "main"
-            } else {
-                &s.revision
-            };
-            return Some(format!(
-                "https://huggingface.co/{}/resolve/{}/{}",
-                s.repo, rev, s.filename
-            ));
-        }
-        None
+        self.source.fetch_url()
     }
 
     /// The name this model has in the mount: `<name>.<format>`.
