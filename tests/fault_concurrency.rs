@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::sys::open_and_read;
+use common::waiter::Waiter;
 use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::BlobState;
@@ -32,16 +33,6 @@ const MIB: usize = 1 << 20;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-type Waiter = std::thread::JoinHandle<(Result<Vec<u8>, i32>, Duration)>;
-
-fn waiter(path: PathBuf) -> Waiter {
-    std::thread::spawn(move || {
-        let t = Instant::now();
-        let r = open_and_read(&path);
-        (r, t.elapsed())
-    })
-}
 
 fn is_present(store: &TestStore, d: &Sha256) -> bool {
     matches!(store.store().blob_state(d), BlobState::Present(_))
@@ -111,7 +102,7 @@ fn two_mounts_a_pull_and_gc_in_a_loop_download_each_blob_once_and_gc_takes_only_
     for (i, name) in names.iter().enumerate() {
         for mount in [&one, &two] {
             for _ in 0..3 {
-                ws.push((i, waiter(mount.path(&format!("{name}.gguf")))));
+                ws.push((i, Waiter::spawn(&mount.path(&format!("{name}.gguf")))));
             }
         }
     }
@@ -136,7 +127,7 @@ fn two_mounts_a_pull_and_gc_in_a_loop_download_each_blob_once_and_gc_takes_only_
     let bound = Duration::from_secs(60);
     let mut slowest = Duration::ZERO;
     for (i, w) in ws {
-        let (r, took) = w.join().unwrap();
+        let (r, took) = w.join();
         assert!(
             matches!(&r, Ok(v) if *v == datas[i]),
             "waiter of {}: {:?}",

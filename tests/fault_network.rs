@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use common::sys::getxattr;
 use common::sys::{Rng, open_and_read};
+use common::waiter::{Waiter, waiters};
 use common::{Fault, Mount, Origin, TestStore, random_bytes};
 use modelfs::digest::Sha256;
 use modelfs::store::{Manifest, ModelName, Source};
@@ -32,23 +33,6 @@ const MIB: usize = 1 << 20;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// A thread that opened and read a file: what it got, and how long it took.
-type Waiter = std::thread::JoinHandle<(Result<Vec<u8>, i32>, Duration)>;
-
-/// `n` threads that each open and read `path`: (result, time the open took).
-fn waiters(path: &Path, n: usize) -> Vec<Waiter> {
-    (0..n)
-        .map(|_| {
-            let p = path.to_path_buf();
-            std::thread::spawn(move || {
-                let t = Instant::now();
-                let r = open_and_read(&p);
-                (r, t.elapsed())
-            })
-        })
-        .collect()
-}
 
 /// Error lines of the mount log that name `model` and contain `reason`.
 fn failure_lines(log: &str, model: &str, reason: &str) -> usize {
@@ -101,7 +85,7 @@ impl LsProbe {
 fn all_read_right(ws: Vec<Waiter>, data: &[u8], mount: &Mount) -> Duration {
     let mut slowest = Duration::ZERO;
     for (i, w) in ws.into_iter().enumerate() {
-        let (r, took) = w.join().unwrap();
+        let (r, took) = w.join();
         match r {
             Ok(v) => assert!(v == data, "waiter {i} read wrong bytes"),
             Err(e) => panic!("waiter {i}: errno {e}\n{}", mount.log()),
@@ -274,7 +258,7 @@ fn dns_tls_and_404_failures_give_every_waiter_eio_quickly_while_ls_keeps_answeri
     for ((name, reason), ws) in cases.iter().zip(all) {
         let mut slowest = Duration::ZERO;
         for (i, w) in ws.into_iter().enumerate() {
-            let (r, took) = w.join().unwrap();
+            let (r, took) = w.join();
             assert_eq!(r.err(), Some(libc::EIO), "{name} waiter {i}");
             slowest = slowest.max(took);
         }

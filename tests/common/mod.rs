@@ -1,10 +1,12 @@
 //! Shared test support: a real HTTPS origin (`origin`), throwaway stores,
-//! the `modelfs` binary, and real FUSE mounts that clean up after
-//! themselves. Not every test file uses every helper.
+//! the `modelfs` binary, real FUSE mounts that clean up after themselves,
+//! the syscalls tests make directly (`sys`) and threads that wait on an
+//! open (`waiter`). Not every test file uses every helper.
 #![allow(dead_code)]
 
 pub mod origin;
 pub mod sys;
+pub mod waiter;
 
 use std::fs;
 use std::path::{Path, PathBuf};
