@@ -24,9 +24,7 @@ use std::time::{Duration, Instant};
 use common::sys::getxattr;
 use common::sys::{Rng, open_and_read};
 use common::waiter::{Waiter, waiters};
-use common::{Fault, Mount, Origin, TestStore, random_bytes};
-use modelfs::digest::Sha256;
-use modelfs::store::{Manifest, ModelName, Source};
+use common::{Fault, Mount, Origin, TestStore, hf, random_bytes};
 
 const MIB: usize = 1 << 20;
 
@@ -301,26 +299,6 @@ fn dns_tls_and_404_failures_give_every_waiter_eio_quickly_while_ls_keeps_answeri
 
 const TOKEN: &str = "hf_SeCrEt0token0for0the0hub0only";
 
-/// A manifest for a Hugging Face source without `source.url`.
-fn hf_manifest(store: &TestStore, name: &str, filename: &str, bytes: &[u8]) -> Manifest {
-    let source = Source {
-        registry: "huggingface.co".into(),
-        repo: "org/repo".into(),
-        revision: "main".into(),
-        filename: filename.into(),
-        url: None,
-    };
-    let m = Manifest::new(
-        ModelName::parse(name).unwrap(),
-        "gguf",
-        Sha256::of(bytes),
-        bytes.len() as u64,
-        source,
-    );
-    store.store().write_manifest(&m).unwrap();
-    m
-}
-
 fn no_token_in(what: &str, text: &str) {
     assert!(!text.contains(TOKEN), "{what} shows the token:\n{text}");
     assert!(
@@ -343,16 +321,16 @@ fn hf_token_reaches_only_the_hub_and_never_the_log_xattrs_status_or_a_redirect_t
     let hub = Origin::start();
     let cdn = Origin::start_with_ca(hub.ca());
     let store = TestStore::new();
-    let endpoint = format!("https://127.0.0.1:{}", hub.port());
+    let endpoint = hf::endpoint(&hub);
 
     // Served by the hub itself.
     let direct = random_bytes(300_000, 38);
     hub.put("org/repo/resolve/main/direct.gguf", direct.clone());
-    hf_manifest(&store, "direct", "direct.gguf", &direct);
+    hf::write_manifest(&store, "direct", "direct.gguf", &direct);
     // Redirected to a CDN (another port: another origin) with a signed URL.
     let cdn_bytes = random_bytes(300_000, 39);
     cdn.put("blob/cdn.gguf", cdn_bytes.clone());
-    hf_manifest(&store, "viacdn", "viacdn.gguf", &cdn_bytes);
+    hf::write_manifest(&store, "viacdn", "viacdn.gguf", &cdn_bytes);
     hub.set_persistent_fault(
         "org/repo/resolve/main/viacdn.gguf",
         Some(Fault::RedirectTo(format!(
@@ -362,7 +340,7 @@ fn hf_token_reaches_only_the_hub_and_never_the_log_xattrs_status_or_a_redirect_t
     );
     // Gated and refused: the error must not quote the token either.
     let gated = random_bytes(1000, 40);
-    hf_manifest(&store, "gated", "gated.gguf", &gated);
+    hf::write_manifest(&store, "gated", "gated.gguf", &gated);
     hub.set_persistent_fault("org/repo/resolve/main/gated.gguf", Some(Fault::Status(401)));
 
     let ca = hub.ca_pem_path().to_path_buf();

@@ -1,9 +1,11 @@
-//! Shared test support: a real HTTPS origin (`origin`), throwaway stores,
-//! the `modelfs` binary, real FUSE mounts that clean up after themselves,
-//! the syscalls tests make directly (`sys`) and threads that wait on an
-//! open (`waiter`). Not every test file uses every helper.
+//! Shared test support: a real HTTPS origin (`origin`) and a Hugging Face
+//! Hub on it (`hf`), throwaway stores, the `modelfs` binary, real FUSE
+//! mounts that clean up after themselves, the syscalls tests make directly
+//! (`sys`) and threads that wait on an open (`waiter`). Not every test file
+//! uses every helper.
 #![allow(dead_code)]
 
+pub mod hf;
 pub mod origin;
 pub mod sys;
 pub mod waiter;
@@ -90,6 +92,11 @@ impl TestStore {
             url: Some(url.into()),
             ..Source::default()
         };
+        self.write_manifest_with_source(name, bytes, source)
+    }
+
+    /// Writes a GGUF manifest for `bytes` with this `source`.
+    pub fn write_manifest_with_source(&self, name: &str, bytes: &[u8], source: Source) -> Manifest {
         let m = Manifest::new(
             ModelName::parse(name).unwrap(),
             "gguf",
