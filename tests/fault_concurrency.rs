@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::sys::open_and_read;
 use common::waiter::Waiter;
-use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
+use common::{Fault, Mount, Origin, TestStore, output_text, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::BlobState;
 
@@ -36,14 +36,6 @@ const MIB: usize = 1 << 20;
 
 fn is_present(store: &TestStore, d: &Sha256) -> bool {
     matches!(store.store().blob_state(d), BlobState::Present(_))
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 // ---------------------------------------------------------------------------
@@ -116,8 +108,8 @@ fn two_mounts_a_pull_and_gc_in_a_loop_download_each_blob_once_and_gc_takes_only_
             let mut outs = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let out = cmd.output().unwrap();
-                assert!(out.status.success(), "gc: {}", text(&out));
-                outs.push(text(&out));
+                assert!(out.status.success(), "gc: {}", output_text(&out));
+                outs.push(output_text(&out));
                 std::thread::sleep(Duration::from_millis(150));
             }
             outs
@@ -137,7 +129,7 @@ fn two_mounts_a_pull_and_gc_in_a_loop_download_each_blob_once_and_gc_takes_only_
         slowest = slowest.max(took);
     }
     let pulled = pull.wait_with_output().unwrap();
-    assert!(pulled.status.success(), "pull: {}", text(&pulled));
+    assert!(pulled.status.success(), "pull: {}", output_text(&pulled));
     let doomed_out = doomed_pull.wait_with_output().unwrap();
     stop.store(true, Ordering::Relaxed);
     let gc_runs = gc_loop.join().unwrap();
@@ -150,7 +142,7 @@ fn two_mounts_a_pull_and_gc_in_a_loop_download_each_blob_once_and_gc_takes_only_
     assert!(
         doomed_out.status.success(),
         "gc left the partial that pull was writing: {}",
-        text(&doomed_out)
+        output_text(&doomed_out)
     );
     let gc_all = gc_runs.join("\n");
     assert!(gc_runs.len() >= 3, "gc ran while the opens waited");
@@ -244,12 +236,12 @@ fn store_files_are_owner_writable_only(mask: libc::mode_t) {
             .args(["--size", &data.len().to_string()])
             .output()
             .unwrap();
-        assert!(out.status.success(), "add {name}: {}", text(&out));
+        assert!(out.status.success(), "add {name}: {}", output_text(&out));
     }
     let out = with_umask(store.cli(ca).args(["pull", "good"]), mask)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let mount = Mount::start_with(&store, ca, &[], |c| {
         with_umask(c, mask);
     });
@@ -341,7 +333,7 @@ fn as_nobody(script: &str) -> (bool, String) {
         .stdin(Stdio::null())
         .output()
         .expect("run setpriv (util-linux)");
-    (out.status.success(), text(&out))
+    (out.status.success(), output_text(&out))
 }
 
 #[test]

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use common::sys::open_and_read;
 use common::waiter::waiters;
-use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
+use common::{Fault, Mount, Origin, TestStore, output_text, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::BlobState;
 
@@ -92,14 +92,7 @@ fn sentinel(store: &TestStore) -> PathBuf {
 
 fn run(cmd: &mut Command) -> (i32, String) {
     let out = cmd.stdin(Stdio::null()).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    (out.status.code().unwrap_or(-1), output_text(&out))
 }
 
 fn alive(mount: &Mount) -> bool {

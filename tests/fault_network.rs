@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use common::sys::getxattr;
 use common::sys::{Rng, open_and_read};
 use common::waiter::{Waiter, waiters};
-use common::{Fault, Mount, Origin, TestStore, hf, random_bytes};
+use common::{Fault, Mount, Origin, TestStore, hf, output_text, random_bytes};
 
 const MIB: usize = 1 << 20;
 
@@ -308,12 +308,7 @@ fn no_token_in(what: &str, text: &str) {
 }
 
 fn run_text(cmd: &mut Command) -> String {
-    let out = cmd.stdin(Stdio::null()).output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    output_text(&cmd.stdin(Stdio::null()).output().unwrap())
 }
 
 #[test]

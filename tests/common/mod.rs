@@ -12,7 +12,7 @@ pub mod waiter;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use modelfs::digest::Sha256;
@@ -23,6 +23,16 @@ pub use origin::{Fault, Origin};
 /// The `modelfs` binary built for these tests.
 pub fn modelfs_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_modelfs"))
+}
+
+/// What a finished command printed, stdout then stderr, as text: for
+/// failure messages and for checking what a user would read.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Deterministic pseudo-random bytes (xorshift), fast enough for 100s of MiB.
