@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Fault, Origin, TestStore, modelfs_bin, random_bytes, wait_until};
+use common::{Fault, Origin, TestStore, hf, modelfs_bin, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::{BlobState, ModelName, lock};
 use serde_json::Value;
@@ -223,15 +223,8 @@ fn add_hf_pins_the_digest_and_size_the_hub_announces_and_pull_fetches_it() {
             location: origin.url("cdn/model.gguf"),
         },
     );
-    origin.set_extra_headers(
-        resolve,
-        vec![
-            ("X-Linked-Etag".into(), format!("\"{}\"", hex_of(&bytes))),
-            ("X-Linked-Size".into(), bytes.len().to_string()),
-        ],
-    );
-    origin.put(resolve, bytes.clone());
-    let endpoint = format!("https://127.0.0.1:{}", origin.port());
+    hf::serve_lfs_file(&origin, resolve, &bytes);
+    let endpoint = hf::endpoint(&origin);
 
     cli_env(
         &ts,
@@ -969,15 +962,8 @@ fn the_token_stays_out_of_the_log_even_at_trace_level() {
     let ts = TestStore::new();
     let bytes = random_bytes(10_000, 93);
     let resolve = "org/repo/resolve/main/m.gguf";
-    origin.set_extra_headers(
-        resolve,
-        vec![
-            ("X-Linked-Etag".into(), format!("\"{}\"", hex_of(&bytes))),
-            ("X-Linked-Size".into(), bytes.len().to_string()),
-        ],
-    );
-    origin.put(resolve, bytes.clone());
-    let endpoint = format!("https://127.0.0.1:{}", origin.port());
+    hf::serve_lfs_file(&origin, resolve, &bytes);
+    let endpoint = hf::endpoint(&origin);
     let token = "hf_SeCrEtToKeN";
     let out = cli_env(
         &ts,

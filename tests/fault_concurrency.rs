@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::sys::open_and_read;
-use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
+use common::waiter::Waiter;
+use common::{Fault, Mount, Origin, TestStore, output_text, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::BlobState;
 
@@ -33,26 +34,8 @@ const MIB: usize = 1 << 20;
 // Helpers
 // ---------------------------------------------------------------------------
 
-type Waiter = std::thread::JoinHandle<(Result<Vec<u8>, i32>, Duration)>;
-
-fn waiter(path: PathBuf) -> Waiter {
-    std::thread::spawn(move || {
-        let t = Instant::now();
-        let r = open_and_read(&path);
-        (r, t.elapsed())
-    })
-}
-
 fn is_present(store: &TestStore, d: &Sha256) -> bool {
     matches!(store.store().blob_state(d), BlobState::Present(_))
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 // ---------------------------------------------------------------------------
@@ -111,7 +94,7 @@ fn two_mounts_a_pull_and_gc_in_a_loop_download_each_blob_once_and_gc_takes_only_
     for (i, name) in names.iter().enumerate() {
         for mount in [&one, &two] {
             for _ in 0..3 {
-                ws.push((i, waiter(mount.path(&format!("{name}.gguf")))));
+                ws.push((i, Waiter::spawn(&mount.path(&format!("{name}.gguf")))));
             }
         }
     }
@@ -125,8 +108,8 @@ fn two_mounts_a_pull_and_gc_in_a_loop_download_each_blob_once_and_gc_takes_only_
             let mut outs = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let out = cmd.output().unwrap();
-                assert!(out.status.success(), "gc: {}", text(&out));
-                outs.push(text(&out));
+                assert!(out.status.success(), "gc: {}", output_text(&out));
+                outs.push(output_text(&out));
                 std::thread::sleep(Duration::from_millis(150));
             }
             outs
@@ -136,7 +119,7 @@ fn two_mounts_a_pull_and_gc_in_a_loop_download_each_blob_once_and_gc_takes_only_
     let bound = Duration::from_secs(60);
     let mut slowest = Duration::ZERO;
     for (i, w) in ws {
-        let (r, took) = w.join().unwrap();
+        let (r, took) = w.join();
         assert!(
             matches!(&r, Ok(v) if *v == datas[i]),
             "waiter of {}: {:?}",
@@ -146,7 +129,7 @@ fn two_mounts_a_pull_and_gc_in_a_loop_download_each_blob_once_and_gc_takes_only_
         slowest = slowest.max(took);
     }
     let pulled = pull.wait_with_output().unwrap();
-    assert!(pulled.status.success(), "pull: {}", text(&pulled));
+    assert!(pulled.status.success(), "pull: {}", output_text(&pulled));
     let doomed_out = doomed_pull.wait_with_output().unwrap();
     stop.store(true, Ordering::Relaxed);
     let gc_runs = gc_loop.join().unwrap();
@@ -159,7 +142,7 @@ fn two_mounts_a_pull_and_gc_in_a_loop_download_each_blob_once_and_gc_takes_only_
     assert!(
         doomed_out.status.success(),
         "gc left the partial that pull was writing: {}",
-        text(&doomed_out)
+        output_text(&doomed_out)
     );
     let gc_all = gc_runs.join("\n");
     assert!(gc_runs.len() >= 3, "gc ran while the opens waited");
@@ -253,12 +236,12 @@ fn store_files_are_owner_writable_only(mask: libc::mode_t) {
             .args(["--size", &data.len().to_string()])
             .output()
             .unwrap();
-        assert!(out.status.success(), "add {name}: {}", text(&out));
+        assert!(out.status.success(), "add {name}: {}", output_text(&out));
     }
     let out = with_umask(store.cli(ca).args(["pull", "good"]), mask)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let mount = Mount::start_with(&store, ca, &[], |c| {
         with_umask(c, mask);
     });
@@ -350,7 +333,7 @@ fn as_nobody(script: &str) -> (bool, String) {
         .stdin(Stdio::null())
         .output()
         .expect("run setpriv (util-linux)");
-    (out.status.success(), text(&out))
+    (out.status.success(), output_text(&out))
 }
 
 #[test]

@@ -23,6 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::sys::{Rng, open_and_read};
+use common::waiter::{Waiter, waiters};
 use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::{BlobState, ModelName, Store, lock};
@@ -108,7 +109,7 @@ fn kill_9_of_the_mount_daemon_at_twenty_random_points_loses_nothing_and_every_re
     for i in 0..20 {
         let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
         let path = mount.path("m.gguf");
-        let reader = std::thread::spawn(move || open_and_read(&path));
+        let reader = Waiter::spawn(&path);
         // Half the kills count from the request (mid-body), half from the
         // open (so some land in the lock, re-hash or connect phases).
         let gets = origin.stats_now("m.gguf").gets;
@@ -120,7 +121,7 @@ fn kill_9_of_the_mount_daemon_at_twenty_random_points_loses_nothing_and_every_re
         let delay = rng.range(50, 400);
         std::thread::sleep(Duration::from_millis(delay));
         mount.crash();
-        let r = reader.join().unwrap();
+        let r = reader.result();
         if let Ok(v) = &r {
             assert!(v == &data, "an open that succeeded read the right bytes");
         }
@@ -351,12 +352,7 @@ fn a_disk_that_fills_up_mid_download_fails_with_enospc_keeps_a_right_prefix_and_
     origin.set_persistent_fault("m.gguf", Some(Fault::Throttle(MIB as u64)));
     let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
     let path = mount.path("m.gguf");
-    let waiters: Vec<_> = (0..3)
-        .map(|_| {
-            let p = path.clone();
-            std::thread::spawn(move || open_and_read(&p))
-        })
-        .collect();
+    let waiters = waiters(&path, 3);
 
     let s = store.store();
     assert!(
@@ -368,7 +364,7 @@ fn a_disk_that_fills_up_mid_download_fails_with_enospc_keeps_a_right_prefix_and_
     let filler = store.root.join("filler");
     fill(&filler);
     for w in waiters {
-        assert_eq!(w.join().unwrap().err(), Some(libc::ENOSPC));
+        assert_eq!(w.result().err(), Some(libc::ENOSPC));
     }
     let log = mount.log();
     let line = log

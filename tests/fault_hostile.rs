@@ -24,7 +24,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::sys::open_and_read;
-use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
+use common::waiter::waiters;
+use common::{Fault, Mount, Origin, TestStore, output_text, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::BlobState;
 
@@ -33,16 +34,6 @@ const MIB: usize = 1 << 20;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// `n` threads opening and reading `path`.
-fn waiters(path: &Path, n: usize) -> Vec<std::thread::JoinHandle<Result<Vec<u8>, i32>>> {
-    (0..n)
-        .map(|_| {
-            let p = path.to_path_buf();
-            std::thread::spawn(move || open_and_read(&p))
-        })
-        .collect()
-}
 
 /// What an open gave, in words for assertion messages.
 fn outcome(r: &Result<Vec<u8>, i32>, right: &[u8]) -> String {
@@ -101,14 +92,7 @@ fn sentinel(store: &TestStore) -> PathBuf {
 
 fn run(cmd: &mut Command) -> (i32, String) {
     let out = cmd.stdin(Stdio::null()).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    (out.status.code().unwrap_or(-1), output_text(&out))
 }
 
 fn alive(mount: &Mount) -> bool {
@@ -218,7 +202,7 @@ fn origins_that_flip_truncate_append_or_lie_about_the_length_never_get_a_wrong_b
     let mut report = Vec::new();
     for (((name, _, can_succeed), ws), data) in cases.iter().zip(all).zip(&datas) {
         for w in ws {
-            let r = w.join().unwrap();
+            let r = w.result();
             let ok = match &r {
                 Ok(v) => v == data,
                 Err(e) => *e == libc::EIO,
@@ -291,7 +275,7 @@ fn an_origin_that_swaps_the_file_mid_download_is_caught_and_only_the_pinned_byte
     let swapped = random_bytes(data.len(), 42);
     origin.put("m.gguf", swapped.clone());
     for w in ws {
-        let r = w.join().unwrap();
+        let r = w.result();
         assert_eq!(r.as_ref().err(), Some(&libc::EIO), "{}", outcome(&r, &data));
     }
     let stats = origin.stats("m.gguf");

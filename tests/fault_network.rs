@@ -23,32 +23,14 @@ use std::time::{Duration, Instant};
 
 use common::sys::getxattr;
 use common::sys::{Rng, open_and_read};
-use common::{Fault, Mount, Origin, TestStore, random_bytes};
-use modelfs::digest::Sha256;
-use modelfs::store::{Manifest, ModelName, Source};
+use common::waiter::{Waiter, waiters};
+use common::{Fault, Mount, Origin, TestStore, hf, output_text, random_bytes};
 
 const MIB: usize = 1 << 20;
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// A thread that opened and read a file: what it got, and how long it took.
-type Waiter = std::thread::JoinHandle<(Result<Vec<u8>, i32>, Duration)>;
-
-/// `n` threads that each open and read `path`: (result, time the open took).
-fn waiters(path: &Path, n: usize) -> Vec<Waiter> {
-    (0..n)
-        .map(|_| {
-            let p = path.to_path_buf();
-            std::thread::spawn(move || {
-                let t = Instant::now();
-                let r = open_and_read(&p);
-                (r, t.elapsed())
-            })
-        })
-        .collect()
-}
 
 /// Error lines of the mount log that name `model` and contain `reason`.
 fn failure_lines(log: &str, model: &str, reason: &str) -> usize {
@@ -101,7 +83,7 @@ impl LsProbe {
 fn all_read_right(ws: Vec<Waiter>, data: &[u8], mount: &Mount) -> Duration {
     let mut slowest = Duration::ZERO;
     for (i, w) in ws.into_iter().enumerate() {
-        let (r, took) = w.join().unwrap();
+        let (r, took) = w.join();
         match r {
             Ok(v) => assert!(v == data, "waiter {i} read wrong bytes"),
             Err(e) => panic!("waiter {i}: errno {e}\n{}", mount.log()),
@@ -274,7 +256,7 @@ fn dns_tls_and_404_failures_give_every_waiter_eio_quickly_while_ls_keeps_answeri
     for ((name, reason), ws) in cases.iter().zip(all) {
         let mut slowest = Duration::ZERO;
         for (i, w) in ws.into_iter().enumerate() {
-            let (r, took) = w.join().unwrap();
+            let (r, took) = w.join();
             assert_eq!(r.err(), Some(libc::EIO), "{name} waiter {i}");
             slowest = slowest.max(took);
         }
@@ -317,26 +299,6 @@ fn dns_tls_and_404_failures_give_every_waiter_eio_quickly_while_ls_keeps_answeri
 
 const TOKEN: &str = "hf_SeCrEt0token0for0the0hub0only";
 
-/// A manifest for a Hugging Face source without `source.url`.
-fn hf_manifest(store: &TestStore, name: &str, filename: &str, bytes: &[u8]) -> Manifest {
-    let source = Source {
-        registry: "huggingface.co".into(),
-        repo: "org/repo".into(),
-        revision: "main".into(),
-        filename: filename.into(),
-        url: None,
-    };
-    let m = Manifest::new(
-        ModelName::parse(name).unwrap(),
-        "gguf",
-        Sha256::of(bytes),
-        bytes.len() as u64,
-        source,
-    );
-    store.store().write_manifest(&m).unwrap();
-    m
-}
-
 fn no_token_in(what: &str, text: &str) {
     assert!(!text.contains(TOKEN), "{what} shows the token:\n{text}");
     assert!(
@@ -346,12 +308,7 @@ fn no_token_in(what: &str, text: &str) {
 }
 
 fn run_text(cmd: &mut Command) -> String {
-    let out = cmd.stdin(Stdio::null()).output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    output_text(&cmd.stdin(Stdio::null()).output().unwrap())
 }
 
 #[test]
@@ -359,16 +316,16 @@ fn hf_token_reaches_only_the_hub_and_never_the_log_xattrs_status_or_a_redirect_t
     let hub = Origin::start();
     let cdn = Origin::start_with_ca(hub.ca());
     let store = TestStore::new();
-    let endpoint = format!("https://127.0.0.1:{}", hub.port());
+    let endpoint = hf::endpoint(&hub);
 
     // Served by the hub itself.
     let direct = random_bytes(300_000, 38);
     hub.put("org/repo/resolve/main/direct.gguf", direct.clone());
-    hf_manifest(&store, "direct", "direct.gguf", &direct);
+    hf::write_manifest(&store, "direct", "direct.gguf", &direct);
     // Redirected to a CDN (another port: another origin) with a signed URL.
     let cdn_bytes = random_bytes(300_000, 39);
     cdn.put("blob/cdn.gguf", cdn_bytes.clone());
-    hf_manifest(&store, "viacdn", "viacdn.gguf", &cdn_bytes);
+    hf::write_manifest(&store, "viacdn", "viacdn.gguf", &cdn_bytes);
     hub.set_persistent_fault(
         "org/repo/resolve/main/viacdn.gguf",
         Some(Fault::RedirectTo(format!(
@@ -378,7 +335,7 @@ fn hf_token_reaches_only_the_hub_and_never_the_log_xattrs_status_or_a_redirect_t
     );
     // Gated and refused: the error must not quote the token either.
     let gated = random_bytes(1000, 40);
-    hf_manifest(&store, "gated", "gated.gguf", &gated);
+    hf::write_manifest(&store, "gated", "gated.gguf", &gated);
     hub.set_persistent_fault("org/repo/resolve/main/gated.gguf", Some(Fault::Status(401)));
 
     let ca = hub.ca_pem_path().to_path_buf();

@@ -14,7 +14,7 @@ use std::fs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Fault, Origin, TestStore, random_bytes, wait_until};
+use common::{Fault, Origin, TestStore, hf, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::fetch::{
     FetchError, FetchErrorKind, FetchJob, FetchOutcome, Fetcher, Http, HttpConfig, Phase, Progress,
@@ -421,85 +421,59 @@ fn a_redirect_to_plain_http_is_refused() {
     ts.assert_consistent();
 }
 
-/// A model pinned from "Hugging Face" (the `hub` origin, as HF_ENDPOINT),
-/// whose resolve URL redirects to `target` (a CDN-like second host).
-fn hf_redirect_case(hub: &Origin, target: &str, ts: &TestStore, bytes: &[u8]) -> Manifest {
-    let source = Source {
-        registry: "huggingface.co".into(),
-        repo: "org/repo".into(),
-        revision: "main".into(),
-        filename: "model.gguf".into(),
-        url: None,
-    };
-    let m = Manifest::new(
-        ModelName::parse("hfmodel").unwrap(),
-        "gguf",
-        Sha256::of(bytes),
-        bytes.len() as u64,
-        source,
-    );
-    ts.store().write_manifest(&m).unwrap();
+/// The `Authorization` header of each request one origin saw.
+type AuthHeaders = Vec<Option<String>>;
+
+/// Fetches, with the token `secret`, a model pinned from "Hugging Face" (a
+/// `hub` origin, as HF_ENDPOINT) whose resolve URL redirects to `lfs/blob`
+/// on a second origin (a CDN-like host), at the URL `url_of` gives for it.
+/// Checks that the blob arrived whole; returns what the hub and the
+/// redirect's target saw as `Authorization` headers.
+fn fetch_through_a_hub_redirect(
+    url_of: fn(&Origin, &str) -> String,
+    bytes: &[u8],
+) -> (AuthHeaders, AuthHeaders) {
+    let hub = Origin::start();
+    let target = Origin::start_with_ca(hub.ca());
+    let ts = TestStore::new();
+    target.put("lfs/blob", bytes.to_vec());
+    let m = hf::write_manifest(&ts, "hfmodel", "model.gguf", bytes);
     hub.set_persistent_fault(
         "org/repo/resolve/main/model.gguf",
-        Some(Fault::RedirectTo(target.to_string())),
+        Some(Fault::RedirectTo(url_of(&target, "lfs/blob"))),
     );
-    m
-}
-
-fn hf_fetcher(hub: &Origin) -> Fetcher {
-    fetcher_with(HttpConfig {
-        hf_endpoint: format!("https://127.0.0.1:{}", hub.port()),
+    let fetcher = fetcher_with(HttpConfig {
+        hf_endpoint: hf::endpoint(&hub),
         hf_token: Some("secret".into()),
-        ..config(hub)
-    })
+        ..config(&hub)
+    });
+
+    fetch(&fetcher, &ts, &m).expect("fetch through the redirect");
+
+    assert_present(&ts, &m, bytes);
+    ts.assert_consistent();
+    (
+        hub.stats("org/repo/resolve/main/model.gguf")
+            .authorization_headers,
+        target.stats("lfs/blob").authorization_headers,
+    )
 }
 
 #[test]
 fn the_hugging_face_token_goes_to_the_hub_and_never_to_the_host_it_redirects_to() {
-    let hub = Origin::start();
-    let cdn = Origin::start_with_ca(hub.ca());
-    let ts = TestStore::new();
-    let bytes = random_bytes(512 << 10, 11);
-    cdn.put("lfs/blob", bytes.clone());
-    let m = hf_redirect_case(&hub, &cdn.url_localhost("lfs/blob"), &ts, &bytes);
-
-    fetch(&hf_fetcher(&hub), &ts, &m).expect("fetch through the redirect");
-
-    assert_present(&ts, &m, &bytes);
-    assert_eq!(
-        hub.stats("org/repo/resolve/main/model.gguf")
-            .authorization_headers,
-        vec![Some("Bearer secret".to_string())]
-    );
-    assert_eq!(
-        cdn.stats("lfs/blob").authorization_headers,
-        vec![None],
-        "the token must not follow the redirect"
-    );
-    ts.assert_consistent();
+    let (hub, cdn) =
+        fetch_through_a_hub_redirect(Origin::url_localhost, &random_bytes(512 << 10, 11));
+    assert_eq!(hub, vec![Some("Bearer secret".to_string())]);
+    assert_eq!(cdn, vec![None], "the token must not follow the redirect");
 }
 
 #[test]
 fn the_hugging_face_token_is_not_sent_to_another_port_of_the_same_host() {
     // Same IP, other port: another origin (another service) as far as
     // credentials go, as browsers and curl treat it.
-    let hub = Origin::start();
-    let other = Origin::start_with_ca(hub.ca());
-    let ts = TestStore::new();
-    let bytes = random_bytes(256 << 10, 12);
-    other.put("lfs/blob", bytes.clone());
-    let m = hf_redirect_case(&hub, &other.url("lfs/blob"), &ts, &bytes);
-
-    fetch(&hf_fetcher(&hub), &ts, &m).expect("fetch through the redirect");
-
-    assert_present(&ts, &m, &bytes);
-    assert_eq!(
-        hub.stats("org/repo/resolve/main/model.gguf")
-            .authorization_headers,
-        vec![Some("Bearer secret".to_string())]
-    );
-    assert_eq!(other.stats("lfs/blob").authorization_headers, vec![None]);
-    ts.assert_consistent();
+    let (hub, other) = fetch_through_a_hub_redirect(Origin::url, &random_bytes(256 << 10, 12));
+    assert_eq!(hub, vec![Some("Bearer secret".to_string())]);
+    assert_eq!(other, vec![None]);
 }
 
 #[test]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::sys::open_and_read;
 use common::sys::{getxattr, open_flags};
+use common::waiter::waiters;
 use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::{BlobState, ModelName};
@@ -407,12 +408,7 @@ fn a_corrupted_origin_fails_every_waiter_with_eio_quarantines_the_bytes_and_a_la
     let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
     let path = mount.path("m.gguf");
 
-    let waiters: Vec<_> = (0..6)
-        .map(|_| {
-            let p = path.clone();
-            std::thread::spawn(move || open_and_read(&p).map(|v| v.len()))
-        })
-        .collect();
+    let waiters = waiters(&path, 6);
     let cat = Command::new("cat")
         .arg(&path)
         .stdout(Stdio::piped())
@@ -420,7 +416,7 @@ fn a_corrupted_origin_fails_every_waiter_with_eio_quarantines_the_bytes_and_a_la
         .spawn()
         .unwrap();
     for (i, w) in waiters.into_iter().enumerate() {
-        assert_eq!(w.join().unwrap(), Err(libc::EIO), "waiter {i}");
+        assert_eq!(w.result().map(|v| v.len()), Err(libc::EIO), "waiter {i}");
     }
     let out = cat.wait_with_output().unwrap();
     assert!(!out.status.success(), "cat fails");

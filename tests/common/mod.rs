@@ -1,14 +1,18 @@
-//! Shared test support: a real HTTPS origin (`origin`), throwaway stores,
-//! the `modelfs` binary, and real FUSE mounts that clean up after
-//! themselves. Not every test file uses every helper.
+//! Shared test support: a real HTTPS origin (`origin`) and a Hugging Face
+//! Hub on it (`hf`), throwaway stores, the `modelfs` binary, real FUSE
+//! mounts that clean up after themselves, the syscalls tests make directly
+//! (`sys`) and threads that wait on an open (`waiter`). Not every test file
+//! uses every helper.
 #![allow(dead_code)]
 
+pub mod hf;
 pub mod origin;
 pub mod sys;
+pub mod waiter;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use modelfs::digest::Sha256;
@@ -19,6 +23,16 @@ pub use origin::{Fault, Origin};
 /// The `modelfs` binary built for these tests.
 pub fn modelfs_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_modelfs"))
+}
+
+/// What a finished command printed, stdout then stderr, as text: for
+/// failure messages and for checking what a user would read.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Deterministic pseudo-random bytes (xorshift), fast enough for 100s of MiB.
@@ -88,6 +102,11 @@ impl TestStore {
             url: Some(url.into()),
             ..Source::default()
         };
+        self.write_manifest_with_source(name, bytes, source)
+    }
+
+    /// Writes a GGUF manifest for `bytes` with this `source`.
+    pub fn write_manifest_with_source(&self, name: &str, bytes: &[u8], source: Source) -> Manifest {
         let m = Manifest::new(
             ModelName::parse(name).unwrap(),
             "gguf",
