@@ -478,6 +478,7 @@ if want_row 4 || want_row 7 || { [ "$USE_RCLONE" = 1 ] && want_row 9; }; then
     m=$(tcat "$FMNT/model.gguf")
     hwm=$(status_kib "$pid" VmHWM)
     g1=$(gets_of /model.gguf)
+    flog=${MOUNT_LOG[$FMNT]}
     unmount "$FMNT"
     [ -f "$(blob_in "$S")" ] || die "the first open did not leave a verified blob"
     rm -rf "$S"
@@ -489,6 +490,9 @@ if want_row 4 || want_row 7 || { [ "$USE_RCLONE" = 1 ] && want_row 9; }; then
     rec 7 - hwm_mib "$i" "$(awk -v k="$hwm" 'BEGIN { printf "%.1f", k / 1024 }')"
     rec 7 - base_mib "$i" "$(awk -v k="$base" 'BEGIN { printf "%.1f", k / 1024 }')"
     line="run $i: modelfs $m s, curl -o $c s (with fsync $cf s), daemon VmHWM $((hwm / 1024)) MiB"
+    # The daemon's own account of the fetch's phases.
+    phases=$(grep -o 'fetched in .*' "$flog" | tail -1)
+    [ -n "$phases" ] && line+=" [$phases]"
     if [ "$USE_RCLONE" = 1 ] && want_row 9; then
       RF=$WORK/mnt/rclone-first
       rclone_mount "$RF" "$WORK/rclone-first-cache"

@@ -172,6 +172,7 @@ impl Fetcher {
                 partial.discard_if_empty(store, &m.blob);
                 return Err(fail(kind));
             }
+            let started = Instant::now();
             let transferred = match self.download(&url, &mut partial, &mut reporter, job.cancel) {
                 Ok(n) => n,
                 Err((kind, n)) => {
@@ -218,6 +219,7 @@ impl Fetcher {
                     quarantined: q,
                 }));
             }
+            let verified = Instant::now();
             reporter.report(Phase::Publishing, m.size_bytes, m.size_bytes, transferred);
             match partial.reopen_read_only(store, &m.blob) {
                 Ok(file) => on_verified(file),
@@ -230,11 +232,17 @@ impl Fetcher {
                 .publish_blob(&m.blob, &partial.file)
                 .map_err(|e| fail(FetchErrorKind::Store(e)))?;
             self.write_manifest_if_asked(store, job).map_err(fail)?;
+            // The phases' times, so an operator can see what a slow first
+            // open waited for.
             log::info!(
-                "{model}: verified {} ({} bytes, {} fetched)",
+                "{model}: verified {} ({} bytes, {} fetched in {:.2} s, hashing done {:.2} s \
+                 after the last byte; made durable and published in {:.2} s)",
                 m.blob.short(),
                 m.size_bytes,
-                super::error::human_bytes(transferred)
+                super::error::human_bytes(transferred),
+                (verified - started).as_secs_f64(),
+                partial.hash_tail.as_secs_f64(),
+                verified.elapsed().as_secs_f64(),
             );
             return Ok(FetchOutcome::Downloaded {
                 transferred,
@@ -453,10 +461,12 @@ impl Fetcher {
                 }
             })();
             drop(full_tx);
+            let body_ended = Instant::now();
             p.hasher = hashing
                 .join()
                 .expect("the hashing thread panicked")
                 .expect("the hashing thread got the hasher");
+            p.hash_tail = body_ended.elapsed();
             result
         })?;
         if p.offset < p.size {
@@ -481,6 +491,8 @@ struct Partial {
     /// Whether another producer held the partial's lock when we came.
     waited: bool,
     hasher: Hasher,
+    /// How long hashing ran on after the last byte of the last attempt.
+    hash_tail: Duration,
 }
 
 /// Start write-back every this many bytes, so the final `sync_all` before
@@ -531,6 +543,7 @@ impl Partial {
             resumed: len,
             waited,
             hasher: Hasher::new(),
+            hash_tail: Duration::ZERO,
         };
         if len > size {
             log::warn!(
