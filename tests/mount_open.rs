@@ -745,6 +745,29 @@ fn sigterm_during_a_download_unmounts_cleanly_and_a_new_mount_resumes_with_a_ran
 }
 
 #[test]
+fn a_daemon_stopped_right_after_a_first_open_publishes_the_verified_blob_before_it_exits() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    // Large enough that making it durable takes a while after the open
+    // was answered at verification.
+    let data = random_bytes(48 * MIB, 13);
+    let m = store.add_pending("m", &origin, &data);
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+
+    drop(File::open(mount.path("m.gguf")).expect("first open"));
+    let status = mount.stop();
+
+    assert!(status.success(), "clean exit: {status}");
+    assert!(
+        is_present(&store, &m.blob),
+        "the verified bytes were published before the daemon exited"
+    );
+    assert_eq!(partial_len(&store, &m.blob), 0, "no partial left");
+    assert!(std::fs::read(store.store().blob_path(&m.blob)).unwrap() == data);
+    store.assert_consistent();
+}
+
+#[test]
 fn an_external_umount_during_a_background_download_ends_the_daemon_and_keeps_the_partial() {
     let origin = Origin::start();
     let store = TestStore::new();

@@ -361,6 +361,7 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
         Ok(Event::SessionEnded(r)) => {
             log::info!("{} was unmounted", mountpoint.display());
             coordinator.shutdown();
+            coordinator.wait_for_publishing(PUBLISH_GRACE);
             r.map_err(|e| {
                 CliError::new(format!("mount: the FUSE session ended with an error: {e}"))
             })
@@ -374,6 +375,7 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
             }
             // Give the session a moment to drain; exiting closes /dev/fuse.
             let _ = rx.recv_timeout(Duration::from_secs(2));
+            coordinator.wait_for_publishing(PUBLISH_GRACE);
             Ok(())
         }
         Err(_) => Ok(()),
@@ -501,6 +503,10 @@ fn fuse_hint() -> &'static str {
         "is the fuse3 package installed and /dev/fuse available?"
     }
 }
+
+/// How long a stopping daemon waits for verified downloads to be made
+/// durable and published (an fsync of a large model on a slow disk).
+const PUBLISH_GRACE: Duration = Duration::from_secs(60);
 
 fn spawn_refresher(fs: Arc<ModelFs>, stop: Arc<AtomicBool>) {
     let spawned = std::thread::Builder::new()

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::digest::Sha256;
-use crate::fetch::{FetchError, FetchJob, Fetcher, Progress, ProgressSink};
+use crate::fetch::{FetchError, FetchJob, Fetcher, Phase, Progress, ProgressSink};
 use crate::store::{Manifest, Store};
 
 /// How often the watchdog looks at waiting tasks.
@@ -191,6 +191,41 @@ impl Coordinator {
         }
         for done in dones {
             done(Err(WaitError::ShuttingDown));
+        }
+    }
+
+    /// Waits up to `limit` for the fetches whose bytes are verified to
+    /// finish making them durable and publishing them: [`shutdown`] does not
+    /// stop those (there is nothing left to download), and a daemon that
+    /// exited meanwhile would leave a complete partial to be re-hashed by
+    /// the next fetch. Returns whether none is left.
+    ///
+    /// [`shutdown`]: Coordinator::shutdown
+    pub fn wait_for_publishing(&self, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        loop {
+            let publishing = self
+                .jobs
+                .lock()
+                .values()
+                .filter(|j| {
+                    j.verified.is_some()
+                        || j.progress
+                            .lock()
+                            .is_some_and(|p| p.phase == Phase::Publishing)
+                })
+                .count();
+            if publishing == 0 {
+                return true;
+            }
+            if Instant::now() >= end {
+                log::warn!(
+                    "{publishing} verified download(s) not yet published; \
+                     the next fetch re-hashes and publishes them"
+                );
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
