@@ -66,6 +66,11 @@ impl Sha256 {
         Self::from_hex(hex)
     }
 
+    /// The 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// Lowercase hex, 64 characters.
     pub fn to_hex(&self) -> String {
         let mut s = String::with_capacity(64);

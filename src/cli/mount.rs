@@ -33,7 +33,9 @@ use crate::store::Store;
 
 /// Set in the daemon child: the fd to report readiness on.
 const READY_FD_ENV: &str = "MODELFS_READY_FD";
-/// How often the store's manifests are re-read.
+/// How often the watcher looks for changes in the store. A pass over an
+/// unchanged store stats its fan-out folders and the folder of each present
+/// blob, and takes no lock the FUSE threads wait on; see `fs::namespace`.
 const REFRESH_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, clap::Args)]

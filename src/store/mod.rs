@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod name;
 pub mod nofollow;
 pub mod timestamp;
+pub mod watch;
 
 use std::fmt;
 use std::fs::{self, File, Metadata, OpenOptions};
@@ -184,7 +185,7 @@ impl Store {
         for dir in [
             store.manifests_dir(),
             store.locks_dir(),
-            store.root.join("blobs/sha256"),
+            store.blobs_dir(),
             store.quarantine_dir(),
         ] {
             nofollow::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
@@ -208,8 +209,13 @@ impl Store {
         self.root.join("locks/quarantine")
     }
 
+    /// `blobs/sha256`
+    fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs/sha256")
+    }
+
     fn fanout_dir(&self, d: &Sha256) -> PathBuf {
-        self.root.join("blobs/sha256").join(&d.to_hex()[..2])
+        self.blobs_dir().join(&d.to_hex()[..2])
     }
 
     /// `blobs/sha256/<aa>/<hex>/data`
@@ -325,7 +331,7 @@ impl Store {
     /// `blobs/sha256/<aa>`, opened (or created) without following a
     /// symlink at `<aa>`.
     fn fanout(&self, d: &Sha256, create: bool) -> Result<Dir, StoreError> {
-        let top = self.root.join("blobs/sha256");
+        let top = self.blobs_dir();
         let aa = &d.to_hex()[..2];
         let fan = if create {
             Dir::create(&top).and_then(|t| t.sub_or_create(aa))
@@ -596,7 +602,7 @@ impl Store {
 
     #[allow(clippy::type_complexity)]
     fn scan_blob_dirs(&self) -> Result<(Vec<(Sha256, u64)>, Vec<(Sha256, u64)>), StoreError> {
-        let top = self.root.join("blobs/sha256");
+        let top = self.blobs_dir();
         let (mut blobs, mut partials) = (Vec::new(), Vec::new());
         let Ok(fanouts) = fs::read_dir(&top) else {
             return Ok((blobs, partials));

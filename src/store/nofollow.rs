@@ -140,6 +140,25 @@ impl Dir {
         self.open_file(name, libc::O_PATH, 0)?.metadata()
     }
 
+    /// `fstatat(2)` of `name` itself (a symlink is reported as one): one
+    /// system call and no descriptor, for watchers that stat many names.
+    pub fn lstat(&self, name: &str) -> io::Result<libc::stat> {
+        let c = cstr(name)?;
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: a valid dirfd, a NUL-terminated name and a buffer of the
+        // type fstatat fills.
+        retry(|| unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })?;
+        // SAFETY: fstatat succeeded, so it filled the buffer.
+        Ok(unsafe { st.assume_init() })
+    }
+
     /// Renames `name` here to `to_name` in `to`; with `noreplace`, fails
     /// with `EEXIST` rather than replace anything.
     pub fn rename(&self, name: &str, to: &Dir, to_name: &str, noreplace: bool) -> io::Result<()> {

@@ -1,0 +1,195 @@
+//! The manifests of `manifests/`, listed and parsed again only when they
+//! changed; see the parent module's doc.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::store::watch::Stamp;
+use crate::store::{Manifest, ModelName, Store};
+
+/// What a look found different from the one before.
+#[derive(Default)]
+pub(super) struct Delta {
+    /// Manifests, by stem, that appeared or changed, or whose blob file
+    /// did: their entries are computed again.
+    pub stems: HashSet<String>,
+    /// File names that their manifest no longer shows (removed, no longer
+    /// parsing, or another format).
+    pub gone: Vec<String>,
+}
+
+/// The parsed manifests, and what is needed to tell when to look again.
+#[derive(Default)]
+pub(super) struct ManifestWatch {
+    /// `manifests/` when last listed.
+    dir: Option<Stamp>,
+    /// Manifest files by stem.
+    parsed: HashMap<String, Parsed>,
+    /// Ignored files of `manifests/`, with the stamp they were logged at.
+    ignored: HashMap<String, Stamp>,
+    /// Whether the last look listed `manifests/`, and how many manifests it
+    /// parsed (logs and tests).
+    listed: bool,
+    parsed_now: usize,
+}
+
+struct Parsed {
+    /// The file when it was parsed.
+    stamp: Stamp,
+    /// `None`: did not parse (logged when its stamp moved).
+    manifest: Option<Arc<Manifest>>,
+}
+
+impl ManifestWatch {
+    /// Lists `manifests/` again if its stamp moved (or with `full`) and
+    /// parses the manifests whose stamps moved or had not settled. Returns
+    /// the manifests that appeared, went or changed.
+    pub fn look(&mut self, store: &Store, full: bool) -> Delta {
+        let mut delta = Delta::default();
+        // Before any stat; see `Stamp`.
+        let now = SystemTime::now();
+        // Stamped before it is listed, so a change made while we list moves
+        // the stamp. `manifests/` itself may be the operator's symlink.
+        let stamp = fs::metadata(store.manifests_dir())
+            .ok()
+            .map(|m| Stamp::of(&m, now));
+        let unchanged =
+            !full && matches!((&self.dir, &stamp), (Some(a), Some(b)) if a.unchanged_at(b));
+        self.dir = stamp;
+        self.listed = !unchanged;
+        self.parsed_now = 0;
+        if unchanged {
+            return delta;
+        }
+        let (files, ignored) = scan_manifest_files(store, now);
+        for (fname, stamp, why) in &ignored {
+            if !self.ignored.get(fname).is_some_and(|s| s.same(stamp)) {
+                log::warn!(
+                    "ignoring {}: {why}",
+                    store.manifests_dir().join(fname).display()
+                );
+            }
+        }
+        self.ignored = ignored.into_iter().map(|(f, s, _)| (f, s)).collect();
+        let mut parsed = HashMap::with_capacity(files.len());
+        for (stem, stamp) in files {
+            let manifest = match self.parsed.remove(&stem) {
+                Some(before) if before.stamp.unchanged_at(&stamp) => before.manifest,
+                before => {
+                    // Parsed again on every pass until its stamp settles: log a
+                    // bad manifest once per version of the file.
+                    let log = !before.as_ref().is_some_and(|b| b.stamp.same(&stamp));
+                    let new = parse_one(store, &stem, log);
+                    self.parsed_now += 1;
+                    match (before.and_then(|b| b.manifest), new) {
+                        // The same Arc keeps its entry as it is.
+                        (Some(old), Some(new)) if *old == *new => Some(old),
+                        (old, new) => {
+                            let new_name = new.as_ref().map(|m| m.file_name());
+                            if let Some(old) = old.map(|m| m.file_name())
+                                && Some(&old) != new_name.as_ref()
+                            {
+                                delta.gone.push(old);
+                            }
+                            if new.is_some() {
+                                delta.stems.insert(stem.clone());
+                            }
+                            new
+                        }
+                    }
+                }
+            };
+            parsed.insert(stem, Parsed { stamp, manifest });
+        }
+        // What was not listed again is gone.
+        delta.gone.extend(
+            self.parsed
+                .values()
+                .filter_map(|p| Some(p.manifest.as_ref()?.file_name())),
+        );
+        self.parsed = parsed;
+        delta
+    }
+
+    /// Every manifest that parsed, with its file's stem.
+    pub fn all(&self) -> impl Iterator<Item = (&String, &Arc<Manifest>)> {
+        self.parsed
+            .iter()
+            .filter_map(|(stem, p)| Some((stem, p.manifest.as_ref()?)))
+    }
+
+    /// The manifest of `manifests/<stem>.json`, if it parsed.
+    pub fn get(&self, stem: &str) -> Option<&Arc<Manifest>> {
+        self.parsed.get(stem)?.manifest.as_ref()
+    }
+
+    pub fn listed(&self) -> bool {
+        self.listed
+    }
+
+    pub fn parsed_now(&self) -> usize {
+        self.parsed_now
+    }
+}
+
+/// An ignored file of `manifests/`: its name, stamp and why.
+type Ignored = (String, Stamp, String);
+
+/// `(stem, stamp)` of every `<valid-name>.json` regular file, and the
+/// other `*.json` entries, ignored, with the reason. Other files
+/// (`*.json.tmp` of a writer, notes) are none of our business.
+fn scan_manifest_files(store: &Store, now: SystemTime) -> (Vec<(String, Stamp)>, Vec<Ignored>) {
+    let (mut out, mut ignored) = (Vec::new(), Vec::new());
+    let Ok(dir) = fs::read_dir(store.manifests_dir()) else {
+        return (out, ignored);
+    };
+    for e in dir.flatten() {
+        let fname = e.file_name();
+        let Some(stem) = fname.to_str().and_then(|f| f.strip_suffix(".json")) else {
+            continue;
+        };
+        // `DirEntry::metadata` is an `fstatat` relative to the listed
+        // folder that does not follow a symlink: a planted one is skipped,
+        // never followed.
+        let Ok(m) = e.metadata() else {
+            continue;
+        };
+        let stamp = Stamp::of(&m, now);
+        if let Err(err) = ModelName::parse(stem) {
+            ignored.push((
+                stem.to_string() + ".json",
+                stamp,
+                format!("not a valid model name: {err}"),
+            ));
+            continue;
+        }
+        if !m.is_file() {
+            let what = if m.file_type().is_symlink() {
+                "a symlink (symlinks in the store are never followed)"
+            } else {
+                "not a regular file"
+            };
+            ignored.push((stem.to_string() + ".json", stamp, what.to_string()));
+            continue;
+        }
+        out.push((stem.to_string(), stamp));
+    }
+    (out, ignored)
+}
+
+/// Parses one manifest; a failure is logged if `log`.
+fn parse_one(store: &Store, stem: &str, log: bool) -> Option<Arc<Manifest>> {
+    let name = ModelName::parse(stem).ok()?;
+    match store.read_manifest(&name) {
+        Ok(Some(m)) => Some(Arc::new(m)),
+        Ok(None) => None,
+        Err(e) => {
+            if log {
+                log::warn!("not showing {stem}: {e}");
+            }
+            None
+        }
+    }
+}
