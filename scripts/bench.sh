@@ -158,6 +158,12 @@ drop_caches() {
 cached_kib() { awk '/^Cached:/ { print $2 }' /proc/meminfo; }
 mibs() { awk -v s="$1" -v m="$SIZE_MIB" 'BEGIN { printf "%.0f", m / s }'; }
 status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+# cpu_of PID...: CPU seconds (user + system) the processes used so far.
+cpu_of() {
+  awk -v hz="$(getconf CLK_TCK)" '{ t += $14 + $15 } END { printf "%.2f", t / hz }' \
+    $(printf '/proc/%s/stat ' "$@")
+}
+nginx_workers() { pgrep -P "$(cat "$WORK/nginx/nginx.pid")" | tr '\n' ' '; }
 gets_of() { grep -c "^GET $1 " "$WORK/nginx/access.log" || true; }
 
 # mfs_mount STORE MNT pt|off: mounts modelfs (daemon mode) and records its pid.
@@ -457,9 +463,15 @@ if want_row 4 || want_row 7 || { [ "$USE_RCLONE" = 1 ] && want_row 9; }; then
   sync
   for i in $(seq "$RUNS"); do
     sync
+    workers=$(nginx_workers)
+    n0=$(cpu_of $workers)
     t0=$(now_ns)
-    curl -sS --fail --cacert "$WORK/tls/ca.pem" -o "$WORK/curl.out" "$URL"
+    # The shell reports its waited-for children's CPU time: curl's.
+    ccpu=$(sh -c 'curl -sS --fail --cacert "$1" -o "$2" "$3" &&
+      awk -v hz="$(getconf CLK_TCK)" "{ printf \"%.2f\", (\$16 + \$17) / hz }" /proc/$$/stat' \
+      sh "$WORK/tls/ca.pem" "$WORK/curl.out" "$URL")
     c=$(secs_since "$t0")
+    ncurl=$(awk -v a="$n0" -v b="$(cpu_of $workers)" 'BEGIN { printf "%.2f", b - a }')
     rm -f "$WORK/curl.out"
     sync
     t0=$(now_ns)
@@ -475,7 +487,10 @@ if want_row 4 || want_row 7 || { [ "$USE_RCLONE" = 1 ] && want_row 9; }; then
     pid=${MOUNT_PID[$FMNT]}
     base=$(status_kib "$pid" VmRSS)
     g0=$(gets_of /model.gguf)
+    n0=$(cpu_of $workers)
     m=$(tcat "$FMNT/model.gguf")
+    mcpu=$(cpu_of "$pid")
+    nmfs=$(awk -v a="$n0" -v b="$(cpu_of $workers)" 'BEGIN { printf "%.2f", b - a }')
     hwm=$(status_kib "$pid" VmHWM)
     g1=$(gets_of /model.gguf)
     flog=${MOUNT_LOG[$FMNT]}
@@ -490,6 +505,11 @@ if want_row 4 || want_row 7 || { [ "$USE_RCLONE" = 1 ] && want_row 9; }; then
     rec 7 - hwm_mib "$i" "$(awk -v k="$hwm" 'BEGIN { printf "%.1f", k / 1024 }')"
     rec 7 - base_mib "$i" "$(awk -v k="$base" 'BEGIN { printf "%.1f", k / 1024 }')"
     line="run $i: modelfs $m s, curl -o $c s (with fsync $cf s), daemon VmHWM $((hwm / 1024)) MiB"
+    line+=", CPU s: curl $ccpu + nginx $ncurl, modelfs $mcpu + nginx $nmfs"
+    rec 4 - curl_cpu_s "$i" "$ccpu"
+    rec 4 - modelfs_cpu_s "$i" "$mcpu"
+    rec 4 - nginx_cpu_for_curl_s "$i" "$ncurl"
+    rec 4 - nginx_cpu_for_modelfs_s "$i" "$nmfs"
     # The daemon's own account of the fetch's phases.
     phases=$(grep -o 'fetched in .*' "$flog" | tail -1)
     [ -n "$phases" ] && line+=" [$phases]"
