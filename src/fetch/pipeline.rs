@@ -105,7 +105,7 @@ impl Fetcher {
 
     /// Runs the pipeline for one manifest. See the module doc.
     pub fn fetch(&self, store: &Store, job: &FetchJob<'_>) -> Result<FetchOutcome, FetchError> {
-        self.fetch_handing_over(store, job, &mut |_| {})
+        self.run(store, job, None)
     }
 
     /// [`Fetcher::fetch`], and calls `on_verified` with a read-only handle
@@ -115,11 +115,26 @@ impl Fetcher {
     /// reader needs the verified bytes, not their durability. Not called
     /// when the blob was already present (open it at its path then), nor
     /// when the verified file cannot be reopened read-only.
+    ///
+    /// With a reader waiting for the handle, durability is off its path:
+    /// the kernel writes the file back on its own schedule (bounded by its
+    /// dirty limits) instead of on ours during the download, which cost
+    /// the first open 8% on a 2-core machine (BENCHMARKS.md), and the
+    /// `sync_all` after the hand-over does the rest.
     pub fn fetch_handing_over(
         &self,
         store: &Store,
         job: &FetchJob<'_>,
         on_verified: &mut dyn FnMut(File),
+    ) -> Result<FetchOutcome, FetchError> {
+        self.run(store, job, Some(on_verified))
+    }
+
+    fn run(
+        &self,
+        store: &Store,
+        job: &FetchJob<'_>,
+        mut on_verified: Option<&mut dyn FnMut(File)>,
     ) -> Result<FetchOutcome, FetchError> {
         let m = job.manifest;
         let model = m.name.to_string();
@@ -153,6 +168,7 @@ impl Fetcher {
         loop {
             let mut partial =
                 Partial::open(store, &m.blob, m.size_bytes, &cancelled).map_err(fail)?;
+            partial.start_writeback = on_verified.is_none();
             // A producer of the same blob under another name held the
             // partial and may have published it meanwhile.
             if let BlobState::Present(_) = store.blob_state(&m.blob) {
@@ -221,12 +237,14 @@ impl Fetcher {
             }
             let verified = Instant::now();
             reporter.report(Phase::Publishing, m.size_bytes, m.size_bytes, transferred);
-            match partial.reopen_read_only(store, &m.blob) {
-                Ok(file) => on_verified(file),
-                Err(e) => log::warn!(
-                    "{model}: cannot reopen the verified download read-only ({e}); \
-                     waiting opens are answered once it is published"
-                ),
+            if let Some(hand_over) = on_verified.as_mut() {
+                match partial.reopen_read_only(store, &m.blob) {
+                    Ok(file) => hand_over(file),
+                    Err(e) => log::warn!(
+                        "{model}: cannot reopen the verified download read-only ({e}); \
+                         waiting opens are answered once it is published"
+                    ),
+                }
             }
             store
                 .publish_blob(&m.blob, &partial.file)
@@ -384,6 +402,11 @@ impl Fetcher {
         // spawn leaves the partial's hash state untouched.
         let (start_tx, start_rx) = crossbeam_channel::bounded::<Hasher>(1);
         let fd = p.file.as_raw_fd();
+        let writeback_every = if p.start_writeback {
+            WRITEBACK_EVERY
+        } else {
+            u64::MAX
+        };
         std::thread::scope(|scope| {
             let hashing = std::thread::Builder::new()
                 .name("hash".into())
@@ -396,7 +419,7 @@ impl Fetcher {
                         // Start write-back here, not on the thread that
                         // reads the socket: submitting it costs CPU.
                         unsynced += len as u64;
-                        if unsynced >= WRITEBACK_EVERY {
+                        if unsynced >= writeback_every {
                             unsynced = 0;
                             // SAFETY: plain syscall on an fd the partial
                             // keeps open; failure only loses a hint.
@@ -493,9 +516,12 @@ struct Partial {
     hasher: Hasher,
     /// How long hashing ran on after the last byte of the last attempt.
     hash_tail: Duration,
+    /// Start write-back during the download (see [`WRITEBACK_EVERY`]).
+    start_writeback: bool,
 }
 
-/// Start write-back every this many bytes, so the final `sync_all` before
+/// Start write-back every this many bytes when the caller waits for the
+/// blob to be published (`modelfs pull`), so the final `sync_all` before
 /// the rename has little left to do and dirty pages do not pile up.
 const WRITEBACK_EVERY: u64 = 64 << 20;
 
@@ -544,6 +570,7 @@ impl Partial {
             waited,
             hasher: Hasher::new(),
             hash_tail: Duration::ZERO,
+            start_writeback: true,
         };
         if len > size {
             log::warn!(
