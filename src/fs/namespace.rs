@@ -859,7 +859,7 @@ mod tests {
     /// --nocapture`. (Under `cfg(test)` stamps settle after 200 ms instead
     /// of 2 s; what one pass does is the same.)
     #[test]
-    #[ignore]
+    #[ignore = "a measurement that prints timings, not a test: run it by name with --ignored"]
     fn refresh_timings_with_ten_thousand_manifests() {
         // As the watcher would: a pass every 500 ms until the stamps of the
         // last change settled.
