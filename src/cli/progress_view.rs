@@ -79,6 +79,6 @@ fn phase_word(p: Phase) -> &'static str {
         Phase::Rehashing => "re-hashing the partial download",
         Phase::Downloading => "downloading",
         Phase::Retrying => "retrying",
-        Phase::Publishing => "verifying and moving into place",
+        Phase::Publishing => "verified; writing to disk and moving into place",
     }
 }

@@ -38,7 +38,7 @@ pub enum Phase {
     Downloading,
     /// A transient failure; the next attempt starts after a pause.
     Retrying,
-    /// The bytes are complete; syncing and moving them into place.
+    /// The bytes are verified; syncing them and moving them into place.
     Publishing,
 }
 
