@@ -721,3 +721,68 @@ fn a_redirect_to_plain_http_fails_the_open_and_nothing_is_asked_over_http() {
     assert!(alive(&mount));
     store.assert_consistent();
 }
+
+/// The first open is answered at verification (with the downloaded file,
+/// before it is published) and stays open; the published blob is then
+/// corrupted in place (bit rot, a buggy tool), `modelfs verify`
+/// quarantines it, and a new open fetches the pinned bytes again. The new
+/// open must read them, not the old file through the inode's passthrough
+/// backing file or its cached pages. `read_first`: the early handle reads
+/// the file before it is corrupted, else after (filling the page cache
+/// from the corrupted file).
+fn a_blob_corrupted_after_an_early_open_is_not_served_after_verify(
+    options: &[&str],
+    read_first: bool,
+) {
+    use std::io::{Read, Write};
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(MIB, 91);
+    let m = store.add_pending("m", &origin, &data);
+    let mount = Mount::start(&store, origin.ca_pem_path(), options);
+    let path = mount.path("m.gguf");
+
+    let mut early = fs::File::open(&path).expect("first open, answered at verification");
+    let mut got = Vec::new();
+    if read_first {
+        early.read_to_end(&mut got).unwrap();
+        assert!(got == data);
+    }
+    let blob = store.store().blob_path(&m.blob);
+    assert!(wait_until(Duration::from_secs(10), || blob.exists()));
+    let mut w = fs::OpenOptions::new().write(true).open(&blob).unwrap();
+    w.write_all(&random_bytes(data.len(), 92)).unwrap();
+    w.sync_all().unwrap();
+    drop(w);
+    if !read_first {
+        // Documented: a blob corrupted after verification is served
+        // until `modelfs verify`.
+        early.read_to_end(&mut got).unwrap();
+    }
+    let (code, text) = run(store.cli(origin.ca_pem_path()).arg("verify"));
+    assert_eq!(code, 1, "verify quarantines the corrupted blob: {text}");
+    assert!(!blob.exists());
+    // Past the kernel's 1 s attribute cache, as a later reader would be.
+    std::thread::sleep(Duration::from_millis(1100));
+
+    let again = open_and_read(&path);
+    assert!(
+        again.as_ref().is_ok_and(|v| *v == data),
+        "after verify and a fresh fetch the mount serves the pinned bytes ({options:?}): {}\n{}",
+        outcome(&again, &data),
+        mount.log()
+    );
+    drop(early);
+    store.assert_consistent();
+}
+
+#[test]
+fn a_blob_corrupted_after_an_early_open_is_not_served_after_verify_with_passthrough() {
+    a_blob_corrupted_after_an_early_open_is_not_served_after_verify(&[], true);
+}
+
+#[test]
+fn a_blob_corrupted_after_an_early_open_is_not_served_after_verify_from_the_page_cache() {
+    a_blob_corrupted_after_an_early_open_is_not_served_after_verify(&["passthrough=off"], true);
+    a_blob_corrupted_after_an_early_open_is_not_served_after_verify(&["passthrough=off"], false);
+}

@@ -91,11 +91,12 @@ impl ModelFs {
         // present; the entries' size and state follow the blob from here.
         let (ns, store) = (Arc::downgrade(&namespace), coordinator.store().clone());
         coordinator.on_published(Box::new(move |d| {
-            let (Some(ns), Some(size)) = (ns.upgrade(), store.stat_blob(d).map(|m| m.len())) else {
+            let (Some(ns), Some(blob)) = (ns.upgrade(), store.stat_blob(d)) else {
                 return;
             };
             for e in ns.entries().iter().filter(|e| e.manifest.blob == *d) {
-                ns.mark_present(e.ino, size);
+                ns.confirm_published(e.ino, (blob.dev(), blob.ino()));
+                ns.mark_present(e.ino, blob.len());
             }
         }));
         Self {
@@ -245,7 +246,12 @@ impl ModelFs {
             tid,
             Box::new(move |result| {
                 let opened = result.map_err(FsError::from).and_then(|ready| match ready {
-                    Ready::Verified(file) => Ok(this.add_handle(file)),
+                    Ready::Verified(file) => {
+                        let meta = file.metadata()?;
+                        this.namespace
+                            .note_verified(e.ino, (meta.dev(), meta.ino()));
+                        Ok(this.add_handle(file))
+                    }
                     Ready::Published => {
                         let file = this
                             .coordinator
@@ -269,10 +275,11 @@ impl ModelFs {
     }
 
     /// A handle on `file`. A verified file handed over before it is
-    /// published goes straight here: noting it as served would make the
-    /// namespace retire the inode while the file is not yet at the blob's
-    /// path, and its bytes are the digest's bytes whichever file holds
-    /// them, so the kernel's cached pages stay right either way.
+    /// published is noted with [`Namespace::note_verified`] instead of as
+    /// served: the namespace must not retire the inode while the file is
+    /// not yet at the blob's path, but must once another file is there
+    /// (the kernel may hold the first file's pages, or use it as the
+    /// inode's passthrough backing file).
     fn add_handle(&self, file: Arc<File>) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, file.clone());

@@ -127,6 +127,10 @@ struct Tables {
 enum Served {
     /// This blob file, by (device, inode).
     File(u64, u64),
+    /// A verified download handed to an open before it was published at
+    /// the blob path (or whose publication failed): only another file at
+    /// the path replaces it. Becomes `File` once seen there.
+    Verified(u64, u64),
     /// A blob file that has since gone or been replaced: the inode is
     /// retired and its name has a new one.
     Stale,
@@ -208,14 +212,37 @@ impl Namespace {
         }
     }
 
+    /// Records that `ino` serves a verified download that is not (yet) at
+    /// the blob path, the first time it serves one.
+    pub fn note_verified(&self, ino: u64, file: (u64, u64)) {
+        let mut t = self.tables.lock();
+        if let std::collections::hash_map::Entry::Vacant(v) = t.served.entry(ino) {
+            v.insert(Served::Verified(file.0, file.1));
+            told(&mut t, ino);
+        }
+    }
+
+    /// Records that `file` is now at the blob path of `ino`: a verified
+    /// download `ino` served is from now on retired like any blob file
+    /// when it goes or is replaced.
+    pub fn confirm_published(&self, ino: u64, file: (u64, u64)) {
+        let mut t = self.tables.lock();
+        if t.served.get(&ino) == Some(&Served::Verified(file.0, file.1)) {
+            t.served.insert(ino, Served::File(file.0, file.1));
+            // The watcher may never see this file come and go (both
+            // between two looks): have the next refresh compare anyway.
+            told(&mut t, ino);
+        }
+    }
+
     /// Whether `e`'s inode must not be opened because the blob file it
     /// served is gone or replaced (`now` is the file at the blob path
     /// now). Retires the inode if that is news: its name gets a new inode.
     pub fn is_stale(&self, e: &Entry, now: Option<(u64, u64)>) -> bool {
         let mut t = self.tables.lock();
-        match t.served.get(&e.ino) {
+        match t.served.get(&e.ino).copied() {
             Some(Served::Stale) => true,
-            Some(Served::File(dev, ino)) if Some((*dev, *ino)) != now => {
+            Some(_) if served_replaced(&mut t, e.ino, now) => {
                 let new = retire(&mut t, &e.manifest, e.ino);
                 if let Some(new) = &new {
                     // The next refresh gives it the present blob's size.
@@ -402,8 +429,7 @@ fn entry_for(
     };
     let open_knows_better = t.told.get(&ino).is_some_and(|v| *v > since);
     if !open_knows_better
-        && let Some(Served::File(dev, i)) = t.served.get(&ino).copied()
-        && Some((dev, i)) != blob.map(|b| (b.dev, b.ino))
+        && served_replaced(t, ino, blob.map(|b| (b.dev, b.ino)))
         && let Some(new) = retire(t, m, ino)
     {
         retired.push((new.file_name.clone(), ino, new.ino));
@@ -429,6 +455,21 @@ fn entry_for(
 }
 
 /// Notes that an open changed what the tables know about `ino`.
+/// Compares what `ino` served with `now`, the file at its blob path:
+/// `true` if that file is gone or replaced (the caller retires the inode).
+/// A verified download seen at the path becomes an ordinary blob file.
+fn served_replaced(t: &mut Tables, ino: u64, now: Option<(u64, u64)>) -> bool {
+    match t.served.get(&ino).copied() {
+        Some(Served::File(dev, i)) => now != Some((dev, i)),
+        Some(Served::Verified(dev, i)) if now == Some((dev, i)) => {
+            t.served.insert(ino, Served::File(dev, i));
+            false
+        }
+        Some(Served::Verified(..)) => now.is_some(),
+        Some(Served::Stale) | None => false,
+    }
+}
+
 fn told(t: &mut Tables, ino: u64) {
     t.version += 1;
     let v = t.version;
@@ -565,6 +606,61 @@ mod tests {
         ns.refresh_pass(&store, false);
         let e = ns.lookup("a.gguf").unwrap();
         assert_eq!((e.ino, e.present_size), (ino, None), "never served: kept");
+    }
+
+    #[test]
+    fn a_verified_download_served_before_it_was_published_retires_its_inode_only_once_replaced() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        add(&store, "a", b"pinned");
+        let ns = Namespace::new();
+        ns.refresh(&store);
+        let e = ns.lookup("a.gguf").unwrap();
+        // What the mount does with an open answered at verification.
+        let d = Sha256::of(b"pinned");
+        let mut partial = store.open_partial(&d).unwrap();
+        partial.write_all(b"pinned").unwrap();
+        let m = partial.metadata().unwrap();
+        ns.note_verified(e.ino, (m.dev(), m.ino()));
+
+        // Not yet at the blob path: not stale, in refreshes or opens.
+        ns.refresh_pass(&store, true);
+        assert_eq!(ns.lookup("a.gguf").unwrap().ino, e.ino);
+        assert!(!ns.is_stale(&e, None));
+
+        // Published: from now on an ordinary served blob file...
+        store.publish_blob(&d, &partial).unwrap();
+        ns.confirm_published(e.ino, (m.dev(), m.ino()));
+        assert!(!ns.is_stale(&e, file_of(&store, &d)));
+        // ...so its quarantine retires the inode.
+        store.quarantine_blob(&d, "test").unwrap();
+        ns.refresh_pass(&store, true);
+        assert_ne!(ns.lookup("a.gguf").unwrap().ino, e.ino);
+        assert!(ns.is_stale(&e, None));
+    }
+
+    #[test]
+    fn a_verified_download_is_retired_when_another_file_is_published_in_its_place() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        add(&store, "a", b"pinned");
+        let ns = Namespace::new();
+        ns.refresh(&store);
+        let e = ns.lookup("a.gguf").unwrap();
+        let d = Sha256::of(b"pinned");
+        let mut handed = store.open_partial(&d).unwrap();
+        handed.write_all(b"pinned").unwrap();
+        let m = handed.metadata().unwrap();
+        ns.note_verified(e.ino, (m.dev(), m.ino()));
+        // Its publication failed and the partial went; a later fetch
+        // publishes another file with the same digest.
+        store.remove_partial(&d).unwrap();
+        publish(&store, b"pinned");
+
+        assert!(ns.is_stale(&e, file_of(&store, &d)));
+        assert_ne!(ns.lookup("a.gguf").unwrap().ino, e.ino);
     }
 
     #[test]
