@@ -664,6 +664,34 @@ mod tests {
     }
 
     #[test]
+    fn a_manifests_folder_that_cannot_be_listed_keeps_the_models_shown_and_is_listed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        add(&store, "a", b"1");
+        let ns = Namespace::new();
+        ns.refresh(&store);
+        settle(&ns, &store);
+        // Something `stat` accepts and `read_dir` refuses (for the mount:
+        // out of file descriptors, EIO).
+        let manifests = store.manifests_dir();
+        let aside = dir.path().join("manifests.aside");
+        fs::rename(&manifests, &aside).unwrap();
+        fs::write(&manifests, b"").unwrap();
+        let c = ns.refresh_pass(&store, true);
+        assert!(c.is_empty(), "{c:?}");
+        assert!(
+            ns.lookup("a.gguf").is_some(),
+            "still shown after a failed listing"
+        );
+
+        fs::remove_file(&manifests).unwrap();
+        fs::rename(&aside, &manifests).unwrap();
+        add(&store, "b", b"2");
+        ns.refresh_pass(&store, false);
+        assert!(ns.lookup("a.gguf").is_some() && ns.lookup("b.gguf").is_some());
+    }
+
+    #[test]
     fn a_served_blob_quarantined_and_fetched_again_as_a_new_file_retires_its_inode() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(dir.path()).unwrap();

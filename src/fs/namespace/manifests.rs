@@ -63,7 +63,12 @@ impl ManifestWatch {
         if unchanged {
             return delta;
         }
-        let (files, ignored) = scan_manifest_files(store, now);
+        let Some((files, ignored)) = scan_manifest_files(store, now) else {
+            // Keep showing what we had (out of file descriptors, say), and
+            // list again next time instead of trusting the stamp.
+            self.dir = None;
+            return delta;
+        };
         for (fname, stamp, why) in &ignored {
             if !self.ignored.get(fname).is_some_and(|s| s.same(stamp)) {
                 log::warn!(
@@ -136,14 +141,26 @@ impl ManifestWatch {
 
 /// An ignored file of `manifests/`: its name, stamp and why.
 type Ignored = (String, Stamp, String);
+/// A listing of `manifests/`: the manifest files and the ignored ones.
+type Listing = (Vec<(String, Stamp)>, Vec<Ignored>);
 
 /// `(stem, stamp)` of every `<valid-name>.json` regular file, and the
 /// other `*.json` entries, ignored, with the reason. Other files
 /// (`*.json.tmp` of a writer, notes) are none of our business.
-fn scan_manifest_files(store: &Store, now: SystemTime) -> (Vec<(String, Stamp)>, Vec<Ignored>) {
+/// `None` when the folder exists but cannot be listed now; a missing
+/// folder lists as empty.
+fn scan_manifest_files(store: &Store, now: SystemTime) -> Option<Listing> {
     let (mut out, mut ignored) = (Vec::new(), Vec::new());
-    let Ok(dir) = fs::read_dir(store.manifests_dir()) else {
-        return (out, ignored);
+    let dir = match fs::read_dir(store.manifests_dir()) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some((out, ignored)),
+        Err(e) => {
+            log::warn!(
+                "cannot list {} ({e}); showing the models as they were, trying again",
+                store.manifests_dir().display()
+            );
+            return None;
+        }
     };
     for e in dir.flatten() {
         let fname = e.file_name();
@@ -176,7 +193,7 @@ fn scan_manifest_files(store: &Store, now: SystemTime) -> (Vec<(String, Stamp)>,
         }
         out.push((stem.to_string(), stamp));
     }
-    (out, ignored)
+    Some((out, ignored))
 }
 
 /// Parses one manifest; a failure is logged if `log`.
