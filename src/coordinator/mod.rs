@@ -198,27 +198,32 @@ impl Coordinator {
     /// finish making them durable and publishing them: [`shutdown`] does not
     /// stop those (there is nothing left to download), and a daemon that
     /// exited meanwhile would leave a complete partial to be re-hashed by
-    /// the next fetch. Returns whether none is left.
+    /// the next fetch. Cancelled downloads get a short while to end too, in
+    /// case one had just received its last byte and is about to be
+    /// verified. Returns whether none is left.
     ///
     /// [`shutdown`]: Coordinator::shutdown
     pub fn wait_for_publishing(&self, limit: Duration) -> bool {
-        let end = Instant::now() + limit;
+        const CANCELLED_GRACE: Duration = Duration::from_secs(2);
+        let started = Instant::now();
         loop {
-            let publishing = self
-                .jobs
-                .lock()
-                .values()
-                .filter(|j| {
-                    j.verified.is_some()
-                        || j.progress
-                            .lock()
-                            .is_some_and(|p| p.phase == Phase::Publishing)
-                })
-                .count();
-            if publishing == 0 {
+            let (publishing, others) = {
+                let jobs = self.jobs.lock();
+                let publishing = jobs
+                    .values()
+                    .filter(|j| {
+                        j.verified.is_some()
+                            || j.progress
+                                .lock()
+                                .is_some_and(|p| p.phase == Phase::Publishing)
+                    })
+                    .count();
+                (publishing, jobs.len() - publishing)
+            };
+            if publishing == 0 && (others == 0 || started.elapsed() >= CANCELLED_GRACE) {
                 return true;
             }
-            if Instant::now() >= end {
+            if started.elapsed() >= limit {
                 log::warn!(
                     "{publishing} verified download(s) not yet published; \
                      the next fetch re-hashes and publishes them"
