@@ -1187,3 +1187,30 @@ fn a_blob_that_is_already_present_is_not_handed_over() {
     );
     assert!(handed.is_empty(), "a present blob is opened at its path");
 }
+
+#[test]
+fn a_handed_over_file_whose_publication_fails_is_taken_out_of_the_partial_path() {
+    use std::io::Read;
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(256 << 10, 44);
+    let m = ts.add_pending("unpublished", &origin, &bytes);
+    // A folder where the blob file belongs: publish_blob refuses it.
+    let s = ts.store();
+    fs::create_dir_all(s.blob_path(&m.blob)).unwrap();
+
+    let (out, mut handed) = fetch_recording_hand_over(&fetcher(&origin), &ts, &m);
+
+    assert!(
+        matches!(&out, Err(e) if matches!(e.kind, FetchErrorKind::Store(_))),
+        "{out:?}"
+    );
+    assert_eq!(handed.len(), 1);
+    assert!(
+        !s.partial_path(&m.blob).exists(),
+        "nothing can resume into or truncate the file its readers hold"
+    );
+    let mut got = Vec::new();
+    handed[0].0.read_to_end(&mut got).unwrap();
+    assert!(got == bytes, "the reader keeps the verified bytes");
+}

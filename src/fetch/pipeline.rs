@@ -27,8 +27,9 @@
 //! other than a transient network one (a digest mismatch quarantines it; an
 //! empty one is removed, so a fetch that failed before its first byte leaves
 //! the model plainly pending); that a handed-over file is ever published
-//! (if the fsync or the rename fails, its reader still has verified bytes,
-//! and the next fetch re-hashes the partial).
+//! (if the fsync or the rename fails, its readers keep the verified bytes,
+//! the partial is removed so that nothing writes to their file again, and
+//! the next fetch starts anew).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -237,18 +238,28 @@ impl Fetcher {
             }
             let verified = Instant::now();
             reporter.report(Phase::Publishing, m.size_bytes, m.size_bytes, transferred);
+            let mut handed_over = false;
             if let Some(hand_over) = on_verified.as_mut() {
                 match partial.reopen_read_only(store, &m.blob) {
-                    Ok(file) => hand_over(file),
+                    Ok(file) => {
+                        hand_over(file);
+                        handed_over = true;
+                    }
                     Err(e) => log::warn!(
                         "{model}: cannot reopen the verified download read-only ({e}); \
                          waiting opens are answered once it is published"
                     ),
                 }
             }
-            store
-                .publish_blob(&m.blob, &partial.file)
-                .map_err(|e| fail(FetchErrorKind::Store(e)))?;
+            if let Err(e) = store.publish_blob(&m.blob, &partial.file) {
+                // Readers hold this inode now, and the next fetch would
+                // resume or truncate the partial in place: take it out of
+                // the way (they keep reading it; the next fetch starts anew).
+                if handed_over && let Err(e) = store.remove_partial(&m.blob) {
+                    log::warn!("{model}: cannot remove the unpublished download: {e}");
+                }
+                return Err(fail(FetchErrorKind::Store(e)));
+            }
             self.write_manifest_if_asked(store, job).map_err(fail)?;
             // The phases' times, so an operator can see what a slow first
             // open waited for.
