@@ -88,8 +88,9 @@ pub struct Backings<Id> {
 /// The bookkeeping behind [`Backings`]; only ever touched under its lock.
 #[derive(Debug)]
 struct BackingTable<Id> {
-    /// inode → (its backing id, open handles using it)
-    by_ino: HashMap<u64, (Arc<Id>, usize)>,
+    /// inode → (its backing id, open handles using it, the backing file's
+    /// (device, inode))
+    by_ino: HashMap<u64, (Arc<Id>, usize, FileId)>,
     /// handle → inode, for the handles that use a backing id
     fh_ino: HashMap<u64, u64>,
 }
@@ -105,25 +106,40 @@ impl<Id> Default for Backings<Id> {
     }
 }
 
+/// A file's (device, inode).
+pub type FileId = (u64, u64);
+
 impl<Id> Backings<Id> {
-    /// The backing id of `ino` for the new handle `fh`: the one already
-    /// registered for the inode, else a new one from `register`, which runs
-    /// without the lock held. When another open of the inode registered an
-    /// id while `register` ran, `fh` shares that one and the id `register`
-    /// made is dropped, after the lock is released.
+    /// The backing id of `ino` for the new handle `fh` on the file `file`:
+    /// the one already registered for the inode, else a new one from
+    /// `register`, which runs without the lock held. When another open of
+    /// the inode registered an id while `register` ran, `fh` shares that
+    /// one and the id `register` made is dropped, after the lock is
+    /// released; when registering failed, `fh` shares one that appeared
+    /// meanwhile if there is one (the kernel refuses a cached open of an
+    /// inode open in passthrough).
+    ///
+    /// An inode's id is shared only by handles on the same file: a handle
+    /// on another file gets `ESTALE`, never the old file's bytes. (The
+    /// namespace retires an inode whose blob file was replaced, so this
+    /// only guards against a bug there.)
     pub fn acquire(
         &self,
         ino: u64,
+        file: FileId,
         fh: u64,
         register: impl FnOnce() -> std::io::Result<Id>,
     ) -> std::io::Result<Arc<Id>> {
-        if let Some(id) = self.table.lock().join(ino, fh) {
+        if let Some(id) = self.table.lock().join(ino, file, fh)? {
             return Ok(id);
         }
-        let fresh = register()?;
-        let (id, redundant) = self.table.lock().adopt(ino, fh, fresh);
+        let fresh = match register() {
+            Ok(fresh) => fresh,
+            Err(e) => return self.table.lock().join(ino, file, fh)?.ok_or(e),
+        };
+        let (id, redundant) = self.table.lock().adopt(ino, file, fh, fresh);
         drop(redundant);
-        Ok(id)
+        id
     }
 
     /// Handle `fh` is closed; the inode's id goes when its last user does,
@@ -148,26 +164,43 @@ impl<Id> Backings<Id> {
 
 impl<Id> BackingTable<Id> {
     /// Counts `fh` as a user of the id already registered for `ino`, if
-    /// there is one.
-    fn join(&mut self, ino: u64, fh: u64) -> Option<Arc<Id>> {
-        let (id, users) = self.by_ino.get_mut(&ino)?;
+    /// there is one and it is for `file`.
+    fn join(&mut self, ino: u64, file: FileId, fh: u64) -> std::io::Result<Option<Arc<Id>>> {
+        let Some((id, users, backing)) = self.by_ino.get_mut(&ino) else {
+            return Ok(None);
+        };
+        if *backing != file {
+            log::error!(
+                "inode {ino}: an open of file {file:?} while its backing file is {backing:?}; \
+                 refusing it (ESTALE) rather than serving the other file's bytes"
+            );
+            return Err(std::io::Error::from_raw_os_error(libc::ESTALE));
+        }
         *users += 1;
         let id = id.clone();
         self.fh_ino.insert(fh, ino);
-        Some(id)
+        Ok(Some(id))
     }
 
     /// Counts `fh` as a user of `fresh`, registered for `ino` without the
     /// lock, unless an id for `ino` appeared meanwhile: then `fh` uses that
     /// one and `fresh` comes back for the caller to drop outside the lock.
-    fn adopt(&mut self, ino: u64, fh: u64, fresh: Id) -> (Arc<Id>, Option<Id>) {
-        if let Some(id) = self.join(ino, fh) {
-            return (id, Some(fresh));
+    fn adopt(
+        &mut self,
+        ino: u64,
+        file: FileId,
+        fh: u64,
+        fresh: Id,
+    ) -> (std::io::Result<Arc<Id>>, Option<Id>) {
+        match self.join(ino, file, fh) {
+            Ok(Some(id)) => return (Ok(id), Some(fresh)),
+            Err(e) => return (Err(e), Some(fresh)),
+            Ok(None) => {}
         }
         let id = Arc::new(fresh);
-        self.by_ino.insert(ino, (id.clone(), 1));
+        self.by_ino.insert(ino, (id.clone(), 1, file));
         self.fh_ino.insert(fh, ino);
-        (id, None)
+        (Ok(id), None)
     }
 
     /// Uncounts `fh`; returns the inode's id when `fh` was its last user,
@@ -277,6 +310,7 @@ impl Filesystem for FuseAdapter {
         let passthrough = self.passthrough.load(Ordering::Relaxed);
         let backing = self.backing.clone();
         let warned = self.warned_backing.clone();
+        let fs = self.fs.clone();
         self.fs.open(
             ino.0,
             flags.0,
@@ -284,8 +318,11 @@ impl Filesystem for FuseAdapter {
             Box::new(move |result| match result {
                 Err(e) => reply.error(fail("open", &e)),
                 Ok(opened) if passthrough => {
-                    let id = backing.acquire(ino.0, opened.fh, || {
-                        reply.open_backing(opened.file.as_ref())
+                    use std::os::unix::fs::MetadataExt;
+                    let id = opened.file.metadata().and_then(|m| {
+                        backing.acquire(ino.0, (m.dev(), m.ino()), opened.fh, || {
+                            reply.open_backing(opened.file.as_ref())
+                        })
                     });
                     match id {
                         Ok(id) => reply.opened_passthrough(
@@ -293,6 +330,10 @@ impl Filesystem for FuseAdapter {
                             FopenFlags::empty(),
                             &id,
                         ),
+                        Err(err) if err.raw_os_error() == Some(libc::ESTALE) => {
+                            fs.release(opened.fh);
+                            reply.error(errno(&FsError::Stale));
+                        }
                         Err(err) => {
                             if !warned.swap(true, Ordering::Relaxed) {
                                 log::warn!(
@@ -609,6 +650,9 @@ mod tests {
 
     use super::*;
 
+    /// The backing file of the opens in these tests.
+    const F: FileId = (1, 10);
+
     #[test]
     fn every_open_of_an_inode_shares_one_backing_id_until_the_last_release() {
         let b = Backings::<u32>::default();
@@ -617,14 +661,14 @@ mod tests {
             next += 1;
             Ok(next)
         };
-        let first = b.acquire(7, 100, &mut register).unwrap();
-        let second = b.acquire(7, 101, &mut register).unwrap();
+        let first = b.acquire(7, F, 100, &mut register).unwrap();
+        let second = b.acquire(7, F, 101, &mut register).unwrap();
         assert_eq!((*first, *second), (1, 1), "one id for the inode");
-        let other = b.acquire(8, 102, &mut register).unwrap();
+        let other = b.acquire(8, F, 102, &mut register).unwrap();
         assert_eq!(*other, 2);
         b.release(100);
         assert_eq!(b.registered(), 2, "still used by handle 101");
-        assert_eq!(*b.acquire(7, 103, &mut register).unwrap(), 1);
+        assert_eq!(*b.acquire(7, F, 103, &mut register).unwrap(), 1);
         b.release(101);
         b.release(103);
         b.release(999); // not a passthrough handle: ignored
@@ -632,7 +676,7 @@ mod tests {
         b.release(102);
         assert_eq!(b.registered(), 0);
         assert_eq!(
-            *b.acquire(7, 104, &mut register).unwrap(),
+            *b.acquire(7, F, 104, &mut register).unwrap(),
             3,
             "a new id after all closed"
         );
@@ -641,11 +685,13 @@ mod tests {
     #[test]
     fn a_refused_registration_leaves_nothing_behind() {
         let b = Backings::<u32>::default();
-        let r = b.acquire(7, 1, || Err(std::io::Error::from_raw_os_error(libc::EPERM)));
+        let r = b.acquire(7, F, 1, || {
+            Err(std::io::Error::from_raw_os_error(libc::EPERM))
+        });
         assert!(r.is_err());
         assert_eq!(b.registered(), 0);
         b.release(1);
-        assert_eq!(*b.acquire(7, 2, || Ok(5)).unwrap(), 5);
+        assert_eq!(*b.acquire(7, F, 2, || Ok(5)).unwrap(), 5);
     }
 
     /// A stand-in for the kernel's side of backing ids: it hands out
@@ -721,10 +767,10 @@ mod tests {
         let k = FakeKernel::new();
         let b = &k.table;
         let id = b
-            .acquire(7, 100, || {
+            .acquire(7, F, 100, || {
                 k.assert_table_unlocked();
                 // Another open of inode 7 registers and replies meanwhile.
-                let theirs = b.acquire(7, 200, || k.register(2)).unwrap();
+                let theirs = b.acquire(7, F, 200, || k.register(2)).unwrap();
                 assert_eq!(theirs.n, 2);
                 k.register(1)
             })
@@ -746,9 +792,9 @@ mod tests {
         let k = FakeKernel::new();
         let b = &k.table;
         let id = b
-            .acquire(7, 100, || {
+            .acquire(7, F, 100, || {
                 k.assert_table_unlocked();
-                b.acquire(7, 200, || k.register(2)).unwrap();
+                b.acquire(7, F, 200, || k.register(2)).unwrap();
                 b.release(200);
                 k.register(1)
             })
@@ -756,7 +802,7 @@ mod tests {
         assert_eq!(id.n, 1);
         assert_eq!(k.closed(), [2]);
         assert_eq!(b.registered(), 1);
-        assert_eq!(b.acquire(7, 101, || k.register(3)).unwrap().n, 1);
+        assert_eq!(b.acquire(7, F, 101, || k.register(3)).unwrap().n, 1);
         drop(id);
         b.release(100);
         b.release(101);
@@ -765,19 +811,47 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_registration_counts_nothing_even_when_another_open_won() {
+    fn a_refused_registration_shares_the_id_another_open_registered_meanwhile() {
         let k = FakeKernel::new();
         let b = &k.table;
-        let r = b.acquire(7, 100, || {
+        let r = b.acquire(7, F, 100, || {
             k.assert_table_unlocked();
-            b.acquire(7, 200, || k.register(2)).unwrap();
+            b.acquire(7, F, 200, || k.register(2)).unwrap();
             Err(std::io::Error::from_raw_os_error(libc::EPERM))
         });
-        assert!(r.is_err());
-        b.release(100); // the kernel never saw handle 100 as passthrough
+        // The kernel would refuse a cached open of an inode open in
+        // passthrough, so handle 100 uses the id that appeared.
+        assert_eq!(r.unwrap().n, 2);
+        b.release(100);
         assert_eq!(b.registered(), 1, "handle 200 still uses its id");
         b.release(200);
         assert_eq!((b.registered(), k.closed()), (0, vec![2]));
+    }
+
+    #[test]
+    fn an_open_of_another_file_never_shares_an_inodes_backing_id() {
+        let k = FakeKernel::new();
+        let b = &k.table;
+        let first = b.acquire(7, F, 100, || k.register(1)).unwrap();
+        let other = b.acquire(7, (1, 11), 101, || k.register(2));
+        assert_eq!(other.unwrap_err().raw_os_error(), Some(libc::ESTALE));
+        assert!(k.closed().is_empty(), "the inode's id is kept");
+
+        // Nor when the other file's open registers while one for F wins.
+        let raced = b.acquire(8, (1, 11), 200, || {
+            b.acquire(8, F, 201, || k.register(3)).unwrap();
+            k.register(4)
+        });
+        assert_eq!(raced.unwrap_err().raw_os_error(), Some(libc::ESTALE));
+        assert_eq!(k.closed(), [4], "its own registration is closed");
+
+        drop(first);
+        for fh in [100, 101, 200, 201] {
+            b.release(fh);
+        }
+        assert_eq!(b.registered(), 0);
+        assert_eq!(k.closed(), [4, 1, 3]);
+        k.assert_no_close_ran_under_the_lock();
     }
 
     #[test]
@@ -791,7 +865,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let id = k
                         .table
-                        .acquire(7, fh, || {
+                        .acquire(7, F, fh, || {
                             let id = k.register(n);
                             // Both threads are inside `register` at once,
                             // which only works when neither holds the lock.
