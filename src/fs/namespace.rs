@@ -608,21 +608,30 @@ mod tests {
         assert_eq!((e.ino, e.present_size), (ino, None), "never served: kept");
     }
 
-    #[test]
-    fn a_verified_download_served_before_it_was_published_retires_its_inode_only_once_replaced() {
+    /// A store with the pending model `a` and what the mount does with an
+    /// open answered at verification: the downloaded partial, noted as a
+    /// verified download of `a`'s inode.
+    fn served_at_verification(
+        dir: &std::path::Path,
+    ) -> (Store, Namespace, Arc<Entry>, Sha256, fs::File, (u64, u64)) {
         use std::io::Write;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(dir.path()).unwrap();
+        let store = Store::create(dir).unwrap();
         add(&store, "a", b"pinned");
         let ns = Namespace::new();
         ns.refresh(&store);
         let e = ns.lookup("a.gguf").unwrap();
-        // What the mount does with an open answered at verification.
         let d = Sha256::of(b"pinned");
         let mut partial = store.open_partial(&d).unwrap();
         partial.write_all(b"pinned").unwrap();
         let m = partial.metadata().unwrap();
         ns.note_verified(e.ino, (m.dev(), m.ino()));
+        (store, ns, e, d, partial, (m.dev(), m.ino()))
+    }
+
+    #[test]
+    fn a_verified_download_served_before_it_was_published_retires_its_inode_only_once_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ns, e, d, partial, file) = served_at_verification(dir.path());
 
         // Not yet at the blob path: not stale, in refreshes or opens.
         ns.refresh_pass(&store, true);
@@ -631,7 +640,7 @@ mod tests {
 
         // Published: from now on an ordinary served blob file...
         store.publish_blob(&d, &partial).unwrap();
-        ns.confirm_published(e.ino, (m.dev(), m.ino()));
+        ns.confirm_published(e.ino, file);
         assert!(!ns.is_stale(&e, file_of(&store, &d)));
         // ...so its quarantine retires the inode.
         store.quarantine_blob(&d, "test").unwrap();
@@ -642,18 +651,8 @@ mod tests {
 
     #[test]
     fn a_verified_download_is_retired_when_another_file_is_published_in_its_place() {
-        use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(dir.path()).unwrap();
-        add(&store, "a", b"pinned");
-        let ns = Namespace::new();
-        ns.refresh(&store);
-        let e = ns.lookup("a.gguf").unwrap();
-        let d = Sha256::of(b"pinned");
-        let mut handed = store.open_partial(&d).unwrap();
-        handed.write_all(b"pinned").unwrap();
-        let m = handed.metadata().unwrap();
-        ns.note_verified(e.ino, (m.dev(), m.ino()));
+        let (store, ns, e, d, _partial, _) = served_at_verification(dir.path());
         // Its publication failed and the partial went; a later fetch
         // publishes another file with the same digest.
         store.remove_partial(&d).unwrap();
