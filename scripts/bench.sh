@@ -358,50 +358,41 @@ if want_row 1 || want_row 2 || want_row 3 || want_row 8 || { [ "$USE_RCLONE" = 1
   fi
   rclone_on() { [ "$USE_RCLONE" = 1 ] && [ "$1" = pt ]; }
 
-  if want_row 1 || { rclone_on pt && want_row 9; }; then
-    say "row 1: warm sequential read, cat through the mount vs cat of the blob"
+  # seq_reads ROW KIND BEFORE: cat through each mount vs cat of the blob
+  # (and through rclone), running BEFORE ahead of every read.
+  seq_reads() {
+    local row=$1 kind=$2 before=$3 mode f i d m r line
     for mode in pt off; do
       f=${MNT_OF[$mode]}/model.gguf
-      cat "$f" "$BLOB" >/dev/null
+      [ "$row" = 1 ] && cat "$f" "$BLOB" >/dev/null # warm
       for i in $(seq "$RUNS"); do
+        $before
         d=$(tcat "$BLOB")
+        $before
         m=$(tcat "$f")
-        rec 1 "$mode" direct_s "$i" "$d"
-        rec 1 "$mode" mount_s "$i" "$m"
+        rec "$row" "$mode" direct_s "$i" "$d"
+        rec "$row" "$mode" mount_s "$i" "$m"
         line="$mode run $i: mount $(mibs "$m") MiB/s, direct $(mibs "$d") MiB/s"
         if rclone_on "$mode"; then
+          $before
           r=$(tcat "$RMNT/model.gguf")
-          rec 9 rclone warm_s "$i" "$r"
-          rec 9 modelfs warm_s "$i" "$m"
+          rec 9 rclone "${kind}_s" "$i" "$r"
+          rec 9 modelfs "${kind}_s" "$i" "$m"
           line+=", rclone $(mibs "$r") MiB/s"
         fi
         info "$line"
       done
     done
+  }
+
+  if want_row 1 || { rclone_on pt && want_row 9; }; then
+    say "row 1: warm sequential read, cat through the mount vs cat of the blob"
+    seq_reads 1 warm :
   fi
 
   if want_row 2 || { rclone_on pt && want_row 9; }; then
     say "row 2: cold sequential read (drop_caches before each read)"
-    for mode in pt off; do
-      f=${MNT_OF[$mode]}/model.gguf
-      for i in $(seq "$RUNS"); do
-        drop_caches
-        d=$(tcat "$BLOB")
-        drop_caches
-        m=$(tcat "$f")
-        rec 2 "$mode" direct_s "$i" "$d"
-        rec 2 "$mode" mount_s "$i" "$m"
-        line="$mode run $i: mount $(mibs "$m") MiB/s, direct $(mibs "$d") MiB/s"
-        if rclone_on "$mode"; then
-          drop_caches
-          r=$(tcat "$RMNT/model.gguf")
-          rec 9 rclone cold_s "$i" "$r"
-          rec 9 modelfs cold_s "$i" "$m"
-          line+=", rclone $(mibs "$r") MiB/s"
-        fi
-        info "$line"
-      done
-    done
+    seq_reads 2 cold drop_caches
   fi
 
   if want_row 3 || { rclone_on pt && want_row 9; }; then
