@@ -209,13 +209,14 @@ impl Coordinator {
         loop {
             let (publishing, others) = {
                 let jobs = self.jobs.lock();
+                // The fetch reports this phase as soon as the digest
+                // matched, before it hands the file over.
                 let publishing = jobs
                     .values()
                     .filter(|j| {
-                        j.verified.is_some()
-                            || j.progress
-                                .lock()
-                                .is_some_and(|p| p.phase == Phase::Publishing)
+                        j.progress
+                            .lock()
+                            .is_some_and(|p| p.phase == Phase::Publishing)
                     })
                     .count();
                 (publishing, jobs.len() - publishing)

@@ -598,7 +598,7 @@ impl Partial {
     fn reopen_read_only(&self, store: &Store, d: &Sha256) -> std::io::Result<File> {
         use std::os::unix::fs::MetadataExt;
         let again = store
-            .open_partial_read_only(d)
+            .open_existing_partial(d)
             .map_err(std::io::Error::other)?;
         let (a, b) = (self.file.metadata()?, again.metadata()?);
         if (a.dev(), a.ino()) != (b.dev(), b.ino()) {

@@ -87,8 +87,8 @@ impl ModelFs {
     /// before mounting and then periodically.
     pub fn new(coordinator: Arc<Coordinator>, uid: u32, gid: u32) -> Self {
         let namespace = Arc::new(Namespace::new());
-        // Opens answered before the blob was published did not mark it
-        // present; the entries' size and state follow the blob from here.
+        // Opens answered before the blob was published noted a verified
+        // download, not a served blob: once it is at its path, it is one.
         let (ns, store) = (Arc::downgrade(&namespace), coordinator.store().clone());
         coordinator.on_published(Box::new(move |d| {
             let (Some(ns), Some(blob)) = (ns.upgrade(), store.stat_blob(d)) else {
@@ -246,6 +246,10 @@ impl ModelFs {
             tid,
             Box::new(move |result| {
                 let opened = result.map_err(FsError::from).and_then(|ready| match ready {
+                    // Not yet at the blob's path: the namespace must not
+                    // retire the inode for that, but must once another file
+                    // is there (the kernel may hold this file's pages, or
+                    // use it as the inode's passthrough backing file).
                     Ready::Verified(file) => {
                         let meta = file.metadata()?;
                         this.namespace
@@ -274,12 +278,7 @@ impl ModelFs {
         Ok(self.add_handle(Arc::new(file)))
     }
 
-    /// A handle on `file`. A verified file handed over before it is
-    /// published is noted with [`Namespace::note_verified`] instead of as
-    /// served: the namespace must not retire the inode while the file is
-    /// not yet at the blob's path, but must once another file is there
-    /// (the kernel may hold the first file's pages, or use it as the
-    /// inode's passthrough backing file).
+    /// A new handle on `file`.
     fn add_handle(&self, file: Arc<File>) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, file.clone());

@@ -402,16 +402,6 @@ impl Store {
             .map_err(|e| StoreError::walking(&path, e))
     }
 
-    /// Opens an existing partial file read-only, never through a symlink
-    /// (to hand verified bytes to readers before they are published).
-    pub fn open_partial_read_only(&self, d: &Sha256) -> Result<File, StoreError> {
-        let path = self.partial_path(d);
-        self.fanout(d, false)?
-            .sub(&Self::partial_dir_name(d))
-            .and_then(|dir| dir.open_file("data.tmp", libc::O_RDONLY, 0))
-            .map_err(|e| StoreError::walking(&path, e))
-    }
-
     /// Removes the partial file and its folder (the caller holds its lock).
     pub fn remove_partial(&self, d: &Sha256) -> Result<(), StoreError> {
         let path = self.partial_path(d);
@@ -465,13 +455,15 @@ impl Store {
         Ok(dst)
     }
 
-    /// Opens an existing partial file for writing, never creating it and
-    /// never through a symlink (for `gc`, which must not create partials).
+    /// Opens an existing partial file read-only, never creating it and
+    /// never through a symlink: for `gc` (which locks it and must not
+    /// create partials) and to hand verified bytes to readers before they
+    /// are published.
     pub fn open_existing_partial(&self, d: &Sha256) -> Result<File, StoreError> {
         let path = self.partial_path(d);
         self.fanout(d, false)?
             .sub(&Self::partial_dir_name(d))
-            .and_then(|dir| dir.open_file("data.tmp", libc::O_RDWR, 0))
+            .and_then(|dir| dir.open_file("data.tmp", libc::O_RDONLY, 0))
             .map_err(|e| StoreError::walking(&path, e))
     }
 
