@@ -318,11 +318,8 @@ impl Filesystem for FuseAdapter {
             Box::new(move |result| match result {
                 Err(e) => reply.error(fail("open", &e)),
                 Ok(opened) if passthrough => {
-                    use std::os::unix::fs::MetadataExt;
-                    let id = opened.file.metadata().and_then(|m| {
-                        backing.acquire(ino.0, (m.dev(), m.ino()), opened.fh, || {
-                            reply.open_backing(opened.file.as_ref())
-                        })
+                    let id = backing.acquire(ino.0, opened.file_id, opened.fh, || {
+                        reply.open_backing(opened.file.as_ref())
                     });
                     match id {
                         Ok(id) => reply.opened_passthrough(

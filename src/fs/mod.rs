@@ -65,6 +65,8 @@ pub struct DirEntry {
 pub struct Opened {
     pub fh: u64,
     pub file: Arc<File>,
+    /// The file's (device, inode).
+    pub file_id: (u64, u64),
 }
 
 /// Called once when an open completes.
@@ -224,16 +226,16 @@ impl ModelFs {
             Err(err) => return done(Err(err)),
         };
         let store = self.coordinator.store();
-        let blob = store.open_blob(&e.manifest.blob).ok();
-        let now = blob
-            .as_ref()
-            .and_then(|f| f.metadata().ok())
-            .map(|m| (m.dev(), m.ino()));
+        let blob = store
+            .open_blob(&e.manifest.blob)
+            .ok()
+            .and_then(|f| Some((f.metadata().ok()?, f)));
+        let now = blob.as_ref().map(|(m, _)| (m.dev(), m.ino()));
         if self.namespace.is_stale(&e, now) {
             return done(Err(FsError::Stale));
         }
-        if let Some(file) = blob {
-            return done(self.register(&e, file));
+        if let Some((meta, file)) = blob {
+            return done(Ok(self.register(&e, &meta, file)));
         }
         if flags & libc::O_NONBLOCK != 0 {
             self.coordinator.start(&e.manifest);
@@ -252,9 +254,9 @@ impl ModelFs {
                     // use it as the inode's passthrough backing file).
                     Ready::Verified(file) => {
                         let meta = file.metadata()?;
-                        this.namespace
-                            .note_verified(e.ino, (meta.dev(), meta.ino()));
-                        Ok(this.add_handle(file))
+                        let id = (meta.dev(), meta.ino());
+                        this.namespace.note_verified(e.ino, id);
+                        Ok(this.add_handle(file, id))
                     }
                     Ready::Published => {
                         let file = this
@@ -262,7 +264,7 @@ impl ModelFs {
                             .store()
                             .open_blob(&e.manifest.blob)
                             .map_err(|e| FsError::Store(Arc::new(e)))?;
-                        this.register(&e, file)
+                        Ok(this.register(&e, &file.metadata()?, file))
                     }
                 });
                 done(opened)
@@ -270,19 +272,20 @@ impl ModelFs {
         );
     }
 
-    fn register(&self, e: &Entry, file: File) -> Result<Opened, FsError> {
-        let meta = file.metadata()?;
-        let size = meta.len();
-        self.namespace.note_served(e.ino, (meta.dev(), meta.ino()));
-        self.namespace.mark_present(e.ino, size);
-        Ok(self.add_handle(Arc::new(file)))
+    /// A handle on the blob file `file` (with its metadata `meta`), noted
+    /// as what `e`'s inode serves.
+    fn register(&self, e: &Entry, meta: &std::fs::Metadata, file: File) -> Opened {
+        let id = (meta.dev(), meta.ino());
+        self.namespace.note_served(e.ino, id);
+        self.namespace.mark_present(e.ino, meta.len());
+        self.add_handle(Arc::new(file), id)
     }
 
     /// A new handle on `file`.
-    fn add_handle(&self, file: Arc<File>) -> Opened {
+    fn add_handle(&self, file: Arc<File>, file_id: (u64, u64)) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, file.clone());
-        Opened { fh, file }
+        Opened { fh, file, file_id }
     }
 
     /// Reads up to `size` bytes at `offset` from an open handle (used when
