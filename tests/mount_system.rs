@@ -67,6 +67,13 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 /// Runs `cmd` and fails the test, showing its output, unless it exits 0.
+/// `modelfs mount MNT --store STORE`, for more arguments to be added.
+fn mount_cmd(mnt: impl AsRef<std::ffi::OsStr>, store: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new(modelfs_bin());
+    c.arg("mount").arg(mnt).arg("--store").arg(store);
+    c
+}
+
 fn run_ok(cmd: &mut Command) -> Output {
     let shown = format!("{cmd:?}");
     let out = run(cmd);
@@ -912,19 +919,11 @@ fn mount_returns_only_once_the_mount_is_live_logs_to_log_file_and_sigterm_unmoun
     let _guard = MountGuard::new(&mnt);
 
     let started = Instant::now();
-    let out = run_ok(
-        Command::new(modelfs_bin())
-            .arg("mount")
-            .arg(&mnt)
-            .arg("--store")
-            .arg(&store.root)
-            .arg("-o")
-            .arg(format!(
-                "ca_file={},log_file={}",
-                origin.ca_pem_path().display(),
-                log.display()
-            )),
-    );
+    let out = run_ok(mount_cmd(&mnt, &store.root).arg("-o").arg(format!(
+        "ca_file={},log_file={}",
+        origin.ca_pem_path().display(),
+        log.display()
+    )));
     // No polling: the mount is there the moment the command has returned.
     assert_eq!(
         mounts_at(&mnt),
@@ -979,11 +978,7 @@ fn mount_fails_with_a_message_naming_a_bad_store_a_missing_mountpoint_or_an_unus
     let _guard = MountGuard::new(&mnt);
 
     let missing_store = dir.path().join("no-such-store");
-    let out = run(Command::new(modelfs_bin())
-        .arg("mount")
-        .arg(&mnt)
-        .arg("--store")
-        .arg(&missing_store));
+    let out = run(&mut mount_cmd(&mnt, &missing_store));
     assert!(!out.status.success(), "a missing store must fail the mount");
     assert!(
         stderr_of(&out).contains(&missing_store.display().to_string()),
@@ -995,11 +990,7 @@ fn mount_fails_with_a_message_naming_a_bad_store_a_missing_mountpoint_or_an_unus
     // A store path that is a file, not a directory.
     let file_store = dir.path().join("a-file");
     fs::write(&file_store, b"not a store").unwrap();
-    let out = run(Command::new(modelfs_bin())
-        .arg("mount")
-        .arg(&mnt)
-        .arg("--store")
-        .arg(&file_store));
+    let out = run(&mut mount_cmd(&mnt, &file_store));
     assert!(
         !out.status.success(),
         "a file as the store must fail the mount"
@@ -1013,11 +1004,7 @@ fn mount_fails_with_a_message_naming_a_bad_store_a_missing_mountpoint_or_an_unus
 
     // A log file that cannot be opened: the daemon would log nowhere.
     let bad_log = dir.path().join("no-such-dir").join("m.log");
-    let out = run(Command::new(modelfs_bin())
-        .arg("mount")
-        .arg(&mnt)
-        .arg("--store")
-        .arg(&store.root)
+    let out = run(mount_cmd(&mnt, &store.root)
         .arg("-o")
         .arg(format!("log_file={}", bad_log.display())));
     assert!(
@@ -1032,11 +1019,7 @@ fn mount_fails_with_a_message_naming_a_bad_store_a_missing_mountpoint_or_an_unus
     assert_eq!(mounts_at(&mnt), 0);
 
     let missing_mnt = dir.path().join("no-such-mountpoint");
-    let out = run(Command::new(modelfs_bin())
-        .arg("mount")
-        .arg(&missing_mnt)
-        .arg("--store")
-        .arg(&store.root));
+    let out = run(&mut mount_cmd(&missing_mnt, &store.root));
     assert!(
         !out.status.success(),
         "a missing mountpoint must fail the mount"
@@ -1065,13 +1048,7 @@ fn a_daemon_without_log_file_logs_to_syslog_when_dev_log_listens() {
     let _rm = RemoveOnDrop(fallback.clone());
     let _guard = MountGuard::new(&mnt);
 
-    run_ok(
-        Command::new(modelfs_bin())
-            .arg("mount")
-            .arg(&mnt)
-            .arg("--store")
-            .arg(&store.root),
-    );
+    run_ok(&mut mount_cmd(&mnt, &store.root));
     assert_eq!(mounts_at(&mnt), 1);
     let pid = daemon_pid(&mnt).expect("the daemon");
     let msgs = syslog.wait_for("mounted", Duration::from_secs(10));
@@ -1113,13 +1090,7 @@ fn a_daemon_without_log_file_or_syslog_logs_to_the_documented_default_file() {
     let _rm = RemoveOnDrop(log.clone());
     let _guard = MountGuard::new(&mnt);
 
-    run_ok(
-        Command::new(modelfs_bin())
-            .arg("mount")
-            .arg(&mnt)
-            .arg("--store")
-            .arg(&store.root),
-    );
+    run_ok(&mut mount_cmd(&mnt, &store.root));
     assert_eq!(mounts_at(&mnt), 1);
     let pid = daemon_pid(&mnt).expect("the daemon");
     let text = fs::read_to_string(&log)
@@ -1281,15 +1252,7 @@ fn an_unknown_option_fails_naming_it_rw_is_refused_and_mount_and_systemd_markers
     let mnt = make_dir(dir.path(), "mnt");
     let log = dir.path().join("opts.log");
     let _guard = MountGuard::new(&mnt);
-    let mount = |opts: &str| {
-        run(Command::new(modelfs_bin())
-            .arg("mount")
-            .arg(&mnt)
-            .arg("--store")
-            .arg(&store.root)
-            .arg("-o")
-            .arg(opts))
-    };
+    let mount = |opts: &str| run(mount_cmd(&mnt, &store.root).arg("-o").arg(opts));
 
     let out = mount("ro,allow_other,cache_everything=yes");
     assert!(!out.status.success());
