@@ -690,16 +690,23 @@ mod tests {
         assert!(ns.lookup("a.gguf").is_some() && ns.lookup("b.gguf").is_some());
     }
 
-    #[test]
-    fn a_served_blob_quarantined_and_fetched_again_as_a_new_file_retires_its_inode() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(dir.path()).unwrap();
+    /// A store whose model `a` has its blob published, opened once (so its
+    /// inode served that file) and settled.
+    fn served_and_settled(dir: &std::path::Path) -> (Store, Namespace, Sha256, Arc<Entry>) {
+        let store = Store::create(dir).unwrap();
         add(&store, "a", b"pinned");
         let d = publish(&store, b"pinned");
         let ns = Namespace::new();
         ns.refresh(&store);
         let served = open(&ns, &store, "a.gguf");
         settle(&ns, &store);
+        (store, ns, d, served)
+    }
+
+    #[test]
+    fn a_served_blob_quarantined_and_fetched_again_as_a_new_file_retires_its_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ns, d, served) = served_and_settled(dir.path());
 
         // `modelfs verify`, then a fetch, both between two refreshes: the
         // same digest, another file.
@@ -722,13 +729,7 @@ mod tests {
     #[test]
     fn a_served_blob_quarantined_shows_pending_under_a_new_inode_that_its_next_fetch_keeps() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(dir.path()).unwrap();
-        add(&store, "a", b"pinned");
-        let d = publish(&store, b"pinned");
-        let ns = Namespace::new();
-        ns.refresh(&store);
-        let served = open(&ns, &store, "a.gguf");
-        settle(&ns, &store);
+        let (store, ns, d, served) = served_and_settled(dir.path());
 
         store.quarantine_blob(&d, "test").unwrap();
         ns.refresh_pass(&store, false);
@@ -746,13 +747,7 @@ mod tests {
     #[test]
     fn a_file_renamed_over_a_served_blob_inside_its_folder_retires_its_inode() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(dir.path()).unwrap();
-        add(&store, "a", b"pinned");
-        let d = publish(&store, b"pinned");
-        let ns = Namespace::new();
-        ns.refresh(&store);
-        let served = open(&ns, &store, "a.gguf");
-        settle(&ns, &store);
+        let (store, ns, d, served) = served_and_settled(dir.path());
 
         // Only `<aa>/<hex>/` changes; `<aa>/` keeps its stamp.
         let blob = store.blob_path(&d);
