@@ -23,12 +23,12 @@ use std::time::Duration;
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, RequestId,
+    TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
-use crate::fs::{Attr, FsError, Kind, ModelFs};
+use crate::fs::{Attr, Caller, FsError, Kind, ModelFs};
 
 /// How long the kernel may cache names and attributes. Short, so that a
 /// manifest added, removed or repointed shows up within about a second.
@@ -314,7 +314,10 @@ impl Filesystem for FuseAdapter {
         self.fs.open(
             ino.0,
             flags.0,
-            req.pid(),
+            Caller {
+                tid: req.pid(),
+                request: req.unique().0,
+            },
             Box::new(move |result| match result {
                 Err(e) => reply.error(fail("open", &e)),
                 Ok(opened) if passthrough => {
@@ -344,6 +347,20 @@ impl Filesystem for FuseAdapter {
                 Ok(opened) => reply.opened(FileHandle(opened.fh), FopenFlags::FOPEN_KEEP_CACHE),
             }),
         );
+    }
+
+    /// A task waiting in a request we have not answered got a signal.
+    /// Only parked opens wait; every other request is answered on the
+    /// thread that read it, so an unknown id is an open on its way to the
+    /// coordinator, or a request answered already: `EAGAIN` makes the
+    /// kernel ask again in the first case and drop the interrupt in the
+    /// second. Never `ENOSYS`: after that the kernel sends no interrupts.
+    fn interrupt(&self, _req: &Request, unique: RequestId) -> Result<(), Errno> {
+        if self.fs.interrupt(unique.0) {
+            Ok(())
+        } else {
+            Err(Errno::EAGAIN)
+        }
     }
 
     fn read(

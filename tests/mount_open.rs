@@ -386,6 +386,121 @@ fn sigint_sigterm_and_sigkill_end_a_waiting_open_at_once_while_another_waiter_ge
     store.assert_consistent();
 }
 
+/// A daemon in a container (its own pid namespace) is told pid 0 for every
+/// host process that opens a file, so `/proc` cannot show that the opener
+/// was killed; the kernel's FUSE_INTERRUPT names the request instead. Before
+/// modelfs handled it, a killed `sha256sum` hung in open until the stall
+/// ended (here 30 s; with a trickling origin, for ever).
+#[test]
+fn sigkill_and_sigterm_end_a_waiting_open_when_the_daemon_runs_in_another_pid_namespace() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(2 * MIB, 4);
+    store.add_pending("m", &origin, &data);
+    origin.set_persistent_fault(
+        "m.gguf",
+        Some(Fault::StallAt(256 * 1024, Duration::from_secs(30))),
+    );
+    let mount = Mount::start_in_pid_namespace(&store, origin.ca_pem_path(), &["stall_timeout=60"]);
+    let path = mount.path("m.gguf");
+    let mut by_sigkill = sha256sum(&path);
+    let mut by_sigterm = sha256sum(&path);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            origin.stats_now("m.gguf").bytes_sent >= 256 * 1024
+                && in_open_syscall(by_sigkill.id())
+                && in_open_syscall(by_sigterm.id())
+        }),
+        "the download stalls and both victims wait in open"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(by_sigkill.try_wait().unwrap().is_none());
+    assert!(by_sigterm.try_wait().unwrap().is_none());
+    // SAFETY: signalling our own children.
+    unsafe {
+        libc::kill(by_sigkill.id() as i32, libc::SIGKILL);
+        libc::kill(by_sigterm.id() as i32, libc::SIGTERM);
+    }
+    for (name, c, sig) in [
+        ("sha256sum (SIGKILL)", &mut by_sigkill, libc::SIGKILL),
+        ("sha256sum (SIGTERM)", &mut by_sigterm, libc::SIGTERM),
+    ] {
+        let pid = c.id();
+        let (status, took) = reaped_within(c, Duration::from_secs(5)).unwrap_or_else(|| {
+            let stack = std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
+            panic!(
+                "{name} (pid {pid}) still waits 5 s after the signal\n{stack}\nmount log:\n{}",
+                mount.log()
+            )
+        });
+        eprintln!("{name} ended {took:?} after its signal ({status})");
+        assert_eq!(status.signal(), Some(sig), "{name} died of its signal");
+    }
+    let log = mount.log();
+    assert_eq!(
+        log.matches("open by a task outside this daemon's pid namespace interrupted")
+            .count(),
+        2,
+        "the daemon saw pid 0 and ended both waits on the kernel's interrupt:\n{log}"
+    );
+    // The download goes on for nobody, so the next open is fast.
+    assert_eq!(
+        getxattr(&path, "user.modelfs.state").as_deref(),
+        Ok("fetching")
+    );
+}
+
+/// A signal a program handles and carries on after (SIGWINCH on a resize)
+/// reaches the mount as an interrupt too, but must not end a visible
+/// task's open: only stop signals do.
+#[test]
+fn a_handled_sigwinch_does_not_end_a_waiting_open() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(2 * MIB, 5);
+    store.add_pending("m", &origin, &data);
+    origin.set_persistent_fault(
+        "m.gguf",
+        Some(Fault::StallAt(256 * 1024, Duration::from_secs(3))),
+    );
+    let mount = Mount::start(&store, origin.ca_pem_path(), &["stall_timeout=60"]);
+    let path = mount.path("m.gguf");
+    let mut python = heed_signals(&mut Command::new("python3"))
+        .args([
+            "-c",
+            "import hashlib, signal, sys\n\
+             signal.signal(signal.SIGWINCH, lambda *a: None)\n\
+             print(hashlib.sha256(open(sys.argv[1], 'rb').read()).hexdigest())\n",
+        ])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            origin.stats_now("m.gguf").bytes_sent >= 256 * 1024 && in_open_syscall(python.id())
+        }),
+        "the download stalls and python waits in open"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(python.id() as i32, libc::SIGWINCH) };
+    let (status, _) = reaped_within(&mut python, Duration::from_secs(30)).expect("python ends");
+    let mut out = String::new();
+    python
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(out.trim(), hex(&data));
+    let log = mount.log();
+    assert!(
+        !log.contains("interrupted"),
+        "a SIGWINCH ended no open (Python would have retried it):\n{log}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Failures
 // ---------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 //! Noticing that a process waiting in `open` wants to stop.
 //!
-//! fuser 0.18 answers FUSE_INTERRUPT with ENOSYS, after which the kernel
-//! never sends another one, and a task blocked in a FUSE request we have
-//! read cannot even be killed until we reply. So we look instead: the
-//! request carries the caller's thread id, and `/proc/<tid>/status` shows
+//! A task blocked in a FUSE request we have read cannot even be killed
+//! until we reply. The kernel sends FUSE_INTERRUPT when such a task gets a
+//! signal (our patched fuser passes it to [`super::Coordinator::interrupt`]),
+//! but not which signal, and only once per request; a watchdog looks every
+//! [`super::WATCHDOG_PERIOD`] as well. Both decide from what `/proc` says
+//! about the task: the request carries the caller's thread id, and
+//! `/proc/<tid>/status` shows
 //! its pending signals (`SigPnd` for the thread, `ShdPnd` for the process)
 //! and its blocked set (`SigBlk`). A deliverable SIGINT, SIGTERM, SIGHUP,
 //! SIGQUIT or SIGKILL, or a task that is gone, means the open should end

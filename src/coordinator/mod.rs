@@ -8,9 +8,11 @@
 //! them all as soon as the downloaded bytes match the digest, with a
 //! read-only handle on the verified file, while the fetch goes on to make
 //! it durable and publish it; an open that joins in that window is answered
-//! at once with the same file. A watchdog looks at each waiter's pending
-//! signals (see [`interrupt`]) and ends the wait of a task that was told to
-//! stop with [`WaitError::Interrupted`]; the fetch carries on for the others
+//! at once with the same file. The kernel's interrupt of an open request
+//! ([`Coordinator::interrupt`]) and a watchdog both look at the waiter's
+//! pending signals (see [`interrupt`]) and end the wait of a task that was
+//! told to stop with [`WaitError::Interrupted`] (a task the daemon cannot
+//! see, at the kernel's word alone); the fetch carries on for the others
 //! and, if nobody waits any more, finishes anyway so the next open is fast.
 //!
 //! Invariants: every callback is called exactly once; no lock of ours is
@@ -76,9 +78,34 @@ pub struct BlobActivity {
     pub last_error: Option<String>,
 }
 
+/// Who waits: the task (watched in `/proc`) and the kernel's id of its
+/// open request (named by FUSE_INTERRUPT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The calling task as the daemon's pid namespace sees it; 0 when it
+    /// cannot see it (a caller outside a container the daemon runs in).
+    pub tid: u32,
+    /// The FUSE request's `unique`.
+    pub request: u64,
+}
+
+/// What [`Coordinator::interrupt`] did with an interrupted request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupted {
+    /// The wait ended with [`WaitError::Interrupted`].
+    Ended,
+    /// The task is visible and no stop signal is pending (a resized
+    /// terminal, a child that exited): it keeps waiting, and the watchdog
+    /// keeps watching it for a stop signal that comes later.
+    KeptWaiting,
+    /// No open waits under this request: it was answered already, or it
+    /// has not reached the coordinator yet.
+    Unknown,
+}
+
 struct Waiter {
     id: u64,
-    tid: u32,
+    caller: Caller,
     done: Done,
 }
 
@@ -147,15 +174,15 @@ impl Coordinator {
     }
 
     /// Calls `done` once the blob of `m` is present, joining a running
-    /// fetch or starting one. `tid` is the waiting task, watched for
-    /// signals. Returns at once.
-    pub fn wait_for(self: &Arc<Self>, m: &Manifest, tid: u32, done: Done) {
+    /// fetch or starting one. `caller` is the waiting task, watched for
+    /// signals, and its request, which an interrupt names. Returns at once.
+    pub fn wait_for(self: &Arc<Self>, m: &Manifest, caller: Caller, done: Done) {
         if self.shutting_down.load(Ordering::Relaxed) {
             done(Err(WaitError::ShuttingDown));
             return;
         }
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
-        self.ensure_job(m, Some(Waiter { id, tid, done }));
+        self.ensure_job(m, Some(Waiter { id, caller, done }));
     }
 
     /// Starts a fetch nobody waits for (an `O_NONBLOCK` open).
@@ -378,13 +405,54 @@ impl Coordinator {
         cv.notify_one();
     }
 
+    /// The kernel says the task waiting in open request `request` got a
+    /// signal (FUSE_INTERRUPT). A task we can see is looked at as the
+    /// watchdog would: only a stop signal (or a task that is gone) ends its
+    /// wait. A task we cannot see (tid 0: it lives outside the daemon's pid
+    /// namespace) is taken at its word: any signal that reached it ends
+    /// its wait, since nothing else could ever tell a SIGKILL from a
+    /// SIGWINCH, and a killed task must not hang until the download ends.
+    pub fn interrupt(&self, request: u64) -> Interrupted {
+        let tid = {
+            let jobs = self.jobs.lock();
+            let found = jobs
+                .values()
+                .flat_map(|j| j.waiters.iter())
+                .find(|w| w.caller.request == request);
+            match found {
+                Some(w) => w.caller.tid,
+                None => return Interrupted::Unknown,
+            }
+        };
+        if tid != 0 && interrupt::waiter_state(tid) == interrupt::WaiterState::Waiting {
+            return Interrupted::KeptWaiting;
+        }
+        let mut ended = None;
+        for job in self.jobs.lock().values_mut() {
+            if let Some(i) = job.waiters.iter().position(|w| w.caller.request == request) {
+                ended = Some(job.waiters.remove(i));
+                break;
+            }
+        }
+        // Answered meanwhile (the fetch ended): nothing left to interrupt.
+        let Some(w) = ended else {
+            return Interrupted::Unknown;
+        };
+        log::info!(
+            "open by {} interrupted; the download continues",
+            task_name(tid)
+        );
+        (w.done)(Err(WaitError::Interrupted));
+        Interrupted::Ended
+    }
+
     /// One watchdog pass: ends the waits of tasks told to stop.
     fn check_waiters(&self) {
         let watched: Vec<(u64, u32)> = self
             .jobs
             .lock()
             .values()
-            .flat_map(|j| j.waiters.iter().map(|w| (w.id, w.tid)))
+            .flat_map(|j| j.waiters.iter().map(|w| (w.id, w.caller.tid)))
             .collect();
         let stopped: Vec<(u64, u32)> = watched
             .into_iter()
@@ -400,10 +468,13 @@ impl Coordinator {
                 .drain(..)
                 .partition(|w| stopped.iter().any(|(id, _)| *id == w.id));
             job.waiters = kept;
-            dones.extend(gone.into_iter().map(|w| (w.tid, w.done)));
+            dones.extend(gone.into_iter().map(|w| (w.caller.tid, w.done)));
         }
         for (tid, done) in dones {
-            log::info!("open by task {tid} interrupted by a signal; the download continues");
+            log::info!(
+                "open by {} interrupted by a signal; the download continues",
+                task_name(tid)
+            );
             done(Err(WaitError::Interrupted));
         }
     }
@@ -416,6 +487,15 @@ pub fn describe(e: &WaitError) -> String {
         WaitError::Interrupted => "interrupted by a signal".into(),
         WaitError::ShuttingDown => "the mount is shutting down".into(),
         WaitError::Internal(s) => s.clone(),
+    }
+}
+
+/// How a log line names a waiting task.
+fn task_name(tid: u32) -> String {
+    if tid == 0 {
+        "a task outside this daemon's pid namespace".into()
+    } else {
+        format!("task {tid}")
     }
 }
 

@@ -30,7 +30,8 @@ use parking_lot::Mutex;
 pub use error::FsError;
 pub use namespace::{Changes, Entry, Namespace, ROOT_INO};
 
-use crate::coordinator::{Coordinator, Ready};
+pub use crate::coordinator::Caller;
+use crate::coordinator::{Coordinator, Interrupted, Ready};
 
 /// What kind of node an inode is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,8 +214,9 @@ impl ModelFs {
     }
 
     /// Opens an entry for reading; see the module doc. `flags` are the
-    /// open(2) flags, `tid` the calling task (watched for signals).
-    pub fn open(self: &Arc<Self>, ino: u64, flags: i32, tid: u32, done: OpenDone) {
+    /// open(2) flags, `caller` the calling task and its request (watched
+    /// for signals, named by interrupts).
+    pub fn open(self: &Arc<Self>, ino: u64, flags: i32, caller: Caller, done: OpenDone) {
         if ino == ROOT_INO {
             return done(Err(FsError::IsDir));
         }
@@ -245,7 +247,7 @@ impl ModelFs {
         let manifest = e.manifest.clone();
         self.coordinator.wait_for(
             &manifest,
-            tid,
+            caller,
             Box::new(move |result| {
                 let opened = result.map_err(FsError::from).and_then(|ready| match ready {
                     // Not yet at the blob's path: the namespace must not
@@ -270,6 +272,13 @@ impl ModelFs {
                 done(opened)
             }),
         );
+    }
+
+    /// The kernel interrupted request `request` (FUSE_INTERRUPT); `false`
+    /// when no open waits under that id (answered already, or not parked
+    /// yet: the kernel asks again while it is unanswered).
+    pub fn interrupt(&self, request: u64) -> bool {
+        self.coordinator.interrupt(request) != Interrupted::Unknown
     }
 
     /// A handle on the blob file `file` (with its metadata `meta`), noted

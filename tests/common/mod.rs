@@ -221,12 +221,54 @@ impl Mount {
         options: &[&str],
         adjust: impl FnOnce(&mut Command),
     ) -> Mount {
+        Self::start_wrapped(store, ca, options, &[], adjust)
+    }
+
+    /// Like [`Mount::start`], with the daemon as pid 1 of a new pid
+    /// namespace (`unshare --pid --fork`), as in a container: the kernel
+    /// then gives it pid 0 for every opener of this test. Stopping the
+    /// mount signals `unshare`, which passes SIGTERM on to the daemon.
+    pub fn start_in_pid_namespace(store: &TestStore, ca: &Path, options: &[&str]) -> Mount {
+        assert!(
+            Command::new("unshare").arg("--version").output().is_ok(),
+            "this test needs unshare(1) from util-linux"
+        );
+        Self::start_wrapped(
+            store,
+            ca,
+            options,
+            &["unshare", "--pid", "--fork", "--kill-child=SIGTERM"],
+            |_| {},
+        )
+    }
+
+    fn start_wrapped(
+        store: &TestStore,
+        ca: &Path,
+        options: &[&str],
+        wrapper: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Mount {
         require_fuse();
         let dir = tempfile::tempdir().expect("tempdir");
         let mountpoint = dir.path().join("mnt");
         fs::create_dir(&mountpoint).unwrap();
         let log = dir.path().join("mount.log");
         let mut cmd = store.cli(ca);
+        if let Some((program, args)) = wrapper.split_first() {
+            let mut wrapped = Command::new(program);
+            wrapped
+                .args(args)
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => wrapped.env(k, v),
+                    None => wrapped.env_remove(k),
+                };
+            }
+            cmd = wrapped;
+        }
         cmd.arg("mount").arg(&mountpoint).arg("--foreground");
         if !options.is_empty() {
             cmd.arg("-o").arg(options.join(","));

@@ -415,6 +415,22 @@ pub trait Filesystem: Send + Sync + 'static {
         reply.error(Errno::ENOSYS);
     }
 
+    /// Interrupt a request the filesystem has read but not answered yet
+    /// (modelfs patch: upstream 0.18 answers every FUSE_INTERRUPT with ENOSYS).
+    ///
+    /// `unique` is the id of the interrupted request ([`Request::unique`] of
+    /// its call). The kernel sends this when the task waiting for that
+    /// request gets a signal. Return `Ok(())` when the request is known:
+    /// the filesystem then answers it itself (typically with `EINTR`), or
+    /// lets it finish. Return `Err(Errno::EAGAIN)` when it is not known
+    /// (yet): the kernel queues the interrupt again while the request is
+    /// still unanswered, and drops it once it is answered. Any other error
+    /// is sent as the reply; `ENOSYS` (the default) tells the kernel never
+    /// to send an interrupt on this connection again.
+    fn interrupt(&self, _req: &Request, _unique: RequestId) -> Result<(), Errno> {
+        Err(Errno::ENOSYS)
+    }
+
     /// Forget about an inode.
     /// The nlookup parameter indicates the number of lookups previously performed on
     /// this inode. If the filesystem implements inode lifetimes, it is recommended that
