@@ -443,6 +443,7 @@ fn sigkill_and_sigterm_end_a_waiting_open_when_the_daemon_runs_in_another_pid_na
         2,
         "the daemon saw pid 0 and ended both waits on the kernel's interrupt:\n{log}"
     );
+    assert!(!log.contains("ERROR"), "no error was logged:\n{log}");
     // The download goes on for nobody, so the next open is fast.
     assert_eq!(
         getxattr(&path, "user.modelfs.state").as_deref(),

@@ -116,8 +116,21 @@ impl<'a> RequestWithSender<'a> {
 
             ll::Operation::Interrupt(x) => {
                 // modelfs patch: the filesystem decides (see
-                // `Filesystem::interrupt`); no reply unless it returns an error.
-                filesystem.interrupt(self.request_header(), x.unique())?;
+                // `Filesystem::interrupt`); no reply unless it returns an
+                // error. The kernel refuses that reply with ENOENT when the
+                // interrupted request was answered meanwhile: the expected
+                // end of a race, not a failure to log.
+                if let Err(errno) = filesystem.interrupt(self.request_header(), x.unique()) {
+                    use crate::ll::reply::Response;
+                    let sender = ReplySender::Channel(self.ch.clone());
+                    let sent = ll::ResponseErrno(errno)
+                        .with_iovec(self.request.unique(), |iov| sender.send(iov));
+                    match sent {
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                        Err(e) => error!("Failed to send FUSE reply: {e}"),
+                        Ok(()) => {}
+                    }
+                }
             }
 
             ll::Operation::Lookup(x) => {
