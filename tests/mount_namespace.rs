@@ -219,10 +219,10 @@ fn each_manifest_is_a_read_only_file_sized_from_its_manifest_then_its_blob_and_d
     assert_eq!(origin.stats("late.gguf").gets, 0);
 }
 
-/// The source and type `/proc/self/mountinfo` shows for `mountpoint`.
+/// The source and type `/proc/thread-self/mountinfo` shows for `mountpoint`.
 fn mount_source(mountpoint: &Path) -> Option<(String, String)> {
     let want = mountpoint.canonicalize().ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let info = std::fs::read_to_string("/proc/thread-self/mountinfo").ok()?;
     info.lines().find_map(|l| {
         let (left, right) = l.split_once(" - ")?;
         if left.split(' ').nth(4)? != want.to_str()? {

@@ -123,12 +123,12 @@ fn mount_escaped(p: &Path) -> String {
         .replace('\n', "\\012")
 }
 
-/// How many mounts /proc/self/mountinfo lists at `mp` (an absolute,
+/// How many mounts /proc/thread-self/mountinfo lists at `mp` (an absolute,
 /// canonical path; nothing under it is touched, so this works for a user's
 /// mount that root may not enter).
 fn mounts_at(mp: &Path) -> usize {
     let want = mount_escaped(mp);
-    fs::read_to_string("/proc/self/mountinfo")
+    fs::read_to_string("/proc/thread-self/mountinfo")
         .unwrap()
         .lines()
         .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
@@ -152,7 +152,7 @@ fn proc_mount_options(mp: &Path) -> Vec<String> {
 
 fn proc_mounts_rows(mp: &Path) -> Vec<Vec<String>> {
     let want = mount_escaped(mp);
-    fs::read_to_string("/proc/mounts")
+    fs::read_to_string("/proc/thread-self/mounts")
         .unwrap()
         .lines()
         .map(|l| l.split(' ').map(str::to_string).collect::<Vec<_>>())
@@ -327,34 +327,119 @@ impl Drop for SbinLink {
 }
 
 /// Held by every test whose daemon chooses its own log target (no
-/// `log_file=`): one test puts a socket at /dev/log, the others need it
-/// absent.
+/// `log_file=`): on a host without `/dev/log` one test puts a socket
+/// there, which the others must not see.
 static DEV_LOG: Mutex<()> = Mutex::new(());
 
-fn dev_log_lock() -> HostLock {
-    let lock = host_lock(&DEV_LOG, "dev-log");
-    assert!(
-        !Path::new("/dev/log").exists(),
-        "this test needs a host where no syslog daemon listens on /dev/log (as in CI \
-         containers): it checks the fallback log file and plays syslog itself there"
-    );
-    lock
+/// The `/dev/log` a test's daemons see. Where the host has one (a syslog
+/// daemon, journald's link to `/run/systemd/journal/dev-log`), this test's
+/// thread moves to a private mount namespace whose `/dev/log` is a socket
+/// of the test's own: the children it starts (mount(8), the daemon,
+/// fusermount3, umount) inherit that namespace, and the host's syslog is
+/// neither used nor changed. Where the host has none (a bare container),
+/// the socket is made at `/dev/log` itself and removed on drop.
+struct DevLog {
+    _lock: HostLock,
+    dir: tempfile::TempDir,
+    /// Where the socket was made on the host, to remove on drop.
+    made_at: Option<PathBuf>,
 }
 
-/// A datagram socket at /dev/log that receives what syslog(3) sends, as
-/// journald or rsyslog would. Removed on drop.
+impl DevLog {
+    /// `/dev/log` accepts no connection: as on a host without syslog.
+    fn silent() -> DevLog {
+        let dev_log = Self::take();
+        if Path::new("/dev/log").symlink_metadata().is_ok() {
+            // A socket file nobody listens on: connecting is refused.
+            let dead = dev_log.dir.path().join("dead.sock");
+            drop(UnixDatagram::bind(&dead).expect("bind a socket in a tempdir"));
+            over_dev_log(&dead);
+        }
+        dev_log
+    }
+
+    /// A socket at `/dev/log` that receives what syslog(3) sends, as
+    /// journald or rsyslog would.
+    fn listening() -> (DevLog, FakeSyslog) {
+        let mut dev_log = Self::take();
+        let sock = if Path::new("/dev/log").symlink_metadata().is_ok() {
+            let path = dev_log.dir.path().join("log.sock");
+            let sock = UnixDatagram::bind(&path).expect("bind a socket in a tempdir");
+            over_dev_log(&path);
+            sock
+        } else {
+            dev_log.made_at = Some(PathBuf::from("/dev/log"));
+            UnixDatagram::bind("/dev/log").expect("bind /dev/log")
+        };
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        (dev_log, FakeSyslog { sock })
+    }
+
+    fn take() -> DevLog {
+        DevLog {
+            _lock: host_lock(&DEV_LOG, "dev-log"),
+            dir: open_tempdir(),
+            made_at: None,
+        }
+    }
+}
+
+impl Drop for DevLog {
+    fn drop(&mut self) {
+        if let Some(p) = &self.made_at {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// Moves this thread to a private mount namespace (mounts made in it
+/// propagate nowhere) and bind-mounts `socket` over `/dev/log` (the
+/// mount follows a link at `/dev/log` to the socket it names).
+fn over_dev_log(socket: &Path) {
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: plain syscalls with valid NUL-terminated paths.
+    unsafe {
+        assert_eq!(
+            libc::unshare(libc::CLONE_NEWNS),
+            0,
+            "this test needs to make a private mount namespace (root, CAP_SYS_ADMIN): {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null()
+            ),
+            0,
+            "make / private in the test's mount namespace: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(
+            libc::mount(
+                c(socket).as_ptr(),
+                c"/dev/log".as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null()
+            ),
+            0,
+            "bind {} over /dev/log: {}",
+            socket.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// What a test's `/dev/log` received.
 struct FakeSyslog {
     sock: UnixDatagram,
 }
 
 impl FakeSyslog {
-    fn bind() -> FakeSyslog {
-        let sock = UnixDatagram::bind("/dev/log").expect("bind /dev/log");
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        FakeSyslog { sock }
-    }
-
     /// Messages received until one contains `needle` or `limit` passes.
     fn wait_for(&self, needle: &str, limit: Duration) -> Vec<String> {
         let end = Instant::now() + limit;
@@ -369,12 +454,6 @@ impl FakeSyslog {
             }
         }
         got
-    }
-}
-
-impl Drop for FakeSyslog {
-    fn drop(&mut self) {
-        let _ = fs::remove_file("/dev/log");
     }
 }
 
@@ -475,7 +554,7 @@ impl TestUser {
 impl Drop for TestUser {
     fn drop(&mut self) {
         let home = mount_escaped(&self.home);
-        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let info = fs::read_to_string("/proc/thread-self/mountinfo").unwrap_or_default();
         for mp in info.lines().filter_map(|l| l.split(' ').nth(4)) {
             if mp.starts_with(&format!("{home}/")) {
                 let _ = Command::new("umount").args(["-l", mp]).status();
@@ -1035,8 +1114,7 @@ fn mount_fails_with_a_message_naming_a_bad_store_a_missing_mountpoint_or_an_unus
 #[test]
 fn a_daemon_without_log_file_logs_to_syslog_when_dev_log_listens() {
     require_fuse();
-    let _lock = dev_log_lock();
-    let syslog = FakeSyslog::bind();
+    let (_dev_log, syslog) = DevLog::listening();
     let store = TestStore::new();
     let data = random_bytes(16 * KIB, 44);
     store.put_blob(&data);
@@ -1077,7 +1155,7 @@ fn a_daemon_without_log_file_logs_to_syslog_when_dev_log_listens() {
 #[test]
 fn a_daemon_without_log_file_or_syslog_logs_to_the_documented_default_file() {
     require_fuse();
-    let _lock = dev_log_lock();
+    let _dev_log = DevLog::silent();
     let store = TestStore::new();
     let data = random_bytes(16 * KIB, 45);
     store.put_blob(&data);
@@ -1127,7 +1205,7 @@ fn a_daemon_without_log_file_or_syslog_logs_to_the_documented_default_file() {
 #[test]
 fn a_user_mounts_their_store_through_fusermount3_reads_a_pending_model_and_unmounts() {
     require_fuse();
-    let _lock = dev_log_lock();
+    let _dev_log = DevLog::silent();
     let origin = Origin::start();
     let user = TestUser::create();
     let _fuse = DevFuseAccess::grant(&user);

@@ -192,7 +192,9 @@ pub fn is_mounted(path: &Path) -> bool {
     let Ok(canon) = path.canonicalize() else {
         return false;
     };
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+    // This thread's mount namespace, which a test may have made its own
+    // (`/proc/self` is the main thread's).
+    let Ok(info) = fs::read_to_string("/proc/thread-self/mountinfo") else {
         return false;
     };
     let want = canon.to_string_lossy().replace(' ', "\\040");
