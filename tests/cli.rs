@@ -261,6 +261,152 @@ fn add_hf_pins_the_digest_and_size_the_hub_announces_and_pull_fetches_it() {
     ts.assert_consistent();
 }
 
+/// A push to a branch after `add --hf` must not turn the pin into a
+/// permanent mismatch: the pin names the commit the Hub resolved.
+#[test]
+fn add_hf_pins_the_commit_the_hub_resolved_so_a_later_push_to_the_branch_changes_nothing() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(100_000, 41);
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    for rev in ["main", commit] {
+        let resolve = format!("org/repo/resolve/{rev}/model.gguf");
+        hf::serve_lfs_file(&origin, &resolve, &bytes);
+        let mut headers = vec![
+            (
+                "X-Linked-Etag".to_string(),
+                format!("\"{}\"", hex_of(&bytes)),
+            ),
+            ("X-Linked-Size".to_string(), bytes.len().to_string()),
+        ];
+        headers.push(("X-Repo-Commit".into(), commit.into()));
+        origin.set_extra_headers(&resolve, headers);
+    }
+    let endpoint = hf::endpoint(&origin);
+    let out = cli_env(
+        &ts,
+        &origin,
+        &[("HF_ENDPOINT", &endpoint)],
+        &["add", "m", "--hf", "org/repo/model.gguf"],
+    )
+    .ok();
+    assert!(out.stderr.contains(commit), "{}", out.stderr);
+    assert_eq!(manifest_json(&ts, "m")["source"]["revision"], commit);
+    // Somebody pushes another file to main.
+    origin.put(
+        "org/repo/resolve/main/model.gguf",
+        random_bytes(100_000, 42),
+    );
+    cli_env(&ts, &origin, &[("HF_ENDPOINT", &endpoint)], &["pull", "m"]).ok();
+    assert!(blob_bytes(&ts, &bytes) == bytes);
+    assert_eq!(origin.stats("org/repo/resolve/main/model.gguf").gets, 0);
+}
+
+#[test]
+fn add_of_the_file_name_the_mount_shows_pins_the_model_name() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(1000, 43);
+    origin.put("x.gguf", bytes.clone());
+    let url = origin.url("x.gguf");
+    let hex = hex_of(&bytes);
+    let out = cli(
+        &ts,
+        &origin,
+        &["add", "llama.gguf", "--url", &url, "--sha256", &hex],
+    )
+    .ok();
+    assert!(out.stdout.contains("added llama.gguf "), "{}", out.stdout);
+    assert!(ts.store().manifests_dir().join("llama.json").exists());
+    assert!(!ts.store().manifests_dir().join("llama.gguf.json").exists());
+}
+
+#[test]
+fn add_with_a_size_that_contradicts_the_present_blob_is_refused() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(1000, 44);
+    ts.put_blob(&bytes);
+    let url = origin.url("x.gguf");
+    let hex = hex_of(&bytes);
+    let out = cli(
+        &ts,
+        &origin,
+        &["add", "m", "--url", &url, "--sha256", &hex, "--size", "999"],
+    )
+    .failed();
+    assert!(
+        out.stderr.contains("1000 bytes") && out.stderr.contains("--size says 999"),
+        "{}",
+        out.stderr
+    );
+    assert!(!ts.store().manifests_dir().join("m.json").exists());
+}
+
+#[test]
+fn a_failed_add_says_nothing_was_added_and_never_promises_a_later_open() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let hex = hex_of(b"x");
+    for url in [
+        origin.url("missing.gguf"),
+        // Nothing listens on port 1: refused, a network error.
+        "https://127.0.0.1:1/x.gguf".to_string(),
+    ] {
+        let out = cli(&ts, &origin, &["add", "m", "--url", &url, "--sha256", &hex]).failed();
+        assert!(out.stderr.contains("nothing was added"), "{}", out.stderr);
+        assert!(!out.stderr.contains("next open"), "{}", out.stderr);
+        assert!(!ts.store().manifests_dir().join("m.json").exists());
+    }
+}
+
+#[test]
+fn modelfs_ca_file_in_the_environment_is_trusted_like_ca_file() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(1000, 45);
+    origin.put("x.gguf", bytes.clone());
+    let url = origin.url("x.gguf");
+    let hex = hex_of(&bytes);
+    let run = |ca: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(modelfs_bin());
+        c.arg("--store").arg(&ts.root).env_remove("SSL_CERT_FILE");
+        match ca {
+            Some(ca) => c.env("MODELFS_CA_FILE", ca),
+            None => c.env_remove("MODELFS_CA_FILE"),
+        };
+        ran(c
+            .args(["add", "m", "--url", &url, "--sha256", &hex, "--force"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap())
+    };
+    // Without it the HEAD that asks for the size fails on the test CA.
+    run(None).failed();
+    run(Some(origin.ca_pem_path())).ok();
+    assert_eq!(manifest_json(&ts, "m")["size_bytes"], 1000);
+}
+
+#[test]
+fn a_subcommands_help_lists_its_own_options_first_and_the_global_ones_apart() {
+    let out = std::process::Command::new(modelfs_bin())
+        .args(["add", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let (own, global) = help
+        .split_once("Global options:")
+        .unwrap_or_else(|| panic!("no 'Global options:' section:\n{help}"));
+    assert!(
+        own.contains("--sha256") && !own.contains("--store"),
+        "{help}"
+    );
+    assert!(
+        global.contains("--store") && global.contains("MODELFS_CA_FILE"),
+        "{help}"
+    );
+}
+
 fn cli_env(ts: &TestStore, origin: &Origin, env: &[(&str, &str)], args: &[&str]) -> Ran {
     let mut c = ts.cli(origin.ca_pem_path());
     for (k, v) in env {

@@ -38,8 +38,8 @@ pub struct AddArgs {
 
 /// Writes a pending manifest for a URL or a Hugging Face file.
 pub fn run(g: &Globals, a: &AddArgs) -> Result<(), CliError> {
-    let name = parse_name(&a.name)?;
     validate_format(&a.format).map_err(|p| CliError::new(format!("--format {p}")))?;
+    let name = parse_name(model_name(&a.name, &a.format))?;
     let store = g.store_for_writing()?;
     let fetcher = g.fetcher()?;
     let (blob, size, source) = match (&a.hf, &a.url) {
@@ -82,10 +82,25 @@ pub fn run(g: &Globals, a: &AddArgs) -> Result<(), CliError> {
         )));
     }
 
+    if let crate::store::BlobState::Present(have) = store.blob_state(&blob)
+        && have != size
+    {
+        let given = if a.size.is_some() {
+            "--size"
+        } else {
+            "the server"
+        };
+        return Err(CliError::new(format!(
+            "{name}: the store already holds blob {} with {have} bytes, but {given} says {size}; \
+             nothing was added (check --size and --sha256)",
+            blob.short()
+        )));
+    }
+
     let _lock = lock::lock_waiting(&store.lock_path(&name), &|| false, &mut || {
         eprintln!("waiting for another process that holds the lock on {name}...")
     })
-    .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e:?}")))?;
+    .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e}")))?;
     let mut manifest = Manifest::new(name.clone(), &a.format, blob, size, source);
     manifest.license = a.license.clone();
     if let Some(old) = store.read_manifest(&name)? {
@@ -117,17 +132,54 @@ pub fn run(g: &Globals, a: &AddArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `NAME` as given, or without `.FORMAT` when the user typed the file
+/// name the mount shows (`add llama.gguf` pins `llama`, not `llama.gguf`,
+/// which the mount would show as `llama.gguf.gguf`).
+fn model_name<'a>(given: &'a str, format: &str) -> &'a str {
+    match given.strip_suffix(&format!(".{format}")) {
+        Some(stem) if !stem.is_empty() => {
+            eprintln!("note: taking {stem:?} as the model name; the mount shows it as {given}");
+            stem
+        }
+        _ => given,
+    }
+}
+
+/// A failed request while pinning: nothing was written, so the hint is
+/// about running `add` again, never about a later open.
+fn pin_failed(model: &str, url: &str, kind: FetchErrorKind) -> CliError {
+    let what = match &kind {
+        FetchErrorKind::Status {
+            code: 401 | 403, ..
+        } => "the server refused access: for gated Hugging Face models set HF_TOKEN",
+        FetchErrorKind::Status {
+            code: 404 | 410, ..
+        } => "check the URL, repository, revision and file name",
+        FetchErrorKind::Tls(_) => {
+            "check the server's certificate; for a private mirror pass --ca-file or set MODELFS_CA_FILE"
+        }
+        FetchErrorKind::InsecureUrl(_)
+        | FetchErrorKind::BadUrl(_)
+        | FetchErrorKind::Redirect(_) => "use an https:// URL whose redirects stay on https://",
+        _ => "check the network and the URL",
+    };
+    CliError::new(format!(
+        "pinning {model}: asking {} failed: {kind}; nothing was added ({what}, then run `modelfs add` again)",
+        crate::fetch::error::redact_url(url)
+    ))
+}
+
 fn head_size(fetcher: &crate::fetch::Fetcher, url: &str, model: &str) -> Result<u64, CliError> {
     let resp = fetcher
         .http()
         .head(url, true)
-        .map_err(|k| crate::fetch::FetchError::new(model, Some(url), k))?;
+        .map_err(|k| pin_failed(model, url, k))?;
     if resp.status != 200 {
         let kind = FetchErrorKind::Status {
             code: resp.status,
             retry_after: None,
         };
-        return Err(crate::fetch::FetchError::new(model, Some(url), kind).into());
+        return Err(pin_failed(model, url, kind));
     }
     resp.content_length().ok_or_else(|| {
         CliError::new(format!(
@@ -160,7 +212,7 @@ fn pin_hf(
             "--hf {spec:?}: expected OWNER/REPO/FILE[@REVISION]"
         )));
     }
-    let source = Source {
+    let mut source = Source {
         registry: "huggingface.co".into(),
         repo: format!("{owner}/{repo}"),
         revision: rev.into(),
@@ -173,13 +225,13 @@ fn pin_hf(
     let resp = fetcher
         .http()
         .head(&url, false)
-        .map_err(|k| crate::fetch::FetchError::new(model, Some(&url), k))?;
+        .map_err(|k| pin_failed(model, &url, k))?;
     if !matches!(resp.status, 200 | 301 | 302 | 303 | 307 | 308) {
         let kind = FetchErrorKind::Status {
             code: resp.status,
             retry_after: None,
         };
-        return Err(crate::fetch::FetchError::new(model, Some(&url), kind).into());
+        return Err(pin_failed(model, &url, kind));
     }
     let etag = resp.header("x-linked-etag").map(|e| {
         e.trim()
@@ -200,5 +252,27 @@ fn pin_hf(
                 "{model}: {url} has no X-Linked-Size header; use --url with --size"
             ))
         })?;
+    // A branch moves: pinned at the commit it names now, a later push to
+    // it cannot turn this pin into a permanent digest mismatch.
+    match resp.header("x-repo-commit").map(str::trim) {
+        Some(commit) if is_commit(commit) => {
+            if commit != rev {
+                eprintln!("pinned {owner}/{repo} at commit {commit} ({rev})");
+            }
+            source.revision = commit.to_string();
+        }
+        _ if is_commit(rev) => {}
+        _ => eprintln!(
+            "warning: the Hub did not say which commit {rev:?} is (no X-Repo-Commit); \
+             {model} is pinned to {rev:?}, which a later push can move"
+        ),
+    }
     Ok((blob, size, source))
+}
+
+/// A full git commit id: 40 lowercase hex digits.
+fn is_commit(s: &str) -> bool {
+    s.len() == 40
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

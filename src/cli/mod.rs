@@ -22,22 +22,32 @@ use std::time::Duration;
 use crate::fetch::{FetchError, Fetcher, Http, HttpConfig, RetryPolicy};
 use crate::store::{self, ModelName, NameError, Store, StoreError};
 
-/// Options every subcommand accepts, before or after its name.
+/// Options every subcommand accepts, before or after its name. `--help`
+/// of a subcommand lists them apart, after the subcommand's own.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Globals {
     /// The model store (default: $MODELS_HOME, else ${XDG_DATA_HOME:-~/.local/share}/models)
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", help_heading = GLOBAL)]
     pub store: Option<PathBuf>,
     /// Extra PEM CA bundle to trust, for private mirrors (SSL_CERT_FILE replaces the system bundle)
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "MODELFS_CA_FILE",
+        help_heading = GLOBAL
+    )]
     pub ca_file: Option<PathBuf>,
     /// More log output (-v debug, -vv trace); RUST_LOG overrides
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub verbose: u8,
     /// Only errors
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     pub quiet: bool,
 }
+
+/// The `--help` heading of [`Globals`].
+const GLOBAL: &str = "Global options";
 
 impl Globals {
     /// The store root as resolved from flags and environment.

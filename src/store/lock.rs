@@ -74,6 +74,17 @@ pub enum LockWaitError {
     Io(io::Error),
 }
 
+impl std::fmt::Display for LockWaitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cancelled => f.write_str("gave up waiting for the lock"),
+            Self::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for LockWaitError {}
+
 /// Waits for the lock, polling every [`LOCK_POLL`]. `on_contended` is
 /// called once when the lock turns out to be held by someone else;
 /// `cancelled` is checked between polls.
