@@ -407,6 +407,25 @@ fn a_subcommands_help_lists_its_own_options_first_and_the_global_ones_apart() {
     );
 }
 
+#[test]
+fn status_of_a_directory_that_is_not_a_modelfs_mount_says_so_and_fails() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let d = dir.path().to_str().unwrap();
+    for (path, what) in [(d, "not a mountpoint"), ("/proc", "a proc mount")] {
+        let out = cli(&ts, &origin, &["status", path]).failed();
+        assert_eq!(out.code, 1);
+        assert!(
+            out.stderr.contains("is not a modelfs mount") && out.stderr.contains(what),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("sub"), "{}", out.stderr);
+    }
+}
+
 fn cli_env(ts: &TestStore, origin: &Origin, env: &[(&str, &str)], args: &[&str]) -> Ran {
     let mut c = ts.cli(origin.ca_pem_path());
     for (k, v) in env {

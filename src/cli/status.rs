@@ -86,17 +86,23 @@ fn watch(
         let fetching: Vec<_> = rows.iter().filter(|r| r.state == "fetching").collect();
         if terminal {
             for r in &fetching {
+                // A bar starts where the download is when first seen, so
+                // the bytes it had already are not counted as a rate.
                 let bar = bars
                     .entry(r.file.clone())
-                    .or_insert_with(|| multi.add(progress_view::new_bar(&r.file, r.total)));
+                    .or_insert_with(|| multi.add(progress_view::new_bar(&r.file, r.done, r.total)));
                 bar.set_length(r.total);
                 bar.set_position(r.done);
+                bar.set_message(watched_rate(bar));
             }
-            for (file, bar) in &bars {
-                if !fetching.iter().any(|r| &r.file == file) {
+            // A download that ended leaves no stale bar behind.
+            bars.retain(|file, bar| {
+                let running = fetching.iter().any(|r| &r.file == file);
+                if !running {
                     bar.finish_and_clear();
                 }
-            }
+                running
+            });
         } else if last_lines.elapsed() >= Duration::from_secs(5) {
             for r in &fetching {
                 eprintln!(
@@ -117,7 +123,60 @@ fn watch(
     }
 }
 
+/// The rate a watched bar has seen, once it has seen one (a mount's
+/// attributes carry positions only).
+fn watched_rate(bar: &ProgressBar) -> String {
+    let rate = bar.per_sec();
+    if bar.elapsed() < Duration::from_secs(2) || rate < 1.0 {
+        return "fetching".into();
+    }
+    let left = bar.length().unwrap_or(0).saturating_sub(bar.position()) as f64 / rate;
+    format!(
+        "{}/s, ETA {}, fetching",
+        human_bytes(rate as u64),
+        progress_view::human_duration(left)
+    )
+}
+
+/// The filesystem type `/proc/self/mountinfo` gives for the mount at
+/// exactly `mp` (the last one, if several are stacked), or `None` when
+/// `mp` is not a mountpoint.
+fn fstype_at(mp: &Path) -> Option<String> {
+    let canon = mp.canonicalize().ok()?;
+    let want = canon
+        .to_string_lossy()
+        .replace('\\', "\\134")
+        .replace(' ', "\\040")
+        .replace('\t', "\\011")
+        .replace('\n', "\\012");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        .rev()
+        .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .find_map(|l| l.split_once(" - ")?.1.split(' ').next().map(str::to_string))
+}
+
+/// Refuses a directory that is not a modelfs mount, naming what it is.
+fn check_is_modelfs_mount(mp: &Path) -> Result<(), CliError> {
+    match fstype_at(mp) {
+        Some(t) if t == "fuse.modelfs" => Ok(()),
+        found => {
+            let what = match found {
+                Some(t) => format!("a {t} mount"),
+                None if mp.is_dir() => "not a mountpoint".to_string(),
+                None => "not a directory".to_string(),
+            };
+            Err(CliError::new(format!(
+                "status: {} is not a modelfs mount ({what}); give the mountpoint of a \
+                 `modelfs mount`, or no argument for the store's own view",
+                mp.display()
+            )))
+        }
+    }
+}
+
 fn from_mount(mp: &Path) -> Result<Vec<ModelStatus>, CliError> {
+    check_is_modelfs_mount(mp)?;
     let dir = std::fs::read_dir(mp)
         .map_err(|e| CliError::new(format!("status: cannot list {}: {e}", mp.display())))?;
     let mut rows = Vec::new();
