@@ -1195,11 +1195,25 @@ fn a_handed_over_file_whose_publication_fails_is_taken_out_of_the_partial_path()
     let ts = TestStore::new();
     let bytes = random_bytes(256 << 10, 44);
     let m = ts.add_pending("unpublished", &origin, &bytes);
-    // A folder where the blob file belongs: publish_blob refuses it.
+    // A folder where the blob file belongs, made once the bytes verified
+    // (one there before is refused before any download): publish_blob
+    // refuses it.
     let s = ts.store();
-    fs::create_dir_all(s.blob_path(&m.blob)).unwrap();
-
-    let (out, mut handed) = fetch_recording_hand_over(&fetcher(&origin), &ts, &m);
+    let never = AtomicBool::new(false);
+    let mut handed = Vec::new();
+    let out = fetcher(&origin).fetch_handing_over(
+        &s,
+        &FetchJob {
+            manifest: &m,
+            write_manifest: false,
+            progress: None,
+            cancel: &never,
+        },
+        &mut |file| {
+            fs::create_dir_all(s.blob_path(&m.blob)).unwrap();
+            handed.push(file);
+        },
+    );
 
     assert!(
         matches!(&out, Err(e) if matches!(e.kind, FetchErrorKind::Store(_))),
@@ -1211,6 +1225,6 @@ fn a_handed_over_file_whose_publication_fails_is_taken_out_of_the_partial_path()
         "nothing can resume into or truncate the file its readers hold"
     );
     let mut got = Vec::new();
-    handed[0].0.read_to_end(&mut got).unwrap();
+    handed[0].read_to_end(&mut got).unwrap();
     assert!(got == bytes, "the reader keeps the verified bytes");
 }

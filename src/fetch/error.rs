@@ -191,6 +191,9 @@ impl FetchError {
                 "the server's file is not the one the manifest pins: check the URL and sha256, or re-add the model"
             }
             FetchErrorKind::NoSpace { .. } => "free disk space in the store and try again",
+            FetchErrorKind::Store(StoreError::Unsafe { .. }) => {
+                "remove what sits on that path; the next open or `modelfs pull` fetches the blob anew"
+            }
             FetchErrorKind::Store(_) => "check permissions and space of the store directory",
             FetchErrorKind::Cancelled => "open the file again or run `modelfs pull` to continue",
         }

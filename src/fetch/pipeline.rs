@@ -4,10 +4,13 @@
 //! `pull`, the mount's coordinator). For one manifest it:
 //!
 //! 1. waits for `LOCK_EX` on `locks/<name>.lock` (polling, cancellable), then
-//!    re-checks whether the blob arrived meanwhile;
-//! 2. opens the partial file and holds a lock on it too, so two producers
-//!    of one blob under different names never write the same partial (and
-//!    the second, once it has the lock, uses the blob the first published);
+//!    re-checks whether the blob arrived meanwhile, and refuses a blob path
+//!    that holds a folder or another non-file (nothing could be published);
+//! 2. opens modelfs's own partial file (`Store::partial_path`, a name
+//!    other producers never write) and holds a lock on it too, so two
+//!    modelfs producers of one blob under different names never write the
+//!    same partial (and the second, once it has the lock, uses the blob the
+//!    first published);
 //! 3. keeps a partial's prefix for resuming, re-hashing it, unless it is
 //!    longer than the blob;
 //! 4. checks there is free space for the rest;
@@ -18,7 +21,8 @@
 //!    byte 0 in case the old prefix was the bad part); on a match hands a
 //!    read-only handle on the verified file to the caller of
 //!    [`Fetcher::fetch_handing_over`], then `sync_all`s, renames into place
-//!    and fsyncs the directory;
+//!    without replacing a blob another producer placed first, and fsyncs
+//!    the directory;
 //! 7. writes the manifest last when asked to (producer flow).
 //!
 //! Promise: no path under `blobs/sha256/<aa>/<hex>/` ever holds bytes that
@@ -44,7 +48,7 @@ use super::progress::{Phase, ProgressSink, Reporter};
 use super::retry::RetryPolicy;
 use crate::digest::{Hasher, Sha256};
 use crate::store::lock::{self, LockGuard, LockWaitError};
-use crate::store::{BlobState, Manifest, Source, Store};
+use crate::store::{BlobState, Manifest, Published, Source, Store};
 
 /// Size of one read from the network and one write to the partial.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -163,6 +167,9 @@ impl Fetcher {
                 waited_for_lock: waited,
             });
         }
+        store
+            .check_blob_slot(&m.blob)
+            .map_err(|e| fail(FetchErrorKind::Store(e)))?;
 
         // Phases 2-6, at most twice: a mismatch after a resume starts over.
         let mut may_restart = true;
@@ -251,26 +258,34 @@ impl Fetcher {
                     ),
                 }
             }
-            if let Err(e) = store.publish_blob(&m.blob, &partial.file) {
-                // Readers hold this inode now, and the next fetch would
-                // resume or truncate the partial in place: take it out of
-                // the way (they keep reading it; the next fetch starts anew).
-                if handed_over && let Err(e) = store.remove_partial(&m.blob) {
-                    log::warn!("{model}: cannot remove the unpublished download: {e}");
+            let placed = match store.publish_blob(&m.blob, &partial.file) {
+                Ok(placed) => placed,
+                Err(e) => {
+                    // Readers hold this inode now, and the next fetch would
+                    // resume or truncate the partial in place: take it out of
+                    // the way (they keep reading it; the next fetch starts anew).
+                    if handed_over && let Err(e) = store.remove_partial(&m.blob) {
+                        log::warn!("{model}: cannot remove the unpublished download: {e}");
+                    }
+                    return Err(fail(FetchErrorKind::Store(e)));
                 }
-                return Err(fail(FetchErrorKind::Store(e)));
-            }
+            };
             self.write_manifest_if_asked(store, job).map_err(fail)?;
             // The phases' times, so an operator can see what a slow first
             // open waited for.
             log::info!(
                 "{model}: verified {} ({} bytes, {} fetched in {:.2} s, hashing done {:.2} s \
-                 after the last byte; made durable and published in {:.2} s)",
+                 after the last byte; made durable and {} in {:.2} s)",
                 m.blob.short(),
                 m.size_bytes,
                 super::error::human_bytes(transferred),
                 (verified - started).as_secs_f64(),
                 partial.hash_tail.as_secs_f64(),
+                match placed {
+                    Published::Placed => "published",
+                    Published::AlreadyThere =>
+                        "dropped (another producer had published the blob first; theirs is kept)",
+                },
                 verified.elapsed().as_secs_f64(),
             );
             return Ok(FetchOutcome::Downloaded {
