@@ -1,12 +1,13 @@
-//! Issue 10, promises 1 and 5 (blob and partial files), through a
+//! Issue 10, promises 1, 2 and 5 (blob and partial files), through a
 //! real mount against the real origin: a store shared with other tools (and
 //! with whoever can write into it) never makes modelfs serve or publish a
-//! byte it did not hash, or hang on a file that is not what the layout puts
-//! there.
+//! byte it did not hash, write outside the store, or hang on a file that is
+//! not what the layout puts there.
 //!
 //! - Another producer, following the convention for another name with the
 //!   same digest, writes into the shared `.partial-<hex>/data.tmp` while
 //!   modelfs downloads.
+//! - A hard link to a file outside the store is planted as a partial.
 //! - A FIFO as a partial (modelfs's and the convention's), a directory and
 //!   a FIFO as a blob's `data`.
 
@@ -150,6 +151,75 @@ fn another_producer_writing_the_shared_partial_mid_download_changes_nothing_serv
         fs::read(&theirs).unwrap(),
         b"another producer's data",
         "the other producer's partial is left to it"
+    );
+    store.assert_consistent();
+}
+
+// ---------------------------------------------------------------------------
+// Promise 2: never write outside the store
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_hard_link_planted_as_a_partial_is_never_written_and_the_file_outside_keeps_its_bytes() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let outside = store.root.parent().unwrap().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    // Shorter than the blob (a resume would append to it), longer (a
+    // restart would truncate it), and one planted at the convention's name.
+    let short = random_bytes(300_000, 1002);
+    let long = random_bytes(300_000, 1003);
+    let other = random_bytes(300_000, 1004);
+    store.add_pending("short", &origin, &short);
+    store.add_pending("long", &origin, &long);
+    store.add_pending("other", &origin, &other);
+    let plant = |name: &str, content: Vec<u8>, at: PathBuf| {
+        let target = outside.join(name);
+        fs::write(&target, &content).unwrap();
+        fs::create_dir_all(at.parent().unwrap()).unwrap();
+        fs::hard_link(&target, &at).unwrap();
+        (target, content)
+    };
+    let planted = [
+        plant(
+            "short.bin",
+            b"a file elsewhere".to_vec(),
+            modelfs_partial(&store, &short),
+        ),
+        plant(
+            "long.bin",
+            random_bytes(400_000, 1005),
+            modelfs_partial(&store, &long),
+        ),
+        plant(
+            "other.bin",
+            b"another file elsewhere".to_vec(),
+            shared_partial(&store, &other),
+        ),
+    ];
+
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    for (name, data) in [("short", &short), ("long", &long), ("other", &other)] {
+        let r = open_read_within(&mount.path(&format!("{name}.gguf")))
+            .unwrap_or_else(|| panic!("{name}: the open did not finish"));
+        assert!(
+            r.as_ref().is_ok_and(|v| v == data),
+            "{name}: {}",
+            describe(&r, data)
+        );
+    }
+    for (target, content) in &planted {
+        assert_eq!(
+            fs::read(target).unwrap(),
+            *content,
+            "{} keeps its bytes",
+            target.display()
+        );
+    }
+    let log = mount.log();
+    assert!(
+        log.contains("links"),
+        "the refusal to write a hard-linked partial is logged:\n{log}"
     );
     store.assert_consistent();
 }

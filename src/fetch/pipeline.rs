@@ -10,7 +10,9 @@
 //!    other producers never write) and holds a lock on it too, so two
 //!    modelfs producers of one blob under different names never write the
 //!    same partial (and the second, once it has the lock, uses the blob the
-//!    first published);
+//!    first published); a partial with more than one link (a hard link
+//!    planted from outside the store) is never written: its name is
+//!    removed and a new file started;
 //! 3. keeps a partial's prefix for resuming, re-hashing it, unless it is
 //!    longer than the blob;
 //! 4. checks there is free space for the rest;
@@ -565,7 +567,12 @@ impl Partial {
             match lock::try_lock_file(file) {
                 // gc deletes a partial while holding its lock: if ours is no
                 // longer the file at the path, open the new one instead.
-                Ok(Some(g)) if still_linked(g.file(), store, d) => break g,
+                Ok(Some(g)) if still_linked(g.file(), store, d) => {
+                    if refuse_shared_inode(&g, store, d, &path)? {
+                        continue;
+                    }
+                    break g;
+                }
                 Ok(Some(_)) => continue,
                 Ok(None) if cancelled() => return Err(FetchErrorKind::Cancelled),
                 Ok(None) => {
@@ -695,6 +702,36 @@ impl Partial {
         self.offset += bytes.len() as u64;
         Ok(())
     }
+}
+
+/// A partial with more than one link shares its inode with a name outside
+/// the partial folder (a hard link planted there, perhaps to a file outside
+/// the store): writing, truncating or even resuming from it would change
+/// that file. Removes our name for it (never touching the file itself) and
+/// says so; `true` when the caller must open a new partial. The caller
+/// holds the partial's lock.
+fn refuse_shared_inode(
+    held: &LockGuard,
+    store: &Store,
+    d: &Sha256,
+    path: &Path,
+) -> Result<bool, FetchErrorKind> {
+    use std::os::unix::fs::MetadataExt;
+    let links = held
+        .file()
+        .metadata()
+        .map_err(|e| FetchErrorKind::Store(crate::store::StoreError::io(path, e)))?
+        .nlink();
+    if links <= 1 {
+        return Ok(false);
+    }
+    log::warn!(
+        "{}: the partial file has {links} links (another name shares it, perhaps outside \
+         the store); not writing to it: removing this name and starting a new download",
+        path.display()
+    );
+    store.remove_partial(d).map_err(FetchErrorKind::Store)?;
+    Ok(true)
 }
 
 /// Whether `file` is still the partial file of `d` in the store.
