@@ -1,8 +1,9 @@
-//! Issue 10, promises 1, 2 and 5 (blob and partial files), through a
+//! Issue 10, promises 1, 2, 5 (blob and partial files) and 6, through a
 //! real mount against the real origin: a store shared with other tools (and
 //! with whoever can write into it) never makes modelfs serve or publish a
 //! byte it did not hash, write outside the store, or hang on a file that is
-//! not what the layout puts there.
+//! not what the layout puts there; and a blob two manifests pin is fetched
+//! from whichever of their sources works.
 //!
 //! - Another producer, following the convention for another name with the
 //!   same digest, writes into the shared `.partial-<hex>/data.tmp` while
@@ -10,6 +11,7 @@
 //! - A hard link to a file outside the store is planted as a partial.
 //! - A FIFO as a partial (modelfs's and the convention's), a directory and
 //!   a FIFO as a blob's `data`.
+//! - Two manifests pin one digest; one URL is dead.
 
 mod common;
 
@@ -307,6 +309,72 @@ fn a_fifo_as_a_partial_or_a_directory_as_a_blob_fails_the_open_promptly_and_noth
     assert_eq!(
         open_and_read(&mount.path("blobfifo.gguf")).unwrap(),
         blob_fifo
+    );
+    store.assert_consistent();
+}
+
+// ---------------------------------------------------------------------------
+// Promise 6: two names, one digest, two sources
+// ---------------------------------------------------------------------------
+
+#[test]
+fn two_names_pinning_one_digest_open_through_the_healthy_source_when_the_other_url_is_dead() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(MIB, 1009);
+    // "broken" sorts first and pins the blob at a URL that answers 404,
+    // after a pause in which the open of "healthy" joins the same fetch.
+    let dead = origin.url("gone/broken.gguf");
+    store.write_manifest("broken", &dead, &data);
+    store.add_pending("healthy", &origin, &data);
+    origin.push_fault(
+        "gone/broken.gguf",
+        Fault::StallHeaders(Duration::from_secs(1)),
+    );
+    // Both sources dead: the error names each.
+    let lost = random_bytes(MIB, 1010);
+    let (dead1, dead2) = (origin.url("gone/lost1.gguf"), origin.url("gone/lost2.gguf"));
+    store.write_manifest("lost1", &dead1, &lost);
+    store.write_manifest("lost2", &dead2, &lost);
+
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let first = Waiter::spawn(&mount.path("broken.gguf"));
+    assert!(wait_until(LIVELY, || origin
+        .stats_now("gone/broken.gguf")
+        .gets
+        >= 1));
+    let second = Waiter::spawn(&mount.path("healthy.gguf"));
+    for (name, w) in [("broken", first), ("healthy", second)] {
+        let r = w.result().map_err(|e| format!("errno {e}"));
+        assert!(
+            r.as_ref().is_ok_and(|v| *v == data),
+            "{name}: {}",
+            describe(&r, &data)
+        );
+    }
+    assert_eq!(origin.stats("healthy.gguf").gets, 1);
+    let log = mount.log();
+    let failed = log
+        .lines()
+        .find(|l| l.contains("\"broken\"") && l.contains("/gone/broken.gguf"))
+        .unwrap_or_else(|| panic!("a log line names the failing model and URL:\n{log}"));
+    assert!(failed.contains("404"), "{failed}");
+
+    assert_eq!(
+        open_and_read(&mount.path("lost1.gguf")).unwrap_err(),
+        libc::EIO
+    );
+    let log = mount.log();
+    for (model, url) in [("lost1", "/gone/lost1.gguf"), ("lost2", "/gone/lost2.gguf")] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("\"{model}\"")) && l.contains(url)),
+            "the log names {model} and {url}:\n{log}"
+        );
+    }
+    assert!(
+        log.contains("so did 1 other source of this blob"),
+        "the final error says the other source failed too:\n{log}"
     );
     store.assert_consistent();
 }
