@@ -318,11 +318,7 @@ impl Fetcher {
                 redact_url(&source.url),
                 (verified - started).as_secs_f64(),
                 partial.hash_tail.as_secs_f64(),
-                match placed {
-                    Published::Placed => "published",
-                    Published::AlreadyThere =>
-                        "dropped (another producer had published the blob first; theirs is kept)",
-                },
+                published_words(placed),
                 verified.elapsed().as_secs_f64(),
             );
             return Ok(FetchOutcome::Downloaded {
@@ -801,6 +797,16 @@ impl Partial {
         }
         self.offset += bytes.len() as u64;
         Ok(())
+    }
+}
+
+/// How a publication ended, for the log line of a finished fetch.
+fn published_words(p: Published) -> &'static str {
+    match p {
+        Published::Placed => "published",
+        Published::AlreadyThere => {
+            "dropped (another producer had published the blob first; theirs is kept)"
+        }
     }
 }
 
