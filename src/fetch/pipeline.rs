@@ -665,6 +665,9 @@ impl Partial {
                 // longer the file at the path, open the new one instead.
                 Ok(Some(g)) if still_linked(g.file(), store, d) => {
                     if refuse_shared_inode(&g, store, d, &path)? {
+                        if cancelled() {
+                            return Err(FetchErrorKind::Cancelled);
+                        }
                         continue;
                     }
                     break g;
