@@ -280,7 +280,7 @@ fn store_files_are_owner_writable_only(mask: libc::mode_t) {
         "locks/quarantine/",
         "/data",
         ".partial-",
-        "data.tmp",
+        "modelfs.tmp",
     ] {
         assert!(kinds(needle), "the store has a {needle}: {modes:?}");
     }

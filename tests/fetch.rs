@@ -57,6 +57,7 @@ fn fetch(f: &Fetcher, ts: &TestStore, m: &Manifest) -> Result<FetchOutcome, Fetc
         &ts.store(),
         &FetchJob {
             manifest: m,
+            sources: Vec::new(),
             write_manifest: false,
             progress: None,
             cancel: &never,
@@ -570,6 +571,7 @@ fn progress_events_grow_towards_the_right_total() {
             &ts.store(),
             &FetchJob {
                 manifest: &m,
+                sources: Vec::new(),
                 write_manifest: false,
                 progress: Some(tx.into()),
                 cancel: &never,
@@ -623,6 +625,7 @@ fn progress_during_a_stall_shows_every_byte_received_before_it() {
             let never = AtomicBool::new(false);
             let job = FetchJob {
                 manifest: &m,
+                sources: Vec::new(),
                 write_manifest: false,
                 progress: Some(tx.into()),
                 cancel: &never,
@@ -665,6 +668,7 @@ fn a_cancelled_fetch_keeps_a_resumable_partial_and_the_next_fetch_resumes() {
                 &store,
                 &FetchJob {
                     manifest: &m,
+                    sources: Vec::new(),
                     write_manifest: false,
                     progress: None,
                     cancel: &cancel,
@@ -801,6 +805,7 @@ fn a_fetch_waits_for_another_producers_lock_and_uses_its_blob() {
                 &store,
                 &FetchJob {
                     manifest: &m,
+                    sources: Vec::new(),
                     write_manifest: false,
                     progress: None,
                     cancel: &never,
@@ -848,6 +853,7 @@ fn the_producer_flow_writes_the_manifest_only_after_the_blob() {
     origin.push_fault("fresh.gguf", Fault::FlipByte(0));
     let job = FetchJob {
         manifest: &m,
+        sources: Vec::new(),
         write_manifest: true,
         progress: None,
         cancel: &never,
@@ -984,6 +990,7 @@ fn a_fetch_cancelled_while_waiting_for_the_lock_gives_up_without_a_request() {
                 &store,
                 &FetchJob {
                     manifest: &m,
+                    sources: Vec::new(),
                     write_manifest: false,
                     progress: None,
                     cancel: &cancel,
@@ -1017,6 +1024,7 @@ fn two_names_for_one_blob_fetched_at_once_download_it_once() {
     let never = AtomicBool::new(false);
     let job = |m| FetchJob {
         manifest: m,
+        sources: Vec::new(),
         write_manifest: false,
         progress: None,
         cancel: &never,
@@ -1067,6 +1075,7 @@ fn fetch_recording_hand_over(
         &store,
         &FetchJob {
             manifest: m,
+            sources: Vec::new(),
             write_manifest: false,
             progress: None,
             cancel: &never,
@@ -1195,11 +1204,26 @@ fn a_handed_over_file_whose_publication_fails_is_taken_out_of_the_partial_path()
     let ts = TestStore::new();
     let bytes = random_bytes(256 << 10, 44);
     let m = ts.add_pending("unpublished", &origin, &bytes);
-    // A folder where the blob file belongs: publish_blob refuses it.
+    // A folder where the blob file belongs, made once the bytes verified
+    // (one there before is refused before any download): publish_blob
+    // refuses it.
     let s = ts.store();
-    fs::create_dir_all(s.blob_path(&m.blob)).unwrap();
-
-    let (out, mut handed) = fetch_recording_hand_over(&fetcher(&origin), &ts, &m);
+    let never = AtomicBool::new(false);
+    let mut handed = Vec::new();
+    let out = fetcher(&origin).fetch_handing_over(
+        &s,
+        &FetchJob {
+            manifest: &m,
+            sources: Vec::new(),
+            write_manifest: false,
+            progress: None,
+            cancel: &never,
+        },
+        &mut |file| {
+            fs::create_dir_all(s.blob_path(&m.blob)).unwrap();
+            handed.push(file);
+        },
+    );
 
     assert!(
         matches!(&out, Err(e) if matches!(e.kind, FetchErrorKind::Store(_))),
@@ -1211,6 +1235,82 @@ fn a_handed_over_file_whose_publication_fails_is_taken_out_of_the_partial_path()
         "nothing can resume into or truncate the file its readers hold"
     );
     let mut got = Vec::new();
-    handed[0].0.read_to_end(&mut got).unwrap();
+    handed[0].read_to_end(&mut got).unwrap();
     assert!(got == bytes, "the reader keeps the verified bytes");
+}
+
+#[test]
+fn a_fetch_moves_on_from_a_dead_source_and_a_lying_one_to_the_next_that_pins_the_blob() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(200_000, 45);
+    let opened = ts.write_manifest("dead", &origin.url("gone.gguf"), &bytes);
+    let liar = ts.add_pending("liar", &origin, &bytes);
+    origin.set_persistent_fault("liar.gguf", Some(Fault::FlipByte(1234)));
+    let good = ts.add_pending("good", &origin, &bytes);
+    // Another size cannot be the same bytes: never asked.
+    let mut other_size = ts.add_pending("othersize", &origin, &bytes);
+    other_size.size_bytes += 1;
+    let f = fetcher(&origin);
+    let never = AtomicBool::new(false);
+    let sources = f.candidates(&opened, &[other_size, liar, good.clone()]);
+    assert_eq!(
+        sources.iter().map(|c| c.model.as_str()).collect::<Vec<_>>(),
+        ["dead", "liar", "good"]
+    );
+
+    let out = f.fetch(
+        &ts.store(),
+        &FetchJob {
+            manifest: &opened,
+            sources,
+            write_manifest: false,
+            progress: None,
+            cancel: &never,
+        },
+    );
+
+    assert!(
+        matches!(out, Ok(FetchOutcome::Downloaded { .. })),
+        "{out:?}"
+    );
+    assert_present(&ts, &opened, &bytes);
+    assert_eq!(
+        ts.quarantined().len(),
+        1,
+        "the liar's bytes are quarantined"
+    );
+    assert_eq!(origin.stats("othersize.gguf").gets, 0);
+}
+
+#[test]
+fn a_fetch_whose_every_source_fails_names_the_last_and_counts_the_others() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(10_000, 46);
+    let a = ts.write_manifest("a", &origin.url("gone-a.gguf"), &bytes);
+    let b = ts.write_manifest("b", &origin.url("gone-b.gguf"), &bytes);
+    let f = fetcher(&origin);
+    let never = AtomicBool::new(false);
+
+    let e = f
+        .fetch(
+            &ts.store(),
+            &FetchJob {
+                manifest: &a,
+                sources: f.candidates(&a, &[b]),
+                write_manifest: false,
+                progress: None,
+                cancel: &never,
+            },
+        )
+        .unwrap_err();
+
+    let text = e.to_string();
+    assert!(
+        text.contains("\"b\"") && text.contains("gone-b.gguf") && text.contains("404"),
+        "{text}"
+    );
+    assert!(text.contains("1 other source"), "{text}");
+    assert_still_pending(&ts, &a);
 }

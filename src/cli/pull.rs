@@ -43,6 +43,7 @@ pub fn run(g: &Globals, a: &PullArgs) -> Result<(), CliError> {
             .map_err(|e| CliError::new(format!("cannot start the progress thread: {e}")))?;
         let job = FetchJob {
             manifest: &manifest,
+            sources: Vec::new(),
             write_manifest: false,
             progress: Some(tx.into()),
             cancel: &never,

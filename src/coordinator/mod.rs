@@ -15,6 +15,10 @@
 //! see, at the kernel's word alone); the fetch carries on for the others
 //! and, if nobody waits any more, finishes anyway so the next open is fast.
 //!
+//! A fetch may use every source of its blob: every manifest that pins the
+//! digest when the fetch starts, the first opener's first (see
+//! [`FetchJob::sources`]).
+//!
 //! Invariants: every callback is called exactly once; no lock of ours is
 //! held while a callback runs or while the network or disk is used; a
 //! failure is logged once here, not by each waiter.
@@ -309,6 +313,7 @@ impl Coordinator {
         self.take_slot(&cancel);
         let job = FetchJob {
             manifest: &m,
+            sources: self.sources_of(&m),
             write_manifest: false,
             progress: Some(ProgressSink::Latest(progress)),
             cancel: &cancel,
@@ -346,6 +351,28 @@ impl Coordinator {
             }
         };
         self.finish(&m.blob, result);
+    }
+
+    /// Every source of `m`'s blob, current now: `m`'s own first (the first
+    /// opener's), then those of the other manifests that pin the same
+    /// digest. The job is one per digest, so an open of any of those names
+    /// may have joined it.
+    fn sources_of(&self, m: &Manifest) -> Vec<crate::fetch::Candidate> {
+        let others: Vec<Manifest> = match self.store.list_manifests() {
+            Ok(all) => all
+                .into_iter()
+                .flatten()
+                .filter(|o| o.blob == m.blob && o.name != m.name)
+                .collect(),
+            Err(e) => {
+                log::warn!(
+                    "{}: cannot list the other manifests of its blob ({e}); fetching from its own source only",
+                    m.name
+                );
+                Vec::new()
+            }
+        };
+        self.fetcher.candidates(m, &others)
     }
 
     /// Answers every waiter with the verified file, and keeps it for the

@@ -78,6 +78,28 @@ impl FetchErrorKind {
         }
     }
 
+    /// Whether the failure is the source's own (what it answered, or that
+    /// it could not be reached, or that its bytes were wrong), so another
+    /// source of the same blob may do better; the fetch tries the next
+    /// one for exactly these. Local trouble (space, the store) and a
+    /// cancelled fetch are the same whatever the source.
+    pub fn is_source_error(&self) -> bool {
+        match self {
+            Self::InsecureUrl(_)
+            | Self::BadUrl(_)
+            | Self::Status { .. }
+            | Self::Network(_)
+            | Self::UnknownHost(_)
+            | Self::Stalled(_)
+            | Self::Tls(_)
+            | Self::Redirect(_)
+            | Self::LengthMismatch { .. }
+            | Self::TooLong { .. }
+            | Self::DigestMismatch { .. } => true,
+            Self::NoSource | Self::NoSpace { .. } | Self::Store(_) | Self::Cancelled => false,
+        }
+    }
+
     /// The OS error behind a store failure (ENOSPC, EACCES, …).
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
@@ -145,6 +167,9 @@ pub struct FetchError {
     pub kind: FetchErrorKind,
     /// How many HTTP attempts were made.
     pub attempts: u32,
+    /// How many other sources of the same blob failed before this one
+    /// (each is in the log with its model and URL).
+    pub sources_failed_before: u32,
 }
 
 impl FetchError {
@@ -154,6 +179,7 @@ impl FetchError {
             url: url.map(str::to_string),
             kind,
             attempts: 0,
+            sources_failed_before: 0,
         }
     }
 
@@ -191,6 +217,9 @@ impl FetchError {
                 "the server's file is not the one the manifest pins: check the URL and sha256, or re-add the model"
             }
             FetchErrorKind::NoSpace { .. } => "free disk space in the store and try again",
+            FetchErrorKind::Store(StoreError::Unsafe { .. }) => {
+                "remove what sits on that path; the next open or `modelfs pull` fetches the blob anew"
+            }
             FetchErrorKind::Store(_) => "check permissions and space of the store directory",
             FetchErrorKind::Cancelled => "open the file again or run `modelfs pull` to continue",
         }
@@ -206,6 +235,14 @@ impl fmt::Display for FetchError {
         write!(f, " failed: {}", self.kind)?;
         if self.attempts > 1 {
             write!(f, " (after {} attempts)", self.attempts)?;
+        }
+        match self.sources_failed_before {
+            0 => {}
+            1 => f.write_str(", and so did 1 other source of this blob (see the log)")?,
+            n => write!(
+                f,
+                ", and so did {n} other sources of this blob (see the log)"
+            )?,
         }
         write!(f, "; {}", self.hint())
     }
@@ -265,6 +302,32 @@ mod tests {
                 available: 0
             }
             .is_transient()
+        );
+    }
+
+    #[test]
+    fn a_source_that_fails_on_its_own_lets_the_next_be_tried_but_local_trouble_does_not() {
+        let st = |code| FetchErrorKind::Status {
+            code,
+            retry_after: None,
+        };
+        assert!(st(404).is_source_error() && st(503).is_source_error());
+        assert!(FetchErrorKind::Network("refused".into()).is_source_error());
+        assert!(
+            FetchErrorKind::DigestMismatch {
+                expected: Sha256::of(b"a"),
+                actual: Sha256::of(b"b"),
+                quarantined: None,
+            }
+            .is_source_error()
+        );
+        assert!(!FetchErrorKind::Cancelled.is_source_error());
+        assert!(
+            !FetchErrorKind::NoSpace {
+                needed: 1,
+                available: 0
+            }
+            .is_source_error()
         );
     }
 

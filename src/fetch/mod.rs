@@ -13,6 +13,6 @@ pub mod retry;
 
 pub use error::{FetchError, FetchErrorKind};
 pub use http::{Http, HttpConfig};
-pub use pipeline::{FetchJob, FetchOutcome, Fetcher};
+pub use pipeline::{Candidate, FetchJob, FetchOutcome, Fetcher};
 pub use progress::{Phase, Progress, ProgressSink};
 pub use retry::RetryPolicy;

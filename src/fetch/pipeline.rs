@@ -4,10 +4,15 @@
 //! `pull`, the mount's coordinator). For one manifest it:
 //!
 //! 1. waits for `LOCK_EX` on `locks/<name>.lock` (polling, cancellable), then
-//!    re-checks whether the blob arrived meanwhile;
-//! 2. opens the partial file and holds a lock on it too, so two producers
-//!    of one blob under different names never write the same partial (and
-//!    the second, once it has the lock, uses the blob the first published);
+//!    re-checks whether the blob arrived meanwhile, and refuses a blob path
+//!    that holds a folder or another non-file (nothing could be published);
+//! 2. opens modelfs's own partial file (`Store::partial_path`, a name
+//!    other producers never write) and holds a lock on it too, so two
+//!    modelfs producers of one blob under different names never write the
+//!    same partial (and the second, once it has the lock, uses the blob the
+//!    first published); a partial with more than one link (a hard link
+//!    planted from outside the store) is never written: its name is
+//!    removed and a new file started;
 //! 3. keeps a partial's prefix for resuming, re-hashing it, unless it is
 //!    longer than the blob;
 //! 4. checks there is free space for the rest;
@@ -18,8 +23,14 @@
 //!    byte 0 in case the old prefix was the bad part); on a match hands a
 //!    read-only handle on the verified file to the caller of
 //!    [`Fetcher::fetch_handing_over`], then `sync_all`s, renames into place
-//!    and fsyncs the directory;
+//!    without replacing a blob another producer placed first, and fsyncs
+//!    the directory;
 //! 7. writes the manifest last when asked to (producer flow).
+//!
+//! Phases 2-7 run for each of the job's sources in turn (every manifest
+//! that pins the digest, the opener's first) while the failures are the
+//! source's own (a 404, a refused connection, wrong bytes); each such
+//! failure is logged with its model and URL, and the last one is returned.
 //!
 //! Promise: no path under `blobs/sha256/<aa>/<hex>/` ever holds bytes that
 //! do not hash to `<hex>`, and no handle is handed over before its bytes
@@ -34,7 +45,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -44,7 +55,7 @@ use super::progress::{Phase, ProgressSink, Reporter};
 use super::retry::RetryPolicy;
 use crate::digest::{Hasher, Sha256};
 use crate::store::lock::{self, LockGuard, LockWaitError};
-use crate::store::{BlobState, Manifest, Source, Store};
+use crate::store::{BlobState, Manifest, Published, Source, Store};
 
 /// Size of one read from the network and one write to the partial.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -63,9 +74,24 @@ pub enum FetchOutcome {
     Downloaded { transferred: u64, resumed_from: u64 },
 }
 
+/// One place a blob may be fetched from: the URL a manifest pins, and the
+/// model whose manifest it is (errors and logs name both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub model: String,
+    pub url: String,
+}
+
 /// What to fetch and how to report.
 pub struct FetchJob<'a> {
+    /// The manifest the fetch is for: its name's producer lock is taken,
+    /// and its digest and size are what the bytes must match.
     pub manifest: &'a Manifest,
+    /// Where to fetch from, in order ([`Fetcher::candidates`]): the next is
+    /// tried when one fails for a reason of its own (a 404, a refused
+    /// connection, wrong bytes; see [`FetchErrorKind::is_source_error`]).
+    /// Empty: the manifest's own source only.
+    pub sources: Vec<Candidate>,
     /// Write the manifest after the blob is in place (producer flow); off
     /// when the manifest is already on disk as a pending manifest.
     pub write_manifest: bool,
@@ -104,6 +130,26 @@ impl Fetcher {
         Some(url)
     }
 
+    /// The sources of a blob: `primary`'s own, then those of `others` that
+    /// pin the same digest and size, in their order, each URL once.
+    pub fn candidates(&self, primary: &Manifest, others: &[Manifest]) -> Vec<Candidate> {
+        let same_blob = |o: &&Manifest| {
+            o.blob == primary.blob && o.size_bytes == primary.size_bytes && o.name != primary.name
+        };
+        let mut out: Vec<Candidate> = Vec::new();
+        for m in std::iter::once(primary).chain(others.iter().filter(same_blob)) {
+            if let Some(url) = self.url_for(m)
+                && !out.iter().any(|c| c.url == url)
+            {
+                out.push(Candidate {
+                    model: m.name.to_string(),
+                    url,
+                });
+            }
+        }
+        out
+    }
+
     /// Runs the pipeline for one manifest. See the module doc.
     pub fn fetch(&self, store: &Store, job: &FetchJob<'_>) -> Result<FetchOutcome, FetchError> {
         self.run(store, job, None)
@@ -138,11 +184,19 @@ impl Fetcher {
         mut on_verified: Option<&mut dyn FnMut(File)>,
     ) -> Result<FetchOutcome, FetchError> {
         let m = job.manifest;
-        let model = m.name.to_string();
-        let url = self
-            .url_for(m)
-            .ok_or_else(|| FetchError::new(&model, None, FetchErrorKind::NoSource))?;
-        let fail = |kind| FetchError::new(&model, Some(&url), kind);
+        let sources = if job.sources.is_empty() {
+            self.candidates(m, &[])
+        } else {
+            job.sources.clone()
+        };
+        let Some(first) = sources.first() else {
+            return Err(FetchError::new(
+                m.name.to_string(),
+                None,
+                FetchErrorKind::NoSource,
+            ));
+        };
+        let fail = |kind| FetchError::new(m.name.to_string(), Some(&first.url), kind);
         let mut reporter = Reporter::new(job.progress.clone());
         let cancelled = || job.cancel.load(Ordering::Relaxed);
 
@@ -151,7 +205,8 @@ impl Fetcher {
         let _name_lock = lock::lock_waiting(&store.lock_path(&m.name), &cancelled, &mut || {
             waited = true;
             log::info!(
-                "{model}: another process holds {}, waiting for it",
+                "{}: another process holds {}, waiting for it",
+                m.name,
                 store.lock_path(&m.name).display()
             );
             reporter.report(Phase::WaitingForLock, 0, m.size_bytes, 0);
@@ -163,8 +218,46 @@ impl Fetcher {
                 waited_for_lock: waited,
             });
         }
+        store
+            .check_blob_slot(&m.blob)
+            .map_err(|e| fail(FetchErrorKind::Store(e)))?;
 
-        // Phases 2-6, at most twice: a mismatch after a resume starts over.
+        // Phases 2-7 for each source in turn, while the failures are the
+        // source's.
+        for (i, source) in sources.iter().enumerate() {
+            match self.fetch_from(store, job, source, &mut reporter, &mut on_verified, waited) {
+                Err(e) if e.kind.is_source_error() && i + 1 < sources.len() => {
+                    let next = &sources[i + 1];
+                    log::warn!(
+                        "{e}; trying the source of model {:?} next ({})",
+                        next.model,
+                        redact_url(&next.url)
+                    );
+                }
+                Err(mut e) => {
+                    e.sources_failed_before = i as u32;
+                    return Err(e);
+                }
+                done => return done,
+            }
+        }
+        unreachable!("the last source returns")
+    }
+
+    /// Phases 2-7 from one source: at most twice, as a mismatch after a
+    /// resume starts over from byte 0.
+    fn fetch_from(
+        &self,
+        store: &Store,
+        job: &FetchJob<'_>,
+        source: &Candidate,
+        reporter: &mut Reporter,
+        on_verified: &mut Option<&mut dyn FnMut(File)>,
+        waited: bool,
+    ) -> Result<FetchOutcome, FetchError> {
+        let m = job.manifest;
+        let fail = |kind| FetchError::new(&source.model, Some(&source.url), kind);
+        let cancelled = || job.cancel.load(Ordering::Relaxed);
         let mut may_restart = true;
         loop {
             let mut partial =
@@ -179,51 +272,22 @@ impl Fetcher {
                     waited_for_lock: waited || partial.waited,
                 });
             }
-            if partial.offset > 0 {
-                reporter.report(Phase::Rehashing, 0, m.size_bytes, 0);
-                partial.rehash_prefix().map_err(fail)?;
-            }
-            if let Err(kind) =
-                check_free_space(&store.partial_path(&m.blob), m.size_bytes - partial.offset)
-            {
-                partial.discard_if_empty(store, &m.blob);
-                return Err(fail(kind));
-            }
             let started = Instant::now();
-            let transferred = match self.download(&url, &mut partial, &mut reporter, job.cancel) {
-                Ok(n) => n,
-                Err((kind, n)) => {
-                    partial.discard_if_empty(store, &m.blob);
-                    let mut e = fail(kind);
-                    e.attempts = n;
-                    return Err(e);
-                }
-            };
+            let transferred = self.download_from(store, m, source, &mut partial, reporter, job)?;
             // Read after the download: a server that ignores Range makes it
             // start over, and then nothing of the old partial was used.
             let resumed_from = partial.resumed;
             let actual = partial.hasher.clone().finish();
             if !actual.ct_eq(&m.blob) {
-                let q = match store.quarantine_partial(&m.blob, &format!("sha256-mismatch-{model}"))
-                {
-                    Ok(q) => Some(q),
-                    Err(e) => {
-                        // Bytes that fail verification are never kept to be
-                        // resumed: without a quarantine they are deleted.
-                        log::warn!("{model}: cannot quarantine the bad bytes ({e}); deleting them");
-                        if let Err(e) = store.remove_partial(&m.blob) {
-                            log::warn!("{model}: cannot delete the bad bytes either: {e}");
-                        }
-                        None
-                    }
-                };
+                let q = quarantine_bad_partial(store, m, &source.model);
                 // The error returned below carries digests and quarantine
                 // path; its caller logs it once. Only a restart is news here.
                 if resumed_from > 0 && may_restart {
                     log::warn!(
-                        "{model}: bytes from {} hash to {actual}, expected {} (quarantined at {:?}); \
+                        "{}: bytes from {} hash to {actual}, expected {} (quarantined at {:?}); \
                          the download had resumed at byte {resumed_from}, starting over from 0",
-                        redact_url(&url),
+                        source.model,
+                        redact_url(&source.url),
                         m.blob,
                         q
                     );
@@ -238,39 +302,23 @@ impl Fetcher {
             }
             let verified = Instant::now();
             reporter.report(Phase::Publishing, m.size_bytes, m.size_bytes, transferred);
-            let mut handed_over = false;
-            if let Some(hand_over) = on_verified.as_mut() {
-                match partial.reopen_read_only(store, &m.blob) {
-                    Ok(file) => {
-                        hand_over(file);
-                        handed_over = true;
-                    }
-                    Err(e) => log::warn!(
-                        "{model}: cannot reopen the verified download read-only ({e}); \
-                         waiting opens are answered once it is published"
-                    ),
-                }
-            }
-            if let Err(e) = store.publish_blob(&m.blob, &partial.file) {
-                // Readers hold this inode now, and the next fetch would
-                // resume or truncate the partial in place: take it out of
-                // the way (they keep reading it; the next fetch starts anew).
-                if handed_over && let Err(e) = store.remove_partial(&m.blob) {
-                    log::warn!("{model}: cannot remove the unpublished download: {e}");
-                }
-                return Err(fail(FetchErrorKind::Store(e)));
-            }
+            let placed = self
+                .hand_over_and_publish(store, m, &partial, on_verified)
+                .map_err(fail)?;
             self.write_manifest_if_asked(store, job).map_err(fail)?;
             // The phases' times, so an operator can see what a slow first
             // open waited for.
             log::info!(
-                "{model}: verified {} ({} bytes, {} fetched in {:.2} s, hashing done {:.2} s \
-                 after the last byte; made durable and published in {:.2} s)",
+                "{}: verified {} ({} bytes, {} fetched from {} in {:.2} s, hashing done {:.2} s \
+                 after the last byte; made durable and {} in {:.2} s)",
+                m.name,
                 m.blob.short(),
                 m.size_bytes,
                 super::error::human_bytes(transferred),
+                redact_url(&source.url),
                 (verified - started).as_secs_f64(),
                 partial.hash_tail.as_secs_f64(),
+                published_words(placed),
                 verified.elapsed().as_secs_f64(),
             );
             return Ok(FetchOutcome::Downloaded {
@@ -278,6 +326,71 @@ impl Fetcher {
                 resumed_from,
             });
         }
+    }
+
+    /// Phases 3-5 into an open partial: re-hash the kept prefix, check the
+    /// free space, download the rest. Returns the bytes transferred.
+    fn download_from(
+        &self,
+        store: &Store,
+        m: &Manifest,
+        source: &Candidate,
+        partial: &mut Partial,
+        reporter: &mut Reporter,
+        job: &FetchJob<'_>,
+    ) -> Result<u64, FetchError> {
+        let fail = |kind| FetchError::new(&source.model, Some(&source.url), kind);
+        if partial.offset > 0 {
+            reporter.report(Phase::Rehashing, 0, m.size_bytes, 0);
+            partial.rehash_prefix().map_err(fail)?;
+        }
+        if let Err(kind) =
+            check_free_space(&store.partial_path(&m.blob), m.size_bytes - partial.offset)
+        {
+            partial.discard_if_empty(store, &m.blob);
+            return Err(fail(kind));
+        }
+        self.download(&source.url, partial, reporter, job.cancel)
+            .map_err(|(kind, n)| {
+                partial.discard_if_empty(store, &m.blob);
+                let mut e = fail(kind);
+                e.attempts = n;
+                e
+            })
+    }
+
+    /// Phase 6: hands a read-only handle on the verified partial to the
+    /// caller that asked for one, then publishes it.
+    fn hand_over_and_publish(
+        &self,
+        store: &Store,
+        m: &Manifest,
+        partial: &Partial,
+        on_verified: &mut Option<&mut dyn FnMut(File)>,
+    ) -> Result<Published, FetchErrorKind> {
+        let mut handed_over = false;
+        if let Some(hand_over) = on_verified.as_mut() {
+            match partial.reopen_read_only(store, &m.blob) {
+                Ok(file) => {
+                    hand_over(file);
+                    handed_over = true;
+                }
+                Err(e) => log::warn!(
+                    "{}: cannot reopen the verified download read-only ({e}); \
+                     waiting opens are answered once it is published",
+                    m.name
+                ),
+            }
+        }
+        store.publish_blob(&m.blob, &partial.file).map_err(|e| {
+            // Readers hold this inode now, and the next fetch would
+            // resume or truncate the partial in place: take it out of
+            // the way (they keep reading it; the next fetch starts anew).
+            if handed_over && let Err(e) = store.remove_partial(&m.blob) {
+                log::warn!("{}: cannot remove the unpublished download: {e}", m.name);
+            }
+            FetchErrorKind::Store(e)
+        })
     }
 
     fn write_manifest_if_asked(
@@ -550,7 +663,15 @@ impl Partial {
             match lock::try_lock_file(file) {
                 // gc deletes a partial while holding its lock: if ours is no
                 // longer the file at the path, open the new one instead.
-                Ok(Some(g)) if still_linked(g.file(), store, d) => break g,
+                Ok(Some(g)) if still_linked(g.file(), store, d) => {
+                    if refuse_shared_inode(&g, store, d, &path)? {
+                        if cancelled() {
+                            return Err(FetchErrorKind::Cancelled);
+                        }
+                        continue;
+                    }
+                    break g;
+                }
                 Ok(Some(_)) => continue,
                 Ok(None) if cancelled() => return Err(FetchErrorKind::Cancelled),
                 Ok(None) => {
@@ -680,6 +801,61 @@ impl Partial {
         self.offset += bytes.len() as u64;
         Ok(())
     }
+}
+
+/// How a publication ended, for the log line of a finished fetch.
+fn published_words(p: Published) -> &'static str {
+    match p {
+        Published::Placed => "published",
+        Published::AlreadyThere => {
+            "dropped (another producer had published the blob first; theirs is kept)"
+        }
+    }
+}
+
+/// Moves bytes that failed verification to quarantine; without a
+/// quarantine they are deleted, never kept to be resumed.
+fn quarantine_bad_partial(store: &Store, m: &Manifest, model: &str) -> Option<PathBuf> {
+    match store.quarantine_partial(&m.blob, &format!("sha256-mismatch-{model}")) {
+        Ok(q) => Some(q),
+        Err(e) => {
+            log::warn!("{model}: cannot quarantine the bad bytes ({e}); deleting them");
+            if let Err(e) = store.remove_partial(&m.blob) {
+                log::warn!("{model}: cannot delete the bad bytes either: {e}");
+            }
+            None
+        }
+    }
+}
+
+/// A partial with more than one link shares its inode with a name outside
+/// the partial folder (a hard link planted there, perhaps to a file outside
+/// the store): writing, truncating or even resuming from it would change
+/// that file. Removes our name for it (never touching the file itself) and
+/// says so; `true` when the caller must open a new partial. The caller
+/// holds the partial's lock.
+fn refuse_shared_inode(
+    held: &LockGuard,
+    store: &Store,
+    d: &Sha256,
+    path: &Path,
+) -> Result<bool, FetchErrorKind> {
+    use std::os::unix::fs::MetadataExt;
+    let links = held
+        .file()
+        .metadata()
+        .map_err(|e| FetchErrorKind::Store(crate::store::StoreError::io(path, e)))?
+        .nlink();
+    if links <= 1 {
+        return Ok(false);
+    }
+    log::warn!(
+        "{}: the partial file has {links} links (another name shares it, perhaps outside \
+         the store); not writing to it: removing this name and starting a new download",
+        path.display()
+    );
+    store.remove_partial(d).map_err(FetchErrorKind::Store)?;
+    Ok(true)
 }
 
 /// Whether `file` is still the partial file of `d` in the store.

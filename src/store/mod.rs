@@ -3,7 +3,8 @@
 //! ```text
 //! $MODELS_HOME/
 //!   blobs/sha256/<aa>/<hex>/data                verified bytes, never written again
-//!   blobs/sha256/<aa>/.partial-<hex>/data.tmp   a download in progress
+//!   blobs/sha256/<aa>/.partial-<hex>/data.tmp   another producer's download in progress
+//!   blobs/sha256/<aa>/.partial-<hex>/modelfs.tmp  modelfs's download in progress
 //!   manifests/<name>.json                       name -> blob
 //!   locks/<name>.lock                           advisory flock held by a producer
 //!   locks/quarantine/<timestamp>-<reason>.bin   bytes that failed verification
@@ -18,6 +19,20 @@
 //! neither a read nor a write outside the root (the top-level folders
 //! themselves may be the operator's symlinks). Folders are created 0755 and
 //! files 0644 whatever the umask. It knows nothing about HTTP or FUSE.
+//!
+//! Blob and partial files are opened with `O_NOFOLLOW | O_NONBLOCK` and
+//! used only if `fstat` says they are regular files: a FIFO, device or
+//! folder planted there is [`StoreError::Unsafe`] (with one log line), never
+//! an `open` that hangs or a file whose reads fail later.
+//!
+//! modelfs downloads into its own partial file, `.partial-<hex>/modelfs.tmp`,
+//! a name no producer that follows the convention touches: those write
+//! `data.tmp` under their own name lock only, so a partial they share with
+//! modelfs could change after modelfs hashed it. modelfs never opens, serves
+//! or publishes `data.tmp` (it leaves it to whoever writes it), guards its
+//! own file with a `flock` on it (so two modelfs processes never write it at
+//! once and `gc` can tell an abandoned one), and publishes it with a rename
+//! that never replaces a blob another producer placed first.
 
 pub mod lock;
 pub mod manifest;
@@ -223,11 +238,12 @@ impl Store {
         self.fanout_dir(d).join(d.to_hex()).join("data")
     }
 
-    /// `blobs/sha256/<aa>/.partial-<hex>/data.tmp`
+    /// modelfs's partial file: `blobs/sha256/<aa>/.partial-<hex>/modelfs.tmp`
+    /// (see the module doc for why it is not the convention's `data.tmp`).
     pub fn partial_path(&self, d: &Sha256) -> PathBuf {
         self.fanout_dir(d)
             .join(format!(".partial-{}", d.to_hex()))
-            .join("data.tmp")
+            .join(PARTIAL_FILE)
     }
 
     pub fn manifest_path(&self, name: &ModelName) -> PathBuf {
@@ -358,20 +374,20 @@ impl Store {
         m.is_file().then_some(m)
     }
 
-    /// The metadata of the partial file, if it is a regular file reached
-    /// without a symlink.
+    /// The metadata of modelfs's partial file, if it is a regular file
+    /// reached without a symlink.
     pub fn stat_partial(&self, d: &Sha256) -> Option<Metadata> {
         let m = self
             .fanout(d, false)
             .ok()?
             .sub(&Self::partial_dir_name(d))
             .ok()?
-            .stat("data.tmp")
+            .stat(PARTIAL_FILE)
             .ok()?;
         m.is_file().then_some(m)
     }
 
-    /// Present, partial or absent; never reads the bytes. A symlink
+    /// Present, partial (modelfs's own) or absent; never reads the bytes. A symlink
     /// anywhere below `blobs/sha256/` counts as absent.
     pub fn blob_state(&self, d: &Sha256) -> BlobState {
         if let Some(m) = self.stat_blob(d) {
@@ -383,23 +399,49 @@ impl Store {
         }
     }
 
-    /// Opens a present blob for reading, never through a symlink.
+    /// Opens a present blob for reading, never through a symlink and only
+    /// if it is a regular file.
     pub fn open_blob(&self, d: &Sha256) -> Result<File, StoreError> {
         let path = self.blob_path(d);
-        self.fanout(d, false)?
+        let dir = self
+            .fanout(d, false)?
             .sub(&d.to_hex())
-            .and_then(|dir| dir.open_file("data", libc::O_RDONLY, 0))
-            .map_err(|e| StoreError::walking(&path, e))
+            .map_err(|e| StoreError::walking(&path, e))?;
+        open_regular(&dir, "data", libc::O_RDONLY, &path)
     }
 
-    /// Opens (creating) the partial file for `d` for appending, never
-    /// through a symlink.
+    /// Refuses, before anything is downloaded for it, a blob path that
+    /// holds something other than a regular file (a folder, a FIFO): no
+    /// download could ever be published there.
+    pub fn check_blob_slot(&self, d: &Sha256) -> Result<(), StoreError> {
+        let path = self.blob_path(d);
+        // Nothing there yet, or a planted link (refused by name later).
+        let Some(dir) = self
+            .fanout(d, false)
+            .ok()
+            .and_then(|f| f.sub(&d.to_hex()).ok())
+        else {
+            return Ok(());
+        };
+        match dir.lstat("data") {
+            // The caller's error is the one log line.
+            Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFREG => {
+                Err(StoreError::Unsafe { path })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens (creating) modelfs's partial file for `d` for appending,
+    /// never through a symlink and only if it is a regular file. The caller
+    /// checks its link count once it holds its lock.
     pub fn open_partial(&self, d: &Sha256) -> Result<File, StoreError> {
         let path = self.partial_path(d);
-        self.fanout(d, true)?
+        let dir = self
+            .fanout(d, true)?
             .sub_or_create(&Self::partial_dir_name(d))
-            .and_then(|dir| dir.open_file("data.tmp", libc::O_RDWR | libc::O_CREAT, 0o644))
-            .map_err(|e| StoreError::walking(&path, e))
+            .map_err(|e| StoreError::walking(&path, e))?;
+        open_regular(&dir, PARTIAL_FILE, libc::O_RDWR | libc::O_CREAT, &path)
     }
 
     /// Removes the partial file and its folder (the caller holds its lock).
@@ -407,7 +449,7 @@ impl Store {
         let path = self.partial_path(d);
         let fan = self.fanout(d, false)?;
         let name = Self::partial_dir_name(d);
-        match fan.sub(&name).and_then(|dir| dir.unlink("data.tmp")) {
+        match fan.sub(&name).and_then(|dir| dir.unlink(PARTIAL_FILE)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(StoreError::walking(&path, e)),
@@ -417,10 +459,12 @@ impl Store {
     }
 
     /// Moves a verified partial into place under its digest: `sync_all`,
-    /// rename, fsync of both directories, removal of the partial folder.
-    /// The caller has checked the digest of the bytes in `partial`, which
-    /// must still be the file at the partial path.
-    pub fn publish_blob(&self, d: &Sha256, partial: &File) -> Result<PathBuf, StoreError> {
+    /// rename without replacing anything, fsync of both directories,
+    /// removal of the partial folder. The caller has checked the digest of
+    /// the bytes in `partial`, which must still be the file at the partial
+    /// path. When another producer placed the blob first, theirs stays (it
+    /// is their verified blob, and readers may hold it) and ours is deleted.
+    pub fn publish_blob(&self, d: &Sha256, partial: &File) -> Result<Published, StoreError> {
         let src = self.partial_path(d);
         let dst = self.blob_path(d);
         partial.sync_all().map_err(|e| StoreError::io(&src, e))?;
@@ -430,7 +474,7 @@ impl Store {
             .map_err(|e| StoreError::walking(&src, e))?;
         let (ours, there) = (
             partial.metadata().map_err(|e| StoreError::io(&src, e))?,
-            from.stat("data.tmp")
+            from.stat(PARTIAL_FILE)
                 .map_err(|e| StoreError::walking(&src, e))?,
         );
         if !there.is_file() || (ours.dev(), ours.ino()) != (there.dev(), there.ino()) {
@@ -442,29 +486,39 @@ impl Store {
         let to = fan
             .sub_or_create(&d.to_hex())
             .map_err(|e| StoreError::walking(&dst, e))?;
-        match to.stat("data") {
-            Ok(m) if !m.is_file() => return Err(StoreError::Unsafe { path: dst }),
-            _ => {}
-        }
-        from.rename("data.tmp", &to, "data", false)
-            .map_err(|e| StoreError::walking(&dst, e))?;
+        let published = match from.rename(PARTIAL_FILE, &to, "data", true) {
+            Ok(()) => Published::Placed,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                if self.stat_blob(d).is_none() {
+                    let kind = to
+                        .lstat("data")
+                        .map_or("unreadable", |st| kind_of(st.st_mode));
+                    return Err(refuse(&dst, kind));
+                }
+                from.unlink(PARTIAL_FILE)
+                    .map_err(|e| StoreError::walking(&src, e))?;
+                Published::AlreadyThere
+            }
+            Err(e) => return Err(StoreError::walking(&dst, e)),
+        };
         to.sync().map_err(|e| StoreError::io(&dst, e))?;
         let _ = fan.rmdir(&Self::partial_dir_name(d));
         fan.sync()
             .map_err(|e| StoreError::io(self.fanout_dir(d), e))?;
-        Ok(dst)
+        Ok(published)
     }
 
-    /// Opens an existing partial file read-only, never creating it and
-    /// never through a symlink: for `gc` (which locks it and must not
-    /// create partials) and to hand verified bytes to readers before they
-    /// are published.
+    /// Opens modelfs's existing partial file read-only, never creating it,
+    /// never through a symlink and only if it is a regular file: for `gc`
+    /// (which locks it and must not create partials) and to hand verified
+    /// bytes to readers before they are published.
     pub fn open_existing_partial(&self, d: &Sha256) -> Result<File, StoreError> {
         let path = self.partial_path(d);
-        self.fanout(d, false)?
+        let dir = self
+            .fanout(d, false)?
             .sub(&Self::partial_dir_name(d))
-            .and_then(|dir| dir.open_file("data.tmp", libc::O_RDONLY, 0))
-            .map_err(|e| StoreError::walking(&path, e))
+            .map_err(|e| StoreError::walking(&path, e))?;
+        open_regular(&dir, PARTIAL_FILE, libc::O_RDONLY, &path)
     }
 
     /// Deletes a blob and its folder, never through a symlink. The caller
@@ -526,7 +580,7 @@ impl Store {
         self.quarantine_with(reason, path, |q, name| nofollow::rename_into(path, q, name))
     }
 
-    /// Moves the partial file of `d` into quarantine (see
+    /// Moves modelfs's partial file of `d` into quarantine (see
     /// [`Store::quarantine`]), never through a symlink.
     pub fn quarantine_partial(&self, d: &Sha256, reason: &str) -> Result<PathBuf, StoreError> {
         let src = self.partial_path(d);
@@ -535,7 +589,7 @@ impl Store {
             .sub(&Self::partial_dir_name(d))
             .map_err(|e| StoreError::walking(&src, e))?;
         self.quarantine_with(reason, &src, |q, name| {
-            from.rename("data.tmp", q, name, true)
+            from.rename(PARTIAL_FILE, q, name, true)
         })
     }
 
@@ -587,7 +641,8 @@ impl Store {
         Ok(self.scan_blob_dirs()?.0)
     }
 
-    /// Every partial download under `blobs/sha256`, with its size.
+    /// Every partial download of modelfs under `blobs/sha256`, with its
+    /// size (other producers' `data.tmp` files are theirs, not listed).
     pub fn list_partials(&self) -> Result<Vec<(Sha256, u64)>, StoreError> {
         Ok(self.scan_blob_dirs()?.1)
     }
@@ -629,6 +684,71 @@ impl Store {
         blobs.sort();
         partials.sort();
         Ok((blobs, partials))
+    }
+}
+
+/// The name of modelfs's partial file in `.partial-<hex>/`.
+const PARTIAL_FILE: &str = "modelfs.tmp";
+
+/// How [`Store::publish_blob`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Our file is now the blob.
+    Placed,
+    /// Another producer had placed the blob first; it stays, ours is gone.
+    AlreadyThere,
+}
+
+/// Opens `name` in `dir` with `flags` (plus `O_NOFOLLOW`, and `O_NONBLOCK`
+/// so that a FIFO cannot hang the open), creating it 0644 with `O_CREAT`,
+/// and returns it only if `fstat` says it is a regular file; anything else
+/// is [`StoreError::Unsafe`], logged once here. `O_NONBLOCK` is cleared
+/// again: it means nothing for a regular file, and the file may be handed
+/// to readers.
+fn open_regular(
+    dir: &Dir,
+    name: &str,
+    flags: libc::c_int,
+    path: &Path,
+) -> Result<File, StoreError> {
+    let file = match dir.open_file(name, flags | libc::O_NONBLOCK, 0o644) {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+            return Err(refuse(path, "a directory"));
+        }
+        Err(e) => return Err(StoreError::walking(path, e)),
+    };
+    let meta = file.metadata().map_err(|e| StoreError::io(path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(refuse(path, kind_of(meta.mode())));
+    }
+    nofollow::set_blocking(&file).map_err(|e| StoreError::io(path, e))?;
+    Ok(file)
+}
+
+/// [`StoreError::Unsafe`] for `path`, which holds a `kind` where the store
+/// expects a regular file, with the one log line that says so.
+fn refuse(path: &Path, kind: &str) -> StoreError {
+    log::warn!(
+        "ignoring {}: it is {kind}, not a regular file (remove it)",
+        path.display()
+    );
+    StoreError::Unsafe {
+        path: path.to_path_buf(),
+    }
+}
+
+/// "a FIFO", "a directory", … for an `st_mode`.
+fn kind_of(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => "a regular file",
+        libc::S_IFDIR => "a directory",
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        libc::S_IFLNK => "a symlink",
+        _ => "an unknown kind of file",
     }
 }
 
@@ -711,7 +831,7 @@ mod tests {
         assert_eq!(
             s.partial_path(&d),
             PathBuf::from(format!(
-                "/m/blobs/sha256/{}/.partial-{hex}/data.tmp",
+                "/m/blobs/sha256/{}/.partial-{hex}/modelfs.tmp",
                 &hex[..2]
             ))
         );
@@ -791,6 +911,64 @@ mod tests {
         assert_eq!(fs::read(s.blob_path(&d)).unwrap(), b"hello");
         assert!(!s.partial_path(&d).parent().unwrap().exists());
         assert_eq!(s.list_blobs().unwrap(), vec![(d, 5)]);
+    }
+
+    #[test]
+    fn publishing_never_replaces_a_blob_another_producer_placed_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path()).unwrap();
+        let d = Sha256::of(b"hello");
+        let mut f = s.open_partial(&d).unwrap();
+        f.write_all(b"hello").unwrap();
+        // Theirs, placed while ours was verified (its inode is what counts).
+        fs::create_dir_all(s.blob_path(&d).parent().unwrap()).unwrap();
+        fs::write(s.blob_path(&d), b"hello").unwrap();
+        let theirs = fs::metadata(s.blob_path(&d)).unwrap().ino();
+        assert_eq!(s.publish_blob(&d, &f).unwrap(), Published::AlreadyThere);
+        assert_eq!(fs::metadata(s.blob_path(&d)).unwrap().ino(), theirs);
+        assert_eq!(s.blob_state(&d), BlobState::Present(5));
+        assert!(!s.partial_path(&d).parent().unwrap().exists());
+    }
+
+    #[test]
+    fn the_conventions_data_tmp_is_neither_modelfs_partial_nor_touched_by_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path()).unwrap();
+        let d = Sha256::of(b"hello");
+        let theirs = s.partial_path(&d).with_file_name("data.tmp");
+        fs::create_dir_all(theirs.parent().unwrap()).unwrap();
+        fs::write(&theirs, b"someone else's").unwrap();
+        assert_eq!(s.blob_state(&d), BlobState::Absent);
+        assert!(s.list_partials().unwrap().is_empty());
+        let mut f = s.open_partial(&d).unwrap();
+        f.write_all(b"hello").unwrap();
+        s.publish_blob(&d, &f).unwrap();
+        assert_eq!(fs::read(s.blob_path(&d)).unwrap(), b"hello");
+        assert_eq!(fs::read(&theirs).unwrap(), b"someone else's");
+    }
+
+    #[test]
+    fn a_fifo_or_a_folder_where_a_blob_or_partial_belongs_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path()).unwrap();
+        let d = Sha256::of(b"x");
+        let partial = s.partial_path(&d);
+        fs::create_dir_all(partial.parent().unwrap()).unwrap();
+        let c = std::ffi::CString::new(partial.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid C path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        assert!(matches!(s.open_partial(&d), Err(StoreError::Unsafe { .. })));
+        assert!(matches!(
+            s.open_existing_partial(&d),
+            Err(StoreError::Unsafe { .. })
+        ));
+        fs::create_dir_all(s.blob_path(&d)).unwrap();
+        assert!(matches!(s.open_blob(&d), Err(StoreError::Unsafe { .. })));
+        assert!(matches!(
+            s.check_blob_slot(&d),
+            Err(StoreError::Unsafe { .. })
+        ));
+        assert_eq!(s.blob_state(&d), BlobState::Absent);
     }
 
     #[test]

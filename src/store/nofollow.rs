@@ -199,6 +199,16 @@ impl Dir {
     }
 }
 
+/// Clears `O_NONBLOCK` on an open file (opened so to keep a FIFO from
+/// blocking the open, then found to be a regular file).
+pub fn set_blocking(file: &File) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a valid descriptor with integer arguments only.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) }).map(|_| ())
+}
+
 /// `create_dir_all` with [`DIR_MODE`] for every folder it creates.
 pub fn create_dir_all(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
