@@ -1398,6 +1398,50 @@ fn row(rows: &[Value], file: &str) -> (String, u64, u64) {
     )
 }
 
+/// One download, one word: the mount's attribute, `status` of the mount,
+/// `status` of the store and `ls` agree while it runs and after the daemon
+/// died mid-way (they said `fetching`, `partial 24%` and `pending` before).
+#[test]
+fn one_download_has_one_state_word_in_xattrs_status_and_ls() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(2 * MIB, 48);
+    store.add_pending("m", &origin, &data);
+    origin.set_persistent_fault(
+        "m.gguf",
+        Some(Fault::StallAt(512 * KIB as u64, Duration::from_secs(30))),
+    );
+    let words = |mnt: &Path| {
+        let ls = run_ok(
+            Command::new(modelfs_bin())
+                .arg("--store")
+                .arg(&store.root)
+                .args(["ls", "--json"]),
+        );
+        let ls: Value = serde_json::from_slice(&ls.stdout).unwrap();
+        [
+            common::sys::getxattr(&mnt.join("m.gguf"), "user.modelfs.state").unwrap(),
+            row(&status_json(&store, Some(mnt)), "m.gguf").0,
+            row(&status_json(&store, None), "m.gguf").0,
+            ls[0]["state"].as_str().unwrap().to_string(),
+        ]
+    };
+    let mount = Mount::start(&store, origin.ca_pem_path(), &["stall_timeout=60"]);
+    let _reader = Command::new("cat")
+        .arg(mount.path("m.gguf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        origin.stats_now("m.gguf").bytes_sent >= 512 * KIB as u64
+    }));
+    assert_eq!(words(&mount.mountpoint), ["fetching"; 4]);
+    mount.crash();
+    let mount = Mount::start(&store, origin.ca_pem_path(), &["stall_timeout=60"]);
+    assert_eq!(words(&mount.mountpoint), ["partial"; 4]);
+}
+
 #[test]
 fn status_json_shows_a_download_growing_then_present_for_the_mount_and_for_the_store() {
     let origin = Origin::start();

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use crate::fetch::error::human_bytes;
-use crate::store::{BlobState, Manifest, Store};
+use crate::store::{Manifest, ModelState, Store};
 
 use super::{CliError, Globals};
 
@@ -14,18 +14,20 @@ pub struct LsArgs {
     pub json: bool,
 }
 
-/// The state word for a manifest: `present`, `pending`, or `partial NN%`.
-pub fn state_of(store: &Store, m: &Manifest) -> (String, u64) {
-    match store.blob_state(&m.blob) {
-        BlobState::Present(n) => ("present".into(), n),
-        BlobState::Partial(n) => {
-            let pct = (n.min(m.size_bytes) * 100)
+/// The state of a manifest's blob, the bytes of it on disk, and how far
+/// a partial download has got (`24%`; empty otherwise).
+pub fn state_of(store: &Store, m: &Manifest) -> (ModelState, u64, String) {
+    let (state, on_disk) = store.disk_state(&m.blob);
+    let done = match state {
+        ModelState::Partial | ModelState::Fetching => {
+            let pct = (on_disk.min(m.size_bytes) * 100)
                 .checked_div(m.size_bytes)
                 .unwrap_or(0);
-            (format!("partial {pct}%"), n)
+            format!("{pct}%")
         }
-        BlobState::Absent => ("pending".into(), 0),
-    }
+        _ => String::new(),
+    };
+    (state, on_disk, done)
 }
 
 /// Lists every manifest; broken manifests are reported on stderr.
@@ -42,11 +44,10 @@ pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
         let out: Vec<_> = rows
             .iter()
             .map(|m| {
-                let (state, on_disk) = state_of(&store, m);
-                let state_word = state.split(' ').next().unwrap_or("").to_string();
+                let (state, on_disk, _) = state_of(&store, m);
                 json!({
                     "name": m.name.as_str(), "format": m.format, "file": m.file_name(),
-                    "size_bytes": m.size_bytes, "state": state_word, "bytes_on_disk": on_disk,
+                    "size_bytes": m.size_bytes, "state": state.word(), "bytes_on_disk": on_disk,
                     "blob": m.blob.to_blob_ref(), "url": m.fetch_url(),
                 })
             })
@@ -58,17 +59,18 @@ pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "{:<40} {:<8} {:>10} {:<12} DIGEST",
-        "NAME", "FORMAT", "SIZE", "STATE"
+        "{:<40} {:<8} {:>10} {:<9} {:>4} DIGEST",
+        "NAME", "FORMAT", "SIZE", "STATE", "DONE"
     );
     for m in &rows {
-        let (state, _) = state_of(&store, m);
+        let (state, _, done) = state_of(&store, m);
         println!(
-            "{:<40} {:<8} {:>10} {:<12} {}",
+            "{:<40} {:<8} {:>10} {:<9} {:>4} {}",
             m.name.as_str(),
             m.format,
             human_bytes(m.size_bytes),
-            state,
+            state.word(),
+            done,
             m.blob.short()
         );
     }

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::fetch::error::human_bytes;
 use crate::fs::xattr;
-use crate::store::BlobState;
+use crate::store::ModelState;
 
 use super::{CliError, Globals, progress_view};
 
@@ -65,7 +65,7 @@ pub fn run(g: &Globals, a: &StatusArgs) -> Result<(), CliError> {
                 "{}",
                 serde_json::to_string(&to_json(&rows)).expect("JSON values serialise")
             );
-            if !rows.iter().any(|r| r.state == "fetching") {
+            if !rows.iter().any(|r| r.state == ModelState::Fetching.word()) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_secs(1));
@@ -83,7 +83,10 @@ fn watch(
     let mut last_lines = Instant::now() - Duration::from_secs(60);
     loop {
         let rows = read()?;
-        let fetching: Vec<_> = rows.iter().filter(|r| r.state == "fetching").collect();
+        let fetching: Vec<_> = rows
+            .iter()
+            .filter(|r| r.state == ModelState::Fetching.word())
+            .collect();
         if terminal {
             for r in &fetching {
                 // A bar starts where the download is when first seen, so
@@ -216,20 +219,10 @@ fn from_store(g: &Globals) -> Result<Vec<ModelStatus>, CliError> {
                 continue;
             }
         };
-        // A partial whose lock is held is a download running somewhere.
-        let (state, done) = match store.blob_state(&m.blob) {
-            BlobState::Present(n) => ("present", n),
-            BlobState::Partial(n)
-                if crate::store::lock::is_locked(&store.partial_path(&m.blob)).unwrap_or(false) =>
-            {
-                ("fetching", n)
-            }
-            BlobState::Partial(n) => ("partial", n),
-            BlobState::Absent => ("pending", 0),
-        };
+        let (state, done) = store.disk_state(&m.blob);
         rows.push(ModelStatus {
             file: m.file_name(),
-            state: state.into(),
+            state: state.word().into(),
             done,
             total: m.size_bytes,
             sha256: m.blob.to_hex(),

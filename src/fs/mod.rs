@@ -365,9 +365,12 @@ impl ModelFs {
             self.coordinator.store().blob_state(&e.manifest.blob)
         };
         let url = self.coordinator.fetcher().url_for(&e.manifest);
-        xattr::value(name, &e, &activity, url, partial)
-            .map(String::into_bytes)
-            .ok_or(FsError::NoAttr)
+        let store = self.coordinator.store();
+        xattr::value(name, &e, &activity, url, partial, || {
+            store.disk_state(&e.manifest.blob).0
+        })
+        .map(String::into_bytes)
+        .ok_or(FsError::NoAttr)
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {

@@ -4,7 +4,7 @@
 //! | name | value |
 //! |---|---|
 //! | `user.modelfs.sha256` | the blob's digest, 64 hex |
-//! | `user.modelfs.state` | `present`, `pending`, `fetching`, `failed` |
+//! | `user.modelfs.state` | one word of [`ModelState`]: `present`, `fetching`, `partial`, `pending`, `failed` |
 //! | `user.modelfs.progress` | `<done> <total>` bytes |
 //! | `user.modelfs.url` | where it is fetched from (query string dropped) |
 //! | `user.modelfs.error` | the last failure; absent when there is none |
@@ -14,7 +14,7 @@
 
 use crate::coordinator::BlobActivity;
 use crate::fetch::error::redact_url;
-use crate::store::BlobState;
+use crate::store::{BlobState, ModelState};
 
 use super::namespace::Entry;
 
@@ -24,17 +24,22 @@ pub const PROGRESS: &str = "user.modelfs.progress";
 pub const URL: &str = "user.modelfs.url";
 pub const ERROR: &str = "user.modelfs.error";
 
-/// The state word of an entry. Verified bytes that are still being moved
-/// into place count as present: an open gets them at once.
-pub fn state_word(e: &Entry, a: &BlobActivity) -> &'static str {
+/// The state of an entry. Verified bytes that are still being moved into
+/// place count as present: an open gets them at once. What this mount
+/// does not know itself comes from `disk` (a partial download, or one that
+/// another process runs), asked only then.
+pub fn state(e: &Entry, a: &BlobActivity, disk: impl FnOnce() -> ModelState) -> ModelState {
     if e.present_size.is_some() || a.verified {
-        "present"
+        ModelState::Present
     } else if a.fetching {
-        "fetching"
+        ModelState::Fetching
     } else if a.last_error.is_some() {
-        "failed"
+        ModelState::Failed
     } else {
-        "pending"
+        match disk() {
+            s @ (ModelState::Partial | ModelState::Fetching) => s,
+            _ => ModelState::Pending,
+        }
     }
 }
 
@@ -45,10 +50,11 @@ pub fn value(
     a: &BlobActivity,
     url: Option<String>,
     partial: BlobState,
+    disk: impl FnOnce() -> ModelState,
 ) -> Option<String> {
     match name {
         SHA256 => Some(e.manifest.blob.to_hex()),
-        STATE => Some(state_word(e, a).to_string()),
+        STATE => Some(state(e, a, disk).word().to_string()),
         PROGRESS => {
             let total = e.manifest.size_bytes;
             let done = match (e.present_size, a.progress, partial) {

@@ -38,6 +38,7 @@ pub mod lock;
 pub mod manifest;
 pub mod name;
 pub mod nofollow;
+pub mod state;
 pub mod timestamp;
 pub mod watch;
 
@@ -53,6 +54,7 @@ use nofollow::{Dir, is_planted_link};
 
 pub use manifest::{Manifest, ManifestError, Source};
 pub use name::{ModelName, NameError};
+pub use state::ModelState;
 
 use crate::digest::Sha256;
 
