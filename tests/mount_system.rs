@@ -1427,7 +1427,7 @@ fn one_download_has_one_state_word_in_xattrs_status_and_ls() {
         ]
     };
     let mount = Mount::start(&store, origin.ca_pem_path(), &["stall_timeout=60"]);
-    let _reader = Command::new("cat")
+    let mut reader = Command::new("cat")
         .arg(mount.path("m.gguf"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -1438,6 +1438,7 @@ fn one_download_has_one_state_word_in_xattrs_status_and_ls() {
     }));
     assert_eq!(words(&mount.mountpoint), ["fetching"; 4]);
     mount.crash();
+    let _ = reader.wait();
     let mount = Mount::start(&store, origin.ca_pem_path(), &["stall_timeout=60"]);
     assert_eq!(words(&mount.mountpoint), ["partial"; 4]);
 }
