@@ -282,9 +282,10 @@ static SBIN: Mutex<()> = Mutex::new(());
 
 /// `/usr/sbin/modelfs` → the binary under test, while this lives.
 ///
-/// mount(8) runs its helpers with PATH=/sbin:/bin:/usr/sbin:/usr/bin, and
-/// mount.fuse3 runs `modelfs SOURCE MOUNTPOINT -o …` with that PATH, so the
-/// binary just built has to be reachable there. An existing
+/// mount(8) runs its helpers with a fixed PATH (util-linux 2.38:
+/// /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin), and
+/// mount.fuse3 runs `modelfs SOURCE MOUNTPOINT -o …` with it, so the binary
+/// just built has to be reachable there. An existing
 /// `/usr/sbin/modelfs` is only replaced when it is a link to a test build
 /// (a leftover of an interrupted run); an installed modelfs is left alone
 /// and the test fails saying so.
