@@ -299,6 +299,10 @@ impl Filesystem for FuseAdapter {
         }
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &to_file_attr(&a)),
@@ -447,6 +451,10 @@ impl Filesystem for FuseAdapter {
                 fuser::Generation(0),
             ) {
                 break;
+            }
+            // The kernel takes a reference to every entry but `.` and `..`.
+            if e.ino != crate::fs::ROOT_INO {
+                self.fs.remember(e.ino);
             }
         }
         reply.ok();

@@ -162,7 +162,20 @@ impl ModelFs {
             return Err(FsError::NotDir);
         }
         let e = self.namespace.lookup(name).ok_or(FsError::NotFound)?;
+        // The reply gives the kernel a reference until it forgets it.
+        self.namespace.remember(e.ino);
         Ok(self.file_attr(&e))
+    }
+
+    /// A `readdirplus` reply gave the kernel a reference to `ino`, as a
+    /// lookup does.
+    pub fn remember(&self, ino: u64) {
+        self.namespace.remember(ino);
+    }
+
+    /// The kernel dropped `n` references to `ino` (FUSE `forget`).
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.namespace.forget(ino, n);
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {

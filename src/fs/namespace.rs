@@ -16,6 +16,13 @@
 //! gets the new inode. (`open` checks this itself, so it never depends on how
 //! recent the last refresh is.)
 //!
+//! The tables forget an inode once nothing can ask for it any more: the
+//! directory no longer shows it and the kernel has forgotten it (every
+//! reference a `lookup` or `readdirplus` reply gave it came back in a
+//! `forget`). A mount whose manifests are repointed again and again so
+//! keeps only what is shown or in use, not every (name, digest) it ever
+//! saw; inode numbers are still never reused.
+//!
 //! Manifest files that are ignored (a name that is not a valid model name,
 //! a symlink, a special file) and manifests that do not parse are logged
 //! once each, when they appear or change, not on every refresh.
@@ -120,6 +127,9 @@ struct Tables {
     /// Inodes opens told us about that a refresh has yet to apply, with
     /// the `version` they were told at; see [`Namespace::apply`].
     told: HashMap<u64, u64>,
+    /// References the kernel holds to each inode (lookups not yet
+    /// forgotten); an inode absent here is unknown to the kernel.
+    lookups: HashMap<u64, u64>,
 }
 
 /// What an inode has served.
@@ -262,6 +272,34 @@ impl Namespace {
         }
     }
 
+    /// The kernel was given `ino` in a `lookup` or `readdirplus` reply: it
+    /// holds one more reference to it until a `forget`.
+    pub fn remember(&self, ino: u64) {
+        if ino != ROOT_INO {
+            *self.tables.lock().lookups.entry(ino).or_default() += 1;
+        }
+    }
+
+    /// The kernel dropped `n` references to `ino`. Once it holds none and
+    /// the directory no longer shows the inode, the tables forget it.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let mut t = self.tables.lock();
+        let Some(count) = t.lookups.get_mut(&ino) else {
+            return;
+        };
+        *count = count.saturating_sub(n);
+        if *count == 0 {
+            t.lookups.remove(&ino);
+            let cur = self.current.read();
+            collect(&mut t, &cur, ino);
+        }
+    }
+
+    /// How many inodes the tables keep, shown or not (tests, status).
+    pub fn inodes_kept(&self) -> usize {
+        self.tables.lock().by_ino.len()
+    }
+
     /// Records that the blob of `ino` is present with `size` bytes.
     pub fn mark_present(&self, ino: u64, size: u64) {
         let mut t = self.tables.lock();
@@ -397,6 +435,14 @@ impl Namespace {
                 Some(_) => {}
             }
         }
+        let unshown = changes.removed.iter().chain(&changes.repointed);
+        let olds: Vec<u64> = unshown
+            .map(|(_, ino)| *ino)
+            .chain(retired.iter().map(|(_, old, _)| *old))
+            .collect();
+        for ino in olds {
+            collect(&mut t, shown, ino);
+        }
         drop(cur);
         drop(t);
         w.held = locked.elapsed();
@@ -476,6 +522,31 @@ fn told(t: &mut Tables, ino: u64) {
     t.told.insert(ino, v);
 }
 
+/// Forgets `ino` if the kernel holds no reference to it and `shown` (the
+/// directory) does not show it: nothing can ask for it again.
+fn collect(t: &mut Tables, shown: &HashMap<String, Arc<Entry>>, ino: u64) {
+    if t.lookups.contains_key(&ino) {
+        return;
+    }
+    let Some(e) = t.by_ino.get(&ino) else {
+        return;
+    };
+    if shown.get(&e.file_name).is_some_and(|c| c.ino == ino) {
+        return;
+    }
+    let ident = (
+        e.manifest.name.to_string(),
+        e.manifest.format.clone(),
+        e.manifest.blob,
+    );
+    if t.inos.get(&ident) == Some(&ino) {
+        t.inos.remove(&ident);
+    }
+    t.by_ino.remove(&ino);
+    t.served.remove(&ino);
+    t.told.remove(&ino);
+}
+
 /// Marks `old` stale and gives the manifest's (name, format, digest) a new
 /// inode, if `old` is still its inode; returns the new entry.
 fn retire(t: &mut Tables, m: &Arc<Manifest>, old: u64) -> Option<Arc<Entry>> {
@@ -528,6 +599,53 @@ mod tests {
         )
     }
 
+    /// Repointing churn must not keep every (name, digest) ever seen: an
+    /// inode the kernel never got is forgotten when it is no longer shown,
+    /// one it got once it also forgot it.
+    #[test]
+    fn an_unshown_inode_is_forgotten_once_the_kernel_forgot_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        let ns = Namespace::new();
+        for i in 0..50u32 {
+            add(&store, "m", &i.to_le_bytes());
+            ns.refresh_pass(&store, true);
+        }
+        assert_eq!(ns.inodes_kept(), 1, "never looked up: only the shown one");
+
+        let looked = ns.lookup("m.gguf").unwrap().ino;
+        ns.remember(looked);
+        ns.remember(looked);
+        add(&store, "m", b"another");
+        ns.refresh_pass(&store, true);
+        assert_eq!(ns.inodes_kept(), 2, "the kernel still holds the old one");
+        assert!(ns.by_ino(looked).is_some());
+        ns.forget(looked, 1);
+        assert_eq!(ns.inodes_kept(), 2);
+        ns.forget(looked, 1);
+        assert_eq!(ns.inodes_kept(), 1);
+        assert!(ns.by_ino(looked).is_none());
+
+        // A shown inode stays whatever the kernel forgets.
+        let shown = ns.lookup("m.gguf").unwrap().ino;
+        ns.remember(shown);
+        ns.forget(shown, 1);
+        assert!(ns.by_ino(shown).is_some());
+        // Back to an earlier digest: a new inode, never a reused one.
+        add(&store, "m", &0u32.to_le_bytes());
+        ns.refresh_pass(&store, true);
+        assert!(ns.lookup("m.gguf").unwrap().ino > shown);
+    }
+
+    /// A lookup as the kernel makes it: the reply gives it a reference,
+    /// which keeps the inode known until a `forget` (the tests below model
+    /// files the kernel has looked up and opened).
+    fn lookup(ns: &Namespace, file_name: &str) -> Option<Arc<Entry>> {
+        let e = ns.lookup(file_name)?;
+        ns.remember(e.ino);
+        Some(e)
+    }
+
     /// Publishes `data` as its blob the way a fetch does.
     fn publish(store: &Store, data: &[u8]) -> Sha256 {
         use std::io::Write;
@@ -541,7 +659,7 @@ mod tests {
     /// What `ModelFs::open` does with a present blob: checks the inode,
     /// then notes the file it serves and its size.
     fn open(ns: &Namespace, store: &Store, file_name: &str) -> Arc<Entry> {
-        let e = ns.lookup(file_name).unwrap();
+        let e = lookup(&ns, file_name).unwrap();
         let m = store.stat_blob(&e.manifest.blob).unwrap();
         assert!(!ns.is_stale(&e, Some((m.dev(), m.ino()))));
         ns.note_served(e.ino, (m.dev(), m.ino()));
@@ -580,7 +698,7 @@ mod tests {
         settle(&ns, &store);
         ns.refresh_pass(&store, false);
         assert_eq!(work_done(&ns), (false, 0));
-        assert_eq!(ns.lookup("b.gguf").unwrap().present_size, Some(1));
+        assert_eq!(lookup(&ns, "b.gguf").unwrap().present_size, Some(1));
         // The safety net looks at everything.
         ns.refresh_pass(&store, true);
         assert_eq!(work_done(&ns), (true, 1));
@@ -593,18 +711,18 @@ mod tests {
         add(&store, "a", b"hello");
         let ns = Namespace::new();
         ns.refresh(&store);
-        let ino = ns.lookup("a.gguf").unwrap().ino;
+        let ino = lookup(&ns, "a.gguf").unwrap().ino;
         settle(&ns, &store);
 
         let d = publish(&store, b"hello");
         assert!(ns.refresh_pass(&store, false).is_empty());
-        let e = ns.lookup("a.gguf").unwrap();
+        let e = lookup(&ns, "a.gguf").unwrap();
         assert_eq!((e.ino, e.present_size), (ino, Some(5)));
 
         settle(&ns, &store);
         store.remove_blob(&d).unwrap();
         ns.refresh_pass(&store, false);
-        let e = ns.lookup("a.gguf").unwrap();
+        let e = lookup(&ns, "a.gguf").unwrap();
         assert_eq!((e.ino, e.present_size), (ino, None), "never served: kept");
     }
 
@@ -619,7 +737,7 @@ mod tests {
         add(&store, "a", b"pinned");
         let ns = Namespace::new();
         ns.refresh(&store);
-        let e = ns.lookup("a.gguf").unwrap();
+        let e = lookup(&ns, "a.gguf").unwrap();
         let d = Sha256::of(b"pinned");
         let mut partial = store.open_partial(&d).unwrap();
         partial.write_all(b"pinned").unwrap();
@@ -635,7 +753,7 @@ mod tests {
 
         // Not yet at the blob path: not stale, in refreshes or opens.
         ns.refresh_pass(&store, true);
-        assert_eq!(ns.lookup("a.gguf").unwrap().ino, e.ino);
+        assert_eq!(lookup(&ns, "a.gguf").unwrap().ino, e.ino);
         assert!(!ns.is_stale(&e, None));
 
         // Published: from now on an ordinary served blob file...
@@ -645,7 +763,7 @@ mod tests {
         // ...so its quarantine retires the inode.
         store.quarantine_blob(&d, "test").unwrap();
         ns.refresh_pass(&store, true);
-        assert_ne!(ns.lookup("a.gguf").unwrap().ino, e.ino);
+        assert_ne!(lookup(&ns, "a.gguf").unwrap().ino, e.ino);
         assert!(ns.is_stale(&e, None));
     }
 
@@ -659,7 +777,7 @@ mod tests {
         publish(&store, b"pinned");
 
         assert!(ns.is_stale(&e, file_of(&store, &d)));
-        assert_ne!(ns.lookup("a.gguf").unwrap().ino, e.ino);
+        assert_ne!(lookup(&ns, "a.gguf").unwrap().ino, e.ino);
     }
 
     #[test]
@@ -679,7 +797,7 @@ mod tests {
         let c = ns.refresh_pass(&store, true);
         assert!(c.is_empty(), "{c:?}");
         assert!(
-            ns.lookup("a.gguf").is_some(),
+            lookup(&ns, "a.gguf").is_some(),
             "still shown after a failed listing"
         );
 
@@ -687,7 +805,7 @@ mod tests {
         fs::rename(&aside, &manifests).unwrap();
         add(&store, "b", b"2");
         ns.refresh_pass(&store, false);
-        assert!(ns.lookup("a.gguf").is_some() && ns.lookup("b.gguf").is_some());
+        assert!(lookup(&ns, "a.gguf").is_some() && lookup(&ns, "b.gguf").is_some());
     }
 
     /// A store whose model `a` has its blob published, opened once (so its
@@ -714,7 +832,7 @@ mod tests {
         publish(&store, b"pinned");
         let c = ns.refresh_pass(&store, false);
         assert_eq!(c.repointed, [("a.gguf".to_string(), served.ino)]);
-        let e = ns.lookup("a.gguf").unwrap();
+        let e = lookup(&ns, "a.gguf").unwrap();
         assert_ne!(e.ino, served.ino);
         assert_eq!(e.present_size, Some(6));
         assert!(ns.is_stale(&served, file_of(&store, &d)));
@@ -733,14 +851,14 @@ mod tests {
 
         store.quarantine_blob(&d, "test").unwrap();
         ns.refresh_pass(&store, false);
-        let pending = ns.lookup("a.gguf").unwrap();
+        let pending = lookup(&ns, "a.gguf").unwrap();
         assert_ne!(pending.ino, served.ino);
         assert_eq!(pending.present_size, None);
 
         settle(&ns, &store);
         publish(&store, b"pinned");
         ns.refresh_pass(&store, false);
-        let e = ns.lookup("a.gguf").unwrap();
+        let e = lookup(&ns, "a.gguf").unwrap();
         assert_eq!((e.ino, e.present_size), (pending.ino, Some(6)));
     }
 
@@ -755,7 +873,7 @@ mod tests {
         fs::write(&tmp, b"garbage-longer").unwrap();
         fs::rename(&tmp, &blob).unwrap();
         ns.refresh_pass(&store, false);
-        let e = ns.lookup("a.gguf").unwrap();
+        let e = lookup(&ns, "a.gguf").unwrap();
         assert_ne!(e.ino, served.ino);
         assert_eq!(e.present_size, Some(14));
     }
@@ -777,20 +895,20 @@ mod tests {
                 .write_manifest(&manifest("a", "gguf", b"1", u))
                 .unwrap();
             ns.refresh_pass(&store, false);
-            assert_eq!(url(ns.lookup("a.gguf").unwrap()), u);
+            assert_eq!(url(lookup(&ns, "a.gguf").unwrap()), u);
         }
         // Rewritten in place (same inode, same size), right after a look.
         let path = store.manifest_path(&ModelName::parse("a").unwrap());
         let m = manifest("a", "gguf", b"1", "https://h/5");
         fs::write(&path, m.to_json_bytes()).unwrap();
         ns.refresh_pass(&store, false);
-        assert_eq!(url(ns.lookup("a.gguf").unwrap()), "https://h/5");
+        assert_eq!(url(lookup(&ns, "a.gguf").unwrap()), "https://h/5");
         // In place in a settled folder: promised by the next full look.
         settle(&ns, &store);
         let m = manifest("a", "gguf", b"1", "https://h/6");
         fs::write(&path, m.to_json_bytes()).unwrap();
         ns.refresh_pass(&store, true);
-        assert_eq!(url(ns.lookup("a.gguf").unwrap()), "https://h/6");
+        assert_eq!(url(lookup(&ns, "a.gguf").unwrap()), "https://h/6");
     }
 
     #[test]
@@ -801,8 +919,8 @@ mod tests {
         add(&store, "b", b"2");
         let ns = Namespace::new();
         ns.refresh(&store);
-        let a = ns.lookup("a.gguf").unwrap().ino;
-        let b = ns.lookup("b.gguf").unwrap().ino;
+        let a = lookup(&ns, "a.gguf").unwrap().ino;
+        let b = lookup(&ns, "b.gguf").unwrap().ino;
         settle(&ns, &store);
 
         add(&store, "a", b"11");
@@ -814,7 +932,7 @@ mod tests {
         assert_eq!(c.added, ["c.gguf"]);
         assert_eq!(c.removed, [("b.gguf".to_string(), b)]);
         assert_eq!(c.repointed, [("a.gguf".to_string(), a)]);
-        assert_eq!(ns.lookup("a.gguf").unwrap().size(), 2);
+        assert_eq!(lookup(&ns, "a.gguf").unwrap().size(), 2);
 
         settle(&ns, &store);
         store
@@ -841,13 +959,13 @@ mod tests {
             let d = publish(&store, b"x");
             ns.refresh_pass(&store, false);
             assert_eq!(
-                ns.lookup("a.gguf").unwrap().present_size,
+                lookup(&ns, "a.gguf").unwrap().present_size,
                 Some(1),
                 "{round}"
             );
             store.remove_blob(&d).unwrap();
             ns.refresh_pass(&store, false);
-            assert_eq!(ns.lookup("a.gguf").unwrap().present_size, None, "{round}");
+            assert_eq!(lookup(&ns, "a.gguf").unwrap().present_size, None, "{round}");
         }
     }
 
@@ -858,7 +976,7 @@ mod tests {
         add(&store, "a", b"new");
         let ns = Namespace::new();
         ns.refresh(&store);
-        let before = ns.lookup("a.gguf").unwrap();
+        let before = lookup(&ns, "a.gguf").unwrap();
 
         // A refresh looks (no blob yet); meanwhile a fetch publishes the
         // blob and an open serves it; then the refresh applies.
@@ -869,10 +987,10 @@ mod tests {
         ns.apply(&mut w, since, delta);
         drop(w);
 
-        let e = ns.lookup("a.gguf").unwrap();
+        let e = lookup(&ns, "a.gguf").unwrap();
         assert_eq!((e.ino, e.present_size), (before.ino, Some(3)));
         ns.refresh_pass(&store, false);
-        let e = ns.lookup("a.gguf").unwrap();
+        let e = lookup(&ns, "a.gguf").unwrap();
         assert_eq!((e.ino, e.present_size), (before.ino, Some(3)));
         assert!(!ns.is_stale(&e, file_of(&store, &d)));
     }
@@ -885,14 +1003,14 @@ mod tests {
         add(&store, "a", b"1");
         let c = ns.refresh(&store);
         assert_eq!(c.added, ["a.gguf"]);
-        let first = ns.lookup("a.gguf").unwrap();
+        let first = lookup(&ns, "a.gguf").unwrap();
         assert_eq!(first.size(), 1);
         assert!(ns.refresh(&store).is_empty());
 
         add(&store, "a", b"22");
         let c = ns.refresh(&store);
         assert_eq!(c.repointed, [("a.gguf".to_string(), first.ino)]);
-        let second = ns.lookup("a.gguf").unwrap();
+        let second = lookup(&ns, "a.gguf").unwrap();
         assert_ne!(second.ino, first.ino);
         assert_eq!(second.size(), 2);
         // The old inode still answers, for files opened before.
@@ -905,7 +1023,7 @@ mod tests {
             ns.refresh(&store).removed,
             [("a.gguf".to_string(), second.ino)]
         );
-        assert!(ns.lookup("a.gguf").is_none());
+        assert!(lookup(&ns, "a.gguf").is_none());
     }
 
     #[test]
@@ -915,12 +1033,12 @@ mod tests {
         let ns = Namespace::new();
         add(&store, "a", b"1");
         ns.refresh(&store);
-        let ino = ns.lookup("a.gguf").unwrap().ino;
+        let ino = lookup(&ns, "a.gguf").unwrap().ino;
         add(&store, "a", b"2");
         ns.refresh(&store);
         add(&store, "a", b"1");
         ns.refresh(&store);
-        assert_eq!(ns.lookup("a.gguf").unwrap().ino, ino);
+        assert_eq!(lookup(&ns, "a.gguf").unwrap().ino, ino);
     }
 
     #[test]
@@ -936,7 +1054,7 @@ mod tests {
         let ns = Namespace::new();
         ns.refresh(&store);
         assert_eq!(ns.len(), 1);
-        assert_eq!(ns.lookup("a.gguf").unwrap().present_size, Some(5));
+        assert_eq!(lookup(&ns, "a.gguf").unwrap().present_size, Some(5));
     }
 
     /// Writes `n` manifests without fsync (setup speed); every
@@ -1000,8 +1118,8 @@ mod tests {
             settle(&ns, &store);
             put_blob(&store, b"blob 3");
             let blob = pass(&ns, &store, false);
-            assert!(ns.lookup("m00003.gguf").unwrap().present_size.is_some());
-            assert_eq!(ns.lookup("m00001.gguf").unwrap().size(), 12);
+            assert!(lookup(&ns, "m00003.gguf").unwrap().present_size.is_some());
+            assert_eq!(lookup(&ns, "m00001.gguf").unwrap().size(), 12);
             println!(
                 "{label}: cold {cold:?}, unchanged {unchanged:?} (median of 21), \
                  full {full:?} (median of 5), after a manifest rewrite {manifest:?} \
