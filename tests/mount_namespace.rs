@@ -605,11 +605,12 @@ fn listxattr_names_the_modelfs_attributes_and_their_values_describe_present_and_
     );
 
     assert_eq!(getxattr(&q, "user.modelfs.sha256").unwrap(), hex(&pending));
-    assert_eq!(getxattr(&q, "user.modelfs.state").unwrap(), "pending");
+    // Issue 11: one word per state everywhere; `ls` says `partial` too.
+    assert_eq!(getxattr(&q, "user.modelfs.state").unwrap(), "partial");
     assert_eq!(
         getxattr(&q, "user.modelfs.progress").unwrap(),
         format!("1234 {}", pending.len()),
-        "a pending entry with a partial shows the partial's length"
+        "an entry with a partial shows the partial's length"
     );
     let url = getxattr(&q, "user.modelfs.url").unwrap();
     assert_eq!(url, origin.url("q.gguf"), "the query string is dropped");
@@ -648,7 +649,7 @@ fn listxattr_names_the_modelfs_attributes_and_their_values_describe_present_and_
         .output()
     {
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("user.modelfs.state=\"pending\""), "{text}");
+        assert!(text.contains("user.modelfs.state=\"partial\""), "{text}");
     }
     // Looking fetched nothing.
     assert_eq!(origin.stats("q.gguf").gets, 0);

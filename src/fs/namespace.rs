@@ -659,7 +659,7 @@ mod tests {
     /// What `ModelFs::open` does with a present blob: checks the inode,
     /// then notes the file it serves and its size.
     fn open(ns: &Namespace, store: &Store, file_name: &str) -> Arc<Entry> {
-        let e = lookup(&ns, file_name).unwrap();
+        let e = lookup(ns, file_name).unwrap();
         let m = store.stat_blob(&e.manifest.blob).unwrap();
         assert!(!ns.is_stale(&e, Some((m.dev(), m.ino()))));
         ns.note_served(e.ino, (m.dev(), m.ino()));
