@@ -19,7 +19,7 @@ pub fn run(g: &Globals, a: &RmArgs) -> Result<(), CliError> {
         let _l = lock::lock_waiting(&store.lock_path(&name), &|| false, &mut || {
             eprintln!("waiting for another process that holds the lock on {name}...")
         })
-        .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e:?}")))?;
+        .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e}")))?;
         if !store.remove_manifest(&name)? {
             return Err(CliError::new(format!(
                 "{name}: no such model in {}",

@@ -74,7 +74,8 @@ pub struct Manifest {
 /// Why a manifest was refused.
 #[derive(Debug)]
 pub enum ManifestError {
-    TooLarge(usize),
+    /// The file's size in bytes.
+    TooLarge(u64),
     Json(serde_json::Error),
     NotAnObject,
     /// A known field is missing or has the wrong type or form.
@@ -163,7 +164,7 @@ impl Manifest {
     /// Parses manifest bytes read from `manifests/<file_stem>.json`.
     pub fn parse(bytes: &[u8], file_stem: &str) -> Result<Self, ManifestError> {
         if bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(ManifestError::TooLarge(bytes.len()));
+            return Err(ManifestError::TooLarge(bytes.len() as u64));
         }
         let value: Value = serde_json::from_slice(bytes).map_err(ManifestError::Json)?;
         let Value::Object(raw) = value else {

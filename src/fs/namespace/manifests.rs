@@ -3,9 +3,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::store::nofollow::kind_of;
 use crate::store::watch::Stamp;
 use crate::store::{Manifest, ModelName, Store};
 
@@ -184,11 +186,13 @@ fn scan_manifest_files(store: &Store, now: SystemTime) -> Option<Listing> {
         }
         if !m.is_file() {
             let what = if m.file_type().is_symlink() {
-                "a symlink (symlinks in the store are never followed)"
+                "a symlink (symlinks in the store are never followed)".to_string()
             } else {
-                "not a regular file"
+                // Never opened: a FIFO would block the watcher, a device
+                // could be read without end.
+                format!("a {}, not a regular file", kind_of(m.mode()))
             };
-            ignored.push((stem.to_string() + ".json", stamp, what.to_string()));
+            ignored.push((stem.to_string() + ".json", stamp, what));
             continue;
         }
         out.push((stem.to_string(), stamp));
