@@ -304,6 +304,43 @@ fn a_fifo_swapped_in_for_a_manifest_never_stops_the_watcher_and_a_fifo_left_ther
     );
 }
 
+#[test]
+fn a_fifo_in_place_of_the_manifests_folder_is_logged_once_and_the_models_stay_shown() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let good = random_bytes(1000, 6);
+    store.put_blob(&good);
+    store.write_manifest("good", &origin.url("good.gguf"), &good);
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let dir = store.root.join("manifests");
+    let aside = store.root.join("manifests.aside");
+    fs::rename(&dir, &aside).unwrap();
+    mkfifo(&dir);
+    // Six refreshes and more, one of them looking at everything.
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = mount
+        .log()
+        .lines()
+        .filter(|l| l.contains("cannot list"))
+        .count();
+    assert_eq!(
+        lines,
+        1,
+        "logged once, not on every refresh:\n{}",
+        mount.log()
+    );
+    assert!(open_and_read(&mount.path("good.gguf")).unwrap() == good);
+    fs::remove_file(&dir).unwrap();
+    fs::rename(&aside, &dir).unwrap();
+    store.write_manifest("late", &origin.url("late.gguf"), b"late");
+    assert!(wait_until(LIVENESS, || mount.path("late.gguf").exists()));
+    assert!(
+        mount.log().contains("can be listed again"),
+        "{}",
+        mount.log()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Promise 5: FIFOs and devices in every folder of the store
 // ---------------------------------------------------------------------------
