@@ -17,7 +17,13 @@
 //! component at a time, so a symlink planted inside the store can redirect
 //! neither a read nor a write outside the root (the top-level folders
 //! themselves may be the operator's symlinks). Folders are created 0755 and
-//! files 0644 whatever the umask. It knows nothing about HTTP or FUSE.
+//! files 0644 whatever the umask. Files it reads or locks by path
+//! (manifests, lock files) are `lstat`ed first and opened `O_NONBLOCK`, and
+//! only regular files are read, manifests up to a size cap
+//! ([`nofollow::read_small_file`]): a FIFO, a device or a huge file there
+//! is an error at once, never a hang or unbounded memory. A missing
+//! top-level folder is created when it is needed. It knows nothing about
+//! HTTP or FUSE.
 
 pub mod lock;
 pub mod manifest;
@@ -203,12 +209,11 @@ impl Store {
     /// `blobs/sha256/`, `locks/quarantine/`) are missing: a store made by
     /// another tool, or one whose `locks/` someone removed.
     pub fn create_layout(&self) -> Result<(), StoreError> {
-        let store = self;
         for dir in [
-            store.manifests_dir(),
-            store.locks_dir(),
-            store.blobs_dir(),
-            store.quarantine_dir(),
+            self.manifests_dir(),
+            self.locks_dir(),
+            self.blobs_dir(),
+            self.quarantine_dir(),
         ] {
             nofollow::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         }
