@@ -3,7 +3,8 @@
 
 use crate::digest::Sha256;
 use crate::fetch::FetchErrorKind;
-use crate::store::manifest::validate_format;
+use crate::fetch::error::redact_url;
+use crate::store::manifest::{MAX_SIZE_BYTES, validate_format};
 use crate::store::{Manifest, Source, lock};
 
 use super::{CliError, Globals, parse_name};
@@ -74,11 +75,17 @@ pub fn run(g: &Globals, a: &AddArgs) -> Result<(), CliError> {
         }
         (None, None) => unreachable!("clap requires --url or --hf"),
     };
+    if size > MAX_SIZE_BYTES {
+        return Err(CliError::new(format!(
+            "{name}: a size of {size} bytes is more than any file can have (at most 2^63 - 1 = {MAX_SIZE_BYTES}); check --size or the server's answer"
+        )));
+    }
     if let Some(u) = &source.url
         && !u.starts_with("https://")
     {
         return Err(CliError::new(format!(
-            "{name}: refusing non-https URL {u}; modelfs only downloads over HTTPS"
+            "{name}: refusing non-https URL {}; modelfs only downloads over HTTPS",
+            redact_url(u)
         )));
     }
 
@@ -183,7 +190,8 @@ fn head_size(fetcher: &crate::fetch::Fetcher, url: &str, model: &str) -> Result<
     }
     resp.content_length().ok_or_else(|| {
         CliError::new(format!(
-            "{model}: the server did not say how large {url} is; pass --size BYTES"
+            "{model}: the server did not say how large {} is; pass --size BYTES",
+            redact_url(url)
         ))
     })
 }
@@ -241,7 +249,8 @@ fn pin_hf(
     });
     let Some(Ok(blob)) = etag.map(|e| Sha256::from_hex(&e)) else {
         return Err(CliError::new(format!(
-            "{model}: {url} has no X-Linked-Etag SHA-256 (not an LFS file?); use --url URL --sha256 HEX instead"
+            "{model}: {} has no X-Linked-Etag SHA-256 (not an LFS file?); use --url URL --sha256 HEX instead",
+            redact_url(&url)
         )));
     };
     let size = resp
@@ -249,7 +258,8 @@ fn pin_hf(
         .and_then(|s| s.trim().parse().ok())
         .ok_or_else(|| {
             CliError::new(format!(
-                "{model}: {url} has no X-Linked-Size header; use --url with --size"
+                "{model}: {} has no X-Linked-Size header; use --url with --size",
+                redact_url(&url)
             ))
         })?;
     // A branch moves: pinned at the commit it names now, a later push to

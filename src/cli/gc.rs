@@ -9,7 +9,16 @@
 //! for stores whose producers are known to be idle). Partials of
 //! models a manifest still names are kept: they are resumable downloads.
 //! Unparseable manifests are scanned for digests too, so a manifest gc
-//! cannot read never costs its blob.
+//! cannot parse never costs its blob; like every manifest read, that scan
+//! reads only regular files of at most `MAX_MANIFEST_BYTES` and never
+//! follows a symlink or opens a FIFO or a device, so no file in
+//! `manifests/` can make gc hang or fill memory.
+//!
+//! Staging files of imports that are not running
+//! (`blobs/sha256/.import-<pid>-<name>`: a killed `import`) are deleted; an
+//! import holds its name's lock while its staging file exists, so gc
+//! deletes one only while it holds that lock itself (see
+//! `store::staging`).
 
 use std::collections::HashSet;
 use std::fs;
@@ -18,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::digest::Sha256;
 use crate::fetch::error::human_bytes;
-use crate::store::{Store, lock};
+use crate::store::{Store, lock, read_manifest_bytes};
 
 use super::{CliError, Globals};
 
@@ -31,6 +40,12 @@ fn grace() -> Duration {
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .map_or(GRACE, Duration::from_secs)
+}
+
+/// `d` in whole seconds as an `i64`, saturating: a huge grace period
+/// keeps everything rather than wrapping round to a negative one.
+fn secs_i64(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 #[derive(Debug, clap::Args)]
@@ -48,7 +63,7 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<(), CliError> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs() as i64;
-    let grace = grace().as_secs() as i64;
+    let grace = secs_i64(grace());
     let (mut freed, mut count) = (0u64, 0usize);
     for (d, size) in store.list_blobs()? {
         if referenced.contains(&d) {
@@ -57,7 +72,7 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<(), CliError> {
         let Some(meta) = store.stat_blob(&d) else {
             continue;
         };
-        if now - meta.ctime() < grace {
+        if now.saturating_sub(meta.ctime()) < grace {
             println!("keeping {} (placed less than {grace} s ago)", d.short());
             continue;
         }
@@ -108,27 +123,57 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<(), CliError> {
         freed += size;
         count += 1;
     }
+    let (f, c) = collect_stale_imports(&store, a.dry_run)?;
+    freed += f;
+    count += c;
     let verb = if a.dry_run { "would free" } else { "freed" };
     println!("{verb} {} in {count} file(s)", human_bytes(freed));
     Ok(())
 }
 
+/// Deletes the staging files of imports that are not running; the bytes
+/// freed and how many.
+fn collect_stale_imports(store: &Store, dry_run: bool) -> Result<(u64, usize), CliError> {
+    let (mut freed, mut count) = (0, 0);
+    for stale in store.stale_imports() {
+        println!(
+            "{} {} (left by an import that is not running, {})",
+            if dry_run { "would delete" } else { "deleting" },
+            stale.file_name,
+            human_bytes(stale.freed)
+        );
+        freed += stale.freed;
+        count += 1;
+        if !dry_run {
+            let f = stale.file_name.clone();
+            store
+                .remove_stale_import(stale)
+                .map_err(|e| CliError::new(format!("cannot delete {f}: {e}")))?;
+        }
+    }
+    Ok((freed, count))
+}
+
 /// Digests named by any manifest file, parseable or not.
 fn referenced_digests(store: &Store) -> Result<HashSet<Sha256>, CliError> {
     let mut set = HashSet::new();
-    set.extend(
-        store
-            .list_manifests()?
-            .into_iter()
-            .flatten()
-            .map(|m| m.blob),
-    );
+    for m in store.list_manifests()? {
+        match m {
+            Ok(m) => {
+                set.insert(m.blob);
+            }
+            Err(e) => eprintln!("modelfs: skipping a manifest: {e}"),
+        }
+    }
     // Broken manifests: keep anything that looks like a digest in them.
+    // Special files and oversize ones were reported by `list_manifests`
+    // when named `*.json`; other names are none of gc's business.
     if let Ok(dir) = fs::read_dir(store.manifests_dir()) {
         for e in dir.flatten() {
-            let Ok(text) = fs::read_to_string(e.path()) else {
+            let Ok(bytes) = read_manifest_bytes(&e.path()) else {
                 continue;
             };
+            let text = String::from_utf8_lossy(&bytes);
             for (i, _) in text.match_indices("sha256:") {
                 if let Some(hex) = text.get(i + 7..i + 71)
                     && let Ok(d) = Sha256::from_hex(hex)

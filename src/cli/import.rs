@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use crate::digest::{Hasher, hash_reader};
 use crate::store::manifest::validate_format;
+use crate::store::staging::RemoveOnDrop;
 use crate::store::{BlobState, Manifest, Source, device_of, lock};
 
 use super::{CliError, Globals, parse_name};
@@ -52,13 +53,13 @@ pub fn run(g: &Globals, a: &ImportArgs) -> Result<(), CliError> {
     // regular file.
     let src = fs::canonicalize(&a.path).map_err(|e| err("cannot resolve", e))?;
     let _lock = lock::lock_waiting(&store.lock_path(&name), &|| false, &mut || {})
-        .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e:?}")))?;
+        .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e}")))?;
     let same_fs = device_of(&src).ok() == device_of(store.root()).ok();
     // Stage into a private temp name, then move under the digest once known.
-    let staging = store
-        .root()
-        .join("blobs/sha256")
-        .join(format!(".import-{}-{name}", std::process::id()));
+    let staging = store.import_staging_path(&name);
+    // Removed on every way out (dropped before `_lock`): a failed import
+    // leaves nothing behind; `gc` removes what a killed one left.
+    let _staged = RemoveOnDrop::new(&staging);
     let _ = fs::remove_file(&staging);
     let digest = if same_fs && fs::hard_link(&src, &staging).is_ok() {
         File::open(&staging)

@@ -123,12 +123,6 @@ pub fn init(g: &Globals, target: &LogTarget) -> Result<(), String> {
         env_logger::Env::default()
             .default_filter_or(format!("warn,fuser::session=error,modelfs={level}")),
     );
-    // The HTTP library's trace output dumps every request on the wire,
-    // Authorization header included: never let RUST_LOG turn that on, so a
-    // token cannot reach a log (its debug output redacts headers).
-    for wire_dump in ["ureq_proto", "ureq_proto::util"] {
-        b.filter_module(wire_dump, log::LevelFilter::Debug);
-    }
     b.format_timestamp_millis();
     match target {
         LogTarget::Stderr => {}
@@ -152,7 +146,11 @@ pub fn init(g: &Globals, target: &LogTarget) -> Result<(), String> {
             b.target(env_logger::Target::Pipe(Box::new(Syslog::open())));
         }
     }
-    b.init();
+    let logger = b.build();
+    let max = logger.filter();
+    log::set_boxed_logger(Box::new(NoWireSecrets(logger)))
+        .map_err(|e| format!("cannot set up logging: {e}"))?;
+    log::set_max_level(max);
     if let LogTarget::Fallback(path) = target {
         log::info!(
             "no syslog listens on {SYSLOG_SOCKET}; logging to {}",
@@ -160,6 +158,41 @@ pub fn init(g: &Globals, target: &LogTarget) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// The logger, with the HTTP library's trace level cut off whatever
+/// `RUST_LOG` says (`ureq=trace`, `ureq::util=trace`, `trace`): at trace,
+/// `ureq` logs each request's full path and query (a signed URL's
+/// signature) and the `Location` of each redirect, and `ureq_proto` dumps
+/// the bytes on the wire, `Authorization` header included. Their debug
+/// lines show `/******` for paths and redact headers, so they pass. This
+/// answers `enabled` too, which is what `ureq` asks before it decides to
+/// print a path.
+struct NoWireSecrets(env_logger::Logger);
+
+/// Whether `target` is a module of the HTTP library.
+fn is_http_library(target: &str) -> bool {
+    ["ureq", "ureq_proto"].iter().any(|c| {
+        target
+            .strip_prefix(c)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
+}
+
+impl log::Log for NoWireSecrets {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        !(m.level() > log::Level::Debug && is_http_library(m.target())) && self.0.enabled(m)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
 }
 
 /// Opens `path` for appending (mode 0640 when created); with
@@ -243,6 +276,22 @@ mod tests {
         );
         assert_eq!(escape_path(Path::new("/.x")), "\\x2ex");
         assert_eq!(escape_path(Path::new("/a/./b")), "a-b");
+    }
+
+    #[test]
+    fn the_http_librarys_trace_level_is_never_enabled() {
+        use log::Log;
+        let inner = env_logger::Builder::new()
+            .parse_filters("trace,ureq::util=trace")
+            .build();
+        let l = NoWireSecrets(inner);
+        let md = |target, level| log::Metadata::builder().target(target).level(level).build();
+        for t in ["ureq", "ureq::util", "ureq_proto::util"] {
+            assert!(!l.enabled(&md(t, log::Level::Trace)), "{t}");
+            assert!(l.enabled(&md(t, log::Level::Debug)), "{t}");
+        }
+        assert!(l.enabled(&md("modelfs::fetch", log::Level::Trace)));
+        assert!(l.enabled(&md("ureqish", log::Level::Trace)));
     }
 
     #[test]

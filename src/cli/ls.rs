@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::fetch::error::human_bytes;
+use crate::fetch::error::{human_bytes, redact_url};
 use crate::store::{Manifest, ModelState, Store};
 
 use super::{CliError, Globals};
@@ -48,7 +48,7 @@ pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
                 json!({
                     "name": m.name.as_str(), "format": m.format, "file": m.file_name(),
                     "size_bytes": m.size_bytes, "state": state.word(), "bytes_on_disk": on_disk,
-                    "blob": m.blob.to_blob_ref(), "url": m.fetch_url(),
+                    "blob": m.blob.to_blob_ref(), "url": m.fetch_url().map(|u| redact_url(&u)),
                 })
             })
             .collect();

@@ -99,9 +99,17 @@ pub fn run(g: &Globals, a: &MountArgs) -> Result<(), CliError> {
         Ok(abs) => Store::open(abs).map_err(|e| CliError::new(format!("mount: {e}")))?,
         Err(_) => store,
     };
+    check_apart(&a.mountpoint, store.root())?;
     let daemon_child = ready_fd().is_some();
     if !a.foreground && !daemon_child {
         return daemonize();
+    }
+    // A store made by another tool may lack folders a fetch needs
+    // (`locks/`). A read-only store can still serve what it holds.
+    if let Err(e) = store.create_layout() {
+        log::warn!(
+            "cannot create the store's folders ({e}); serving what the store holds, downloads may fail"
+        );
     }
     if let Some(fd) = ready_fd() {
         // Keep the readiness pipe out of anything the daemon starts (the
@@ -118,6 +126,45 @@ pub fn run(g: &Globals, a: &MountArgs) -> Result<(), CliError> {
         }
     }
     result
+}
+
+/// Refuses to mount on the store, inside it, or on a folder that holds it:
+/// the daemon reaches the store by path, and through its own mount it
+/// would find its own files instead (the models vanish; with `threads=1`
+/// it waits on itself for good).
+fn check_apart(mountpoint: &Path, store: &Path) -> Result<(), CliError> {
+    let mp = resolve_mountpoint(mountpoint);
+    let why = if mp == store {
+        "is the store itself"
+    } else if mp.starts_with(store) {
+        "is inside the store"
+    } else if store.starts_with(&mp) {
+        "holds the store"
+    } else {
+        return Ok(());
+    };
+    Err(CliError::new(format!(
+        "mount: the mountpoint {} {why} ({}): the mount would hide the store from modelfs itself; \
+         mount somewhere outside the store, and keep the store outside the mountpoint",
+        mp.display(),
+        store.display()
+    )))
+}
+
+/// The mountpoint as an absolute path with its symlinks resolved, without
+/// triggering an automount placeholder at it: its parent is resolved, and
+/// its last component only when it is itself a symlink (lstat and
+/// readlink do not trigger automounts; `open` and `statx` do).
+fn resolve_mountpoint(mountpoint: &Path) -> PathBuf {
+    let abs = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    // Not std's symlink_metadata: it uses statx, which triggers automounts.
+    let is_link = lstat_no_automount(&abs).is_ok_and(|m| m & libc::S_IFMT == libc::S_IFLNK);
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) if !is_link => std::fs::canonicalize(parent)
+            .map(|p| p.join(name))
+            .unwrap_or(abs),
+        _ => std::fs::canonicalize(&abs).unwrap_or(abs),
+    }
 }
 
 /// The readiness fd, in the daemon child only.
@@ -144,13 +191,22 @@ fn check_mountpoint(mp: &Path) -> Result<(), CliError> {
 /// there. `std::fs::metadata` (statx) and `open` both trigger one, and the
 /// automounter (systemd) then waits for the very mount we are making.
 fn stat_no_automount(path: &Path) -> std::io::Result<u32> {
+    fstatat_mode(path, libc::AT_NO_AUTOMOUNT)
+}
+
+/// [`stat_no_automount`] of the path itself, not what a symlink there names.
+fn lstat_no_automount(path: &Path) -> std::io::Result<u32> {
+    fstatat_mode(path, libc::AT_NO_AUTOMOUNT | libc::AT_SYMLINK_NOFOLLOW)
+}
+
+fn fstatat_mode(path: &Path, flags: i32) -> std::io::Result<u32> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::other("a NUL byte in the path"))?;
     // SAFETY: an all-zero stat is valid; fstatat fills it in.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a valid C string and stat buffer.
-    if unsafe { libc::fstatat(libc::AT_FDCWD, c.as_ptr(), &mut st, libc::AT_NO_AUTOMOUNT) } != 0 {
+    if unsafe { libc::fstatat(libc::AT_FDCWD, c.as_ptr(), &mut st, flags) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(st.st_mode)

@@ -4,7 +4,13 @@
 //! Three kinds: FUSE and mount options modelfs honours, markers meant for
 //! mount(8) or systemd that it accepts and ignores, and its own options.
 //! Anything else fails the mount with a message naming the option: a typo
-//! in fstab should not silently mount something else.
+//! in fstab should not silently mount something else, and neither should a
+//! value out of range (each has its bounds below).
+//!
+//! Values are escaped as libfuse's option parser reads them: `\,` is a
+//! comma inside a value (`log_file=/var/log/a\,b.log`), `\\` a backslash,
+//! `\NNN` the byte of octal NNN, and `\` before any other character that
+//! character. `mount.fuse3` passes such options through unchanged.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -83,12 +89,11 @@ impl MountOptions {
     /// Parses every `-o` value given (each comma-separated).
     pub fn parse<S: AsRef<str>>(values: &[S]) -> Result<Self, String> {
         let mut o = Self::default();
-        for opt in values
+        let opts: Vec<String> = values
             .iter()
-            .flat_map(|v| v.as_ref().split(','))
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
+            .flat_map(|v| split_options(v.as_ref()))
+            .collect();
+        for opt in opts.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
             let (key, value) = match opt.split_once('=') {
                 Some((k, v)) => (k, Some(v)),
                 None => (opt, None),
@@ -103,9 +108,17 @@ impl MountOptions {
                 "allow_other" => o.allow_other = true,
                 "allow_root" => o.allow_root = true,
                 "default_permissions" => o.default_permissions = true,
-                "uid" => o.uid = Some(parse_num(key, need(key, value)?)?),
-                "gid" => o.gid = Some(parse_num(key, need(key, value)?)?),
-                "fsname" => o.fsname = Some(need(key, value)?.to_string()),
+                "uid" => o.uid = Some(parse_id(key, need(key, value)?)?),
+                "gid" => o.gid = Some(parse_id(key, need(key, value)?)?),
+                "fsname" => {
+                    let v = need(key, value)?;
+                    if v.contains(',') {
+                        return Err(format!(
+                            "mount option fsname={v}: a comma cannot be part of the name /proc/mounts shows"
+                        ));
+                    }
+                    o.fsname = Some(v.to_string());
+                }
                 "ca_file" => o.ca_file = Some(PathBuf::from(need(key, value)?)),
                 "log_file" => o.log_file = Some(PathBuf::from(need(key, value)?)),
                 "passthrough" => {
@@ -120,16 +133,12 @@ impl MountOptions {
                     }
                 }
                 "stall_timeout" => {
-                    let secs: u64 = parse_num(key, need(key, value)?.trim_end_matches('s'))?;
-                    if secs == 0 {
-                        return Err("mount option stall_timeout must be at least 1 second".into());
-                    }
+                    let v = need(key, value)?;
+                    let secs = parse_in(key, v.strip_suffix('s').unwrap_or(v), STALL_TIMEOUT_SECS)?;
                     o.stall_timeout = Some(Duration::from_secs(secs));
                 }
-                "fetch_threads" => {
-                    o.fetch_threads = parse_num::<usize>(key, need(key, value)?)?.clamp(1, 64)
-                }
-                "threads" => o.threads = parse_num::<usize>(key, need(key, value)?)?.clamp(1, 64),
+                "fetch_threads" => o.fetch_threads = parse_in(key, need(key, value)?, THREADS)?,
+                "threads" => o.threads = parse_in(key, need(key, value)?, THREADS)?,
                 // mount.fuse3 and fstab conventions handled elsewhere or not at all.
                 "subtype" | "comment" => {}
                 k if k.starts_with("x-") || IGNORED.contains(&k) => {}
@@ -149,9 +158,75 @@ fn need<'a>(key: &str, v: Option<&'a str>) -> Result<&'a str, String> {
         .ok_or(format!("mount option {key} needs a value ({key}=...)"))
 }
 
+/// `stall_timeout=` bounds, in seconds: a day without a byte is
+/// already no download.
+pub const STALL_TIMEOUT_SECS: std::ops::RangeInclusive<u64> = 1..=86_400;
+/// `threads=` and `fetch_threads=` bounds.
+pub const THREADS: std::ops::RangeInclusive<usize> = 1..=64;
+
 fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
     v.parse()
         .map_err(|_| format!("mount option {key}={v}: not a number"))
+}
+
+/// A number within `range`, or a message naming the option and the range.
+fn parse_in<T>(key: &str, v: &str, range: std::ops::RangeInclusive<T>) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let out_of_range = || {
+        format!(
+            "mount option {key}={v}: out of range, use {}..={}",
+            range.start(),
+            range.end()
+        )
+    };
+    // A number too large for the type is out of range, not "not a number".
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        let n: T = v.parse().map_err(|_| out_of_range())?;
+        return if range.contains(&n) {
+            Ok(n)
+        } else {
+            Err(out_of_range())
+        };
+    }
+    parse_num(key, v)
+}
+
+/// A user or group id; 4294967295 is `(uid_t)-1`, which chown(2) and the
+/// kernel read as "no id".
+fn parse_id(key: &str, v: &str) -> Result<u32, String> {
+    parse_in(key, v, 0..=u32::MAX - 1)
+}
+
+/// Splits one `-o` value at its commas, reading escapes as libfuse does
+/// (see the module doc).
+fn split_options(s: &str) -> Vec<String> {
+    let (mut out, mut cur) = (Vec::new(), Vec::<u8>::new());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b',' => out.push(String::from_utf8_lossy(&std::mem::take(&mut cur)).into_owned()),
+            b'\\' if i + 1 < b.len() => {
+                i += 1;
+                let octal = b.len() > i + 2
+                    && (b'0'..=b'3').contains(&b[i])
+                    && (b'0'..=b'7').contains(&b[i + 1])
+                    && (b'0'..=b'7').contains(&b[i + 2]);
+                if octal {
+                    cur.push((b[i] - b'0') * 64 + (b[i + 1] - b'0') * 8 + (b[i + 2] - b'0'));
+                    i += 2;
+                } else {
+                    cur.push(b[i]);
+                }
+            }
+            c => cur.push(c),
+        }
+        i += 1;
+    }
+    out.push(String::from_utf8_lossy(&cur).into_owned());
+    out
 }
 
 /// The options reference shown by `modelfs mount --help`.
@@ -165,11 +240,13 @@ Mount options (-o, comma-separated; also the fstab options column):
   fsname=NAME            source shown in /proc/mounts (default: the store path)
   ca_file=PATH           extra PEM CA bundle for private mirrors
   passthrough=on|off     kernel passthrough reads when possible (default on); off forces the page-cache path
-  stall_timeout=SECS     give up on a download attempt after this long without data, and retry (default 30)
-  fetch_threads=N        downloads that may run at once (default 4)
-  threads=N              threads serving kernel requests (default 4)
+  stall_timeout=SECS     give up on a download attempt after this long without data, and retry
+                         (default 30, 1 to 86400)
+  fetch_threads=N        downloads that may run at once (default 4, 1 to 64)
+  threads=N              threads serving kernel requests (default 4, 1 to 64)
   log_file=PATH          log file, also with -f (default with -f: stderr; as a daemon: syslog,
                          or /var/log/modelfs/<mountpoint>.log where nothing listens on /dev/log)
+A comma inside a value is written \\, and a backslash \\\\ (log_file=/var/log/a\\,b.log).
 Ignored, for mount(8) and systemd: _netdev, nofail, noauto, auto, user, users, nouser, owner,
   group, defaults, comment=..., x-*, and the generic flags (dev, suid, exec, their no- forms,
   async, sync, atime, ...); the mount is always ro,nodev,nosuid";
@@ -205,6 +282,42 @@ mod tests {
         assert_eq!(o.fetch_threads, 2);
         assert_eq!(o.ca_file, Some(PathBuf::from("/etc/ca.pem")));
         assert_eq!((o.uid, o.gid), (Some(1000), Some(100)));
+    }
+
+    #[test]
+    fn a_backslash_escapes_a_comma_a_backslash_or_an_octal_byte_as_in_libfuse() {
+        let o = MountOptions::parse(&[r"log_file=/var/log/a\,b.log,ca_file=/etc/c\\d\054e.pem,ro"])
+            .unwrap();
+        assert_eq!(o.log_file, Some(PathBuf::from("/var/log/a,b.log")));
+        assert_eq!(o.ca_file, Some(PathBuf::from(r"/etc/c\d,e.pem")));
+        assert_eq!(split_options(r"a\"), [r"a\"], "a trailing backslash stays");
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_with_the_range() {
+        for (opt, needle) in [
+            (
+                "stall_timeout=18446744073709551615",
+                "stall_timeout=18446744073709551615: out of range, use 1..=86400",
+            ),
+            ("stall_timeout=99999999999999999999999", "out of range"),
+            ("stall_timeout=86401", "1..=86400"),
+            ("stall_timeout=0", "1..=86400"),
+            ("stall_timeout=-1", "not a number"),
+            ("threads=0", "threads=0: out of range, use 1..=64"),
+            ("threads=65", "1..=64"),
+            ("fetch_threads=100000", "fetch_threads=100000: out of range"),
+            ("uid=4294967295", "uid=4294967295: out of range"),
+            ("gid=4294967296", "gid=4294967296: out of range"),
+            ("fsname=a\\,b", "comma"),
+        ] {
+            let e = MountOptions::parse(&[opt]).unwrap_err();
+            assert!(e.contains(needle), "{opt}: {e}");
+        }
+        let o = MountOptions::parse(&["stall_timeout=86400s,threads=64,fetch_threads=1,uid=0"])
+            .unwrap();
+        assert_eq!(o.stall_timeout, Some(Duration::from_secs(86_400)));
+        assert_eq!((o.threads, o.fetch_threads, o.uid), (64, 1, Some(0)));
     }
 
     #[test]

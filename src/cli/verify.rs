@@ -42,7 +42,7 @@ pub fn run(g: &Globals, a: &VerifyArgs) -> Result<(), CliError> {
         };
         // Hold the producer lock so a fetch does not race the quarantine.
         let _l = lock::lock_waiting(&store.lock_path(&m.name), &|| false, &mut || {})
-            .map_err(|e| CliError::new(format!("{}: cannot take the store lock: {e:?}", m.name)))?;
+            .map_err(|e| CliError::new(format!("{}: cannot take the store lock: {e}", m.name)))?;
         let (actual, size) = store
             .open_blob(&m.blob)
             .map_err(|e| CliError::new(format!("{}: {e}", m.name)))

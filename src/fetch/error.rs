@@ -250,19 +250,25 @@ impl fmt::Display for FetchError {
 
 impl std::error::Error for FetchError {}
 
-/// Drops a query string (signed CDN URLs carry credentials there) and any
-/// userinfo, so URLs can be logged.
+/// A URL as it may be shown to a user or written to a log: scheme, host,
+/// port and path only. The whole query and fragment are dropped (signed
+/// CDN and S3 URLs carry their credentials there: `X-Amz-Signature`,
+/// `sig`, `token`, …), and so is any userinfo (`user:password@`). A URL
+/// that cannot be parsed, or with an `@` in its path (a password with a
+/// `/` in it looks like that), keeps only what follows its last `@`: a
+/// malformed URL leaks no password either.
 pub fn redact_url(u: &str) -> String {
     let no_query = u.split(['?', '#']).next().unwrap_or(u);
+    if let Ok(uri) = no_query.parse::<ureq::http::Uri>()
+        && let (Some(scheme), Some(auth)) = (uri.scheme_str(), uri.authority())
+        && !uri.path().contains('@')
+    {
+        let host_port = auth.as_str().rsplit('@').next().unwrap_or_default();
+        return format!("{scheme}://{host_port}{}", uri.path());
+    }
     match no_query.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('/') {
-            Some((auth, path)) => {
-                let host = auth.rsplit('@').next().unwrap_or(auth);
-                format!("{scheme}://{host}/{path}")
-            }
-            None => format!("{scheme}://{}", rest.rsplit('@').next().unwrap_or(rest)),
-        },
-        None => no_query.to_string(),
+        Some((scheme, rest)) => format!("{scheme}://{}", rest.rsplit('@').next().unwrap_or(rest)),
+        None => no_query.rsplit('@').next().unwrap_or(no_query).to_string(),
     }
 }
 
@@ -350,5 +356,33 @@ mod tests {
         );
         assert!(s.contains("free disk space"), "{s}");
         assert!(!s.contains("secret") && !s.contains("u:p"), "{s}");
+    }
+
+    #[test]
+    fn urls_lose_their_userinfo_query_and_fragment_however_they_are_written() {
+        for (url, shown) in [
+            ("https://h.example/a/f.gguf", "https://h.example/a/f.gguf"),
+            (
+                "https://user:pw@h.example:8443/f?x=1",
+                "https://h.example:8443/f",
+            ),
+            ("https://user@h.example/f", "https://h.example/f"),
+            (
+                "https://b.s3.amazonaws.com/f.gguf?X-Amz-Credential=AK&X-Amz-Signature=ff",
+                "https://b.s3.amazonaws.com/f.gguf",
+            ),
+            (
+                "https://cdn.example/f?sig=s3cr3t&se=1#frag",
+                "https://cdn.example/f",
+            ),
+            ("https://h.example/f#token=s3cr3t", "https://h.example/f"),
+            ("https://h.example?token=s3cr3t", "https://h.example/"),
+            // Malformed: a '/' in the password, a space.
+            ("https://u:pa/ss@h.example/f", "https://h.example/f"),
+            ("https://u:p w@h.example/f", "https://h.example/f"),
+            ("u:pw@h.example/f", "h.example/f"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
     }
 }

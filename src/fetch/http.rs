@@ -272,7 +272,7 @@ fn resolve_location(base: &str, location: &str) -> Result<String, FetchErrorKind
     }
     let uri: Uri = base
         .parse()
-        .map_err(|_| FetchErrorKind::BadUrl(base.to_string()))?;
+        .map_err(|_| FetchErrorKind::BadUrl(super::error::redact_url(base)))?;
     let origin = format!(
         "{}://{}",
         uri.scheme_str().unwrap_or("https"),
@@ -306,8 +306,8 @@ fn classify_ureq(e: ureq::Error, url: &str) -> FetchErrorKind {
         E::Tls(d) => FetchErrorKind::Tls(d.to_string()),
         E::Rustls(r) => FetchErrorKind::Tls(r.to_string()),
         E::Pem(p) => FetchErrorKind::Tls(format!("bad PEM: {p}")),
-        E::RequireHttpsOnly(u) => FetchErrorKind::InsecureUrl(u),
-        E::BadUri(u) => FetchErrorKind::BadUrl(u),
+        E::RequireHttpsOnly(u) => FetchErrorKind::InsecureUrl(super::error::redact_url(&u)),
+        E::BadUri(u) => FetchErrorKind::BadUrl(super::error::redact_url(&u)),
         E::TooManyRedirects | E::RedirectFailed => FetchErrorKind::Redirect(e.to_string()),
         E::Protocol(p) => FetchErrorKind::Network(format!("protocol error: {p}")),
         other => FetchErrorKind::Network(other.to_string()),

@@ -29,15 +29,64 @@ impl LockGuard {
 }
 
 /// Opens (creating if needed, never through a symlink) the lock file.
+/// A missing `locks/` folder is created (another tool made the store, or
+/// someone removed it), so a fetch does not fail for it. Anything but a
+/// regular file there (a FIFO, a device) is refused without blocking: it is
+/// `lstat`ed before it is opened, and opened `O_NONBLOCK`.
 fn open_lock_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+    refuse_special(path)?;
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+    };
+    let file = match open() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                super::nofollow::create_dir_all(dir)?;
+            }
+            open()?
+        }
+        r => r?,
+    };
+    check_regular(&file)?;
+    Ok(file)
+}
+
+/// An error for a lock path that holds a FIFO, a device, a folder…
+fn not_regular(mode: u32) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "is a {}, not a regular file; modelfs does not lock through it (remove it)",
+            super::nofollow::kind_of(mode)
+        ),
+    )
+}
+
+/// Fails if `path` exists and is neither a regular file nor a symlink (a
+/// symlink fails at the `O_NOFOLLOW` open, with its own message).
+fn refuse_special(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.is_file() && !m.file_type().is_symlink() => Err(not_regular(m.mode())),
+        _ => Ok(()),
+    }
+}
+
+fn check_regular(file: &File) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata()?;
+    if m.is_file() {
+        Ok(())
+    } else {
+        Err(not_regular(m.mode()))
+    }
 }
 
 fn flock(file: &File, op: libc::c_int) -> io::Result<bool> {
@@ -113,15 +162,17 @@ pub fn lock_waiting(
 /// Whether some process holds a lock on `path` right now. A missing file
 /// is unlocked.
 pub fn is_locked(path: &Path) -> io::Result<bool> {
+    refuse_special(path)?;
     let file = match OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
     {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
+    check_regular(&file)?;
     // A shared lock conflicts with any exclusive holder; we drop it at once.
     Ok(!flock(&file, libc::LOCK_SH | libc::LOCK_NB)?)
 }
@@ -156,6 +207,53 @@ mod tests {
         let _held = try_lock(&path).unwrap().unwrap();
         let r = lock_waiting(&path, &|| true, &mut || {});
         assert!(matches!(r, Err(LockWaitError::Cancelled)));
+    }
+
+    /// Runs `f` on a thread; panics if it has not returned within 10 s.
+    fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("returned within 10 s")
+    }
+
+    #[test]
+    fn a_fifo_or_a_device_as_a_lock_file_is_refused_at_once_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.lock");
+        let dev = dir.path().join("dev.lock");
+        let c = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: valid C paths; a FIFO and a copy of /dev/null (1, 3).
+        unsafe {
+            assert_eq!(libc::mkfifo(c(&fifo).as_ptr(), 0o644), 0);
+            assert_eq!(
+                libc::mknod(c(&dev).as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(1, 3)),
+                0
+            );
+        }
+        for p in [fifo, dev] {
+            let q = p.clone();
+            let e = within_10s(move || try_lock(&q).map(|g| g.is_some())).unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+            let q = p.clone();
+            let e = within_10s(move || lock_waiting(&q, &|| false, &mut || {}).map(|_| ()))
+                .unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+            let q = p.clone();
+            assert!(within_10s(move || is_locked(&q)).is_err());
+            assert!(
+                !std::fs::symlink_metadata(&p).unwrap().is_file(),
+                "left alone"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_locks_folder_is_created_by_the_first_locker() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks/m.lock");
+        let _g = lock_waiting(&path, &|| false, &mut || {}).unwrap();
+        assert!(is_locked(&path).unwrap());
     }
 
     #[test]

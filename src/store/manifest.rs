@@ -19,6 +19,9 @@ use crate::store::name::{ModelName, NameError};
 pub const SCHEMA_VERSION: u64 = 1;
 /// Largest manifest file accepted. Real ones are well under 2 KiB.
 pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
+/// Largest `size_bytes` accepted: file sizes and offsets are signed 64-bit
+/// numbers (`off_t`) in the kernel, so nothing larger can be served.
+pub const MAX_SIZE_BYTES: u64 = i64::MAX as u64;
 /// Longest string accepted in any known field.
 const MAX_FIELD_BYTES: usize = 4096;
 
@@ -74,7 +77,8 @@ pub struct Manifest {
 /// Why a manifest was refused.
 #[derive(Debug)]
 pub enum ManifestError {
-    TooLarge(usize),
+    /// The file's size in bytes.
+    TooLarge(u64),
     Json(serde_json::Error),
     NotAnObject,
     /// A known field is missing or has the wrong type or form.
@@ -163,7 +167,7 @@ impl Manifest {
     /// Parses manifest bytes read from `manifests/<file_stem>.json`.
     pub fn parse(bytes: &[u8], file_stem: &str) -> Result<Self, ManifestError> {
         if bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(ManifestError::TooLarge(bytes.len()));
+            return Err(ManifestError::TooLarge(bytes.len() as u64));
         }
         let value: Value = serde_json::from_slice(bytes).map_err(ManifestError::Json)?;
         let Value::Object(raw) = value else {
@@ -198,7 +202,7 @@ impl Manifest {
             name,
             format,
             blob,
-            size_bytes: uint(&raw, "size_bytes")?,
+            size_bytes: size(&raw)?,
             license,
             source,
             produced_by: string(&raw, "produced_by")?,
@@ -284,6 +288,18 @@ fn uint(obj: &Map<String, Value>, field: &'static str) -> Result<u64, ManifestEr
             .ok_or_else(|| field_err(field, "must be a non-negative integer")),
         None => Err(field_err(field, "is missing")),
     }
+}
+
+/// `size_bytes`, at most [`MAX_SIZE_BYTES`].
+fn size(obj: &Map<String, Value>) -> Result<u64, ManifestError> {
+    let n = uint(obj, "size_bytes")?;
+    if n > MAX_SIZE_BYTES {
+        return Err(field_err(
+            "size_bytes",
+            &format!("is {n}; no file can be larger than 2^63 - 1 = {MAX_SIZE_BYTES} bytes"),
+        ));
+    }
+    Ok(n)
 }
 
 fn parse_source(v: Option<&Value>) -> Result<Source, ManifestError> {
@@ -372,6 +388,13 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_size_a_file_can_have_is_accepted() {
+        let text = EXAMPLE.replace("491400032", "9223372036854775807");
+        let m = Manifest::parse(text.as_bytes(), "qwen2.5-0.5b-instruct-q4_k_m").unwrap();
+        assert_eq!(m.size_bytes, MAX_SIZE_BYTES);
+    }
+
+    #[test]
     fn unknown_fields_survive_a_rewrite() {
         let text = EXAMPLE
             .replace(
@@ -415,6 +438,15 @@ mod tests {
             ("[1]", "JSON object"),
             (&EXAMPLE.replace("491400032", "\"491400032\""), "size_bytes"),
             (&EXAMPLE.replace("491400032", "-1"), "size_bytes"),
+            (
+                &EXAMPLE.replace("491400032", "9223372036854775808"),
+                "size_bytes` is 9223372036854775808; no file can be larger than 2^63 - 1",
+            ),
+            (
+                &EXAMPLE.replace("491400032", "18446744073709551615"),
+                "size_bytes",
+            ),
+            (&EXAMPLE.replace("491400032", "1e30"), "size_bytes"),
             (
                 &EXAMPLE.replace("\"schema_version\": 1", "\"schema_version\": 2"),
                 "schema_version 2",

@@ -18,7 +18,13 @@
 //! component at a time, so a symlink planted inside the store can redirect
 //! neither a read nor a write outside the root (the top-level folders
 //! themselves may be the operator's symlinks). Folders are created 0755 and
-//! files 0644 whatever the umask. It knows nothing about HTTP or FUSE.
+//! files 0644 whatever the umask. Files it reads or locks by path
+//! (manifests, lock files) are `lstat`ed first and opened `O_NONBLOCK`, and
+//! only regular files are read, manifests up to a size cap
+//! ([`nofollow::read_small_file`]): a FIFO, a device or a huge file there
+//! is an error at once, never a hang or unbounded memory. A missing
+//! top-level folder is created when it is needed. It knows nothing about
+//! HTTP or FUSE.
 //!
 //! Blob and partial files are opened with `O_NOFOLLOW | O_NONBLOCK` and
 //! used only if `fstat` says they are regular files: a FIFO, device or
@@ -38,6 +44,7 @@ pub mod lock;
 pub mod manifest;
 pub mod name;
 pub mod nofollow;
+pub mod staging;
 pub mod state;
 pub mod timestamp;
 pub mod watch;
@@ -81,6 +88,13 @@ pub enum StoreError {
     Unsafe {
         path: PathBuf,
     },
+    /// A file the store would read or lock is a FIFO, a device, a folder
+    /// or a socket: it is never read (that could block forever or never
+    /// end).
+    NotRegular {
+        path: PathBuf,
+        kind: &'static str,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -95,6 +109,11 @@ impl fmt::Display for StoreError {
             Self::Unsafe { path } => write!(
                 f,
                 "{}: a symlink or an unexpected kind of file sits on this path; refusing to follow it (remove it)",
+                path.display()
+            ),
+            Self::NotRegular { path, kind } => write!(
+                f,
+                "{}: is a {kind}, not a regular file; modelfs does not read it (remove it)",
                 path.display()
             ),
         }
@@ -199,15 +218,23 @@ impl Store {
     /// Opens the store, creating the root and its top-level folders.
     pub fn create(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let store = Self { root: root.into() };
+        store.create_layout()?;
+        Ok(store)
+    }
+
+    /// Creates whichever of the top-level folders (`manifests/`, `locks/`,
+    /// `blobs/sha256/`, `locks/quarantine/`) are missing: a store made by
+    /// another tool, or one whose `locks/` someone removed.
+    pub fn create_layout(&self) -> Result<(), StoreError> {
         for dir in [
-            store.manifests_dir(),
-            store.locks_dir(),
-            store.blobs_dir(),
-            store.quarantine_dir(),
+            self.manifests_dir(),
+            self.locks_dir(),
+            self.blobs_dir(),
+            self.quarantine_dir(),
         ] {
             nofollow::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         }
-        Ok(store)
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -256,13 +283,18 @@ impl Store {
         self.locks_dir().join(format!("{name}.lock"))
     }
 
-    /// Reads one manifest; `Ok(None)` if there is none.
+    /// Reads one manifest; `Ok(None)` if there is none. Bounded: a FIFO, a
+    /// device or a symlink there is an error at once, and no more than
+    /// [`manifest::MAX_MANIFEST_BYTES`] are read (see
+    /// [`nofollow::read_small_file`]).
     pub fn read_manifest(&self, name: &ModelName) -> Result<Option<Manifest>, StoreError> {
         let path = self.manifest_path(name);
-        let bytes = match read_bounded(&path) {
+        let bytes = match read_manifest_bytes(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StoreError::io(&path, e)),
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
         };
         Manifest::parse(&bytes, name.as_str())
             .map(Some)
@@ -761,16 +793,22 @@ fn manifest_file_stem(f: &std::ffi::OsStr) -> Option<&str> {
         .strip_suffix(".json")
 }
 
-fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    let mut buf = Vec::new();
-    f.take(manifest::MAX_MANIFEST_BYTES as u64 + 1)
-        .read_to_end(&mut buf)?;
-    Ok(buf)
+/// The bytes of the file at `path` if it can be a manifest: a regular
+/// file of at most [`manifest::MAX_MANIFEST_BYTES`], reached without a
+/// symlink, read without ever blocking.
+pub fn read_manifest_bytes(path: &Path) -> Result<Vec<u8>, StoreError> {
+    use nofollow::SmallFileError as E;
+    nofollow::read_small_file(path, manifest::MAX_MANIFEST_BYTES as u64).map_err(|e| match e {
+        E::Io(e) => StoreError::walking(path, e),
+        E::NotRegular(kind) => StoreError::NotRegular {
+            path: path.to_path_buf(),
+            kind,
+        },
+        E::TooLarge(n) => StoreError::Manifest {
+            path: path.to_path_buf(),
+            source: ManifestError::TooLarge(n),
+        },
+    })
 }
 
 fn create_new_file(path: &Path) -> Result<File, StoreError> {
@@ -883,6 +921,49 @@ mod tests {
                 .to_string()
                 .contains("broken.json")
         );
+    }
+
+    /// Runs `f` on a thread; panics if it has not returned within 10 s.
+    fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("returned within 10 s")
+    }
+
+    fn mkfifo(p: &Path) {
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid C path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    }
+
+    #[test]
+    fn a_fifo_a_link_to_dev_zero_or_a_sparse_2_gib_file_as_a_manifest_is_an_error_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path()).unwrap();
+        s.write_manifest(&manifest("good", b"1")).unwrap();
+        let m = s.manifests_dir();
+        mkfifo(&m.join("fifo.json"));
+        std::os::unix::fs::symlink("/dev/zero", m.join("zero.json")).unwrap();
+        File::create(m.join("sparse.json"))
+            .unwrap()
+            .set_len(2 << 30)
+            .unwrap();
+        for (stem, needle) in [
+            ("fifo", "is a FIFO, not a regular file"),
+            ("zero", "symlink"),
+            ("sparse", "manifest is 2147483648 bytes"),
+        ] {
+            let s2 = s.clone();
+            let name = ModelName::parse(stem).unwrap();
+            let e = within_10s(move || s2.read_manifest(&name).map(|_| ())).unwrap_err();
+            assert!(e.to_string().contains(needle), "{stem}: {e}");
+        }
+        let s2 = s.clone();
+        let listed = within_10s(move || s2.list_manifests().unwrap());
+        let ok: Vec<_> = listed.iter().filter_map(|m| m.as_ref().ok()).collect();
+        assert_eq!(ok.len(), 1, "{listed:?}");
+        assert_eq!(ok[0].name.as_str(), "good");
     }
 
     #[test]

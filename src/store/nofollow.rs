@@ -209,6 +209,75 @@ pub fn set_blocking(file: &File) -> io::Result<()> {
     check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) }).map(|_| ())
 }
 
+/// Why [`read_small_file`] returned no bytes.
+#[derive(Debug)]
+pub enum SmallFileError {
+    Io(io::Error),
+    /// Not a regular file (a FIFO, a device, a folder, a socket); it was
+    /// never read.
+    NotRegular(&'static str),
+    /// Larger than the cap: its size (at least cap + 1).
+    TooLarge(u64),
+}
+
+/// What a file of mode `mode` is, in words for a log line.
+pub fn kind_of(mode: libc::mode_t) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => "regular file",
+        libc::S_IFDIR => "folder",
+        libc::S_IFIFO => "FIFO",
+        libc::S_IFCHR => "character device",
+        libc::S_IFBLK => "block device",
+        libc::S_IFSOCK => "socket",
+        libc::S_IFLNK => "symlink",
+        _ => "file of unknown kind",
+    }
+}
+
+/// Reads a small regular file whole, in bounded time and memory, whatever
+/// sits at `path` (its last component is never followed).
+///
+/// The entry is `lstat`ed first, so a FIFO or a device is not even opened;
+/// it is then opened `O_RDONLY|O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC` (a FIFO
+/// swapped in after the `lstat` opens at once instead of waiting for a
+/// writer, and reads as empty instead of blocking) and `fstat`ed: anything
+/// but a regular file is [`SmallFileError::NotRegular`]. A file larger
+/// than `max` bytes, or that grows past it while read, is
+/// [`SmallFileError::TooLarge`]; at most `max + 1` bytes are read.
+pub fn read_small_file(path: &Path, max: u64) -> Result<Vec<u8>, SmallFileError> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let seen = std::fs::symlink_metadata(path).map_err(SmallFileError::Io)?;
+    if seen.file_type().is_symlink() {
+        return Err(SmallFileError::Io(io::Error::from_raw_os_error(
+            libc::ELOOP,
+        )));
+    }
+    if !seen.is_file() {
+        return Err(SmallFileError::NotRegular(kind_of(seen.mode())));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(SmallFileError::Io)?;
+    let m = f.metadata().map_err(SmallFileError::Io)?;
+    if !m.is_file() {
+        return Err(SmallFileError::NotRegular(kind_of(m.mode())));
+    }
+    if m.len() > max {
+        return Err(SmallFileError::TooLarge(m.len()));
+    }
+    let mut buf = Vec::with_capacity(m.len() as usize);
+    f.take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(SmallFileError::Io)?;
+    if buf.len() as u64 > max {
+        return Err(SmallFileError::TooLarge(buf.len() as u64));
+    }
+    Ok(buf)
+}
+
 /// `create_dir_all` with [`DIR_MODE`] for every folder it creates.
 pub fn create_dir_all(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;

@@ -3,9 +3,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::store::nofollow::kind_of;
 use crate::store::watch::Stamp;
 use crate::store::{Manifest, ModelName, Store};
 
@@ -29,6 +31,9 @@ pub(super) struct ManifestWatch {
     parsed: HashMap<String, Parsed>,
     /// Ignored files of `manifests/`, with the stamp they were logged at.
     ignored: HashMap<String, Stamp>,
+    /// Why `manifests/` could not be listed at the last look, if it could
+    /// not: logged when it starts, changes and ends, not on every pass.
+    unlistable: Option<String>,
     /// Whether the last look listed `manifests/`, and how many manifests it
     /// parsed (logs and tests).
     listed: bool,
@@ -63,11 +68,27 @@ impl ManifestWatch {
         if unchanged {
             return delta;
         }
-        let Some((files, ignored)) = scan_manifest_files(store, now) else {
-            // Keep showing what we had (out of file descriptors, say), and
-            // list again next time instead of trusting the stamp.
-            self.dir = None;
-            return delta;
+        let (files, ignored) = match scan_manifest_files(store, now) {
+            Ok(listing) => {
+                if self.unlistable.take().is_some() {
+                    log::info!("{} can be listed again", store.manifests_dir().display());
+                }
+                listing
+            }
+            Err(e) => {
+                // Keep showing what we had (out of file descriptors, say),
+                // and list again next time instead of trusting the stamp.
+                let why = e.to_string();
+                if self.unlistable.as_ref() != Some(&why) {
+                    log::warn!(
+                        "cannot list {} ({why}); showing the models as they were, trying again",
+                        store.manifests_dir().display()
+                    );
+                }
+                self.unlistable = Some(why);
+                self.dir = None;
+                return delta;
+            }
         };
         for (fname, stamp, why) in &ignored {
             if !self.ignored.get(fname).is_some_and(|s| s.same(stamp)) {
@@ -147,20 +168,14 @@ type Listing = (Vec<(String, Stamp)>, Vec<Ignored>);
 /// `(stem, stamp)` of every `<valid-name>.json` regular file, and the
 /// other `*.json` entries, ignored, with the reason. Other files
 /// (`*.json.tmp` of a writer, notes) are none of our business.
-/// `None` when the folder exists but cannot be listed now; a missing
-/// folder lists as empty.
-fn scan_manifest_files(store: &Store, now: SystemTime) -> Option<Listing> {
+/// An error when the folder exists but cannot be listed now (or is not a
+/// folder); a missing folder lists as empty.
+fn scan_manifest_files(store: &Store, now: SystemTime) -> std::io::Result<Listing> {
     let (mut out, mut ignored) = (Vec::new(), Vec::new());
     let dir = match fs::read_dir(store.manifests_dir()) {
         Ok(dir) => dir,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some((out, ignored)),
-        Err(e) => {
-            log::warn!(
-                "cannot list {} ({e}); showing the models as they were, trying again",
-                store.manifests_dir().display()
-            );
-            return None;
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((out, ignored)),
+        Err(e) => return Err(e),
     };
     for e in dir.flatten() {
         let fname = e.file_name();
@@ -184,16 +199,18 @@ fn scan_manifest_files(store: &Store, now: SystemTime) -> Option<Listing> {
         }
         if !m.is_file() {
             let what = if m.file_type().is_symlink() {
-                "a symlink (symlinks in the store are never followed)"
+                "a symlink (symlinks in the store are never followed)".to_string()
             } else {
-                "not a regular file"
+                // Never opened: a FIFO would block the watcher, a device
+                // could be read without end.
+                format!("a {}, not a regular file", kind_of(m.mode()))
             };
-            ignored.push((stem.to_string() + ".json", stamp, what.to_string()));
+            ignored.push((stem.to_string() + ".json", stamp, what));
             continue;
         }
         out.push((stem.to_string(), stamp));
     }
-    Some((out, ignored))
+    Ok((out, ignored))
 }
 
 /// Parses one manifest; a failure is logged if `log`.
