@@ -7,6 +7,7 @@
 //!   manifests/<name>.json                       name -> blob
 //!   locks/<name>.lock                           advisory flock held by a producer
 //!   locks/quarantine/<timestamp>-<reason>.bin   bytes that failed verification
+//!   .modelfs/verified/<hex>                     modelfs's own: what it verified
 //! ```
 //!
 //! This module owns every path under the root and the file-level rules:
@@ -24,6 +25,7 @@ pub mod manifest;
 pub mod name;
 pub mod nofollow;
 pub mod timestamp;
+pub mod verified;
 pub mod watch;
 
 use std::fmt;
@@ -452,6 +454,8 @@ impl Store {
         let _ = fan.rmdir(&Self::partial_dir_name(d));
         fan.sync()
             .map_err(|e| StoreError::io(self.fanout_dir(d), e))?;
+        // After the rename, which moves the file's ctime.
+        self.record_verified(d, partial.metadata(), "fetch");
         Ok(dst)
     }
 
@@ -476,6 +480,7 @@ impl Store {
             .and_then(|dir| dir.unlink("data"))
             .map_err(|e| StoreError::walking(&path, e))?;
         let _ = fan.rmdir(&d.to_hex());
+        self.remove_record(d);
         fan.sync()
             .map_err(|e| StoreError::io(self.fanout_dir(d), e))
     }
@@ -495,6 +500,7 @@ impl Store {
         to.sync().map_err(|e| StoreError::io(&dst, e))?;
         fan.sync()
             .map_err(|e| StoreError::io(self.fanout_dir(d), e))?;
+        self.record_verified(d, to.stat("data"), "import");
         Ok(dst)
     }
 
@@ -508,6 +514,7 @@ impl Store {
             .map_err(|e| StoreError::walking(&src, e))?;
         let q = self.quarantine_with(reason, &src, |q, name| from.rename("data", q, name, true))?;
         let _ = fan.rmdir(&d.to_hex());
+        self.remove_record(d);
         Ok(q)
     }
 
