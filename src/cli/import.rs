@@ -116,7 +116,11 @@ pub fn run(g: &Globals, a: &ImportArgs) -> Result<(), CliError> {
             ));
         }
     };
-    place(&store, a, &name, digest, &staging)?;
+    let placed = if place(&store, a, &name, digest, &staging)? {
+        placed.word()
+    } else {
+        "the blob was in the store already"
+    };
     let filename = a
         .path
         .file_name()
@@ -139,20 +143,21 @@ pub fn run(g: &Globals, a: &ImportArgs) -> Result<(), CliError> {
         a.path.display(),
         manifest.file_name(),
         digest.short(),
-        placed.word()
+        placed
     );
     Ok(())
 }
 
-/// Moves the staged file under its digest (unless that blob is there
-/// already), refusing to repoint an existing name without `--force`.
+/// Moves the staged file under its digest, refusing to repoint an
+/// existing name without `--force`; `false` if that blob was there already
+/// (the staged file is dropped).
 fn place(
     store: &Store,
     a: &ImportArgs,
     name: &crate::store::ModelName,
     digest: Sha256,
     staging: &Path,
-) -> Result<(), CliError> {
+) -> Result<bool, CliError> {
     let refuse = match store.read_manifest(name) {
         Ok(Some(old)) if old.blob != digest && !a.force => Some(CliError::new(format!(
             "{name} already pins blob {}; pass --force to repoint it at {}",
@@ -168,13 +173,13 @@ fn place(
     }
     if let BlobState::Present(_) = store.blob_state(&digest) {
         let _ = fs::remove_file(staging);
-        return Ok(());
+        return Ok(false);
     }
     store.adopt_blob(&digest, staging).map_err(|e| {
         let _ = fs::remove_file(staging);
         CliError::new(format!("{name}: cannot place the blob: {e}"))
     })?;
-    Ok(())
+    Ok(true)
 }
 
 /// `--link`: hard-links `src` at `dst` and hashes it. Refuses a file whose
