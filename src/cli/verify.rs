@@ -49,7 +49,7 @@ pub fn run(g: &Globals, a: &VerifyArgs) -> Result<(), CliError> {
             .map_err(|e| CliError::new(format!("{}: cannot take the store lock: {e:?}", m.name)))?;
         let never = AtomicBool::new(false);
         let rechecked = store
-            .recheck_blob(&m.blob, "verify", &never, &mut |_| {})
+            .recheck_blob(&m.blob, m.name.as_str(), "verify", &never, &mut |_| {})
             .map_err(|e| CliError::new(format!("{}: cannot hash its blob: {e}", m.name)))?;
         match rechecked {
             Recheck::Matched(f) => {
@@ -65,7 +65,7 @@ pub fn run(g: &Globals, a: &VerifyArgs) -> Result<(), CliError> {
                     "it will be fetched again on next open or pull"
                 } else {
                     "the model has no URL, so it stays pending: import the right file again \
-                     (`modelfs import PATH --name NAME --force`) or re-add it with a URL"
+                     (`modelfs import PATH --name NAME`) or re-add it with a URL"
                 };
                 eprintln!(
                     "modelfs: {}: blob {} hashes to {actual}; moved to {} ({next})",

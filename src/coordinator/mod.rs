@@ -454,11 +454,11 @@ impl Coordinator {
             }
         };
         let started = Instant::now();
-        let rechecked = self
-            .store
-            .recheck_blob(&m.blob, "recheck", cancel, &mut |n| {
-                report(Phase::Rehashing, n)
-            });
+        let rechecked =
+            self.store
+                .recheck_blob(&m.blob, m.name.as_str(), "recheck", cancel, &mut |n| {
+                    report(Phase::Rehashing, n)
+                });
         match rechecked {
             Ok(Recheck::Matched(file)) => {
                 log::info!(

@@ -210,7 +210,7 @@ impl FetchError {
                 "the server's file is not the one the manifest pins: check the URL and sha256, or re-add the model"
             }
             FetchErrorKind::ChangedOnDisk { .. } => {
-                "the model is pending and has no URL to fetch it from: import the right file again (`modelfs import PATH --name NAME --force`) or re-add it with `modelfs add NAME --url URL --sha256 HEX`"
+                "the model is pending and has no URL to fetch it from: import the right file again (`modelfs import PATH --name NAME`) or re-add it with `modelfs add NAME --url URL --sha256 HEX`"
             }
             FetchErrorKind::NoSpace { .. } => "free disk space in the store and try again",
             FetchErrorKind::Store(_) => "check permissions and space of the store directory",

@@ -260,12 +260,13 @@ impl Store {
     /// (`how` says who asked; a record that cannot be written is logged)
     /// and returns the hashed file; on a mismatch, or
     /// when its stamps keep moving while it is hashed, moves it to
-    /// quarantine. `progress` is told the bytes hashed so far; `cancel`
+    /// quarantine (named after `model`). `progress` is told the bytes hashed so far; `cancel`
     /// abandons the hash (an `Interrupted` error). The caller holds the
     /// producer lock of a model that pins `d`.
     pub fn recheck_blob(
         &self,
         d: &Sha256,
+        model: &str,
         how: &str,
         cancel: &AtomicBool,
         progress: &mut dyn FnMut(u64),
@@ -306,7 +307,7 @@ impl Store {
             }
             break;
         }
-        let quarantined = self.quarantine_blob(d, &format!("changed-on-disk-{}", d.short()))?;
+        let quarantined = self.quarantine_blob(d, &format!("changed-on-disk-{model}"))?;
         Ok(Recheck::Mismatch {
             actual,
             quarantined,
@@ -443,7 +444,7 @@ mod tests {
         let (s, d) = store_with_blob(dir.path(), b"pinned bytes");
         let mut hashed = 0;
         let Recheck::Matched(f) = s
-            .recheck_blob(&d, "test", &never(), &mut |n| hashed = n)
+            .recheck_blob(&d, "m", "test", &never(), &mut |n| hashed = n)
             .unwrap()
         else {
             panic!("intact bytes match");
@@ -455,7 +456,10 @@ mod tests {
         );
 
         fs::write(s.blob_path(&d), b"PINNED bytes").unwrap();
-        match s.recheck_blob(&d, "test", &never(), &mut |_| {}).unwrap() {
+        match s
+            .recheck_blob(&d, "m", "test", &never(), &mut |_| {})
+            .unwrap()
+        {
             Recheck::Mismatch {
                 actual,
                 quarantined,
@@ -472,7 +476,8 @@ mod tests {
             "the record went with it"
         );
         assert!(matches!(
-            s.recheck_blob(&d, "test", &never(), &mut |_| {}).unwrap(),
+            s.recheck_blob(&d, "m", "test", &never(), &mut |_| {})
+                .unwrap(),
             Recheck::Absent
         ));
     }
