@@ -175,7 +175,7 @@ fn a_file_copied_over_a_linked_import_without_a_url_fails_with_eio_and_says_why(
     assert_eq!(open_and_read(&path).unwrap_err(), libc::EIO);
     let why = getxattr(&path, "user.modelfs.error").expect("the reason is kept");
     assert!(
-        why.contains("changed on disk") && why.contains("quarantine") || why.contains("moved to"),
+        why.contains("changed on disk") && why.contains("locks/quarantine/"),
         "{why}"
     );
     assert!(why.contains("import"), "it says what to do: {why}");
@@ -261,8 +261,13 @@ fn a_touch_is_verified_again_and_served_and_its_new_stamps_are_recorded() {
         open_flags(&path, libc::O_RDONLY | libc::O_NONBLOCK).unwrap_err(),
         libc::EAGAIN
     );
+    // Several opens at once: one hash, every open waits for it.
+    let others = common::waiter::waiters(&path, 3);
     let (again, took) = timed_read(&path);
     assert!(again.unwrap() == data);
+    for w in others {
+        assert!(w.result().unwrap() == data);
+    }
     eprintln!("touch: open + read of 64 MiB after a touch {took:?} (re-verified), before {warm:?}");
     let Recorded::Stamps(r) = record_of(&store, &data) else {
         panic!("a record");

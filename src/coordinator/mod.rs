@@ -441,18 +441,12 @@ impl Coordinator {
                 transferred: 0,
             })
         };
-        let lock_path = self.store.lock_path(&m.name);
         let cancelled = || cancel.load(Ordering::Relaxed);
-        let guard = lock::lock_waiting(&lock_path, &cancelled, &mut || {
-            report(Phase::WaitingForLock, 0)
-        });
-        let _guard = match guard {
-            Ok(g) => g,
-            Err(lock::LockWaitError::Cancelled) => return fail(FetchErrorKind::Cancelled),
-            Err(lock::LockWaitError::Io(e)) => {
-                return fail(FetchErrorKind::Store(StoreError::walking(&lock_path, e)));
-            }
-        };
+        let _guard =
+            match self.producer_lock(m, &cancelled, &mut || report(Phase::WaitingForLock, 0)) {
+                Ok(g) => g,
+                Err(kind) => return fail(kind),
+            };
         let started = Instant::now();
         let rechecked =
             self.store
@@ -499,6 +493,20 @@ impl Coordinator {
             Err(_) if cancelled() => fail(FetchErrorKind::Cancelled),
             Err(e) => fail(FetchErrorKind::Store(e)),
         }
+    }
+
+    /// Waits for `locks/<name>.lock` of `m`, as a producer would.
+    fn producer_lock(
+        &self,
+        m: &Manifest,
+        cancelled: &dyn Fn() -> bool,
+        on_contended: &mut dyn FnMut(),
+    ) -> Result<lock::LockGuard, FetchErrorKind> {
+        let path = self.store.lock_path(&m.name);
+        lock::lock_waiting(&path, cancelled, on_contended).map_err(|e| match e {
+            lock::LockWaitError::Cancelled => FetchErrorKind::Cancelled,
+            lock::LockWaitError::Io(e) => FetchErrorKind::Store(StoreError::walking(&path, e)),
+        })
     }
 
     /// Answers every waiter with the verified file, and keeps it for the
