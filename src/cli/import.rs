@@ -96,11 +96,13 @@ pub fn run(g: &Globals, a: &ImportArgs) -> Result<(), CliError> {
         .join("blobs/sha256")
         .join(format!(".import-{}-{name}", std::process::id()));
     let _ = fs::remove_file(&staging);
-    let label = name.to_string();
+    // Progress on stderr, unless -q.
+    let label = (!g.quiet).then(|| name.to_string());
+    let label = label.as_deref();
     let staged = if a.link {
-        link_hashing(&src, &staging, &label)
+        link_hashing(&src, &staging, label)
     } else {
-        copy_hashing(&src, &staging, &label)
+        copy_hashing(&src, &staging, label)
     };
     let (digest, placed) = match staged {
         Ok(s) => s,
@@ -184,7 +186,7 @@ fn place(
 
 /// `--link`: hard-links `src` at `dst` and hashes it. Refuses a file whose
 /// bytes changed while it was hashed (its size or mtime moved).
-fn link_hashing(src: &Path, dst: &Path, label: &str) -> io::Result<(Sha256, Placed)> {
+fn link_hashing(src: &Path, dst: &Path, label: Option<&str>) -> io::Result<(Sha256, Placed)> {
     fs::hard_link(src, dst).map_err(|e| {
         if e.raw_os_error() == Some(libc::EXDEV) {
             io::Error::new(
@@ -211,7 +213,7 @@ fn link_hashing(src: &Path, dst: &Path, label: &str) -> io::Result<(Sha256, Plac
 
 /// Creates `dst` as a copy of `src`: a reflink where the filesystem can
 /// (then hashed), else a byte copy hashed as it is written.
-fn copy_hashing(src: &Path, dst: &Path, label: &str) -> io::Result<(Sha256, Placed)> {
+fn copy_hashing(src: &Path, dst: &Path, label: Option<&str>) -> io::Result<(Sha256, Placed)> {
     let input = File::open(src)?;
     let total = input.metadata()?.len();
     let out = fs::OpenOptions::new()
@@ -256,23 +258,15 @@ fn reflink_unsupported(e: &io::Error) -> bool {
 }
 
 /// Reads `file` from its start to its end, hashing, and writes every byte
-/// to `copy_to` if given; shows progress on stderr (a bar on a terminal,
-/// a line every few seconds otherwise).
+/// to `copy_to` if given; shows progress on stderr under `label` if given.
 fn hash_with_progress(
     mut file: &File,
     mut copy_to: Option<&File>,
     total: u64,
-    label: &str,
+    label: Option<&str>,
     what: &str,
 ) -> io::Result<Sha256> {
-    const LINE_EVERY: Duration = Duration::from_secs(5);
-    let bar = super::stderr_is_terminal().then(|| {
-        let b = progress_view::new_bar(label, total);
-        b.set_message(what.to_string());
-        b
-    });
-    let started = Instant::now();
-    let mut last_line = started;
+    let mut shown = label.map(|l| Shown::new(l, what, total));
     let mut h = Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
@@ -288,26 +282,73 @@ fn hash_with_progress(
             out.write_all(&buf[..n])?;
         }
         done += n as u64;
-        match &bar {
+        if let Some(s) = shown.as_mut() {
+            s.at(done);
+        }
+    }
+    if let Some(s) = shown {
+        s.finish(done);
+    }
+    Ok(h.finish())
+}
+
+/// Progress of one import on stderr: a bar on a terminal, a line every few
+/// seconds otherwise (logs, CI).
+struct Shown {
+    label: String,
+    what: String,
+    total: u64,
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    last_line: Instant,
+}
+
+impl Shown {
+    const LINE_EVERY: Duration = Duration::from_secs(5);
+
+    fn new(label: &str, what: &str, total: u64) -> Self {
+        let bar = super::stderr_is_terminal().then(|| {
+            let b = progress_view::new_bar(label, total);
+            b.set_message(what.to_string());
+            b
+        });
+        Self {
+            label: label.to_string(),
+            what: what.to_string(),
+            total,
+            bar,
+            started: Instant::now(),
+            last_line: Instant::now(),
+        }
+    }
+
+    fn at(&mut self, done: u64) {
+        match &self.bar {
             Some(b) => b.set_position(done),
-            None if last_line.elapsed() >= LINE_EVERY => {
-                last_line = Instant::now();
+            None if self.last_line.elapsed() >= Self::LINE_EVERY => {
+                self.last_line = Instant::now();
                 eprintln!(
-                    "{label}: {what}: {} / {}",
+                    "{}: {}: {} / {}",
+                    self.label,
+                    self.what,
                     human_bytes(done),
-                    human_bytes(total)
+                    human_bytes(self.total)
                 );
             }
             None => {}
         }
     }
-    match bar {
-        Some(b) => b.finish_and_clear(),
-        None => eprintln!(
-            "{label}: {what}: {} done in {:.1} s",
-            human_bytes(done),
-            started.elapsed().as_secs_f64()
-        ),
+
+    fn finish(self, done: u64) {
+        match self.bar {
+            Some(b) => b.finish_and_clear(),
+            None => eprintln!(
+                "{}: {}: {} done in {:.1} s",
+                self.label,
+                self.what,
+                human_bytes(done),
+                self.started.elapsed().as_secs_f64()
+            ),
+        }
     }
-    Ok(h.finish())
 }
