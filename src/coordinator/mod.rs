@@ -451,7 +451,7 @@ impl Coordinator {
         let rechecked =
             self.store
                 .recheck_blob(&m.blob, m.name.as_str(), "recheck", cancel, &mut |n| {
-                    report(Phase::Rehashing, n)
+                    report(Phase::Rechecking, n)
                 });
         match rechecked {
             Ok(Recheck::Matched(file)) => {
