@@ -82,6 +82,20 @@ fn record_of(store: &TestStore, bytes: &[u8]) -> Recorded {
     store.store().read_record(&Sha256::of(bytes))
 }
 
+/// Waits (generously: the fsyncs of publishing share the disk with
+/// whatever else runs) until the mount has published `bytes`' blob and
+/// recorded its stamps.
+fn published_and_recorded(store: &TestStore, bytes: &[u8], mount: &Mount) {
+    assert!(
+        wait_until(Duration::from_secs(60), || matches!(
+            record_of(store, bytes),
+            Recorded::Stamps(_)
+        )),
+        "the blob was published and recorded:\n{}",
+        mount.log()
+    );
+}
+
 /// Opens `path`, timing the open (and read) for the report.
 fn timed_read(path: &Path) -> (Result<Vec<u8>, i32>, Duration) {
     let t = Instant::now();
@@ -198,11 +212,14 @@ fn a_byte_written_into_a_published_blob(options: &[&str]) {
     let path = mount.path("m.gguf");
     assert!(open_and_read(&path).unwrap() == data);
     let blob = store.store().blob_path(&m.blob);
-    assert!(wait_until(Duration::from_secs(10), || matches!(
-        record_of(&store, &data),
-        Recorded::Stamps(_)
-    )));
-    assert!(open_and_read(&path).unwrap() == data);
+    published_and_recorded(&store, &data, &mount);
+    let second = open_and_read(&path);
+    assert!(
+        second.as_ref().is_ok_and(|v| *v == data),
+        "the open after publication: {}\n{}",
+        outcome(&second, &data),
+        mount.log()
+    );
 
     let mut w = fs::OpenOptions::new().write(true).open(&blob).unwrap();
     w.seek(SeekFrom::Start(123_457)).unwrap();
@@ -215,8 +232,13 @@ fn a_byte_written_into_a_published_blob(options: &[&str]) {
         outcome(&again, &data),
         mount.log()
     );
-    assert_eq!(origin.stats("m.gguf").gets, 2, "fetched again");
-    assert_eq!(store.quarantined().len(), 1);
+    assert_eq!(
+        origin.stats("m.gguf").gets,
+        2,
+        "fetched again:\n{}",
+        mount.log()
+    );
+    assert_eq!(store.quarantined().len(), 1, "{}", mount.log());
     store.assert_consistent();
 }
 
@@ -240,10 +262,7 @@ fn a_touch_is_verified_again_and_served_and_its_new_stamps_are_recorded() {
     let path = mount.path("m.gguf");
     assert!(open_and_read(&path).unwrap() == data);
     let blob = store.store().blob_path(&m.blob);
-    assert!(wait_until(Duration::from_secs(10), || matches!(
-        record_of(&store, &data),
-        Recorded::Stamps(_)
-    )));
+    published_and_recorded(&store, &data, &mount);
     let (_, warm) = timed_read(&path);
     // Hashing again needs no network: the origin is down from here on.
     origin.set_persistent_fault("m.gguf", Some(Fault::Status(500)));
