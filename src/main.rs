@@ -25,7 +25,7 @@ enum Command {
     Ls(cli::ls::LsArgs),
     /// Re-hash present blobs; quarantine corrupt ones
     Verify(cli::verify::VerifyArgs),
-    /// Place a model file you already have into the store
+    /// Place a model file you already have into the store (a reflink or a copy; --link hard-links it)
     Import(cli::import::ImportArgs),
     /// Remove models' manifests (blobs stay until gc)
     Rm(cli::rm::RmArgs),

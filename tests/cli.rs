@@ -633,7 +633,7 @@ fn verify_passes_good_blobs_and_quarantines_a_corrupted_one() {
 }
 
 #[test]
-fn import_hard_links_a_local_file_and_writes_its_manifest() {
+fn import_with_link_hard_links_a_local_file_and_writes_its_manifest() {
     let origin = Origin::start();
     let ts = TestStore::new();
     let bytes = random_bytes(700_000, 12);
@@ -643,7 +643,7 @@ fn import_hard_links_a_local_file_and_writes_its_manifest() {
     let out = cli(
         &ts,
         &origin,
-        &["import", src.to_str().unwrap(), "--name", "local"],
+        &["import", "--link", src.to_str().unwrap(), "--name", "local"],
     )
     .ok();
 
@@ -652,7 +652,7 @@ fn import_hard_links_a_local_file_and_writes_its_manifest() {
     assert_eq!(
         fs::metadata(&blob).unwrap().ino(),
         fs::metadata(&src).unwrap().ino(),
-        "same filesystem: the blob is a hard link"
+        "--link: the blob is a hard link"
     );
     let m = manifest_json(&ts, "local");
     assert_eq!(m["blob"], format!("sha256:{}", hex_of(&bytes)));
@@ -722,6 +722,24 @@ fn import_from_another_filesystem_copies_the_file() {
     assert!(out.stdout.contains("copy"), "{}", out.stdout);
     assert!(blob_bytes(&ts, &bytes) == bytes);
     assert_eq!(state_of(&ts, &origin, "copied"), "present");
+    // A hard link cannot cross filesystems: --link says so.
+    let linked = cli(
+        &ts,
+        &origin,
+        &[
+            "import",
+            "--link",
+            src.to_str().unwrap(),
+            "--name",
+            "linked",
+        ],
+    )
+    .failed();
+    assert!(
+        linked.stderr.contains("leave out --link"),
+        "{}",
+        linked.stderr
+    );
     cli(&ts, &origin, &["verify", "copied"]).ok();
     let stray: Vec<_> = fs::read_dir(ts.root.join("blobs/sha256"))
         .unwrap()

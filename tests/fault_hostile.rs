@@ -315,8 +315,10 @@ fn blob_replaced_on_disk(options: &[&str]) {
     let tmp = blob.with_file_name("swap");
     fs::write(&tmp, &garbage).unwrap();
     fs::rename(&tmp, &blob).unwrap();
-    // Served as it is: a present blob is trusted without re-hashing every
-    // open (documented); this read also fills the kernel's cache.
+    // Served as it is: a blob with no verification record (placed by
+    // another tool) is trusted at first sight (documented; a blob modelfs
+    // verified is hashed again when its stamps move, `tests/fault_verified.rs`);
+    // this read also fills the kernel's cache.
     let served = open_and_read(&path).unwrap();
     assert_eq!(served.len(), data.len());
 
@@ -755,8 +757,8 @@ fn a_blob_corrupted_after_an_early_open_is_not_served_after_verify(
     w.sync_all().unwrap();
     drop(w);
     if !read_first {
-        // Documented: a blob corrupted after verification is served
-        // until `modelfs verify`.
+        // Documented: a file already open may see a later in-place
+        // change (the next open hashes the blob again).
         early.read_to_end(&mut got).unwrap();
     }
     let (code, text) = run(store.cli(origin.ca_pem_path()).arg("verify"));

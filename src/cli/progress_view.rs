@@ -120,6 +120,7 @@ fn phase_word(p: Phase) -> &'static str {
     match p {
         Phase::WaitingForLock => "waiting for another process",
         Phase::Rehashing => "re-hashing the partial download",
+        Phase::Rechecking => "hashing the blob again: it changed on disk since it was verified",
         Phase::Downloading => "downloading",
         Phase::Retrying => "retrying",
         Phase::Publishing => "verified; writing to disk and moving into place",

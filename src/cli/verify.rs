@@ -1,6 +1,8 @@
 //! `modelfs verify`: re-hash present blobs; quarantine the ones that lie.
 
-use crate::digest::hash_reader;
+use std::sync::atomic::AtomicBool;
+
+use crate::store::verified::Recheck;
 use crate::store::{BlobState, lock};
 
 use super::{CliError, Globals, parse_name};
@@ -12,8 +14,10 @@ pub struct VerifyArgs {
 }
 
 /// Re-hashes the blob of each named (or every) model. A blob whose bytes
-/// do not match its digest is moved to quarantine, so the next open fetches
-/// it again. Exit 1 if any blob was bad.
+/// match gets its stamps recorded (so the mount need not hash it again); one
+/// whose bytes do not is moved to quarantine, so the next open fetches it
+/// again when the model has a URL, and fails until it is imported or
+/// re-added otherwise. Exit 1 if any blob was bad.
 pub fn run(g: &Globals, a: &VerifyArgs) -> Result<(), CliError> {
     let store = g.store_for_reading()?;
     let manifests: Vec<_> = if a.names.is_empty() {
@@ -43,25 +47,35 @@ pub fn run(g: &Globals, a: &VerifyArgs) -> Result<(), CliError> {
         // Hold the producer lock so a fetch does not race the quarantine.
         let _l = lock::lock_waiting(&store.lock_path(&m.name), &|| false, &mut || {})
             .map_err(|e| CliError::new(format!("{}: cannot take the store lock: {e}", m.name)))?;
-        let (actual, size) = store
-            .open_blob(&m.blob)
-            .map_err(|e| CliError::new(format!("{}: {e}", m.name)))
-            .and_then(|f| {
-                hash_reader(f)
-                    .map_err(|e| CliError::new(format!("{}: cannot read its blob: {e}", m.name)))
-            })?;
-        if actual.ct_eq(&m.blob) {
-            println!("{}: ok ({size} bytes)", m.name);
-            continue;
+        let never = AtomicBool::new(false);
+        let rechecked = store
+            .recheck_blob(&m.blob, m.name.as_str(), "verify", &never, &mut |_| {})
+            .map_err(|e| CliError::new(format!("{}: cannot hash its blob: {e}", m.name)))?;
+        match rechecked {
+            Recheck::Matched(f) => {
+                let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                println!("{}: ok ({size} bytes)", m.name);
+            }
+            Recheck::Absent => println!("{}: not present, nothing to verify", m.name),
+            Recheck::Mismatch {
+                actual,
+                quarantined,
+            } => {
+                let next = if m.source.fetch_url().is_some() {
+                    "it will be fetched again on next open or pull"
+                } else {
+                    "the model has no URL, so it stays pending: import the right file again \
+                     (`modelfs import PATH --name NAME`) or re-add it with a URL"
+                };
+                eprintln!(
+                    "modelfs: {}: blob {} hashes to {actual}; moved to {} ({next})",
+                    m.name,
+                    m.blob,
+                    quarantined.display()
+                );
+                bad.push(m.name.to_string());
+            }
         }
-        let q = store.quarantine_blob(&m.blob, &format!("verify-failed-{}", m.name))?;
-        eprintln!(
-            "modelfs: {}: blob {} hashes to {actual}; moved to {} (it will be fetched again on next open or pull)",
-            m.name,
-            m.blob,
-            q.display()
-        );
-        bad.push(m.name.to_string());
     }
     if bad.is_empty() {
         Ok(())

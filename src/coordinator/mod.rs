@@ -19,6 +19,14 @@
 //! digest when the fetch starts, the first opener's first (see
 //! [`FetchJob::sources`]).
 //!
+//! A present blob whose file no longer has the stamps it was verified with
+//! ([`Coordinator::verified_now`], which keeps the records in memory once
+//! read) is hashed again the same way: one job per digest
+//! ([`Coordinator::wait_for_recheck`]), the opens parked until it ends. Its
+//! bytes intact, they get the hashed file; changed, the blob is quarantined
+//! and fetched again when the manifest has a URL, else every waiter fails
+//! with the reason.
+//!
 //! Invariants: every callback is called exactly once; no lock of ours is
 //! held while a callback runs or while the network or disk is used; a
 //! failure is logged once here, not by each waiter.
@@ -35,8 +43,9 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::digest::Sha256;
-use crate::fetch::{FetchError, FetchJob, Fetcher, Phase, Progress, ProgressSink};
-use crate::store::{Manifest, Store};
+use crate::fetch::{FetchError, FetchErrorKind, FetchJob, Fetcher, Phase, Progress, ProgressSink};
+use crate::store::verified::{Recheck, Record, Recorded};
+use crate::store::{Manifest, Store, StoreError, lock};
 
 /// How often the watchdog looks at waiting tasks.
 pub const WATCHDOG_PERIOD: Duration = Duration::from_millis(200);
@@ -113,6 +122,16 @@ struct Waiter {
     done: Done,
 }
 
+/// What a job does before the blob can be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobKind {
+    /// The blob is absent: fetch it.
+    Fetch,
+    /// The blob file's stamps differ from its record: hash it again; if
+    /// its bytes changed, quarantine it and fetch it (when there is a URL).
+    Recheck,
+}
+
 struct Job {
     waiters: Vec<Waiter>,
     /// Set once the bytes are verified; later waiters get it at once.
@@ -134,6 +153,9 @@ pub struct Coordinator {
     max_fetches: usize,
     /// Told of every blob this coordinator published.
     on_published: std::sync::OnceLock<PublishedHook>,
+    /// The verification records of the blobs opened so far, as read from
+    /// or written to the store (see [`Coordinator::verified_now`]).
+    records: Mutex<HashMap<Sha256, Record>>,
 }
 
 /// Called with a blob's digest after a fetch published it.
@@ -153,6 +175,7 @@ impl Coordinator {
             slots: (Mutex::new(0), Condvar::new()),
             max_fetches: max_fetches.max(1),
             on_published: std::sync::OnceLock::new(),
+            records: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&c);
         std::thread::Builder::new()
@@ -186,13 +209,65 @@ impl Coordinator {
             return;
         }
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
-        self.ensure_job(m, Some(Waiter { id, caller, done }));
+        self.ensure_job(m, Some(Waiter { id, caller, done }), JobKind::Fetch);
     }
 
     /// Starts a fetch nobody waits for (an `O_NONBLOCK` open).
     pub fn start(self: &Arc<Self>, m: &Manifest) {
         if !self.shutting_down.load(Ordering::Relaxed) {
-            self.ensure_job(m, None);
+            self.ensure_job(m, None, JobKind::Fetch);
+        }
+    }
+
+    /// Whether the present blob file of `d`, whose metadata is `meta`, is
+    /// the file that was verified: its stamps equal its record (in memory,
+    /// else on disk). A blob with no record at all is trusted at first
+    /// sight and its stamps are recorded (see `store::verified`). Never
+    /// hashes; `false` means the open must wait for
+    /// [`Coordinator::wait_for_recheck`].
+    pub fn verified_now(&self, d: &Sha256, meta: &std::fs::Metadata) -> bool {
+        let now = Record::of(meta);
+        if self.records.lock().get(d) == Some(&now) {
+            return true;
+        }
+        match self.store.read_record(d) {
+            Recorded::Stamps(r) => {
+                self.records.lock().insert(*d, r);
+                r == now
+            }
+            Recorded::Unreadable => false,
+            Recorded::Nothing => {
+                log::info!(
+                    "blob {}: no record that modelfs verified it (another tool placed it, or an \
+                     earlier modelfs); trusting it at first sight and recording its stamps",
+                    d.short()
+                );
+                if let Err(e) = self.store.write_record(d, &now, "first-sight", false) {
+                    log::warn!("blob {}: cannot record its stamps: {e}", d.short());
+                }
+                self.records.lock().insert(*d, now);
+                true
+            }
+        }
+    }
+
+    /// Like [`Coordinator::wait_for`] for a present blob whose stamps
+    /// moved since it was verified: `done` gets the file once its bytes
+    /// hashed right again, or, if they changed, once the blob was
+    /// quarantined and fetched again (or the failure when it has no URL).
+    pub fn wait_for_recheck(self: &Arc<Self>, m: &Manifest, caller: Caller, done: Done) {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            done(Err(WaitError::ShuttingDown));
+            return;
+        }
+        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        self.ensure_job(m, Some(Waiter { id, caller, done }), JobKind::Recheck);
+    }
+
+    /// Starts a recheck nobody waits for (an `O_NONBLOCK` open).
+    pub fn start_recheck(self: &Arc<Self>, m: &Manifest) {
+        if !self.shutting_down.load(Ordering::Relaxed) {
+            self.ensure_job(m, None, JobKind::Recheck);
         }
     }
 
@@ -266,7 +341,9 @@ impl Coordinator {
         }
     }
 
-    fn ensure_job(self: &Arc<Self>, m: &Manifest, waiter: Option<Waiter>) {
+    /// Joins the job of `m`'s blob, whatever its kind (a fetch and a
+    /// recheck both end with verified bytes), or starts one of `kind`.
+    fn ensure_job(self: &Arc<Self>, m: &Manifest, waiter: Option<Waiter>, kind: JobKind) {
         let mut jobs = self.jobs.lock();
         if let Some(job) = jobs.get_mut(&m.blob) {
             match (&job.verified, waiter) {
@@ -293,7 +370,7 @@ impl Coordinator {
         let manifest = m.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("fetch-{}", m.blob.short()))
-            .spawn(move || this.run_job(manifest, cancel, progress));
+            .spawn(move || this.run_job(manifest, kind, cancel, progress));
         if let Err(e) = spawned {
             self.finish(
                 &m.blob,
@@ -307,36 +384,22 @@ impl Coordinator {
     fn run_job(
         self: Arc<Self>,
         m: Manifest,
+        kind: JobKind,
         cancel: Arc<AtomicBool>,
         progress: Arc<Mutex<Option<Progress>>>,
     ) {
         self.take_slot(&cancel);
-        let job = FetchJob {
-            manifest: &m,
-            sources: self.sources_of(&m),
-            write_manifest: false,
-            progress: Some(ProgressSink::Latest(progress)),
-            cancel: &cancel,
-        };
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.fetcher
-                .fetch_handing_over(&self.store, &job, &mut |file| self.hand_over(&m.blob, file))
+            if kind == JobKind::Recheck
+                && let Some(rechecked) = self.recheck(&m, &cancel, &progress)
+            {
+                return rechecked;
+            }
+            self.fetch(&m, &cancel, progress.clone())
         }));
-        drop(job);
         self.give_slot();
         let result = match outcome {
-            Ok(Ok(_)) => {
-                if let Some(hook) = self.on_published.get() {
-                    hook(&m.blob);
-                }
-                Ok(Ready::Published)
-            }
-            Ok(Err(e)) => {
-                if !matches!(e.kind, crate::fetch::FetchErrorKind::Cancelled) {
-                    log::error!("{e}");
-                }
-                Err(WaitError::Failed(Arc::new(e)))
-            }
+            Ok(r) => r,
             Err(panic) => {
                 let what = panic
                     .downcast_ref::<&str>()
@@ -350,6 +413,11 @@ impl Coordinator {
                 )))
             }
         };
+        if let Err(WaitError::Failed(e)) = &result
+            && !matches!(e.kind, FetchErrorKind::Cancelled)
+        {
+            log::error!("{e}");
+        }
         self.finish(&m.blob, result);
     }
 
@@ -373,6 +441,126 @@ impl Coordinator {
             }
         };
         self.fetcher.candidates(m, &others)
+    }
+
+    /// Runs the fetch pipeline for `m`, handing the verified file over.
+    fn fetch(
+        &self,
+        m: &Manifest,
+        cancel: &AtomicBool,
+        progress: Arc<Mutex<Option<Progress>>>,
+    ) -> Result<Ready, WaitError> {
+        let job = FetchJob {
+            manifest: m,
+            sources: self.sources_of(m),
+            write_manifest: false,
+            progress: Some(ProgressSink::Latest(progress)),
+            cancel,
+        };
+        match self
+            .fetcher
+            .fetch_handing_over(&self.store, &job, &mut |file| self.hand_over(&m.blob, file))
+        {
+            Ok(_) => {
+                if let Some(hook) = self.on_published.get() {
+                    hook(&m.blob);
+                }
+                Ok(Ready::Published)
+            }
+            Err(e) => Err(WaitError::Failed(Arc::new(e))),
+        }
+    }
+
+    /// Hashes the present blob of `m` again, under its producer lock. Its
+    /// bytes intact: answers the waiters with the hashed file. Changed: the
+    /// store quarantined it; `None` (a fetch follows) when `m` has a URL,
+    /// else the failure. `None` too when the blob went meanwhile.
+    fn recheck(
+        &self,
+        m: &Manifest,
+        cancel: &AtomicBool,
+        progress: &Mutex<Option<Progress>>,
+    ) -> Option<Result<Ready, WaitError>> {
+        let url = self.fetcher.url_for(m);
+        let fail = |kind| {
+            let e = FetchError::new(m.name.as_str(), url.as_deref(), kind);
+            Some(Err(WaitError::Failed(Arc::new(e))))
+        };
+        let report = |phase, done| {
+            *progress.lock() = Some(Progress {
+                phase,
+                done,
+                total: m.size_bytes,
+                rate: 0.0,
+                transferred: 0,
+            })
+        };
+        let cancelled = || cancel.load(Ordering::Relaxed);
+        let _guard =
+            match self.producer_lock(m, &cancelled, &mut || report(Phase::WaitingForLock, 0)) {
+                Ok(g) => g,
+                Err(kind) => return fail(kind),
+            };
+        let started = Instant::now();
+        let rechecked =
+            self.store
+                .recheck_blob(&m.blob, m.name.as_str(), "recheck", cancel, &mut |n| {
+                    report(Phase::Rechecking, n)
+                });
+        match rechecked {
+            Ok(Recheck::Matched(file)) => {
+                log::info!(
+                    "{}: blob {} changed its stamps since it was verified; hashed again in \
+                     {:.2} s: the bytes are intact",
+                    m.name,
+                    m.blob.short(),
+                    started.elapsed().as_secs_f64()
+                );
+                if let Ok(meta) = file.metadata() {
+                    self.records.lock().insert(m.blob, Record::of(&meta));
+                }
+                self.hand_over(&m.blob, file);
+                Some(Ok(Ready::Published))
+            }
+            Ok(Recheck::Absent) => None,
+            Ok(Recheck::Mismatch {
+                actual,
+                quarantined,
+            }) => {
+                self.records.lock().remove(&m.blob);
+                if url.is_none() {
+                    return fail(FetchErrorKind::ChangedOnDisk {
+                        expected: m.blob,
+                        actual,
+                        quarantined,
+                    });
+                }
+                log::error!(
+                    "{}: blob {} changed on disk since it was verified and now hashes to {actual} \
+                     (moved to {}); fetching it again",
+                    m.name,
+                    m.blob.short(),
+                    quarantined.display()
+                );
+                None
+            }
+            Err(_) if cancelled() => fail(FetchErrorKind::Cancelled),
+            Err(e) => fail(FetchErrorKind::Store(e)),
+        }
+    }
+
+    /// Waits for `locks/<name>.lock` of `m`, as a producer would.
+    fn producer_lock(
+        &self,
+        m: &Manifest,
+        cancelled: &dyn Fn() -> bool,
+        on_contended: &mut dyn FnMut(),
+    ) -> Result<lock::LockGuard, FetchErrorKind> {
+        let path = self.store.lock_path(&m.name);
+        lock::lock_waiting(&path, cancelled, on_contended).map_err(|e| match e {
+            lock::LockWaitError::Cancelled => FetchErrorKind::Cancelled,
+            lock::LockWaitError::Io(e) => FetchErrorKind::Store(StoreError::walking(&path, e)),
+        })
     }
 
     /// Answers every waiter with the verified file, and keeps it for the
@@ -400,8 +588,7 @@ impl Coordinator {
             Ok(_) => {
                 self.last_errors.lock().remove(d);
             }
-            Err(WaitError::Failed(e))
-                if matches!(e.kind, crate::fetch::FetchErrorKind::Cancelled) => {}
+            Err(WaitError::Failed(e)) if matches!(e.kind, FetchErrorKind::Cancelled) => {}
             Err(e) => {
                 self.last_errors.lock().insert(*d, describe(e));
             }

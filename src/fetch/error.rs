@@ -48,6 +48,14 @@ pub enum FetchErrorKind {
         actual: Sha256,
         quarantined: Option<PathBuf>,
     },
+    /// A present blob file changed on disk since modelfs verified it, and
+    /// its bytes no longer match; it was moved to quarantine. (With a URL
+    /// the mount fetches the blob again; this is the failure without one.)
+    ChangedOnDisk {
+        expected: Sha256,
+        actual: Sha256,
+        quarantined: PathBuf,
+    },
     /// Not enough free space for the rest of the file.
     NoSpace { needed: u64, available: u64 },
     /// Reading or writing the store failed.
@@ -72,6 +80,7 @@ impl FetchErrorKind {
             | Self::LengthMismatch { .. }
             | Self::TooLong { .. }
             | Self::DigestMismatch { .. }
+            | Self::ChangedOnDisk { .. }
             | Self::NoSpace { .. }
             | Self::Store(_)
             | Self::Cancelled => false,
@@ -96,7 +105,11 @@ impl FetchErrorKind {
             | Self::LengthMismatch { .. }
             | Self::TooLong { .. }
             | Self::DigestMismatch { .. } => true,
-            Self::NoSource | Self::NoSpace { .. } | Self::Store(_) | Self::Cancelled => false,
+            Self::NoSource
+            | Self::NoSpace { .. }
+            | Self::Store(_)
+            | Self::ChangedOnDisk { .. }
+            | Self::Cancelled => false,
         }
     }
 
@@ -147,6 +160,16 @@ impl fmt::Display for FetchErrorKind {
                 }
                 Ok(())
             }
+            Self::ChangedOnDisk {
+                expected,
+                actual,
+                quarantined,
+            } => write!(
+                f,
+                "the blob file changed on disk since it was verified: expected {expected}, \
+                 it now hashes to {actual} (moved to {})",
+                quarantined.display()
+            ),
             Self::NoSpace { needed, available } => write!(
                 f,
                 "not enough disk space: {} more needed, {} available",
@@ -215,6 +238,9 @@ impl FetchError {
             }
             FetchErrorKind::DigestMismatch { .. } => {
                 "the server's file is not the one the manifest pins: check the URL and sha256, or re-add the model"
+            }
+            FetchErrorKind::ChangedOnDisk { .. } => {
+                "the model is pending and has no URL to fetch it from: import the right file again (`modelfs import PATH --name NAME`) or re-add it with `modelfs add NAME --url URL --sha256 HEX`"
             }
             FetchErrorKind::NoSpace { .. } => "free disk space in the store and try again",
             FetchErrorKind::Store(StoreError::Unsafe { .. }) => {

@@ -35,6 +35,9 @@ pub enum Phase {
     WaitingForLock,
     /// Re-hashing the part of a partial file kept for resuming.
     Rehashing,
+    /// Hashing a present blob again: its file changed since it was
+    /// verified (the mount, before it answers an open).
+    Rechecking,
     Downloading,
     /// A transient failure; the next attempt starts after a pause.
     Retrying,

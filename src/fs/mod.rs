@@ -6,11 +6,13 @@
 //! - `lookup`, `getattr`, `readdir`, `getxattr`, `listxattr` read the
 //!   in-memory [`Namespace`] and the coordinator's activity; they never
 //!   wait for the network or a lock.
-//! - `open` of a present blob completes on the calling thread; `open` of an
-//!   absent one hands its completion to the [`Coordinator`] and returns; an
-//!   `O_NONBLOCK` open of an absent blob starts the fetch and fails with
-//!   `EAGAIN` at once. Every opened handle reads the verified blob file it
-//!   opened, whatever happens to the manifest later.
+//! - `open` of a present blob whose stamps match its verification record
+//!   (see `store::verified`) completes on the calling thread; `open` of an
+//!   absent one, or of a present one whose stamps moved (it must be hashed
+//!   again), hands its completion to the [`Coordinator`] and returns; an
+//!   `O_NONBLOCK` open of either starts the fetch (or the hash) and fails
+//!   with `EAGAIN` at once. Every opened handle reads the verified blob
+//!   file it opened, whatever happens to the manifest later.
 //! - Anything that writes fails with `EROFS`.
 
 pub mod error;
@@ -249,42 +251,74 @@ impl ModelFs {
         if self.namespace.is_stale(&e, now) {
             return done(Err(FsError::Stale));
         }
-        if let Some((meta, file)) = blob {
-            return done(Ok(self.register(&e, &meta, file)));
-        }
+        let recheck = match blob {
+            Some((meta, file)) if self.coordinator.verified_now(&e.manifest.blob, &meta) => {
+                return done(Ok(self.register(&e, &meta, file)));
+            }
+            // Present, but not the file that was verified: hash it again
+            // off this thread, as a fetch would run.
+            Some(_) => true,
+            None => false,
+        };
         if flags & libc::O_NONBLOCK != 0 {
-            self.coordinator.start(&e.manifest);
+            if recheck {
+                self.coordinator.start_recheck(&e.manifest);
+            } else {
+                self.coordinator.start(&e.manifest);
+            }
             return done(Err(FsError::WouldBlock));
         }
-        let this = self.clone();
         let manifest = e.manifest.clone();
-        self.coordinator.wait_for(
-            &manifest,
-            caller,
-            Box::new(move |result| {
-                let opened = result.map_err(FsError::from).and_then(|ready| match ready {
-                    // Not yet at the blob's path: the namespace must not
-                    // retire the inode for that, but must once another file
-                    // is there (the kernel may hold this file's pages, or
-                    // use it as the inode's passthrough backing file).
-                    Ready::Verified(file) => {
-                        let meta = file.metadata()?;
-                        let id = (meta.dev(), meta.ino());
-                        this.namespace.note_verified(e.ino, id);
-                        Ok(this.add_handle(file, id))
+        let when_ready = self.when_ready(e, done);
+        if recheck {
+            self.coordinator
+                .wait_for_recheck(&manifest, caller, when_ready);
+        } else {
+            self.coordinator.wait_for(&manifest, caller, when_ready);
+        }
+    }
+
+    /// The completion of an open of `e` that waits for the coordinator.
+    fn when_ready(self: &Arc<Self>, e: Arc<Entry>, done: OpenDone) -> crate::coordinator::Done {
+        let this = self.clone();
+        Box::new(move |result| {
+            let opened = result.map_err(FsError::from).and_then(|ready| match ready {
+                // Not yet at the blob's path (or hashed again there): the
+                // namespace must not retire the inode for that, but must
+                // once another file is there (the kernel may hold this
+                // file's pages, or use it as the inode's passthrough
+                // backing file).
+                Ready::Verified(file) => {
+                    let meta = file.metadata()?;
+                    let id = (meta.dev(), meta.ino());
+                    // The inode served another file before (whose bytes
+                    // changed, and were quarantined): never this one.
+                    if this.namespace.is_stale(&e, Some(id)) {
+                        return Err(FsError::Stale);
                     }
-                    Ready::Published => {
-                        let file = this
-                            .coordinator
-                            .store()
-                            .open_blob(&e.manifest.blob)
-                            .map_err(|e| FsError::Store(Arc::new(e)))?;
-                        Ok(this.register(&e, &file.metadata()?, file))
+                    this.namespace.note_verified(e.ino, id);
+                    Ok(this.add_handle(file, id))
+                }
+                Ready::Published => {
+                    let file = this
+                        .coordinator
+                        .store()
+                        .open_blob(&e.manifest.blob)
+                        .map_err(|e| FsError::Store(Arc::new(e)))?;
+                    let meta = file.metadata()?;
+                    // Published by another process while this open waited
+                    // for its lock, and changed since it was verified: on
+                    // ESTALE the kernel opens again, and that open hashes it.
+                    if this.namespace.is_stale(&e, Some((meta.dev(), meta.ino())))
+                        || !this.coordinator.verified_now(&e.manifest.blob, &meta)
+                    {
+                        return Err(FsError::Stale);
                     }
-                });
-                done(opened)
-            }),
-        );
+                    Ok(this.register(&e, &meta, file))
+                }
+            });
+            done(opened)
+        })
     }
 
     /// The kernel interrupted request `request` (FUSE_INTERRUPT); `false`

@@ -8,6 +8,7 @@
 //!   manifests/<name>.json                       name -> blob
 //!   locks/<name>.lock                           advisory flock held by a producer
 //!   locks/quarantine/<timestamp>-<reason>.bin   bytes that failed verification
+//!   .modelfs/verified/<hex>                     modelfs's own: what it verified
 //! ```
 //!
 //! This module owns every path under the root and the file-level rules:
@@ -47,6 +48,7 @@ pub mod nofollow;
 pub mod staging;
 pub mod state;
 pub mod timestamp;
+pub mod verified;
 pub mod watch;
 
 use std::fmt;
@@ -539,6 +541,12 @@ impl Store {
         let _ = fan.rmdir(&Self::partial_dir_name(d));
         fan.sync()
             .map_err(|e| StoreError::io(self.fanout_dir(d), e))?;
+        // After the rename, which moves the file's ctime. A blob another
+        // producer placed first gets no record of ours: it is trusted at
+        // first sight, like any blob another tool made.
+        if matches!(published, Published::Placed) {
+            self.record_verified(d, partial.metadata(), "fetch");
+        }
         Ok(published)
     }
 
@@ -564,6 +572,7 @@ impl Store {
             .and_then(|dir| dir.unlink("data"))
             .map_err(|e| StoreError::walking(&path, e))?;
         let _ = fan.rmdir(&d.to_hex());
+        self.remove_record(d);
         fan.sync()
             .map_err(|e| StoreError::io(self.fanout_dir(d), e))
     }
@@ -583,6 +592,7 @@ impl Store {
         to.sync().map_err(|e| StoreError::io(&dst, e))?;
         fan.sync()
             .map_err(|e| StoreError::io(self.fanout_dir(d), e))?;
+        self.record_verified(d, to.stat("data"), "import");
         Ok(dst)
     }
 
@@ -596,6 +606,7 @@ impl Store {
             .map_err(|e| StoreError::walking(&src, e))?;
         let q = self.quarantine_with(reason, &src, |q, name| from.rename("data", q, name, true))?;
         let _ = fan.rmdir(&d.to_hex());
+        self.remove_record(d);
         Ok(q)
     }
 
