@@ -419,7 +419,7 @@ impl Filesystem for FuseAdapter {
             Err(e) => return reply.error(fail("readdir", &e)),
         };
         for (i, e) in list.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
+            if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &*e.name) {
                 break;
             }
         }
@@ -445,7 +445,7 @@ impl Filesystem for FuseAdapter {
             if reply.add(
                 INodeNo(e.ino),
                 (i + 1) as u64,
-                &e.name,
+                &*e.name,
                 &TTL,
                 &to_file_attr(&attr),
                 fuser::Generation(0),

@@ -303,6 +303,7 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
     // Before any thread starts, so every thread inherits the mask and the
     // signals reach only the waiter below.
     let signals = block_stop_signals();
+    let max_files = super::daemon_limits::tune();
     // Absolute, without resolving anything (resolving could walk into an
     // automount placeholder): the daemon leaves its working directory, and
     // the unmount at the end must still find the mountpoint.
@@ -385,7 +386,7 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
         }
     };
     log::info!(
-        "mounted {} at {} with {} model(s)",
+        "mounted {} at {} with {} model(s); up to about {max_files} files open at once",
         store.root().display(),
         mountpoint.display(),
         fs.namespace().len()

@@ -80,6 +80,9 @@ impl FsError {
             // caller's: EIO, with the path in the log.
             Self::Store(e) => match e.raw_os_error() {
                 Some(libc::ENOSPC) => libc::ENOSPC,
+                // Out of descriptors: the caller may retry later (and must
+                // not be told the model is broken).
+                Some(c @ (libc::EMFILE | libc::ENFILE)) => c,
                 _ => libc::EIO,
             },
             // On ESTALE the kernel walks the path again, revalidating the

@@ -60,7 +60,7 @@ pub struct Attr {
 pub struct DirEntry {
     pub ino: u64,
     pub kind: Kind,
-    pub name: String,
+    pub name: Arc<str>,
 }
 
 /// A successful open: the handle number and the verified blob behind it.
@@ -201,12 +201,12 @@ impl ModelFs {
             DirEntry {
                 ino: ROOT_INO,
                 kind: Kind::Directory,
-                name: ".".into(),
+                name: Arc::from("."),
             },
             DirEntry {
                 ino: ROOT_INO,
                 kind: Kind::Directory,
-                name: "..".into(),
+                name: Arc::from(".."),
             },
         ];
         list.extend(self.namespace.entries().iter().map(|e| DirEntry {
@@ -243,10 +243,17 @@ impl ModelFs {
             Err(err) => return done(Err(err)),
         };
         let store = self.coordinator.store();
-        let blob = store
-            .open_blob(&e.manifest.blob)
-            .ok()
-            .and_then(|f| Some((f.metadata().ok()?, f)));
+        // Only a blob that is not there is absent: out of descriptors
+        // (EMFILE) or anything else fails this open, and never starts a
+        // fetch or retires the inode as if the blob had gone.
+        let blob = match store.open_blob(&e.manifest.blob) {
+            Ok(f) => match f.metadata() {
+                Ok(m) => Some((m, f)),
+                Err(err) => return done(Err(err.into())),
+            },
+            Err(err) if err.is_absent() => None,
+            Err(err) => return done(Err(FsError::Store(Arc::new(err)))),
+        };
         let now = blob.as_ref().map(|(m, _)| (m.dev(), m.ino()));
         if self.namespace.is_stale(&e, now) {
             return done(Err(FsError::Stale));

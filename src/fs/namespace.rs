@@ -82,8 +82,9 @@ pub const LOOK_AT_EVERYTHING_EVERY: Duration = Duration::from_secs(10);
 pub struct Entry {
     pub ino: u64,
     pub manifest: Arc<Manifest>,
-    /// `<name>.<format>`
-    pub file_name: String,
+    /// `<name>.<format>`; one allocation shared by every table that names
+    /// the entry (a mount may show 100,000).
+    pub file_name: Arc<str>,
     pub mtime: SystemTime,
     /// The blob's size once it is present and verified.
     pub present_size: Option<u64>,
@@ -114,8 +115,9 @@ impl Changes {
 /// The inode tables, shared with the FUSE threads.
 #[derive(Default)]
 struct Tables {
-    /// (name, format, digest) → inode, for the life of the mount.
-    inos: HashMap<(String, String, Sha256), u64>,
+    /// (`<name>.<format>`, digest) → inode, until the inode is forgotten
+    /// (formats have no `.`, so the file name is the name and format).
+    inos: HashMap<(Arc<str>, Sha256), u64>,
     /// Every entry ever shown, current or retired (open files need them).
     by_ino: HashMap<u64, Arc<Entry>>,
     next_ino: u64,
@@ -161,7 +163,7 @@ struct Watch {
 /// Lock order: `watch`, then `tables`, then `current`. `current` is only
 /// written with `tables` held, so the two always agree.
 pub struct Namespace {
-    current: RwLock<Arc<HashMap<String, Arc<Entry>>>>,
+    current: RwLock<Arc<HashMap<Arc<str>, Arc<Entry>>>>,
     tables: Mutex<Tables>,
     /// Refresh state; holding it serialises refreshes (watcher thread
     /// vs. explicit calls).
@@ -422,15 +424,15 @@ impl Namespace {
         let mut cur = self.current.write();
         let shown = Arc::make_mut(&mut cur);
         for name in delta.gone {
-            if let Some(e) = shown.remove(&name) {
+            if let Some(e) = shown.remove(name.as_str()) {
                 changes.removed.push((name, e.ino));
             }
         }
         for e in updated {
             match shown.insert(e.file_name.clone(), e.clone()) {
-                None => changes.added.push(e.file_name.clone()),
+                None => changes.added.push(e.file_name.to_string()),
                 Some(old) if old.ino != e.ino => {
-                    changes.repointed.push((e.file_name.clone(), old.ino))
+                    changes.repointed.push((e.file_name.to_string(), old.ino))
                 }
                 Some(_) => {}
             }
@@ -463,13 +465,13 @@ fn entry_for(
     since: u64,
     retired: &mut Vec<(String, u64, u64)>,
 ) -> Arc<Entry> {
-    let ident = (m.name.to_string(), m.format.clone(), m.blob);
+    let ident: (Arc<str>, Sha256) = (m.file_name().into(), m.blob);
     let mut ino = match t.inos.get(&ident) {
         Some(i) => *i,
         None => {
             let i = t.next_ino;
             t.next_ino += 1;
-            t.inos.insert(ident, i);
+            t.inos.insert(ident.clone(), i);
             i
         }
     };
@@ -478,7 +480,7 @@ fn entry_for(
         && served_replaced(t, ino, blob.map(|b| (b.dev, b.ino)))
         && let Some(new) = retire(t, m, ino)
     {
-        retired.push((new.file_name.clone(), ino, new.ino));
+        retired.push((new.file_name.to_string(), ino, new.ino));
         ino = new.ino;
     }
     let present_size = if open_knows_better {
@@ -491,7 +493,7 @@ fn entry_for(
         _ => Arc::new(Entry {
             ino,
             manifest: m.clone(),
-            file_name: m.file_name(),
+            file_name: t.by_ino.get(&ino).map_or(ident.0, |e| e.file_name.clone()),
             mtime: timestamp::parse_rfc3339(&m.produced_at).unwrap_or(SystemTime::UNIX_EPOCH),
             present_size,
         }),
@@ -524,7 +526,7 @@ fn told(t: &mut Tables, ino: u64) {
 
 /// Forgets `ino` if the kernel holds no reference to it and `shown` (the
 /// directory) does not show it: nothing can ask for it again.
-fn collect(t: &mut Tables, shown: &HashMap<String, Arc<Entry>>, ino: u64) {
+fn collect(t: &mut Tables, shown: &HashMap<Arc<str>, Arc<Entry>>, ino: u64) {
     if t.lookups.contains_key(&ino) {
         return;
     }
@@ -534,11 +536,7 @@ fn collect(t: &mut Tables, shown: &HashMap<String, Arc<Entry>>, ino: u64) {
     if shown.get(&e.file_name).is_some_and(|c| c.ino == ino) {
         return;
     }
-    let ident = (
-        e.manifest.name.to_string(),
-        e.manifest.format.clone(),
-        e.manifest.blob,
-    );
+    let ident = (e.file_name.clone(), e.manifest.blob);
     if t.inos.get(&ident) == Some(&ino) {
         t.inos.remove(&ident);
     }
@@ -551,7 +549,7 @@ fn collect(t: &mut Tables, shown: &HashMap<String, Arc<Entry>>, ino: u64) {
 /// inode, if `old` is still its inode; returns the new entry.
 fn retire(t: &mut Tables, m: &Arc<Manifest>, old: u64) -> Option<Arc<Entry>> {
     t.served.insert(old, Served::Stale);
-    let ident = (m.name.to_string(), m.format.clone(), m.blob);
+    let ident: (Arc<str>, Sha256) = (m.file_name().into(), m.blob);
     if t.inos.get(&ident) != Some(&old) {
         return None;
     }
@@ -942,7 +940,11 @@ mod tests {
         let c = ns.refresh_pass(&store, false);
         assert_eq!(c.added, ["c.safetensors"]);
         assert_eq!(c.removed.len(), 2, "{c:?}");
-        let names: Vec<_> = ns.entries().iter().map(|e| e.file_name.clone()).collect();
+        let names: Vec<_> = ns
+            .entries()
+            .iter()
+            .map(|e| e.file_name.to_string())
+            .collect();
         assert_eq!(names, ["c.safetensors"]);
     }
 

@@ -70,8 +70,32 @@ pub struct Manifest {
     pub source: Source,
     pub produced_by: String,
     pub produced_at: String,
-    /// Every field as read, known or not; known ones are overwritten on write.
-    raw: Map<String, Value>,
+    /// Every field as read, known or not (known ones are overwritten on
+    /// write), kept only when the manifest has fields modelfs does not
+    /// know: a mount holds every manifest, and a copy of each as JSON
+    /// values cost 100,000 manifests a few hundred MB.
+    raw: Option<Box<Map<String, Value>>>,
+}
+
+/// The fields of schema v1, at the top and in `source`.
+const KNOWN: [&str; 9] = [
+    "schema_version",
+    "name",
+    "format",
+    "blob",
+    "size_bytes",
+    "license",
+    "source",
+    "produced_by",
+    "produced_at",
+];
+const KNOWN_SOURCE: [&str; 5] = ["registry", "repo", "revision", "filename", "url"];
+
+/// Whether `raw` has a field that [`KNOWN`] or [`KNOWN_SOURCE`] lacks.
+fn has_unknown_fields(raw: &Map<String, Value>) -> bool {
+    raw.keys().any(|k| !KNOWN.contains(&k.as_str()))
+        || matches!(raw.get("source"), Some(Value::Object(src))
+            if src.keys().any(|k| !KNOWN_SOURCE.contains(&k.as_str())))
 }
 
 /// Why a manifest was refused.
@@ -160,7 +184,7 @@ impl Manifest {
             source,
             produced_by: format!("modelfs/{}", env!("CARGO_PKG_VERSION")),
             produced_at: crate::store::timestamp::format_rfc3339(std::time::SystemTime::now()),
-            raw: Map::new(),
+            raw: None,
         }
     }
 
@@ -207,14 +231,15 @@ impl Manifest {
             source,
             produced_by: string(&raw, "produced_by")?,
             produced_at: string(&raw, "produced_at")?,
-            raw,
+            raw: has_unknown_fields(&raw).then(|| Box::new(raw)),
         })
     }
 
     /// Serialises the manifest: known fields from the struct, unknown ones as
-    /// they were read, in their original order.
+    /// they were read, in their original order (a manifest without unknown
+    /// fields in the schema's order).
     pub fn to_json_bytes(&self) -> Vec<u8> {
-        let mut obj = self.raw.clone();
+        let mut obj = self.raw.as_deref().cloned().unwrap_or_default();
         obj.insert("schema_version".into(), SCHEMA_VERSION.into());
         obj.insert("name".into(), self.name.as_str().into());
         obj.insert("format".into(), self.format.as_str().into());

@@ -149,6 +149,12 @@ impl StoreError {
         }
     }
 
+    /// Whether this says the file is not there (`ENOENT`, or a folder on
+    /// its path missing or not a folder), as opposed to not reachable now.
+    pub fn is_absent(&self) -> bool {
+        matches!(self.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR))
+    }
+
     /// The underlying OS error, if any (for ENOSPC and friends).
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
