@@ -9,7 +9,9 @@
 //! for stores whose producers are known to be idle). Partials of
 //! models a manifest still names are kept: they are resumable downloads.
 //! Unparseable manifests are scanned for digests too, so a manifest gc
-//! cannot read never costs its blob.
+//! cannot read never costs its blob. Quarantined files (bytes that failed
+//! verification, kept for inspection) are reported and deleted too, unless
+//! `--keep-quarantine` is given.
 
 use std::collections::HashSet;
 use std::fs;
@@ -38,6 +40,9 @@ pub struct GcArgs {
     /// Report what would be deleted, delete nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Keep the files in quarantine (bytes that failed verification)
+    #[arg(long)]
+    pub keep_quarantine: bool,
 }
 
 /// Deletes unreferenced blobs and orphaned partials; prints bytes freed.
@@ -108,9 +113,54 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<(), CliError> {
         freed += size;
         count += 1;
     }
+    let (q_freed, q_count) = collect_quarantine(&store, a)?;
+    freed += q_freed;
+    count += q_count;
     let verb = if a.dry_run { "would free" } else { "freed" };
     println!("{verb} {} in {count} file(s)", human_bytes(freed));
     Ok(())
+}
+
+/// Reports the quarantined files and deletes them unless told to keep
+/// them. Only regular files are deleted (a name is never followed).
+fn collect_quarantine(store: &Store, a: &GcArgs) -> Result<(u64, usize), CliError> {
+    let dir = store.quarantine_dir();
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Ok((0, 0));
+    };
+    let (mut freed, mut count) = (0u64, 0usize);
+    for e in entries.flatten() {
+        let Ok(meta) = e.path().symlink_metadata() else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let verb = match (a.keep_quarantine, a.dry_run) {
+            (true, _) => "keeping",
+            (false, true) => "would delete",
+            (false, false) => "deleting",
+        };
+        println!(
+            "{verb} quarantined {} ({})",
+            e.path().display(),
+            human_bytes(meta.len())
+        );
+        if a.keep_quarantine {
+            continue;
+        }
+        if !a.dry_run {
+            fs::remove_file(e.path()).map_err(|err| {
+                CliError::new(format!(
+                    "cannot delete quarantined file {}: {err}",
+                    e.path().display()
+                ))
+            })?;
+        }
+        freed += meta.len();
+        count += 1;
+    }
+    Ok((freed, count))
 }
 
 /// Digests named by any manifest file, parseable or not.

@@ -19,6 +19,17 @@
 //! digest when the fetch starts, the first opener's first (see
 //! [`FetchJob::sources`]).
 //!
+//! A fetch whose bytes hashed to another digest is not tried again on
+//! every open: for [`DEFAULT_MISMATCH_BACKOFF`] (`-o mismatch_backoff=SECS`)
+//! opens of that blob fail at once with the same error, unless the blob's
+//! sources changed (a manifest was edited or added) or the blob arrived
+//! (`modelfs pull`, which ignores the back-off, fetched it).
+//!
+//! At most `max_fetches` fetches run at once; a blob of at most
+//! [`SMALL_BLOB_BYTES`] may also take one slot beyond those, so slow
+//! downloads of large blobs (a trickling origin holds its slot until the
+//! minimum rate fails it) never keep a small model waiting.
+//!
 //! Invariants: every callback is called exactly once; no lock of ours is
 //! held while a callback runs or while the network or disk is used; a
 //! failure is logged once here, not by each waiter.
@@ -36,7 +47,12 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::digest::Sha256;
 use crate::fetch::{FetchError, FetchJob, Fetcher, Phase, Progress, ProgressSink};
-use crate::store::{Manifest, Store};
+use crate::store::{BlobState, Manifest, Store};
+
+/// How long opens of a blob fail at once after its bytes did not match.
+pub const DEFAULT_MISMATCH_BACKOFF: Duration = Duration::from_secs(600);
+/// Blobs up to this size may use the slot kept free of large downloads.
+pub const SMALL_BLOB_BYTES: u64 = 64 << 20;
 
 /// How often the watchdog looks at waiting tasks.
 pub const WATCHDOG_PERIOD: Duration = Duration::from_millis(200);
@@ -119,6 +135,15 @@ struct Job {
     verified: Option<Arc<File>>,
     cancel: Arc<AtomicBool>,
     progress: Arc<Mutex<Option<Progress>>>,
+    /// "retrying (3/8): connection refused" while the fetch waits to retry.
+    note: Arc<Mutex<Option<String>>>,
+}
+
+/// A fetch that ended in a digest mismatch, and what it fetched from.
+struct Mismatch {
+    at: Instant,
+    sources: Vec<crate::fetch::Candidate>,
+    error: Arc<FetchError>,
 }
 
 /// Runs fetches for the mount; see the module doc.
@@ -127,6 +152,8 @@ pub struct Coordinator {
     fetcher: Arc<Fetcher>,
     jobs: Mutex<HashMap<Sha256, Job>>,
     last_errors: Mutex<HashMap<Sha256, String>>,
+    mismatches: Mutex<HashMap<Sha256, Mismatch>>,
+    mismatch_backoff: Mutex<Duration>,
     shutting_down: AtomicBool,
     next_waiter: AtomicU64,
     /// Fetches running now, and the most allowed at once.
@@ -148,6 +175,8 @@ impl Coordinator {
             fetcher: Arc::new(fetcher),
             jobs: Mutex::new(HashMap::new()),
             last_errors: Mutex::new(HashMap::new()),
+            mismatches: Mutex::new(HashMap::new()),
+            mismatch_backoff: Mutex::new(DEFAULT_MISMATCH_BACKOFF),
             shutting_down: AtomicBool::new(false),
             next_waiter: AtomicU64::new(1),
             slots: (Mutex::new(0), Condvar::new()),
@@ -169,6 +198,12 @@ impl Coordinator {
         let _ = self.on_published.set(hook);
     }
 
+    /// How long opens fail at once after a digest mismatch (see the
+    /// module doc); zero turns the back-off off.
+    pub fn set_mismatch_backoff(&self, d: Duration) {
+        *self.mismatch_backoff.lock() = d;
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -185,28 +220,71 @@ impl Coordinator {
             done(Err(WaitError::ShuttingDown));
             return;
         }
+        if let Some(e) = self.backed_off(m) {
+            done(Err(WaitError::Failed(e)));
+            return;
+        }
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         self.ensure_job(m, Some(Waiter { id, caller, done }));
     }
 
     /// Starts a fetch nobody waits for (an `O_NONBLOCK` open).
     pub fn start(self: &Arc<Self>, m: &Manifest) {
-        if !self.shutting_down.load(Ordering::Relaxed) {
+        if !self.shutting_down.load(Ordering::Relaxed) && self.backed_off(m).is_none() {
             self.ensure_job(m, None);
         }
     }
 
-    /// What the blob is doing now. Memory only.
+    /// The mismatch error to answer an open of `m` with at once, while the
+    /// back-off lasts and the blob's sources are the ones that failed.
+    fn backed_off(&self, m: &Manifest) -> Option<Arc<FetchError>> {
+        let backoff = *self.mismatch_backoff.lock();
+        let recorded = {
+            let map = self.mismatches.lock();
+            let r = map.get(&m.blob)?;
+            (r.at.elapsed() < backoff).then(|| (r.sources.clone(), r.error.clone()))
+        };
+        let still = recorded.filter(|(sources, _)| {
+            !matches!(self.store.blob_state(&m.blob), BlobState::Present(_))
+                && *sources == self.sources_of(m)
+        });
+        match still {
+            Some((_, e)) => {
+                log::debug!("{}: open refused, its last fetch had wrong bytes", m.name);
+                Some(e)
+            }
+            None => {
+                self.mismatches.lock().remove(&m.blob);
+                None
+            }
+        }
+    }
+
+    /// What the blob is doing now. Memory only, but for a blob with a
+    /// recorded failure and no fetch, which is looked for on disk: another
+    /// process (`modelfs pull`) may have fetched it, and then the failure
+    /// is history.
     pub fn activity(&self, d: &Sha256) -> BlobActivity {
         let mut a = BlobActivity {
             last_error: self.last_errors.lock().get(d).cloned(),
             ..BlobActivity::default()
         };
+        if a.last_error.is_some()
+            && !self.jobs.lock().contains_key(d)
+            && matches!(self.store.blob_state(d), BlobState::Present(_))
+        {
+            self.last_errors.lock().remove(d);
+            self.mismatches.lock().remove(d);
+            a.last_error = None;
+        }
         if let Some(job) = self.jobs.lock().get(d) {
             a.fetching = true;
             a.waiters = job.waiters.len();
             a.verified = job.verified.is_some();
             a.progress = *job.progress.lock();
+            if let Some(note) = job.note.lock().clone() {
+                a.last_error = Some(note);
+            }
         }
         a
     }
@@ -285,15 +363,20 @@ impl Coordinator {
             verified: None,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(Mutex::new(None)),
+            note: Arc::new(Mutex::new(None)),
         };
-        let (cancel, progress) = (job.cancel.clone(), job.progress.clone());
+        let sink = ProgressSink::Watched {
+            latest: job.progress.clone(),
+            note: job.note.clone(),
+        };
+        let cancel = job.cancel.clone();
         jobs.insert(m.blob, job);
         drop(jobs);
         let this = self.clone();
         let manifest = m.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("fetch-{}", m.blob.short()))
-            .spawn(move || this.run_job(manifest, cancel, progress));
+            .spawn(move || this.run_job(manifest, cancel, sink));
         if let Err(e) = spawned {
             self.finish(
                 &m.blob,
@@ -304,18 +387,14 @@ impl Coordinator {
         }
     }
 
-    fn run_job(
-        self: Arc<Self>,
-        m: Manifest,
-        cancel: Arc<AtomicBool>,
-        progress: Arc<Mutex<Option<Progress>>>,
-    ) {
-        self.take_slot(&cancel);
+    fn run_job(self: Arc<Self>, m: Manifest, cancel: Arc<AtomicBool>, sink: ProgressSink) {
+        self.take_slot(&cancel, m.size_bytes);
+        let sources = self.sources_of(&m);
         let job = FetchJob {
             manifest: &m,
-            sources: self.sources_of(&m),
+            sources: sources.clone(),
             write_manifest: false,
-            progress: Some(ProgressSink::Latest(progress)),
+            progress: Some(sink),
             cancel: &cancel,
         };
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -335,7 +414,9 @@ impl Coordinator {
                 if !matches!(e.kind, crate::fetch::FetchErrorKind::Cancelled) {
                     log::error!("{e}");
                 }
-                Err(WaitError::Failed(Arc::new(e)))
+                let e = Arc::new(e);
+                self.record_mismatch(&m.blob, sources, &e);
+                Err(WaitError::Failed(e))
             }
             Err(panic) => {
                 let what = panic
@@ -394,6 +475,29 @@ impl Coordinator {
         }
     }
 
+    /// Remembers a fetch that ended in wrong bytes, so that opens fail at
+    /// once for a while instead of downloading them again.
+    fn record_mismatch(
+        &self,
+        d: &Sha256,
+        sources: Vec<crate::fetch::Candidate>,
+        e: &Arc<FetchError>,
+    ) {
+        if !matches!(e.kind, crate::fetch::FetchErrorKind::DigestMismatch { .. })
+            || self.mismatch_backoff.lock().is_zero()
+        {
+            return;
+        }
+        self.mismatches.lock().insert(
+            *d,
+            Mismatch {
+                at: Instant::now(),
+                sources,
+                error: e.clone(),
+            },
+        );
+    }
+
     /// Removes the job and calls every waiter's callback, outside the lock.
     fn finish(&self, d: &Sha256, result: Result<Ready, WaitError>) {
         match &result {
@@ -403,7 +507,15 @@ impl Coordinator {
             Err(WaitError::Failed(e))
                 if matches!(e.kind, crate::fetch::FetchErrorKind::Cancelled) => {}
             Err(e) => {
-                self.last_errors.lock().insert(*d, describe(e));
+                let mut text = describe(e);
+                if self.mismatches.lock().contains_key(d) {
+                    text.push_str(&format!(
+                        " (opens fail at once for {} s unless the manifest changes; \
+                         `modelfs pull` tries again now)",
+                        self.mismatch_backoff.lock().as_secs()
+                    ));
+                }
+                self.last_errors.lock().insert(*d, text);
             }
         }
         let waiters = self
@@ -417,10 +529,17 @@ impl Coordinator {
         }
     }
 
-    fn take_slot(&self, cancel: &AtomicBool) {
+    /// Waits for a fetch slot: one of `max_fetches`, or for a small blob
+    /// one more (see the module doc).
+    fn take_slot(&self, cancel: &AtomicBool, size: u64) {
+        let limit = if size <= SMALL_BLOB_BYTES {
+            self.max_fetches + 1
+        } else {
+            self.max_fetches
+        };
         let (lock, cv) = &self.slots;
         let mut running = lock.lock();
-        while *running >= self.max_fetches && !cancel.load(Ordering::Relaxed) {
+        while *running >= limit && !cancel.load(Ordering::Relaxed) {
             cv.wait_for(&mut running, Duration::from_millis(200));
         }
         *running += 1;
@@ -429,7 +548,8 @@ impl Coordinator {
     fn give_slot(&self) {
         let (lock, cv) = &self.slots;
         *lock.lock() -= 1;
-        cv.notify_one();
+        // Small and large waiters wait for different limits: wake them all.
+        cv.notify_all();
     }
 
     /// The kernel says the task waiting in open request `request` got a
