@@ -269,10 +269,9 @@ impl Coordinator {
             last_error: self.last_errors.lock().get(d).cloned(),
             ..BlobActivity::default()
         };
-        if a.last_error.is_some()
-            && !self.jobs.lock().contains_key(d)
-            && matches!(self.store.blob_state(d), BlobState::Present(_))
-        {
+        // The jobs lock is not held across the look at the disk.
+        let idle = a.last_error.is_some() && !self.jobs.lock().contains_key(d);
+        if idle && matches!(self.store.blob_state(d), BlobState::Present(_)) {
             self.last_errors.lock().remove(d);
             self.mismatches.lock().remove(d);
             a.last_error = None;

@@ -3,7 +3,9 @@
 //!
 //! A fetch gives up on a source after `max_attempts` attempts in a row
 //! without progress, or once it has retried for `retry_for` without
-//! progress (a dead origin fails a waiting open in about that long), or
+//! progress (a dead origin fails a waiting open in about that long; one
+//! retry is always made, so a single attempt that alone outlasted it, a
+//! stall or a connect timeout, is tried once more), or
 //! after `max_total_attempts` attempts in all, progress or not. Progress
 //! means bytes beyond the furthest offset the fetch ever reached: a
 //! download that restarts from 0 and drops at the same place again makes
