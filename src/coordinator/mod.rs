@@ -21,9 +21,10 @@
 //!
 //! A fetch whose bytes hashed to another digest is not tried again on
 //! every open: for [`DEFAULT_MISMATCH_BACKOFF`] (`-o mismatch_backoff=SECS`)
-//! opens of that blob fail at once with the same error, unless the blob's
-//! sources changed (a manifest was edited or added) or the blob arrived
-//! (`modelfs pull`, which ignores the back-off, fetched it).
+//! opens of that blob fail at once with the same error, unless the opened
+//! manifest is not the one whose fetch failed (it was edited, or another
+//! name pins the same blob) or the blob arrived (`modelfs pull`, which
+//! ignores the back-off, fetched it).
 //!
 //! At most `max_fetches` fetches run at once; a blob of at most
 //! [`SMALL_BLOB_BYTES`] may also take one slot beyond those, so slow
@@ -139,10 +140,10 @@ struct Job {
     note: Arc<Mutex<Option<String>>>,
 }
 
-/// A fetch that ended in a digest mismatch, and what it fetched from.
+/// A fetch that ended in a digest mismatch, and the manifest it was for.
 struct Mismatch {
     at: Instant,
-    sources: Vec<crate::fetch::Candidate>,
+    manifest: Manifest,
     error: Arc<FetchError>,
 }
 
@@ -236,28 +237,29 @@ impl Coordinator {
     }
 
     /// The mismatch error to answer an open of `m` with at once, while the
-    /// back-off lasts and the blob's sources are the ones that failed.
+    /// back-off lasts, `m` is the manifest whose fetch failed and the blob
+    /// has not arrived meanwhile. No disk access but one `stat`, and only
+    /// for a blob with a recorded mismatch: this runs on the open's path.
     fn backed_off(&self, m: &Manifest) -> Option<Arc<FetchError>> {
         let backoff = *self.mismatch_backoff.lock();
-        let recorded = {
-            let map = self.mismatches.lock();
+        let error = {
+            let mut map = self.mismatches.lock();
             let r = map.get(&m.blob)?;
-            (r.at.elapsed() < backoff).then(|| (r.sources.clone(), r.error.clone()))
+            if r.at.elapsed() >= backoff {
+                map.remove(&m.blob);
+                return None;
+            }
+            if r.manifest != *m {
+                return None;
+            }
+            r.error.clone()
         };
-        let still = recorded.filter(|(sources, _)| {
-            !matches!(self.store.blob_state(&m.blob), BlobState::Present(_))
-                && *sources == self.sources_of(m)
-        });
-        match still {
-            Some((_, e)) => {
-                log::debug!("{}: open refused, its last fetch had wrong bytes", m.name);
-                Some(e)
-            }
-            None => {
-                self.mismatches.lock().remove(&m.blob);
-                None
-            }
+        if matches!(self.store.blob_state(&m.blob), BlobState::Present(_)) {
+            self.mismatches.lock().remove(&m.blob);
+            return None;
         }
+        log::debug!("{}: open refused, its last fetch had wrong bytes", m.name);
+        Some(error)
     }
 
     /// What the blob is doing now. Memory only, but for a blob with a
@@ -388,10 +390,9 @@ impl Coordinator {
 
     fn run_job(self: Arc<Self>, m: Manifest, cancel: Arc<AtomicBool>, sink: ProgressSink) {
         self.take_slot(&cancel, m.size_bytes);
-        let sources = self.sources_of(&m);
         let job = FetchJob {
             manifest: &m,
-            sources: sources.clone(),
+            sources: self.sources_of(&m),
             write_manifest: false,
             progress: Some(sink),
             cancel: &cancel,
@@ -414,7 +415,7 @@ impl Coordinator {
                     log::error!("{e}");
                 }
                 let e = Arc::new(e);
-                self.record_mismatch(&m.blob, sources, &e);
+                self.record_mismatch(&m, &e);
                 Err(WaitError::Failed(e))
             }
             Err(panic) => {
@@ -476,22 +477,17 @@ impl Coordinator {
 
     /// Remembers a fetch that ended in wrong bytes, so that opens fail at
     /// once for a while instead of downloading them again.
-    fn record_mismatch(
-        &self,
-        d: &Sha256,
-        sources: Vec<crate::fetch::Candidate>,
-        e: &Arc<FetchError>,
-    ) {
+    fn record_mismatch(&self, m: &Manifest, e: &Arc<FetchError>) {
         if !matches!(e.kind, crate::fetch::FetchErrorKind::DigestMismatch { .. })
             || self.mismatch_backoff.lock().is_zero()
         {
             return;
         }
         self.mismatches.lock().insert(
-            *d,
+            m.blob,
             Mismatch {
                 at: Instant::now(),
-                sources,
+                manifest: m.clone(),
                 error: e.clone(),
             },
         );
