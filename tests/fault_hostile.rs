@@ -260,7 +260,9 @@ fn an_origin_that_swaps_the_file_mid_download_is_caught_and_only_the_pinned_byte
     let m = store.add_pending("m", &origin, &data);
     origin.set_persistent_fault("m.gguf", Some(Fault::Throttle(1_000_000)));
     origin.push_fault("m.gguf", Fault::DropAt(data.len() as u64 / 2));
-    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    // Every open tries again: no back-off after wrong bytes (that is tested
+    // in fault_network).
+    let mount = Mount::start(&store, origin.ca_pem_path(), &["mismatch_backoff=0"]);
     let ws = waiters(&mount.path("m.gguf"), 3);
 
     let s = store.store();
@@ -672,7 +674,8 @@ fn a_symlinked_lock_file_or_quarantine_folder_is_never_written_through() {
     symlink(outside.join("q"), store.root.join("locks/quarantine")).unwrap();
     let before = snapshot(&outside);
 
-    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    // Every open tries again: no back-off after wrong bytes.
+    let mount = Mount::start(&store, origin.ca_pem_path(), &["mismatch_backoff=0"]);
     assert_eq!(
         open_and_read(&mount.path("locked.gguf")).unwrap_err(),
         libc::EIO

@@ -426,3 +426,322 @@ fn hf_token_reaches_only_the_hub_and_never_the_log_xattrs_status_or_a_redirect_t
     assert!(text.contains("HF_TOKEN"), "{text}");
     no_token_in("modelfs pull", &text);
 }
+
+// ---------------------------------------------------------------------------
+// Issue 11: resources stay bounded
+// ---------------------------------------------------------------------------
+
+/// A port on 127.0.0.1 where nothing listens (connections are refused).
+fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The waiter's errno, failing the test if it did not end within `limit`.
+fn errno_within(w: Waiter, limit: Duration, what: &str, mount: &Mount) -> (i32, Duration) {
+    match w.join_within(limit) {
+        Some((Err(e), took)) => (e, took),
+        Some((Ok(_), _)) => panic!("{what}: the open succeeded"),
+        None => panic!(
+            "{what}: the open still waits after {limit:?}\n{}",
+            mount.log()
+        ),
+    }
+}
+
+#[test]
+fn a_206_without_content_range_and_a_drop_at_a_fixed_offset_end_after_a_bounded_number_of_requests()
+{
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(MIB, 41);
+    store.add_pending("m", &origin, &data);
+    // Every answer drops at byte 200,000; every Range answer lacks its
+    // Content-Range, so the resume starts over from 0 and drops at the same
+    // place: the partial grows, shrinks, grows, and never gets further.
+    origin.set_persistent_fault(
+        "m.gguf",
+        Some(Fault::Multi(vec![
+            Fault::DropAt(200_000),
+            Fault::NoContentRange,
+        ])),
+    );
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+
+    let (errno, took) = errno_within(
+        Waiter::spawn(&mount.path("m.gguf")),
+        Duration::from_secs(90),
+        "m",
+        &mount,
+    );
+    assert_eq!(errno, libc::EIO);
+    let gets = origin.stats("m.gguf").gets;
+    std::thread::sleep(Duration::from_secs(3));
+    let later = origin.stats("m.gguf").gets;
+    eprintln!("no progress beyond byte 200000: EIO after {took:?}, {gets} requests");
+    assert!(gets <= 8, "at most the policy's 8 attempts: {gets}");
+    assert_eq!(later, gets, "nothing is fetched once the fetch failed");
+    assert_eq!(
+        getxattr(&mount.path("m.gguf"), "user.modelfs.state").unwrap(),
+        "failed"
+    );
+    store.assert_consistent();
+}
+
+#[test]
+fn a_dead_origin_fails_a_waiting_open_in_about_retry_for_and_shows_the_retries_meanwhile() {
+    let store = TestStore::new();
+    let data = random_bytes(10_000, 42);
+    let url = format!("https://127.0.0.1:{}/dead.gguf", dead_port());
+    store.write_manifest("dead", &url, &data);
+    let origin = Origin::start();
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let path = mount.path("dead.gguf");
+
+    let w = Waiter::spawn(&path);
+    let mut seen = String::new();
+    common::wait_until(Duration::from_secs(10), || {
+        seen = getxattr(&path, "user.modelfs.error").unwrap_or_default();
+        seen.starts_with("retrying (")
+    });
+    assert!(
+        seen.starts_with("retrying (") && seen.contains("/8): connection refused"),
+        "user.modelfs.error while retrying: {seen:?}"
+    );
+    assert_eq!(getxattr(&path, "user.modelfs.state").unwrap(), "fetching");
+    eprintln!("while retrying: user.modelfs.error = {seen:?}");
+    let mp = mount.mountpoint.to_str().unwrap().to_string();
+    let status = run_text(store.cli(origin.ca_pem_path()).args(["status", &mp]));
+    assert!(
+        status.contains("retrying ("),
+        "status shows the retries:\n{status}"
+    );
+
+    let (errno, took) = errno_within(w, Duration::from_secs(45), "dead", &mount);
+    assert_eq!(errno, libc::EIO);
+    eprintln!("dead origin: open failed after {took:?}");
+    // The default retry_for is 15 s (the policy's 8 attempts took 61 s).
+    assert!(took < Duration::from_secs(40), "took {took:?}");
+    let err = getxattr(&path, "user.modelfs.error").unwrap();
+    assert!(err.contains("refused"), "{err}");
+
+    // `pull --retry-for` shortens it.
+    let t = Instant::now();
+    let out = store
+        .cli(origin.ca_pem_path())
+        .args(["pull", "dead", "--retry-for", "1"])
+        .output()
+        .unwrap();
+    let pull_took = t.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    eprintln!("pull --retry-for 1 on a dead origin: failed after {pull_took:?}");
+    assert!(pull_took < Duration::from_secs(10), "{pull_took:?}");
+}
+
+#[test]
+fn too_many_or_too_large_response_headers_fail_at_once_without_a_retry() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let many = random_bytes(10_000, 43);
+    store.add_pending("many", &origin, &many);
+    origin.set_persistent_fault("many.gguf", Some(Fault::ExtraHeaders(150)));
+    let large = random_bytes(10_000, 44);
+    store.add_pending("large", &origin, &large);
+    origin.set_persistent_fault("large.gguf", Some(Fault::ExtraHeaders(1000)));
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+
+    for name in ["many", "large"] {
+        let path = mount.path(&format!("{name}.gguf"));
+        let (errno, took) =
+            errno_within(Waiter::spawn(&path), Duration::from_secs(30), name, &mount);
+        assert_eq!(errno, libc::EIO, "{name}");
+        eprintln!("{name} headers: EIO after {took:?}");
+        assert_eq!(
+            origin.stats(&format!("{name}.gguf")).gets,
+            1,
+            "{name}: not retried"
+        );
+        let err = getxattr(&path, "user.modelfs.error").unwrap();
+        assert!(err.contains("unusable response headers"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn a_kept_alive_connection_the_server_closed_is_retried_at_once_without_spending_an_attempt() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let a = random_bytes(100_000, 45);
+    store.add_pending("a", &origin, &a);
+    origin.set_persistent_fault("a.gguf", Some(Fault::KeepAliveThenClose));
+    let b = random_bytes(100_000, 46);
+    store.add_pending("b", &origin, &b);
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+
+    assert!(open_and_read(&mount.path("a.gguf")).unwrap() == a);
+    // b's request goes out on a's kept-alive connection, which the server
+    // then closes without answering.
+    assert!(open_and_read(&mount.path("b.gguf")).unwrap() == b);
+    let log = mount.log();
+    assert!(
+        log.contains("retrying at once on a new connection"),
+        "the reused connection failed and was retried:\n{log}"
+    );
+    assert!(
+        !log.contains("attempt 1 failed"),
+        "no attempt was spent, no back-off waited:\n{log}"
+    );
+    assert_eq!(
+        origin.stats("b.gguf").gets,
+        1,
+        "b answered on the new connection"
+    );
+}
+
+#[test]
+fn trickling_origins_are_cut_off_by_the_minimum_rate_and_never_hold_back_a_small_model() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    // Four large models (above the 64 MiB of the small-blob slot) from
+    // origins that send 100 bytes a second: never a pause long enough for
+    // the stall timeout.
+    let big = 65 * MIB;
+    let mut slow = Vec::new();
+    for i in 0..4u8 {
+        let mut bytes = vec![0u8; big];
+        bytes[0] = i;
+        let name = format!("slow{i}");
+        store.add_pending(&name, &origin, &bytes);
+        origin.set_persistent_fault(&format!("{name}.gguf"), Some(Fault::Throttle(100)));
+        slow.push(name);
+    }
+    let small = random_bytes(1000, 47);
+    store.add_pending("small", &origin, &small);
+    let mount = Mount::start(&store, origin.ca_pem_path(), &["stall_timeout=3"]);
+
+    let ws: Vec<Waiter> = slow
+        .iter()
+        .map(|n| Waiter::spawn(&mount.path(&format!("{n}.gguf"))))
+        .collect();
+    assert!(
+        common::wait_until(Duration::from_secs(10), || slow
+            .iter()
+            .all(|n| origin.stats_now(&format!("{n}.gguf")).bytes_sent > 0)),
+        "the four slow downloads run"
+    );
+    let small_open = Waiter::spawn(&mount.path("small.gguf"));
+    match small_open.join_within(Duration::from_secs(10)) {
+        Some((Ok(got), took)) => {
+            assert!(got == small);
+            eprintln!("1 kB model beside four trickles: read after {took:?}");
+        }
+        Some((Err(e), _)) => panic!("small: errno {e}\n{}", mount.log()),
+        None => panic!("the small model waits behind the trickles\n{}", mount.log()),
+    }
+    for (n, w) in slow.iter().zip(ws) {
+        let (errno, took) = errno_within(w, Duration::from_secs(60), n, &mount);
+        assert_eq!(errno, libc::EIO, "{n}");
+        let err = getxattr(&mount.path(&format!("{n}.gguf")), "user.modelfs.error").unwrap();
+        assert!(err.contains("below the minimum"), "{n}: {err}");
+        eprintln!("{n}: trickle cut off, EIO after {took:?}");
+    }
+}
+
+#[test]
+fn wrong_bytes_are_not_downloaded_again_on_every_open_until_the_back_off_passes_the_manifest_changes_or_pull_runs()
+ {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(200_000, 48);
+    store.add_pending("m", &origin, &data);
+    origin.set_persistent_fault("m.gguf", Some(Fault::FlipByte(1000)));
+    let other = random_bytes(200_000, 49);
+    store.add_pending("p", &origin, &other);
+    origin.set_persistent_fault("p.gguf", Some(Fault::FlipByte(5)));
+    let mount = Mount::start(&store, origin.ca_pem_path(), &["mismatch_backoff=4"]);
+    let path = mount.path("m.gguf");
+
+    assert_eq!(open_and_read(&path).unwrap_err(), libc::EIO);
+    assert_eq!(origin.stats("m.gguf").gets, 1);
+    let t = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(open_and_read(&path).unwrap_err(), libc::EIO);
+    }
+    eprintln!("5 opens during the back-off failed in {:?}", t.elapsed());
+    assert_eq!(
+        origin.stats("m.gguf").gets,
+        1,
+        "opens fail at once during the back-off"
+    );
+    let err = getxattr(&path, "user.modelfs.error").unwrap();
+    assert!(
+        err.contains("SHA-256 mismatch") && err.contains("fail at once"),
+        "{err}"
+    );
+
+    // Once the back-off passed, the next open tries again; the same wrong
+    // bytes are not kept twice.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(open_and_read(&path).unwrap_err(), libc::EIO);
+    assert_eq!(origin.stats("m.gguf").gets, 2);
+    assert_eq!(
+        store.quarantined().len(),
+        1,
+        "one copy per (expected, actual) pair: {:?}",
+        store.quarantined()
+    );
+
+    // A changed manifest (a source with the right bytes) is tried at once.
+    origin.put("right.gguf", data.clone());
+    store.write_manifest("m", &origin.url("right.gguf"), &data);
+    assert!(
+        common::wait_until(Duration::from_secs(10), || open_and_read(&path)
+            .is_ok_and(|v| v == data)),
+        "the changed manifest is fetched:\n{}",
+        mount.log()
+    );
+    assert_eq!(origin.stats("m.gguf").gets, 2, "not the old source again");
+
+    // `pull` does not wait for the back-off, and the mount serves its blob.
+    let p = mount.path("p.gguf");
+    assert_eq!(open_and_read(&p).unwrap_err(), libc::EIO);
+    origin.set_persistent_fault("p.gguf", None);
+    let out = store
+        .cli(origin.ca_pem_path())
+        .args(["pull", "p"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(open_and_read(&p).unwrap() == other);
+
+    // gc reports the quarantine and, unless told to keep it, removes it.
+    assert_eq!(store.quarantined().len(), 2);
+    let kept = run_text(
+        store
+            .cli(origin.ca_pem_path())
+            .args(["gc", "--keep-quarantine"]),
+    );
+    assert!(kept.contains("keeping quarantined"), "{kept}");
+    assert_eq!(store.quarantined().len(), 2);
+    let gc = run_text(store.cli(origin.ca_pem_path()).arg("gc"));
+    assert!(gc.contains("deleting quarantined"), "{gc}");
+    assert!(store.quarantined().is_empty(), "{gc}");
+}
+
+#[test]
+fn pull_fetches_from_another_manifest_of_the_same_blob_when_its_own_source_fails() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(100_000, 50);
+    store.write_manifest("a", &origin.url("gone.gguf"), &data);
+    store.add_pending("b", &origin, &data);
+
+    let out = store
+        .cli(origin.ca_pem_path())
+        .args(["pull", "a"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(origin.stats("gone.gguf").statuses, [404]);
+    assert_eq!(origin.stats("b.gguf").gets, 1);
+    store.assert_consistent();
+}

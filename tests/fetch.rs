@@ -40,6 +40,7 @@ fn fast_policy() -> RetryPolicy {
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(100),
         max_retry_after: Duration::from_secs(10),
+        ..RetryPolicy::default()
     }
 }
 
@@ -1313,4 +1314,25 @@ fn a_fetch_whose_every_source_fails_names_the_last_and_counts_the_others() {
     );
     assert!(text.contains("1 other source"), "{text}");
     assert_still_pending(&ts, &a);
+}
+
+#[test]
+fn a_fetch_that_keeps_making_a_little_progress_still_ends_within_its_total_attempt_budget() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(100_000, 90);
+    let m = ts.add_pending("crawl", &origin, &bytes);
+    // Every answer drops after 1000 bytes: each attempt makes progress, so
+    // only the budget of attempts in all ends it.
+    origin.set_persistent_fault(&path_of("crawl"), Some(Fault::DropAt(1000)));
+    let policy = RetryPolicy {
+        max_total_attempts: 6,
+        ..fast_policy()
+    };
+    let f = Fetcher::new(Http::new(config(&origin)).unwrap(), policy);
+
+    let e = fetch(&f, &ts, &m).expect_err("gives up");
+    assert_eq!(e.attempts, 6, "{e}");
+    assert_eq!(origin.stats(&path_of("crawl")).gets, 6);
+    assert!(e.to_string().contains("after 6 attempts"), "{e}");
 }

@@ -580,8 +580,22 @@ fn a_corrupted_origin_fails_every_waiter_with_eio_quarantines_the_bytes_and_a_la
         "one log line (not one per waiter) names the model and the reason:\n{log}"
     );
 
-    // Fix the origin: the next open fetches again and succeeds.
+    // Fix the origin: opens still fail at once during the back-off after
+    // wrong bytes, without a request; `modelfs pull` fetches now, and then
+    // the file reads right.
     origin.set_persistent_fault("m.gguf", None);
+    assert_eq!(open_and_read(&path).unwrap_err(), libc::EIO);
+    assert_eq!(
+        origin.stats("m.gguf").gets,
+        1,
+        "no download during the back-off"
+    );
+    let out = store
+        .cli(origin.ca_pem_path())
+        .args(["pull", "m"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::output_text(&out));
     assert!(
         open_and_read(&path).unwrap() == data,
         "after the fix the file reads right"

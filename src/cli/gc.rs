@@ -19,6 +19,10 @@
 //! import holds its name's lock while its staging file exists, so gc
 //! deletes one only while it holds that lock itself (see
 //! `store::staging`).
+//!
+//! Quarantined files (bytes that failed verification, kept for
+//! inspection) are reported and deleted too, unless `--keep-quarantine` is
+//! given.
 
 use std::collections::HashSet;
 use std::fs;
@@ -53,6 +57,9 @@ pub struct GcArgs {
     /// Report what would be deleted, delete nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Keep the files in quarantine (bytes that failed verification)
+    #[arg(long)]
+    pub keep_quarantine: bool,
 }
 
 /// Deletes unreferenced blobs and orphaned partials; prints bytes freed.
@@ -126,6 +133,9 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<(), CliError> {
     let (f, c) = collect_stale_imports(&store, a.dry_run)?;
     freed += f;
     count += c;
+    let (q_freed, q_count) = collect_quarantine(&store, a)?;
+    freed += q_freed;
+    count += q_count;
     let verb = if a.dry_run { "would free" } else { "freed" };
     println!("{verb} {} in {count} file(s)", human_bytes(freed));
     Ok(())
@@ -150,6 +160,48 @@ fn collect_stale_imports(store: &Store, dry_run: bool) -> Result<(u64, usize), C
                 .remove_stale_import(stale)
                 .map_err(|e| CliError::new(format!("cannot delete {f}: {e}")))?;
         }
+    }
+    Ok((freed, count))
+}
+
+/// Reports the quarantined files and deletes them unless told to keep
+/// them. Only regular files are deleted (a name is never followed).
+fn collect_quarantine(store: &Store, a: &GcArgs) -> Result<(u64, usize), CliError> {
+    let dir = store.quarantine_dir();
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Ok((0, 0));
+    };
+    let (mut freed, mut count) = (0u64, 0usize);
+    for e in entries.flatten() {
+        let Ok(meta) = e.path().symlink_metadata() else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let verb = match (a.keep_quarantine, a.dry_run) {
+            (true, _) => "keeping",
+            (false, true) => "would delete",
+            (false, false) => "deleting",
+        };
+        println!(
+            "{verb} quarantined {} ({})",
+            e.path().display(),
+            human_bytes(meta.len())
+        );
+        if a.keep_quarantine {
+            continue;
+        }
+        if !a.dry_run {
+            fs::remove_file(e.path()).map_err(|err| {
+                CliError::new(format!(
+                    "cannot delete quarantined file {}: {err}",
+                    e.path().display()
+                ))
+            })?;
+        }
+        freed += meta.len();
+        count += 1;
     }
     Ok((freed, count))
 }

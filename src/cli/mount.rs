@@ -313,8 +313,14 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
     if opts.ca_file.is_some() {
         http.ca_file = opts.ca_file.clone();
     }
-    let fetcher = super::fetcher_with(http, opts.stall_timeout)?;
+    let mut fetcher = super::fetcher_with(http, opts.stall_timeout)?;
+    if let Some(d) = opts.retry_for {
+        fetcher.set_retry_for(d);
+    }
     let coordinator = Coordinator::new(store.clone(), fetcher, opts.fetch_threads);
+    if let Some(d) = opts.mismatch_backoff {
+        coordinator.set_mismatch_backoff(d);
+    }
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let fs = Arc::new(ModelFs::new(

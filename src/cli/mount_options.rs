@@ -29,6 +29,10 @@ pub struct MountOptions {
     /// `None` = automatic, `Some(false)` = forced off.
     pub passthrough: Option<bool>,
     pub stall_timeout: Option<Duration>,
+    /// How long a fetch retries without progress (default 15 s).
+    pub retry_for: Option<Duration>,
+    /// How long opens fail at once after wrong bytes (default 10 min).
+    pub mismatch_backoff: Option<Duration>,
     /// Downloads that may run at once.
     pub fetch_threads: usize,
     /// Threads serving kernel requests.
@@ -48,6 +52,8 @@ impl Default for MountOptions {
             ca_file: None,
             passthrough: None,
             stall_timeout: None,
+            retry_for: None,
+            mismatch_backoff: None,
             fetch_threads: 4,
             threads: 4,
             log_file: None,
@@ -137,6 +143,10 @@ impl MountOptions {
                     let secs = parse_in(key, v.strip_suffix('s').unwrap_or(v), STALL_TIMEOUT_SECS)?;
                     o.stall_timeout = Some(Duration::from_secs(secs));
                 }
+                "retry_for" => o.retry_for = Some(parse_secs(key, need(key, value)?)?),
+                "mismatch_backoff" => {
+                    o.mismatch_backoff = Some(parse_secs(key, need(key, value)?)?)
+                }
                 "fetch_threads" => o.fetch_threads = parse_in(key, need(key, value)?, THREADS)?,
                 "threads" => o.threads = parse_in(key, need(key, value)?, THREADS)?,
                 // mount.fuse3 and fstab conventions handled elsewhere or not at all.
@@ -163,6 +173,13 @@ fn need<'a>(key: &str, v: Option<&'a str>) -> Result<&'a str, String> {
 pub const STALL_TIMEOUT_SECS: std::ops::RangeInclusive<u64> = 1..=86_400;
 /// `threads=` and `fetch_threads=` bounds.
 pub const THREADS: std::ops::RangeInclusive<usize> = 1..=64;
+/// `retry_for=` and `mismatch_backoff=` bounds, in seconds (zero allowed).
+pub const WAIT_SECS: std::ops::RangeInclusive<u64> = 0..=7 * 86_400;
+
+/// `SECS` or `SECSs`, within [`WAIT_SECS`].
+fn parse_secs(key: &str, v: &str) -> Result<Duration, String> {
+    parse_in(key, v.strip_suffix('s').unwrap_or(v), WAIT_SECS).map(Duration::from_secs)
+}
 
 fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
     v.parse()
@@ -242,7 +259,11 @@ Mount options (-o, comma-separated; also the fstab options column):
   passthrough=on|off     kernel passthrough reads when possible (default on); off forces the page-cache path
   stall_timeout=SECS     give up on a download attempt after this long without data, and retry
                          (default 30, 1 to 86400)
-  fetch_threads=N        downloads that may run at once (default 4, 1 to 64)
+  retry_for=SECS         fail a download that made no progress for this long while retrying (default 15)
+  mismatch_backoff=SECS  after wrong bytes, opens fail at once for this long unless the manifest
+                         changes or `modelfs pull` fetches the blob (default 600; 0: off)
+  fetch_threads=N        downloads that may run at once, plus one for blobs up to 64 MiB
+                         (default 4, 1 to 64)
   threads=N              threads serving kernel requests (default 4, 1 to 64)
   log_file=PATH          log file, also with -f (default with -f: stderr; as a daemon: syslog,
                          or /var/log/modelfs/<mountpoint>.log where nothing listens on /dev/log)
@@ -282,6 +303,9 @@ mod tests {
         assert_eq!(o.fetch_threads, 2);
         assert_eq!(o.ca_file, Some(PathBuf::from("/etc/ca.pem")));
         assert_eq!((o.uid, o.gid), (Some(1000), Some(100)));
+        let o = MountOptions::parse(&["retry_for=40,mismatch_backoff=0"]).unwrap();
+        assert_eq!(o.retry_for, Some(Duration::from_secs(40)));
+        assert_eq!(o.mismatch_backoff, Some(Duration::ZERO));
     }
 
     #[test]

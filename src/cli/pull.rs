@@ -11,10 +11,16 @@ pub struct PullArgs {
     /// Models to fetch
     #[arg(required = true)]
     pub names: Vec<String>,
+    /// Fail a download that made no progress for this long while retrying
+    /// (default 15)
+    #[arg(long, value_name = "SECS")]
+    pub retry_for: Option<u64>,
 }
 
-/// Fetches each named model that is not yet present. Fails (exit 1) if any
-/// of them fails; the others are still fetched.
+/// Fetches each named model that is not yet present, from its own source
+/// and then from those of the other manifests that pin the same blob.
+/// Fails (exit 1) if any of them fails; the others are still fetched. A
+/// mount's back-off after wrong bytes does not apply here.
 pub fn run(g: &Globals, a: &PullArgs) -> Result<(), CliError> {
     let names = a
         .names
@@ -22,7 +28,15 @@ pub fn run(g: &Globals, a: &PullArgs) -> Result<(), CliError> {
         .map(|n| parse_name(n))
         .collect::<Result<Vec<_>, _>>()?;
     let store = g.store_for_writing()?;
-    let fetcher = g.fetcher()?;
+    let mut fetcher = g.fetcher()?;
+    if let Some(secs) = a.retry_for {
+        fetcher.set_retry_for(std::time::Duration::from_secs(secs));
+    }
+    let others = store
+        .list_manifests()?
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>();
     let terminal = super::stderr_is_terminal();
     let never = AtomicBool::new(false);
     let mut failed = Vec::new();
@@ -43,7 +57,7 @@ pub fn run(g: &Globals, a: &PullArgs) -> Result<(), CliError> {
             .map_err(|e| CliError::new(format!("cannot start the progress thread: {e}")))?;
         let job = FetchJob {
             manifest: &manifest,
-            sources: Vec::new(),
+            sources: fetcher.candidates(&manifest, &others),
             write_manifest: false,
             progress: Some(tx.into()),
             cancel: &never,

@@ -27,11 +27,26 @@
 //! and fetched again when the manifest has a URL, else every waiter fails
 //! with the reason.
 //!
+//! A fetch whose bytes hashed to another digest is not tried again on
+//! every open: for [`DEFAULT_MISMATCH_BACKOFF`] (`-o mismatch_backoff=SECS`)
+//! opens of that blob fail at once with the same error, unless the opened
+//! manifest is not the one whose fetch failed (it was edited, or another
+//! name pins the same blob) or the blob arrived (`modelfs pull`, which
+//! ignores the back-off, fetched it).
+//!
+//! Jobs queue for a fixed set of workers ([`pool`]): `max_fetches` run at
+//! once, and a blob of at most [`SMALL_BLOB_BYTES`] may also take one
+//! worker beyond those, so slow downloads of large blobs (a trickling
+//! origin holds its worker until the minimum rate fails it) never keep a
+//! small model waiting, and thousands of pending opens are thousands of
+//! queued jobs, not threads.
+//!
 //! Invariants: every callback is called exactly once; no lock of ours is
 //! held while a callback runs or while the network or disk is used; a
 //! failure is logged once here, not by each waiter.
 
 pub mod interrupt;
+pub mod pool;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -40,12 +55,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use crate::digest::Sha256;
 use crate::fetch::{FetchError, FetchErrorKind, FetchJob, Fetcher, Phase, Progress, ProgressSink};
 use crate::store::verified::{Recheck, Record, Recorded};
-use crate::store::{Manifest, Store, StoreError, lock};
+use crate::store::{BlobState, Manifest, Store, StoreError, lock};
+
+/// How long opens of a blob fail at once after its bytes did not match.
+pub const DEFAULT_MISMATCH_BACKOFF: Duration = Duration::from_secs(600);
+/// Blobs up to this size may use the worker kept free of large downloads.
+pub const SMALL_BLOB_BYTES: u64 = 64 << 20;
 
 /// How often the watchdog looks at waiting tasks.
 pub const WATCHDOG_PERIOD: Duration = Duration::from_millis(200);
@@ -138,6 +158,24 @@ struct Job {
     verified: Option<Arc<File>>,
     cancel: Arc<AtomicBool>,
     progress: Arc<Mutex<Option<Progress>>>,
+    /// "retrying (3/8): connection refused" while the fetch waits to retry.
+    note: Arc<Mutex<Option<String>>>,
+}
+
+/// A queued job, as a worker runs it.
+struct Queued {
+    manifest: Manifest,
+    kind: JobKind,
+    cancel: Arc<AtomicBool>,
+    progress: Arc<Mutex<Option<Progress>>>,
+    note: Arc<Mutex<Option<String>>>,
+}
+
+/// A fetch that ended in a digest mismatch, and the manifest it was for.
+struct Mismatch {
+    at: Instant,
+    manifest: Manifest,
+    error: Arc<FetchError>,
 }
 
 /// Runs fetches for the mount; see the module doc.
@@ -146,11 +184,12 @@ pub struct Coordinator {
     fetcher: Arc<Fetcher>,
     jobs: Mutex<HashMap<Sha256, Job>>,
     last_errors: Mutex<HashMap<Sha256, String>>,
+    mismatches: Mutex<HashMap<Sha256, Mismatch>>,
+    mismatch_backoff: Mutex<Duration>,
     shutting_down: AtomicBool,
     next_waiter: AtomicU64,
-    /// Fetches running now, and the most allowed at once.
-    slots: (Mutex<usize>, Condvar),
-    max_fetches: usize,
+    /// The workers and their queue.
+    workers: pool::Pool<Queued>,
     /// Told of every blob this coordinator published.
     on_published: std::sync::OnceLock<PublishedHook>,
     /// The verification records of the blobs opened so far, as read from
@@ -165,17 +204,26 @@ impl Coordinator {
     /// Creates the coordinator and its watchdog thread, which ends when
     /// the coordinator is dropped or shut down.
     pub fn new(store: Store, fetcher: Fetcher, max_fetches: usize) -> Arc<Self> {
-        let c = Arc::new(Self {
-            store,
-            fetcher: Arc::new(fetcher),
-            jobs: Mutex::new(HashMap::new()),
-            last_errors: Mutex::new(HashMap::new()),
-            shutting_down: AtomicBool::new(false),
-            next_waiter: AtomicU64::new(1),
-            slots: (Mutex::new(0), Condvar::new()),
-            max_fetches: max_fetches.max(1),
-            on_published: std::sync::OnceLock::new(),
-            records: Mutex::new(HashMap::new()),
+        let c = Arc::new_cyclic(|me: &Weak<Self>| {
+            let me = me.clone();
+            let run = move |q: Queued| {
+                if let Some(c) = me.upgrade() {
+                    c.run_job(q);
+                }
+            };
+            Self {
+                store,
+                fetcher: Arc::new(fetcher),
+                jobs: Mutex::new(HashMap::new()),
+                last_errors: Mutex::new(HashMap::new()),
+                mismatches: Mutex::new(HashMap::new()),
+                mismatch_backoff: Mutex::new(DEFAULT_MISMATCH_BACKOFF),
+                shutting_down: AtomicBool::new(false),
+                next_waiter: AtomicU64::new(1),
+                workers: pool::Pool::new(max_fetches, Arc::new(run)),
+                on_published: std::sync::OnceLock::new(),
+                records: Mutex::new(HashMap::new()),
+            }
         });
         let weak = Arc::downgrade(&c);
         std::thread::Builder::new()
@@ -190,6 +238,12 @@ impl Coordinator {
     /// published learn of it no other way.
     pub fn on_published(&self, hook: PublishedHook) {
         let _ = self.on_published.set(hook);
+    }
+
+    /// How long opens fail at once after a digest mismatch (see the
+    /// module doc); zero turns the back-off off.
+    pub fn set_mismatch_backoff(&self, d: Duration) {
+        *self.mismatch_backoff.lock() = d;
     }
 
     pub fn store(&self) -> &Store {
@@ -208,13 +262,17 @@ impl Coordinator {
             done(Err(WaitError::ShuttingDown));
             return;
         }
+        if let Some(e) = self.backed_off(m) {
+            done(Err(WaitError::Failed(e)));
+            return;
+        }
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         self.ensure_job(m, Some(Waiter { id, caller, done }), JobKind::Fetch);
     }
 
     /// Starts a fetch nobody waits for (an `O_NONBLOCK` open).
     pub fn start(self: &Arc<Self>, m: &Manifest) {
-        if !self.shutting_down.load(Ordering::Relaxed) {
+        if !self.shutting_down.load(Ordering::Relaxed) && self.backed_off(m).is_none() {
             self.ensure_job(m, None, JobKind::Fetch);
         }
     }
@@ -271,17 +329,56 @@ impl Coordinator {
         }
     }
 
-    /// What the blob is doing now. Memory only.
+    /// The mismatch error to answer an open of `m` with at once, while the
+    /// back-off lasts, `m` is the manifest whose fetch failed and the blob
+    /// has not arrived meanwhile. No disk access but one `stat`, and only
+    /// for a blob with a recorded mismatch: this runs on the open's path.
+    fn backed_off(&self, m: &Manifest) -> Option<Arc<FetchError>> {
+        let backoff = *self.mismatch_backoff.lock();
+        let error = {
+            let mut map = self.mismatches.lock();
+            let r = map.get(&m.blob)?;
+            if r.at.elapsed() >= backoff {
+                map.remove(&m.blob);
+                return None;
+            }
+            if r.manifest != *m {
+                return None;
+            }
+            r.error.clone()
+        };
+        if matches!(self.store.blob_state(&m.blob), BlobState::Present(_)) {
+            self.mismatches.lock().remove(&m.blob);
+            return None;
+        }
+        log::debug!("{}: open refused, its last fetch had wrong bytes", m.name);
+        Some(error)
+    }
+
+    /// What the blob is doing now. Memory only, but for a blob with a
+    /// recorded failure and no fetch, which is looked for on disk: another
+    /// process (`modelfs pull`) may have fetched it, and then the failure
+    /// is history.
     pub fn activity(&self, d: &Sha256) -> BlobActivity {
         let mut a = BlobActivity {
             last_error: self.last_errors.lock().get(d).cloned(),
             ..BlobActivity::default()
         };
+        // The jobs lock is not held across the look at the disk.
+        let idle = a.last_error.is_some() && !self.jobs.lock().contains_key(d);
+        if idle && matches!(self.store.blob_state(d), BlobState::Present(_)) {
+            self.last_errors.lock().remove(d);
+            self.mismatches.lock().remove(d);
+            a.last_error = None;
+        }
         if let Some(job) = self.jobs.lock().get(d) {
             a.fetching = true;
             a.waiters = job.waiters.len();
             a.verified = job.verified.is_some();
             a.progress = *job.progress.lock();
+            if let Some(note) = job.note.lock().clone() {
+                a.last_error = Some(note);
+            }
         }
         a
     }
@@ -362,16 +459,18 @@ impl Coordinator {
             verified: None,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(Mutex::new(None)),
+            note: Arc::new(Mutex::new(None)),
         };
-        let (cancel, progress) = (job.cancel.clone(), job.progress.clone());
+        let queued = Queued {
+            manifest: m.clone(),
+            kind,
+            cancel: job.cancel.clone(),
+            progress: job.progress.clone(),
+            note: job.note.clone(),
+        };
         jobs.insert(m.blob, job);
         drop(jobs);
-        let this = self.clone();
-        let manifest = m.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("fetch-{}", m.blob.short()))
-            .spawn(move || this.run_job(manifest, kind, cancel, progress));
-        if let Err(e) = spawned {
+        if let Err(e) = self.workers.push(queued, m.size_bytes <= SMALL_BLOB_BYTES) {
             self.finish(
                 &m.blob,
                 Err(WaitError::Internal(format!(
@@ -381,23 +480,32 @@ impl Coordinator {
         }
     }
 
-    fn run_job(
-        self: Arc<Self>,
-        m: Manifest,
-        kind: JobKind,
-        cancel: Arc<AtomicBool>,
-        progress: Arc<Mutex<Option<Progress>>>,
-    ) {
-        self.take_slot(&cancel);
+    /// Runs one queued job on a worker.
+    fn run_job(self: Arc<Self>, q: Queued) {
+        let Queued {
+            manifest: m,
+            kind,
+            cancel,
+            progress,
+            note,
+        } = q;
+        // Cancelled while queued (the mount is stopping): nothing to start.
+        if cancel.load(Ordering::Relaxed) {
+            let e = FetchError::new(m.name.as_str(), None, FetchErrorKind::Cancelled);
+            return self.finish(&m.blob, Err(WaitError::Failed(Arc::new(e))));
+        }
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
             if kind == JobKind::Recheck
                 && let Some(rechecked) = self.recheck(&m, &cancel, &progress)
             {
                 return rechecked;
             }
-            self.fetch(&m, &cancel, progress.clone())
+            let sink = ProgressSink::Watched {
+                latest: progress.clone(),
+                note: note.clone(),
+            };
+            self.fetch(&m, &cancel, sink)
         }));
-        self.give_slot();
         let result = match outcome {
             Ok(r) => r,
             Err(panic) => {
@@ -417,6 +525,7 @@ impl Coordinator {
             && !matches!(e.kind, FetchErrorKind::Cancelled)
         {
             log::error!("{e}");
+            self.record_mismatch(&m, e);
         }
         self.finish(&m.blob, result);
     }
@@ -448,13 +557,13 @@ impl Coordinator {
         &self,
         m: &Manifest,
         cancel: &AtomicBool,
-        progress: Arc<Mutex<Option<Progress>>>,
+        sink: ProgressSink,
     ) -> Result<Ready, WaitError> {
         let job = FetchJob {
             manifest: m,
             sources: self.sources_of(m),
             write_manifest: false,
-            progress: Some(ProgressSink::Latest(progress)),
+            progress: Some(sink),
             cancel,
         };
         match self
@@ -590,7 +699,15 @@ impl Coordinator {
             }
             Err(WaitError::Failed(e)) if matches!(e.kind, FetchErrorKind::Cancelled) => {}
             Err(e) => {
-                self.last_errors.lock().insert(*d, describe(e));
+                let mut text = describe(e);
+                if self.mismatches.lock().contains_key(d) {
+                    text.push_str(&format!(
+                        " (opens fail at once for {} s unless the manifest changes; \
+                         `modelfs pull` tries again now)",
+                        self.mismatch_backoff.lock().as_secs()
+                    ));
+                }
+                self.last_errors.lock().insert(*d, text);
             }
         }
         let waiters = self
@@ -604,19 +721,22 @@ impl Coordinator {
         }
     }
 
-    fn take_slot(&self, cancel: &AtomicBool) {
-        let (lock, cv) = &self.slots;
-        let mut running = lock.lock();
-        while *running >= self.max_fetches && !cancel.load(Ordering::Relaxed) {
-            cv.wait_for(&mut running, Duration::from_millis(200));
+    /// Remembers a fetch that ended in wrong bytes, so that opens fail at
+    /// once for a while instead of downloading them again.
+    fn record_mismatch(&self, m: &Manifest, e: &Arc<FetchError>) {
+        if !matches!(e.kind, FetchErrorKind::DigestMismatch { .. })
+            || self.mismatch_backoff.lock().is_zero()
+        {
+            return;
         }
-        *running += 1;
-    }
-
-    fn give_slot(&self) {
-        let (lock, cv) = &self.slots;
-        *lock.lock() -= 1;
-        cv.notify_one();
+        self.mismatches.lock().insert(
+            m.blob,
+            Mismatch {
+                at: Instant::now(),
+                manifest: m.clone(),
+                error: e.clone(),
+            },
+        );
     }
 
     /// The kernel says the task waiting in open request `request` got a

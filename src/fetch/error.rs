@@ -34,6 +34,19 @@ pub enum FetchErrorKind {
     UnknownHost(String),
     /// No byte arrived for the stall timeout.
     Stalled(Duration),
+    /// Bytes arrived, but fewer over the stall timeout than its minimum
+    /// rate allows: a trickle that holds a fetch slot for hours.
+    TooSlow {
+        received: u64,
+        window: Duration,
+        min_rate: u64,
+    },
+    /// The server closed the connection before it answered: usually a
+    /// kept-alive connection it had timed out just as we reused it.
+    ClosedBeforeAnswer(String),
+    /// The response's header block is too large or has too many headers:
+    /// a broken server or proxy that will answer the same way again.
+    BadHeaders(String),
     /// Certificate or handshake failure.
     Tls(String),
     /// Too many redirects, or one without a usable `Location`.
@@ -70,8 +83,12 @@ impl FetchErrorKind {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Status { code, .. } => matches!(code, 408 | 425 | 429 | 500..=599),
-            Self::Network(_) | Self::Stalled(_) => true,
+            Self::Network(_)
+            | Self::Stalled(_)
+            | Self::TooSlow { .. }
+            | Self::ClosedBeforeAnswer(_) => true,
             Self::NoSource
+            | Self::BadHeaders(_)
             | Self::InsecureUrl(_)
             | Self::BadUrl(_)
             | Self::UnknownHost(_)
@@ -100,6 +117,9 @@ impl FetchErrorKind {
             | Self::Network(_)
             | Self::UnknownHost(_)
             | Self::Stalled(_)
+            | Self::TooSlow { .. }
+            | Self::ClosedBeforeAnswer(_)
+            | Self::BadHeaders(_)
             | Self::Tls(_)
             | Self::Redirect(_)
             | Self::LengthMismatch { .. }
@@ -110,6 +130,21 @@ impl FetchErrorKind {
             | Self::Store(_)
             | Self::ChangedOnDisk { .. }
             | Self::Cancelled => false,
+        }
+    }
+
+    /// A few words for "retrying (3/8): connection refused" in the
+    /// extended attributes and `modelfs status`.
+    pub fn brief(&self) -> String {
+        match self {
+            Self::Network(d) | Self::ClosedBeforeAnswer(d) => {
+                let d = d.split(" (os error").next().unwrap_or(d);
+                d.to_lowercase()
+            }
+            Self::Status { code, .. } => format!("HTTP {code}"),
+            Self::Stalled(t) => format!("no data for {} s", t.as_secs()),
+            Self::TooSlow { .. } => "too slow".into(),
+            other => other.to_string(),
         }
     }
 
@@ -135,6 +170,20 @@ impl fmt::Display for FetchErrorKind {
             Self::Network(d) => write!(f, "network error: {d}"),
             Self::UnknownHost(d) => write!(f, "host not found (DNS): {d}"),
             Self::Stalled(t) => write!(f, "no data received for {} s", t.as_secs()),
+            Self::TooSlow {
+                received,
+                window,
+                min_rate,
+            } => write!(
+                f,
+                "only {received} bytes received in {} s, below the minimum of {}/s",
+                window.as_secs(),
+                human_bytes(*min_rate)
+            ),
+            Self::ClosedBeforeAnswer(d) => {
+                write!(f, "the server closed the connection before answering: {d}")
+            }
+            Self::BadHeaders(d) => write!(f, "unusable response headers: {d}"),
             Self::Tls(d) => write!(f, "TLS error: {d}"),
             Self::Redirect(d) => write!(f, "bad redirect: {d}"),
             Self::LengthMismatch {
@@ -223,7 +272,9 @@ impl FetchError {
             } => "check the URL, repository, revision and file name",
             FetchErrorKind::Status { .. }
             | FetchErrorKind::Network(_)
-            | FetchErrorKind::Stalled(_) => {
+            | FetchErrorKind::Stalled(_)
+            | FetchErrorKind::TooSlow { .. }
+            | FetchErrorKind::ClosedBeforeAnswer(_) => {
                 "check the network and the server; the next open or `modelfs pull` resumes the download"
             }
             FetchErrorKind::UnknownHost(_) => {
@@ -233,6 +284,9 @@ impl FetchError {
                 "check the server's certificate; for a private mirror pass --ca-file (or -o ca_file=) or set SSL_CERT_FILE"
             }
             FetchErrorKind::Redirect(_) => "check the URL; redirects must stay on https://",
+            FetchErrorKind::BadHeaders(_) => {
+                "the server (or a proxy on the way) sends a broken answer: check the URL and the proxy"
+            }
             FetchErrorKind::LengthMismatch { .. } | FetchErrorKind::TooLong { .. } => {
                 "the server's file is not the one the manifest pins: check the URL and the manifest's size_bytes"
             }

@@ -24,6 +24,8 @@ use super::error::FetchErrorKind;
 
 /// The Hugging Face endpoint; `HF_ENDPOINT` overrides it (mirrors, tests).
 pub const DEFAULT_HF_ENDPOINT: &str = "https://huggingface.co";
+/// The default of [`HttpConfig::min_rate`]: 4 KiB/s.
+pub const DEFAULT_MIN_RATE: u64 = 4 << 10;
 /// Redirect hops followed before giving up.
 pub const MAX_REDIRECTS: u32 = 10;
 /// Where Debian keeps the system trust store.
@@ -36,6 +38,9 @@ pub struct HttpConfig {
     pub ca_file: Option<PathBuf>,
     /// Fail a read after this long without a byte.
     pub stall_timeout: Duration,
+    /// Fail an attempt that receives fewer bytes per second than this over
+    /// a whole `stall_timeout` (0: no floor).
+    pub min_rate: u64,
     pub connect_timeout: Duration,
     /// The Hugging Face endpoint whose host may receive `hf_token`.
     pub hf_endpoint: String,
@@ -47,6 +52,7 @@ impl Default for HttpConfig {
         Self {
             ca_file: None,
             stall_timeout: Duration::from_secs(30),
+            min_rate: DEFAULT_MIN_RATE,
             connect_timeout: Duration::from_secs(15),
             hf_endpoint: DEFAULT_HF_ENDPOINT.to_string(),
             hf_token: None,
@@ -291,6 +297,18 @@ fn resolve_location(base: &str, location: &str) -> Result<String, FetchErrorKind
 fn classify_ureq(e: ureq::Error, url: &str) -> FetchErrorKind {
     use ureq::Error as E;
     match e {
+        // Before the status line: a connection the server closed (a
+        // kept-alive one it timed out just as it was reused, most often).
+        E::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            FetchErrorKind::ClosedBeforeAnswer(io.to_string())
+        }
         E::Io(io) => classify_io(&io, Some(url)),
         E::Timeout(t) => match t {
             ureq::Timeout::Connect | ureq::Timeout::Resolve => {
@@ -309,6 +327,12 @@ fn classify_ureq(e: ureq::Error, url: &str) -> FetchErrorKind {
         E::RequireHttpsOnly(u) => FetchErrorKind::InsecureUrl(super::error::redact_url(&u)),
         E::BadUri(u) => FetchErrorKind::BadUrl(super::error::redact_url(&u)),
         E::TooManyRedirects | E::RedirectFailed => FetchErrorKind::Redirect(e.to_string()),
+        E::LargeResponseHeader(got, limit) => FetchErrorKind::BadHeaders(format!(
+            "the header block has {got} bytes, more than the {limit} accepted"
+        )),
+        E::Protocol(p) if p.to_string().contains("too many headers") => {
+            FetchErrorKind::BadHeaders(format!("too many headers ({p})"))
+        }
         E::Protocol(p) => FetchErrorKind::Network(format!("protocol error: {p}")),
         other => FetchErrorKind::Network(other.to_string()),
     }

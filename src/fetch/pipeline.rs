@@ -17,9 +17,13 @@
 //!    longer than the blob;
 //! 4. checks there is free space for the rest;
 //! 5. streams HTTPS into the partial, hashing in the same pass, resuming with
-//!    `Range` after transient failures, with capped exponential backoff;
+//!    `Range` after transient failures, with capped exponential backoff,
+//!    within the budgets of [`RetryPolicy`] (attempts and time without
+//!    progress, attempts in all); an attempt slower than the minimum rate
+//!    over a whole stall timeout fails as stalled;
 //! 6. compares the digest in constant time; on a mismatch moves the bytes to
-//!    quarantine (and, if the download had resumed, starts over once from
+//!    quarantine, one copy per (expected, actual) pair (and, if the
+//!    download had resumed, starts over once from
 //!    byte 0 in case the old prefix was the bad part); on a match hands a
 //!    read-only handle on the verified file to the caller of
 //!    [`Fetcher::fetch_handing_over`], then `sync_all`s, renames into place
@@ -113,6 +117,11 @@ impl Fetcher {
 
     pub fn http(&self) -> &Http {
         &self.http
+    }
+
+    /// How long a fetch retries without progress (see [`RetryPolicy`]).
+    pub fn set_retry_for(&mut self, d: Duration) {
+        self.policy.retry_for = d;
     }
 
     /// The URL a manifest is fetched from (honouring `HF_ENDPOINT`).
@@ -279,7 +288,7 @@ impl Fetcher {
             let resumed_from = partial.resumed;
             let actual = partial.hasher.clone().finish();
             if !actual.ct_eq(&m.blob) {
-                let q = quarantine_bad_partial(store, m, &source.model);
+                let q = quarantine_bad_partial(store, m, &actual, &source.model);
                 // The error returned below carries digests and quarantine
                 // path; its caller logs it once. Only a restart is news here.
                 if resumed_from > 0 && may_restart {
@@ -406,9 +415,14 @@ impl Fetcher {
         Ok(())
     }
 
-    /// Phase 5: attempts with backoff until the partial is complete. Gives
-    /// up after the policy's attempts *without progress* in a row. Returns
-    /// the bytes transferred, or the last error and the number of attempts.
+    /// Phase 5: attempts with backoff until the partial is complete,
+    /// within the policy's budgets (see [`RetryPolicy`]): attempts in a row
+    /// without progress, time without progress, attempts in all. Progress
+    /// is a byte beyond the furthest offset reached so far, from an attempt
+    /// that was not too slow. A connection the server closed before
+    /// answering is retried at once, once, without spending an attempt.
+    /// Returns the bytes transferred, or the last error and the number of
+    /// attempts.
     fn download(
         &self,
         url: &str,
@@ -418,36 +432,69 @@ impl Fetcher {
     ) -> Result<u64, (FetchErrorKind, u32)> {
         let mut transferred = 0u64;
         let mut attempt = 0u32;
-        // Failures since the partial last grew: the policy's attempts and
-        // backoff count these, so a long download over a connection that
-        // keeps dropping goes on as long as each attempt adds bytes.
         let mut fruitless = 0u32;
+        let mut furthest = p.offset;
+        let mut last_progress = Instant::now();
+        let mut free_retry_taken = false;
         loop {
             attempt += 1;
             let before = p.offset;
-            let result = self.attempt(url, p, reporter, cancel, &mut transferred);
-            let err = match result {
+            let err = match self.attempt(url, p, reporter, cancel, &mut transferred) {
                 Ok(()) => return Ok(transferred),
                 Err(FetchErrorKind::Stalled(_)) => {
                     FetchErrorKind::Stalled(self.http.config().stall_timeout)
                 }
                 Err(e) => e,
             };
-            fruitless = if p.offset > before { 1 } else { fruitless + 1 };
-            if !err.is_transient() || fruitless >= self.policy.max_attempts {
+            if matches!(err, FetchErrorKind::ClosedBeforeAnswer(_))
+                && p.offset == before
+                && !std::mem::replace(&mut free_retry_taken, true)
+            {
+                log::info!(
+                    "{}: {err}; retrying at once on a new connection",
+                    redact_url(url)
+                );
+                attempt -= 1;
+                continue;
+            }
+            free_retry_taken = false;
+            let slow = matches!(err, FetchErrorKind::TooSlow { .. });
+            if p.offset > furthest && !slow {
+                fruitless = 1;
+                last_progress = Instant::now();
+            } else {
+                fruitless += 1;
+            }
+            furthest = furthest.max(p.offset);
+            let left = self
+                .policy
+                .retry_for
+                .saturating_sub(last_progress.elapsed());
+            if !err.is_transient()
+                || fruitless >= self.policy.max_attempts
+                || attempt >= self.policy.max_total_attempts
+                // One retry at least, even after an attempt that alone
+                // took longer than retry_for (a stall of stall_timeout).
+                || (left.is_zero() && fruitless >= 2)
+            {
                 return Err((err, attempt));
             }
             let retry_after = match &err {
                 FetchErrorKind::Status { retry_after, .. } => *retry_after,
                 _ => None,
             };
-            let pause = self.policy.backoff(fruitless, retry_after);
+            let pause = self.policy.backoff(fruitless, retry_after).min(left);
             log::warn!(
                 "{}: attempt {attempt} failed at byte {} ({err}); retrying in {:.1} s",
                 redact_url(url),
                 p.offset,
                 pause.as_secs_f64()
             );
+            reporter.note(Some(format!(
+                "retrying ({fruitless}/{}): {}",
+                self.policy.max_attempts,
+                err.brief()
+            )));
             reporter.report(Phase::Retrying, p.offset, p.size, transferred);
             if sleep_unless_cancelled(pause, cancel) {
                 return Err((FetchErrorKind::Cancelled, attempt));
@@ -558,6 +605,10 @@ impl Fetcher {
                     FetchErrorKind::Network(format!("cannot start the hashing thread: {e}"))
                 })?;
             let _ = start_tx.send(std::mem::take(&mut p.hasher));
+            let mut rate = RateFloor::new(
+                self.http.config().stall_timeout,
+                self.http.config().min_rate,
+            );
             let result = (|| -> Result<(), FetchErrorKind> {
                 loop {
                     // Fill one chunk, then write it and hand it to the
@@ -581,6 +632,10 @@ impl Fetcher {
                                 reporter.add(k as u64);
                                 let done = (p.offset + n as u64).min(p.size);
                                 reporter.report(Phase::Downloading, done, p.size, *transferred);
+                                if let Err(e) = rate.add(k as u64) {
+                                    step = Err(e);
+                                    break;
+                                }
                             }
                             Err(e) => {
                                 step = Err(e);
@@ -622,6 +677,46 @@ impl Fetcher {
                 p.offset, p.size
             )));
         }
+        Ok(())
+    }
+}
+
+/// Fails an attempt whose source sends fewer than `min_rate` bytes per
+/// second over a whole `window` (the stall timeout): a trickle never
+/// trips the per-read timeout, and would hold its fetch slot for hours.
+struct RateFloor {
+    window: Duration,
+    min_rate: u64,
+    started: Instant,
+    bytes: u64,
+}
+
+impl RateFloor {
+    fn new(window: Duration, min_rate: u64) -> Self {
+        Self {
+            window,
+            min_rate,
+            started: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    fn add(&mut self, n: u64) -> Result<(), FetchErrorKind> {
+        self.bytes += n;
+        let elapsed = self.started.elapsed();
+        if elapsed < self.window {
+            return Ok(());
+        }
+        let floor = (self.min_rate as f64 * elapsed.as_secs_f64()) as u64;
+        if self.min_rate > 0 && self.bytes < floor {
+            return Err(FetchErrorKind::TooSlow {
+                received: self.bytes,
+                window: elapsed,
+                min_rate: self.min_rate,
+            });
+        }
+        self.started = Instant::now();
+        self.bytes = 0;
         Ok(())
     }
 }
@@ -813,10 +908,33 @@ fn published_words(p: Published) -> &'static str {
     }
 }
 
-/// Moves bytes that failed verification to quarantine; without a
-/// quarantine they are deleted, never kept to be resumed.
-fn quarantine_bad_partial(store: &Store, m: &Manifest, model: &str) -> Option<PathBuf> {
-    match store.quarantine_partial(&m.blob, &format!("sha256-mismatch-{model}")) {
+/// Moves bytes that failed verification to quarantine, keeping at most one
+/// copy per (expected, actual) pair: a source that keeps serving the same
+/// wrong file must not fill the disk with copies of it. Without a
+/// quarantine (or with a copy there already) the bytes are deleted, never
+/// kept to be resumed.
+fn quarantine_bad_partial(
+    store: &Store,
+    m: &Manifest,
+    actual: &Sha256,
+    model: &str,
+) -> Option<PathBuf> {
+    let pair = format!(
+        "mismatch-{}-{}-",
+        &m.blob.to_hex()[..16],
+        &actual.to_hex()[..16]
+    );
+    if let Some(kept) = quarantined_copy(store, &pair) {
+        log::info!(
+            "{model}: these wrong bytes are in quarantine already ({}); deleting this copy",
+            kept.display()
+        );
+        if let Err(e) = store.remove_partial(&m.blob) {
+            log::warn!("{model}: cannot delete the bad bytes: {e}");
+        }
+        return Some(kept);
+    }
+    match store.quarantine_partial(&m.blob, &format!("{pair}{model}")) {
         Ok(q) => Some(q),
         Err(e) => {
             log::warn!("{model}: cannot quarantine the bad bytes ({e}); deleting them");
@@ -826,6 +944,20 @@ fn quarantine_bad_partial(store: &Store, m: &Manifest, model: &str) -> Option<Pa
             None
         }
     }
+}
+
+/// The quarantined file whose name holds `pair`, if any. A quarantine
+/// that is not a real folder (a symlink) is not looked into.
+fn quarantined_copy(store: &Store, pair: &str) -> Option<PathBuf> {
+    let dir = store.quarantine_dir();
+    if !std::fs::symlink_metadata(&dir).ok()?.is_dir() {
+        return None;
+    }
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().contains(pair))
+        .map(|e| e.path())
 }
 
 /// A partial with more than one link shares its inode with a name outside

@@ -20,6 +20,12 @@ pub enum ProgressSink {
     /// The latest event, overwritten in place: readers always see the
     /// newest count, and no thread is woken per network read.
     Latest(Arc<Mutex<Option<Progress>>>),
+    /// The latest event, and the retry note ("retrying (3/8): connection
+    /// refused") while the fetch waits to try again, `None` otherwise.
+    Watched {
+        latest: Arc<Mutex<Option<Progress>>>,
+        note: Arc<Mutex<Option<String>>>,
+    },
 }
 
 impl From<Sender<Progress>> for ProgressSink {
@@ -106,7 +112,21 @@ impl Reporter {
                 let _ = tx.try_send(p);
             }
             Some(ProgressSink::Latest(cell)) => *cell.lock() = Some(p),
+            Some(ProgressSink::Watched { latest, note }) => {
+                // A new attempt has bytes flowing again: the note is history.
+                if phase != Phase::Retrying {
+                    *note.lock() = None;
+                }
+                *latest.lock() = Some(p);
+            }
             None => {}
+        }
+    }
+
+    /// Sets (or clears) the retry note of a watched sink.
+    pub fn note(&mut self, text: Option<String>) {
+        if let Some(ProgressSink::Watched { note, .. }) = &self.tx {
+            *note.lock() = text;
         }
     }
 }

@@ -1,4 +1,17 @@
-//! When to try again: capped exponential backoff, honouring `Retry-After`.
+//! When to try again: capped exponential backoff, honouring `Retry-After`,
+//! within three budgets.
+//!
+//! A fetch gives up on a source after `max_attempts` attempts in a row
+//! without progress, or once it has retried for `retry_for` without
+//! progress (a dead origin fails a waiting open in about that long; one
+//! retry is always made, so a single attempt that alone outlasted it, a
+//! stall or a connect timeout, is tried once more), or
+//! after `max_total_attempts` attempts in all, progress or not. Progress
+//! means bytes beyond the furthest offset the fetch ever reached: a
+//! download that restarts from 0 and drops at the same place again makes
+//! none (counting "the partial grew" let a 206 without `Content-Range`
+//! plus a drop at a fixed offset alternate 1, 2, 1, 2 for hundreds of
+//! requests).
 
 use std::time::Duration;
 
@@ -11,7 +24,15 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// The longest `Retry-After` honoured; longer asks are capped.
     pub max_retry_after: Duration,
+    /// How long a fetch keeps retrying without progress before it fails
+    /// (`-o retry_for=SECS`, `pull --retry-for SECS`).
+    pub retry_for: Duration,
+    /// Attempts in all for one source, with or without progress.
+    pub max_total_attempts: u32,
 }
+
+/// The default of [`RetryPolicy::retry_for`].
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(15);
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -20,6 +41,8 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(120),
+            retry_for: DEFAULT_RETRY_FOR,
+            max_total_attempts: 100,
         }
     }
 }

@@ -244,6 +244,16 @@ pub enum Fault {
     ResetAt(u64),
     /// Sleep this long before sending the status line (applies to HEAD too).
     StallHeaders(Duration),
+    /// Answer a Range request with 206 and the range's bytes, but without
+    /// a `Content-Range` header.
+    NoContentRange,
+    /// Add this many extra headers of about 100 bytes each to the response
+    /// head (a broken proxy: too many headers, or a head too large).
+    ExtraHeaders(usize),
+    /// Answer with `Connection: keep-alive`, then wait on the connection
+    /// for the next request and close it without answering (a server that
+    /// timed out an idle kept-alive connection just as it was reused).
+    KeepAliveThenClose,
     /// Several faults applied to the same response.
     Multi(Vec<Fault>),
 }
@@ -833,6 +843,9 @@ struct Plan {
     content_length: Option<u64>,
     truncate: Option<u64>,
     throttle: Option<u64>,
+    no_content_range: bool,
+    extra_headers: usize,
+    keep_alive_then_close: bool,
 }
 
 fn min_opt(a: Option<u64>, b: u64) -> Option<u64> {
@@ -864,6 +877,9 @@ impl Plan {
             Fault::ContentLength(n) => self.content_length = Some(*n),
             Fault::Truncate(n) => self.truncate = min_opt(self.truncate, *n),
             Fault::Throttle(bps) => self.throttle = min_opt(self.throttle, (*bps).max(1)),
+            Fault::NoContentRange => self.no_content_range = true,
+            Fault::ExtraHeaders(n) => self.extra_headers += n,
+            Fault::KeepAliveThenClose => self.keep_alive_then_close = true,
             Fault::Multi(v) => {
                 for f in v {
                     self.add(f, head);
@@ -1092,11 +1108,17 @@ fn handle(shared: &Shared, mut stream: Stream) {
         ("ETag".to_string(), res.etag.clone()),
         ("Last-Modified".to_string(), http_date(res.modified)),
     ];
-    if code == 206 {
+    if code == 206 && !plan.no_content_range {
         headers.push((
             "Content-Range".to_string(),
             format!("bytes {}-{}/{}", start, end - 1, total),
         ));
+    }
+    for i in 0..plan.extra_headers {
+        headers.push((format!("X-Filler-{i}"), "f".repeat(90)));
+    }
+    if plan.keep_alive_then_close {
+        headers.push(("Connection".to_string(), "keep-alive".to_string()));
     }
     if write_head(&mut stream, code, headers, &extra, head).is_err() {
         return;
@@ -1186,6 +1208,15 @@ fn handle(shared: &Shared, mut stream: Stream) {
         }
     }
     drop(in_flight);
+    if plan.keep_alive_then_close && matches!(end_mode, End::Clean) {
+        // The client may reuse the connection: take its next request and
+        // hang up without a word.
+        if read_request(&mut stream).is_some() {
+            shared.state.lock().total_requests += 1;
+        }
+        stream.close_fin();
+        return;
+    }
     match end_mode {
         End::Clean => stream.close_clean(),
         End::Fin => stream.close_fin(),

@@ -31,6 +31,19 @@ impl Waiter {
         self.0.join().expect("the waiter thread panicked")
     }
 
+    /// What the waiter got, and how long it took, if it ended within
+    /// `limit` (a test that must not hang when the fix is missing).
+    pub fn join_within(self, limit: Duration) -> Option<(Opened, Duration)> {
+        let end = Instant::now() + limit;
+        while !self.0.is_finished() {
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(self.join())
+    }
+
     /// What the waiter got.
     pub fn result(self) -> Opened {
         self.join().0
