@@ -1160,3 +1160,74 @@ fn the_token_stays_out_of_the_log_even_at_trace_level() {
         vec![Some(format!("Bearer {token}"))]
     );
 }
+
+/// How a user asks for less (or the usual) log output.
+#[derive(Debug, Clone, Copy)]
+enum Quietness {
+    Default,
+    QuietFlag,
+    RustLogError,
+}
+
+impl Quietness {
+    fn apply(self, c: &mut Command) {
+        c.env_remove("RUST_LOG");
+        match self {
+            Self::Default => {}
+            Self::QuietFlag => {
+                c.arg("-q");
+            }
+            Self::RustLogError => {
+                c.env("RUST_LOG", "error");
+            }
+        }
+    }
+}
+
+#[test]
+fn no_http_library_line_is_logged_by_add_pull_or_mount_and_a_mount_logs_each_download_start() {
+    for q in [
+        Quietness::Default,
+        Quietness::QuietFlag,
+        Quietness::RustLogError,
+    ] {
+        let origin = Origin::start();
+        let ts = TestStore::new();
+        let bytes = random_bytes(200_000, 90);
+        origin.put("files/a.gguf", bytes.clone());
+        origin.put("files/b.gguf", bytes[..150_000].to_vec());
+        let url = origin.url("files/a.gguf");
+        let run = |args: &[&str]| {
+            let mut c = ts.cli(origin.ca_pem_path());
+            c.args(args).stdin(Stdio::null());
+            q.apply(&mut c);
+            ran(c.output().expect("run modelfs")).ok()
+        };
+        let add = run(&["add", "a", "--url", &url, "--sha256", &hex_of(&bytes)]);
+        let pull = run(&["pull", "a"]);
+        let b_url = origin.url("files/b.gguf");
+        let b_hex = hex_of(&bytes[..150_000]);
+        run(&["add", "b", "--url", &b_url, "--sha256", &b_hex]);
+        let mount = common::Mount::start_with(&ts, origin.ca_pem_path(), &[], |c| q.apply(c));
+        assert_eq!(fs::read(mount.path("b.gguf")).unwrap(), bytes[..150_000]);
+        let log = mount.log();
+        for (what, text) in [
+            ("add", &add.stderr),
+            ("pull", &pull.stderr),
+            ("mount", &log),
+        ] {
+            assert!(
+                !text.contains("ureq"),
+                "{q:?}: {what} logged the HTTP library's lines:\n{text}"
+            );
+        }
+        match q {
+            Quietness::Default => assert!(
+                log.contains("b: downloading ")
+                    && log.contains(&format!("(146.5 KiB) from {b_url}")),
+                "a download logs its start, size and URL:\n{log}"
+            ),
+            _ => assert!(!log.contains("INFO"), "{q:?} logs only errors:\n{log}"),
+        }
+    }
+}
