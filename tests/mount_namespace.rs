@@ -415,6 +415,20 @@ fn manifests_change_while_mounted(options: &[&str]) {
     assert_eq!(head, v1[..head.len()]);
     assert_eq!(origin.stats("x-v2.gguf").gets, 1);
     assert_eq!(origin.stats("x-v1.gguf").gets, 0);
+
+    // The mount log says so in sentences, not Debug output.
+    let log = mount.log();
+    for line in [
+        "store changed: 1 model added: added.gguf",
+        "store changed: 1 model removed: added.gguf",
+        "store changed: 1 model repointed at another blob: x.gguf",
+    ] {
+        assert!(log.contains(line), "{line:?} missing:\n{log}");
+    }
+    assert!(
+        !log.contains("added [") && !log.contains("removed [(\""),
+        "{log}"
+    );
 }
 
 #[test]

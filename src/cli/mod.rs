@@ -13,6 +13,7 @@ pub mod progress_view;
 pub mod pull;
 pub mod rm;
 pub mod status;
+pub mod store_changes;
 pub mod verify;
 
 use std::fmt;

@@ -574,12 +574,7 @@ fn spawn_refresher(fs: Arc<ModelFs>, stop: Arc<AtomicBool>) {
                 std::thread::sleep(REFRESH_EVERY);
                 let c = fs.refresh();
                 if !c.is_empty() {
-                    log::info!(
-                        "store changed: added {:?}, removed {:?}, repointed {:?}",
-                        c.added,
-                        c.removed,
-                        c.repointed
-                    );
+                    log::info!("store changed: {}", super::store_changes::sentence(&c));
                 }
             }
         });
