@@ -9,6 +9,7 @@ pub mod logging;
 pub mod ls;
 pub mod mount;
 pub mod mount_options;
+pub mod mountpoint;
 pub mod progress_view;
 pub mod pull;
 pub mod rm;
