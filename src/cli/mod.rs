@@ -5,6 +5,7 @@
 pub mod add;
 pub mod gc;
 pub mod import;
+pub mod import_check;
 pub mod logging;
 pub mod ls;
 pub mod mount;
