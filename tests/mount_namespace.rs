@@ -566,6 +566,42 @@ fn everything_that_writes_fails_with_erofs_and_fetches_nothing() {
     store.assert_consistent();
 }
 
+/// An imported model has no source: it has no `user.modelfs.url` at all,
+/// where it used to list one whose value could not be read (`getfattr -d`
+/// showed it as empty).
+#[test]
+fn an_imported_model_lists_no_url_attribute() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let bytes = common::gguf_bytes(40_000, 43);
+    let src = store.root.parent().unwrap().join("mine.gguf");
+    std::fs::write(&src, &bytes).unwrap();
+    let out = store
+        .cli(origin.ca_pem_path())
+        .args(["import", src.to_str().unwrap(), "--name", "mine"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let p = mount.path("mine.gguf");
+    let mut names = listxattr(&p).unwrap();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "user.modelfs.progress",
+            "user.modelfs.sha256",
+            "user.modelfs.state"
+        ]
+    );
+    assert_eq!(getxattr(&p, "user.modelfs.url").unwrap_err(), libc::ENODATA);
+    assert_eq!(getxattr(&p, "user.modelfs.state").unwrap(), "present");
+}
+
 #[test]
 fn listxattr_names_the_modelfs_attributes_and_their_values_describe_present_and_pending_entries() {
     let origin = Origin::start();
