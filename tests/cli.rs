@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Fault, Origin, TestStore, hf, modelfs_bin, random_bytes, wait_until};
+use common::{Fault, Origin, TestStore, gguf_bytes, hf, modelfs_bin, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::{BlobState, ModelName, lock};
 use serde_json::Value;
@@ -636,7 +636,7 @@ fn verify_passes_good_blobs_and_quarantines_a_corrupted_one() {
 fn import_with_link_hard_links_a_local_file_and_writes_its_manifest() {
     let origin = Origin::start();
     let ts = TestStore::new();
-    let bytes = random_bytes(700_000, 12);
+    let bytes = gguf_bytes(700_000, 12);
     let src = ts.root.parent().unwrap().join("local-model.gguf");
     fs::write(&src, &bytes).unwrap();
 
@@ -665,11 +665,52 @@ fn import_with_link_hard_links_a_local_file_and_writes_its_manifest() {
 }
 
 #[test]
+fn import_of_a_file_that_is_not_gguf_is_refused_unless_format_says_what_it_is() {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let dir = ts.root.parent().unwrap();
+    let html = dir.join("error-page.gguf");
+    fs::write(&html, b"<html>404 Not Found</html>").unwrap();
+    let st = dir.join("model.safetensors");
+    fs::write(&st, random_bytes(10_000, 14)).unwrap();
+
+    for (file, starts) in [(&html, "\"<htm\""), (&st, "bytes ")] {
+        let out = cli(
+            &ts,
+            &origin,
+            &["import", file.to_str().unwrap(), "--name", "x"],
+        )
+        .failed();
+        assert_eq!(out.code, 1);
+        assert!(
+            out.stderr
+                .contains(&format!("{} is not a GGUF file", file.display()))
+                && out.stderr.contains(&format!("it starts with {starts}"))
+                && out.stderr.contains("--format safetensors"),
+            "{}",
+            out.stderr
+        );
+    }
+    assert!(!ts.root.join("manifests/x.json").exists());
+    let blobs: Vec<_> = fs::read_dir(ts.root.join("blobs/sha256"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(blobs.is_empty(), "nothing was placed: {blobs:?}");
+
+    // Another format is not checked.
+    let st_arg = st.to_str().unwrap();
+    let args = ["import", st_arg, "--name", "st", "--format", "safetensors"];
+    cli(&ts, &origin, &args).ok();
+    assert_eq!(manifest_json(&ts, "st")["format"], "safetensors");
+    ts.assert_consistent();
+}
+
+#[test]
 fn import_of_a_symlink_places_the_file_it_points_to_not_the_link() {
     // Hugging Face's cache is made of such symlinks (snapshots/ -> blobs/).
     let origin = Origin::start();
     let ts = TestStore::new();
-    let bytes = random_bytes(200_000, 13);
+    let bytes = gguf_bytes(200_000, 13);
     let dir = ts.root.parent().unwrap();
     fs::write(dir.join("real-blob"), &bytes).unwrap();
     let link = dir.join("model.gguf");
@@ -701,7 +742,7 @@ fn import_of_a_symlink_places_the_file_it_points_to_not_the_link() {
 fn import_from_another_filesystem_copies_the_file() {
     let origin = Origin::start();
     let ts = TestStore::new();
-    let bytes = random_bytes(300_000, 26);
+    let bytes = gguf_bytes(300_000, 26);
     // /dev/shm is a tmpfs on Linux, so not the store's filesystem.
     let other = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
     let src = other.path().join("copied.gguf");
@@ -1097,7 +1138,7 @@ fn gc_verify_and_import_never_follow_a_symlink_planted_under_blobs() {
     );
 
     // A named model whose blob folder is a planted link to garbage.
-    let good = random_bytes(8192, 91);
+    let good = gguf_bytes(8192, 91);
     let m = ts.add_pending("planted", &origin, &good);
     let fan = store
         .blob_path(&m.blob)
@@ -1177,4 +1218,75 @@ fn the_token_stays_out_of_the_log_even_at_trace_level() {
         origin.stats(resolve).authorization_headers,
         vec![Some(format!("Bearer {token}"))]
     );
+}
+
+/// How a user asks for less (or the usual) log output.
+#[derive(Debug, Clone, Copy)]
+enum Quietness {
+    Default,
+    QuietFlag,
+    RustLogError,
+}
+
+impl Quietness {
+    fn apply(self, c: &mut Command) {
+        c.env_remove("RUST_LOG");
+        match self {
+            Self::Default => {}
+            Self::QuietFlag => {
+                c.arg("-q");
+            }
+            Self::RustLogError => {
+                c.env("RUST_LOG", "error");
+            }
+        }
+    }
+}
+
+#[test]
+fn no_http_library_line_is_logged_by_add_pull_or_mount_and_a_mount_logs_each_download_start() {
+    for q in [
+        Quietness::Default,
+        Quietness::QuietFlag,
+        Quietness::RustLogError,
+    ] {
+        let origin = Origin::start();
+        let ts = TestStore::new();
+        let bytes = random_bytes(200_000, 90);
+        origin.put("files/a.gguf", bytes.clone());
+        origin.put("files/b.gguf", bytes[..150_000].to_vec());
+        let url = origin.url("files/a.gguf");
+        let run = |args: &[&str]| {
+            let mut c = ts.cli(origin.ca_pem_path());
+            c.args(args).stdin(Stdio::null());
+            q.apply(&mut c);
+            ran(c.output().expect("run modelfs")).ok()
+        };
+        let add = run(&["add", "a", "--url", &url, "--sha256", &hex_of(&bytes)]);
+        let pull = run(&["pull", "a"]);
+        let b_url = origin.url("files/b.gguf");
+        let b_hex = hex_of(&bytes[..150_000]);
+        run(&["add", "b", "--url", &b_url, "--sha256", &b_hex]);
+        let mount = common::Mount::start_with(&ts, origin.ca_pem_path(), &[], |c| q.apply(c));
+        assert_eq!(fs::read(mount.path("b.gguf")).unwrap(), bytes[..150_000]);
+        let log = mount.log();
+        for (what, text) in [
+            ("add", &add.stderr),
+            ("pull", &pull.stderr),
+            ("mount", &log),
+        ] {
+            assert!(
+                !text.contains("ureq"),
+                "{q:?}: {what} logged the HTTP library's lines:\n{text}"
+            );
+        }
+        match q {
+            Quietness::Default => assert!(
+                log.contains("b: downloading ")
+                    && log.contains(&format!("(146.5 KiB) from {b_url}")),
+                "a download logs its start, size and URL:\n{log}"
+            ),
+            _ => assert!(!log.contains("INFO"), "{q:?} logs only errors:\n{log}"),
+        }
+    }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::sys::{Rng, open_and_read};
 use common::waiter::{Waiter, waiters};
-use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
+use common::{Fault, Mount, Origin, TestStore, gguf_bytes, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::{BlobState, ModelName, Store, lock};
 
@@ -238,7 +238,7 @@ fn a_crash_between_the_blob_rename_and_the_manifest_write_converges_through_impo
 
     // 1. An importer died after placing the blob, before its manifest, in
     //    the middle of writing the manifest's temp file.
-    let imported = random_bytes(500_000, 53);
+    let imported = gguf_bytes(500_000, 53);
     let d1 = store.put_blob(&imported);
     fs::write(s.manifests_dir().join("imp.json.tmp"), b"{\"schema_vers").unwrap();
     // 2. A pull died after the rename, before removing its partial folder;

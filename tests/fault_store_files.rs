@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::sys::open_and_read;
-use common::{Fault, Mount, Origin, TestStore, is_mounted, random_bytes, wait_until};
+use common::{Fault, Mount, Origin, TestStore, gguf_bytes, is_mounted, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::{ModelName, lock};
 
@@ -159,7 +159,7 @@ fn a_fifo_a_link_to_dev_zero_or_a_sparse_2_gib_manifest_never_hangs_a_command_or
     let good = random_bytes(100_000, 1);
     store.add_pending("good", &origin, &good);
     let mine = store.root.parent().unwrap().join("mine.gguf");
-    fs::write(&mine, random_bytes(50_000, 2)).unwrap();
+    fs::write(&mine, gguf_bytes(50_000, 2)).unwrap();
     let hex = Sha256::of(b"x").to_hex();
     let url = origin.url("x.gguf");
     let mut report = Vec::new();
@@ -523,7 +523,7 @@ fn a_store_without_locks_or_quarantine_folders_is_set_up_by_the_mount_and_by_eve
     }
     let _ = fs::remove_dir_all(store.root.join("locks"));
     let src = store.root.parent().unwrap().join("mine.gguf");
-    fs::write(&src, b"a local model").unwrap();
+    fs::write(&src, b"GGUF a local model").unwrap();
     let r = run_bounded(
         store
             .cli(origin.ca_pem_path())
@@ -601,9 +601,10 @@ fn a_failed_import_leaves_no_staging_file_and_gc_removes_what_a_killed_one_left(
         for i in 0..256 {
             f.write_all(&random_bytes(1 << 20, 40 + i)).unwrap();
         }
+        std::os::unix::fs::FileExt::write_all_at(&f, b"GGUF", 0).unwrap();
     }
     let small = store.root.parent().unwrap().join("small.gguf");
-    fs::write(&small, b"small model").unwrap();
+    fs::write(&small, b"GGUF small model").unwrap();
     let cli = || store.cli(origin.ca_pem_path());
 
     // Fails after staging: the name pins another blob.
@@ -613,7 +614,7 @@ fn a_failed_import_leaves_no_staging_file_and_gc_removes_what_a_killed_one_left(
     );
     assert_eq!(r.code, 0, "{}", r.text);
     let other = store.root.parent().unwrap().join("other.gguf");
-    fs::write(&other, b"other bytes").unwrap();
+    fs::write(&other, b"GGUF other bytes").unwrap();
     let r = run_bounded(
         cli().args(["import", other.to_str().unwrap(), "--name", "taken"]),
         "import over a pinned name",

@@ -21,7 +21,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::sys::{getxattr, open_and_read, open_flags};
-use common::{Fault, Mount, Origin, TestStore, output_text, random_bytes, wait_until};
+use common::{Fault, Mount, Origin, TestStore, gguf_bytes, output_text, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::verified::{Record, Recorded};
 
@@ -107,7 +107,7 @@ fn timed_read(path: &Path) -> (Result<Vec<u8>, i32>, Duration) {
 fn a_file_copied_over_a_linked_import_is_never_served_and_the_model_is_fetched_again() {
     let origin = Origin::start();
     let store = TestStore::new();
-    let data = random_bytes(4 * MIB, 1);
+    let data = gguf_bytes(4 * MIB, 1);
     let original = user_file(&store, "mine.gguf", &data);
     import_linked(&store, &origin, &original, "m");
     // The same blob, pinned with a URL (as `modelfs add` would).
@@ -118,7 +118,7 @@ fn a_file_copied_over_a_linked_import_is_never_served_and_the_model_is_fetched_a
     assert!(open_and_read(&path).unwrap() == data);
     assert_eq!(origin.stats("m.gguf").gets, 0, "an import is not fetched");
 
-    let other = random_bytes(data.len(), 2);
+    let other = gguf_bytes(data.len(), 2);
     cp_over(&other, &original);
     let (again, took) = timed_read(&path);
     assert!(
@@ -150,7 +150,7 @@ fn a_file_copied_over_a_linked_import_is_never_served_and_the_model_is_fetched_a
 fn a_file_copied_over_a_linked_import_while_unmounted_is_caught_by_a_fresh_mount() {
     let origin = Origin::start();
     let store = TestStore::new();
-    let data = random_bytes(2 * MIB, 3);
+    let data = gguf_bytes(2 * MIB, 3);
     let original = user_file(&store, "mine.gguf", &data);
     import_linked(&store, &origin, &original, "m");
     origin.put("m.gguf", data.clone());
@@ -160,7 +160,7 @@ fn a_file_copied_over_a_linked_import_while_unmounted_is_caught_by_a_fresh_mount
         assert!(open_and_read(&mount.path("m.gguf")).unwrap() == data);
     }
 
-    cp_over(&random_bytes(data.len(), 4), &original);
+    cp_over(&gguf_bytes(data.len(), 4), &original);
     let mount = Mount::start(&store, origin.ca_pem_path(), &["passthrough=off"]);
     let again = open_and_read(&mount.path("m.gguf"));
     assert!(
@@ -178,14 +178,14 @@ fn a_file_copied_over_a_linked_import_while_unmounted_is_caught_by_a_fresh_mount
 fn a_file_copied_over_a_linked_import_without_a_url_fails_with_eio_and_says_why() {
     let origin = Origin::start();
     let store = TestStore::new();
-    let data = random_bytes(MIB, 5);
+    let data = gguf_bytes(MIB, 5);
     let original = user_file(&store, "mine.gguf", &data);
     import_linked(&store, &origin, &original, "m");
     let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
     let path = mount.path("m.gguf");
     assert!(open_and_read(&path).unwrap() == data);
 
-    cp_over(&random_bytes(data.len(), 6), &original);
+    cp_over(&gguf_bytes(data.len(), 6), &original);
     assert_eq!(open_and_read(&path).unwrap_err(), libc::EIO);
     let why = getxattr(&path, "user.modelfs.error").expect("the reason is kept");
     assert!(
@@ -206,7 +206,7 @@ fn a_file_copied_over_a_linked_import_without_a_url_fails_with_eio_and_says_why(
 fn a_byte_written_into_a_published_blob(options: &[&str]) {
     let origin = Origin::start();
     let store = TestStore::new();
-    let data = random_bytes(2 * MIB, 7);
+    let data = gguf_bytes(2 * MIB, 7);
     let m = store.add_pending("m", &origin, &data);
     let mount = Mount::start(&store, origin.ca_pem_path(), options);
     let path = mount.path("m.gguf");
@@ -256,7 +256,7 @@ fn a_byte_written_into_a_published_blob_is_caught_at_the_next_open_in_page_cache
 fn a_touch_is_verified_again_and_served_and_its_new_stamps_are_recorded() {
     let origin = Origin::start();
     let store = TestStore::new();
-    let data = random_bytes(64 * MIB, 8);
+    let data = gguf_bytes(64 * MIB, 8);
     let m = store.add_pending("m", &origin, &data);
     let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
     let path = mount.path("m.gguf");
@@ -312,7 +312,7 @@ fn a_touch_is_verified_again_and_served_and_its_new_stamps_are_recorded() {
 fn a_blob_without_a_record_is_trusted_once_recorded_and_then_guarded() {
     let origin = Origin::start();
     let store = TestStore::new();
-    let data = random_bytes(MIB, 9);
+    let data = gguf_bytes(MIB, 9);
     // Placed by another tool: a blob and a manifest, no record.
     let d = store.put_blob(&data);
     origin.put("m.gguf", data.clone());
@@ -341,7 +341,7 @@ fn a_blob_without_a_record_is_trusted_once_recorded_and_then_guarded() {
 fn import_copies_by_default_so_editing_the_original_changes_nothing() {
     let origin = Origin::start();
     let store = TestStore::new();
-    let data = random_bytes(3 * MIB, 10);
+    let data = gguf_bytes(3 * MIB, 10);
     let original = user_file(&store, "mine.gguf", &data);
     let (code, text) = cli(
         &store,
@@ -360,7 +360,7 @@ fn import_copies_by_default_so_editing_the_original_changes_nothing() {
     let path = mount.path("m.gguf");
     assert!(open_and_read(&path).unwrap() == data);
 
-    cp_over(&random_bytes(data.len(), 11), &original);
+    cp_over(&gguf_bytes(data.len(), 11), &original);
     let mut w = fs::OpenOptions::new().write(true).open(&original).unwrap();
     w.write_all(b"edited in place").unwrap();
     drop(w);
@@ -375,7 +375,7 @@ fn import_copies_by_default_so_editing_the_original_changes_nothing() {
 fn verify_of_a_changed_blob_without_a_url_does_not_promise_a_fetch_and_records_good_ones() {
     let origin = Origin::start();
     let store = TestStore::new();
-    let data = random_bytes(MIB, 12);
+    let data = gguf_bytes(MIB, 12);
     let original = user_file(&store, "mine.gguf", &data);
     import_linked(&store, &origin, &original, "m");
     // A touch: verify hashes, finds the bytes intact, records the stamps.
@@ -393,7 +393,7 @@ fn verify_of_a_changed_blob_without_a_url_does_not_promise_a_fetch_and_records_g
         Recorded::Stamps(Record::of(&fs::metadata(&blob).unwrap()))
     );
 
-    cp_over(&random_bytes(data.len(), 13), &original);
+    cp_over(&gguf_bytes(data.len(), 13), &original);
     let (code, text) = cli(&store, &origin, &["verify", "m"]);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("no URL") && text.contains("import"), "{text}");

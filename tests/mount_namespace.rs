@@ -415,6 +415,20 @@ fn manifests_change_while_mounted(options: &[&str]) {
     assert_eq!(head, v1[..head.len()]);
     assert_eq!(origin.stats("x-v2.gguf").gets, 1);
     assert_eq!(origin.stats("x-v1.gguf").gets, 0);
+
+    // The mount log says so in sentences, not Debug output.
+    let log = mount.log();
+    for line in [
+        "store changed: 1 model added: added.gguf",
+        "store changed: 1 model removed: added.gguf",
+        "store changed: 1 model repointed at another blob: x.gguf",
+    ] {
+        assert!(log.contains(line), "{line:?} missing:\n{log}");
+    }
+    assert!(
+        !log.contains("added [") && !log.contains("removed [(\""),
+        "{log}"
+    );
 }
 
 #[test]
@@ -550,6 +564,42 @@ fn everything_that_writes_fails_with_erofs_and_fetches_nothing() {
         "a refused write-open starts no fetch"
     );
     store.assert_consistent();
+}
+
+/// An imported model has no source: it has no `user.modelfs.url` at all,
+/// where it used to list one whose value could not be read (`getfattr -d`
+/// showed it as empty).
+#[test]
+fn an_imported_model_lists_no_url_attribute() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let bytes = common::gguf_bytes(40_000, 43);
+    let src = store.root.parent().unwrap().join("mine.gguf");
+    std::fs::write(&src, &bytes).unwrap();
+    let out = store
+        .cli(origin.ca_pem_path())
+        .args(["import", src.to_str().unwrap(), "--name", "mine"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let p = mount.path("mine.gguf");
+    let mut names = listxattr(&p).unwrap();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "user.modelfs.progress",
+            "user.modelfs.sha256",
+            "user.modelfs.state"
+        ]
+    );
+    assert_eq!(getxattr(&p, "user.modelfs.url").unwrap_err(), libc::ENODATA);
+    assert_eq!(getxattr(&p, "user.modelfs.state").unwrap(), "present");
 }
 
 #[test]

@@ -267,7 +267,10 @@ fn sigint_sigterm_and_sigkill_end_a_waiting_open_at_once_while_another_waiter_ge
         "m.gguf",
         Some(Fault::StallAt(256 * 1024, Duration::from_secs(20))),
     );
-    let mount = Mount::start(&store, origin.ca_pem_path(), &["stall_timeout=60"]);
+    // At the default log level, as a user runs it.
+    let mount = Mount::start_with(&store, origin.ca_pem_path(), &["stall_timeout=60"], |c| {
+        c.env_remove("RUST_LOG");
+    });
     let path = mount.path("m.gguf");
 
     let mut by_sigint = sha256sum(&path);
@@ -378,6 +381,9 @@ fn sigint_sigterm_and_sigkill_end_a_waiting_open_at_once_while_another_waiter_ge
             "the mount noticed task {tid}'s signal:\n{log}"
         );
     }
+    // Answering an open whose caller is gone is normal, not an error
+    // (fuser says `ERROR fuser::reply` when the kernel refuses the reply).
+    assert!(!log.contains("ERROR"), "no error was logged:\n{log}");
 
     // The download goes on for the one left.
     assert_eq!(digest_of(survivor), Ok(hex(&data)), "the survivor");
@@ -872,6 +878,102 @@ fn sigterm_during_a_download_unmounts_cleanly_and_a_new_mount_resumes_with_a_ran
         "the new mount resumed where the old one stopped"
     );
     store.assert_consistent();
+}
+
+/// The FUSE connection number of the mount at `mp` (its device minor, the
+/// name of its folder in /sys/fs/fuse/connections), from mountinfo.
+fn fuse_connection(mp: &Path) -> String {
+    let want = mp.to_string_lossy().into_owned();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .expect("the mount is in mountinfo");
+    let dev = line.split(' ').nth(2).unwrap();
+    dev.split(':').nth(1).unwrap().to_string()
+}
+
+/// The fusectl filesystem at /sys/fs/fuse/connections, mounted for the
+/// test when the host has not (systemd hosts have), and then unmounted.
+struct Fusectl {
+    mounted_here: bool,
+}
+
+impl Fusectl {
+    const AT: &str = "/sys/fs/fuse/connections";
+
+    fn mount() -> Self {
+        let present = std::fs::read_dir(Self::AT).is_ok_and(|mut d| d.next().is_some());
+        if !present {
+            let st = Command::new("mount")
+                .args(["-t", "fusectl", "fusectl", Self::AT])
+                .status()
+                .unwrap();
+            assert!(st.success(), "this test needs fusectl at {}", Self::AT);
+        }
+        Self {
+            mounted_here: !present,
+        }
+    }
+}
+
+impl Drop for Fusectl {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            let _ = Command::new("umount").arg(Self::AT).status();
+        }
+    }
+}
+
+/// An aborted connection (the README's cure for a stuck daemon) with an
+/// open waiting: the daemon answers that open into a connection that is
+/// gone, which fuser reports as `ERROR … Failed to send FUSE reply`. The
+/// waiter got its error from the kernel already; nothing failed in modelfs.
+#[test]
+fn an_aborted_connection_with_a_waiting_open_logs_no_error_at_the_default_level() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data = random_bytes(2 * MIB, 11);
+    let m = store.add_pending("m", &origin, &data);
+    origin.set_persistent_fault(
+        "m.gguf",
+        Some(Fault::StallAt(256 * 1024, Duration::from_secs(20))),
+    );
+    let mount = Mount::start_with(&store, origin.ca_pem_path(), &["stall_timeout=60"], |c| {
+        c.env_remove("RUST_LOG");
+    });
+    let mut reader = sha256sum(&mount.path("m.gguf"));
+    assert!(
+        wait_until(Duration::from_secs(10), || partial_len(&store, &m.blob)
+            >= 256 * 1024
+            && in_open_syscall(reader.id())),
+        "the download stalls and the reader waits in open"
+    );
+    let conn = fuse_connection(&mount.mountpoint);
+    let _fusectl = Fusectl::mount();
+    std::fs::write(format!("/sys/fs/fuse/connections/{conn}/abort"), "1").unwrap();
+    let (st, _) = reaped_within(&mut reader, Duration::from_secs(5))
+        .expect("the abort ends the waiting open");
+    assert!(!st.success());
+    // The session ends, the daemon stops and fails the open it still
+    // holds: its answer goes into the aborted connection.
+    let pid = mount.pid();
+    let exited = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), exited),
+        "the daemon exits"
+    );
+    let log = mount.log();
+    assert!(log.contains("was unmounted"), "{log}");
+    assert!(!log.contains("ERROR"), "no error was logged:\n{log}");
 }
 
 #[test]

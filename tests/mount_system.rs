@@ -731,6 +731,111 @@ fn an_fstab_line_mounts_through_mount_fuse3_fetches_on_first_read_and_umount_end
     assert_eq!(mounts_at(&mnt), 0);
 }
 
+/// Like mount(8), `modelfs mount` and an fstab `mount` refuse a mountpoint
+/// with a live mount on it instead of hiding it under a second one, while
+/// `mount -a` (which skips mounted lines itself) keeps succeeding; a dead
+/// FUSE mount gets the `umount -l` hint. Before, a second modelfs mount
+/// was stacked on the first and a dead one was answered with `mkdir -p`.
+#[test]
+fn a_live_mountpoint_is_refused_like_mount_8_does_and_a_dead_one_gets_the_umount_l_hint() {
+    require_fuse();
+    let store = TestStore::new();
+    let data = random_bytes(16 * KIB, 52);
+    store.put_blob(&data);
+    store.write_manifest("m", "https://example.invalid/m.gguf", &data);
+    let store_root = store.root.canonicalize().unwrap();
+    let dir = open_tempdir();
+    let mnt = make_dir(dir.path(), "models");
+    let log = dir.path().join("mount.log");
+    let _guard = MountGuard::new(&mnt);
+
+    let out = run_ok(
+        mount_cmd(&mnt, &store.root)
+            .arg("-o")
+            .arg(format!("log_file={}", log.display())),
+    );
+    assert_eq!(
+        stderr_of(&out).trim(),
+        format!(
+            "modelfs: mounted {} at {}; log: {}",
+            store_root.display(),
+            mnt.display(),
+            log.display()
+        ),
+        "the mount says where it is and where its log goes"
+    );
+    let already = format!(
+        "mount: {}: already mounted (fuse.modelfs {})",
+        mnt.display(),
+        store_root.display()
+    );
+
+    // `modelfs mount` again.
+    let out = run(&mut mount_cmd(&mnt, &store.root));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains(&already), "{}", stderr_of(&out));
+    assert_eq!(mounts_at(&mnt), 1, "nothing was stacked");
+
+    // An fstab line for it, mounted by name: mount(8) runs the helper,
+    // which refuses; `mount -a` skips the mounted line and succeeds.
+    let fstab = dir.path().join("fstab");
+    fs::write(
+        &fstab,
+        format!(
+            "{}  {}  fuse.modelfs  ro,_netdev,nofail  0  0\n",
+            store_root.display(),
+            mnt.display()
+        ),
+    )
+    .unwrap();
+    let _link = SbinLink::install();
+    let out = run(Command::new("mount").arg("-T").arg(&fstab).arg(&mnt));
+    assert!(
+        !out.status.success(),
+        "an fstab mount over a live one succeeded"
+    );
+    assert!(stderr_of(&out).contains(&already), "{}", stderr_of(&out));
+    assert_eq!(mounts_at(&mnt), 1, "nothing was stacked");
+    run_ok(Command::new("mount").arg("-a").arg("-T").arg(&fstab));
+    assert_eq!(mounts_at(&mnt), 1, "mount -a skipped the mounted line");
+
+    // Any other mount there.
+    let other = make_dir(dir.path(), "tmp");
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "scratch"])
+            .arg(&other),
+    );
+    let _other_guard = MountGuard::new(&other);
+    let out = run(&mut mount_cmd(&other, &store.root));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains(&format!(
+            "mount: {}: already mounted (tmpfs scratch)",
+            other.display()
+        )),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(mounts_at(&other), 1);
+
+    // A dead mount: its daemon was killed.
+    let pid = daemon_pid(&mnt).expect("the daemon");
+    // SAFETY: killing the daemon this test started, by its pid.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert!(wait_until(Duration::from_secs(10), || process_gone(pid)));
+    let out = run(&mut mount_cmd(&mnt, &store.root));
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Transport endpoint is not connected")
+            && err.contains(&format!("umount -l {}", mnt.display()))
+            && !err.contains("mkdir"),
+        "a dead mount gets the umount -l hint: {err}"
+    );
+    assert_eq!(mounts_at(&mnt), 1, "nothing was stacked on the dead mount");
+}
+
 /// `Key=value` settings of a systemd unit file (comments skipped).
 fn unit_settings(path: &Path) -> Vec<(String, String)> {
     fs::read_to_string(path)

@@ -35,3 +35,14 @@ pub fn tune() -> u64 {
     }
     lim.rlim_cur
 }
+
+/// Returns freed heap memory to the system. glibc keeps what is freed in
+/// the middle of its heap: parsing 100,000 manifests left 97 MB resident
+/// for 30 MB in use. `malloc_trim` releases those pages (it walks the free
+/// lists: a few milliseconds for such a heap).
+pub fn give_back_freed_memory() {
+    let started = std::time::Instant::now();
+    // SAFETY: malloc_trim takes no pointers and cannot fail harmfully.
+    unsafe { libc::malloc_trim(0) };
+    log::trace!("malloc_trim took {:?}", started.elapsed());
+}

@@ -85,6 +85,7 @@ pub fn run(g: &Globals, a: &ImportArgs) -> Result<(), CliError> {
             a.path.display()
         )));
     }
+    super::import_check::check_magic(&name, &a.path, &a.format)?;
     // Place the file itself, not a symlink to it (Hugging Face's cache is
     // made of symlinks): link(2) does not follow one, and a blob must be a
     // regular file.

@@ -6,14 +6,17 @@ pub mod add;
 pub mod daemon_limits;
 pub mod gc;
 pub mod import;
+pub mod import_check;
 pub mod logging;
 pub mod ls;
 pub mod mount;
 pub mod mount_options;
+pub mod mountpoint;
 pub mod progress_view;
 pub mod pull;
 pub mod rm;
 pub mod status;
+pub mod store_changes;
 pub mod verify;
 
 use std::fmt;

@@ -18,7 +18,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::{Config, MountOption, SessionACL};
 
@@ -102,7 +102,7 @@ pub fn run(g: &Globals, a: &MountArgs) -> Result<(), CliError> {
     check_apart(&a.mountpoint, store.root())?;
     let daemon_child = ready_fd().is_some();
     if !a.foreground && !daemon_child {
-        return daemonize();
+        return daemonize(&mounted_line(a, &opts, store.root()));
     }
     // A store made by another tool may lack folders a fetch needs
     // (`locks/`). A read-only store can still serve what it holds.
@@ -172,19 +172,54 @@ fn ready_fd() -> Option<i32> {
     std::env::var(READY_FD_ENV).ok()?.parse().ok()
 }
 
+/// The mountpoint is a directory with nothing mounted on it (but an
+/// automount placeholder, see [`super::mountpoint`]).
 fn check_mountpoint(mp: &Path) -> Result<(), CliError> {
     match stat_no_automount(mp) {
-        Ok(mode) if mode & libc::S_IFMT == libc::S_IFDIR => Ok(()),
+        Ok(mode) if mode & libc::S_IFMT == libc::S_IFDIR => check_not_mounted(mp),
         Ok(_) => Err(CliError::new(format!(
             "mount: {} is not a directory",
             mp.display()
         ))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(dead_mount(mp, &e)),
         Err(e) => Err(CliError::new(format!(
             "mount: mountpoint {}: {e} (create it with `mkdir -p {}`)",
             mp.display(),
             mp.display()
         ))),
     }
+}
+
+/// Refuses a mountpoint something is mounted on already, as mount(8)
+/// does: a second mount would hide the first one's files.
+fn check_not_mounted(mp: &Path) -> Result<(), CliError> {
+    match super::mountpoint::mounted_at(&resolve_mountpoint(mp)) {
+        Some((fstype, source)) if !super::mountpoint::is_placeholder(&fstype) => {
+            // The kernel answers `stat` of a dead FUSE mount's root from
+            // its cache for a while; statfs always asks the daemon.
+            if let Err(e) = super::mountpoint::statfs(mp)
+                && e.raw_os_error() == Some(libc::ENOTCONN)
+            {
+                return Err(dead_mount(mp, &e));
+            }
+            Err(CliError::new(format!(
+                "mount: {}: already mounted ({fstype} {source}); unmount it first (`umount {}`)",
+                mp.display(),
+                mp.display()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The error for a FUSE mount at `mp` whose daemon has ended.
+fn dead_mount(mp: &Path, e: &std::io::Error) -> CliError {
+    CliError::new(format!(
+        "mount: {}: {e}: the daemon of the mount there has ended; \
+         detach the dead mount with `umount -l {}`, then mount again",
+        mp.display(),
+        mp.display()
+    ))
 }
 
 /// The `st_mode` of `path`, without triggering an automount placeholder
@@ -212,10 +247,30 @@ fn fstatat_mode(path: &Path, flags: i32) -> std::io::Result<u32> {
     Ok(st.st_mode)
 }
 
+/// What the parent prints once the daemon is up: where the mount is and
+/// where the daemon's log goes (the daemon has no terminal).
+fn mounted_line(a: &MountArgs, opts: &MountOptions, store: &Path) -> String {
+    let log = match &opts.log_file {
+        Some(f) => f.display().to_string(),
+        None => match logging::daemon_target(&a.mountpoint) {
+            LogTarget::Syslog => "syslog (journalctl -t modelfs)".into(),
+            LogTarget::File(p) | LogTarget::Fallback(p) => p.display().to_string(),
+            LogTarget::Stderr => {
+                "nowhere (no syslog, no home directory; set -o log_file=PATH)".into()
+            }
+        },
+    };
+    format!(
+        "modelfs: mounted {} at {}; log: {log}",
+        store.display(),
+        resolve_mountpoint(&a.mountpoint).display()
+    )
+}
+
 /// Starts `modelfs … --foreground` in a new session and waits for its
-/// readiness report. The child's stderr comes to us until then, so its
-/// reason for failing is printed here.
-fn daemonize() -> Result<(), CliError> {
+/// readiness report, then prints `mounted` on stderr. The child's stderr
+/// comes to us until then, so its reason for failing is printed here.
+fn daemonize(mounted: &str) -> Result<(), CliError> {
     let (ready_r, ready_w) =
         pipe().map_err(|e| CliError::new(format!("mount: cannot create a pipe: {e}")))?;
     let exe = std::env::current_exe()
@@ -247,6 +302,7 @@ fn daemonize() -> Result<(), CliError> {
     let mut r = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(ready_r) });
     let _ = r.read_to_string(&mut ready);
     if ready.trim() == "ready" {
+        eprintln!("{mounted}");
         return Ok(());
     }
     let mut err = String::new();
@@ -573,20 +629,27 @@ fn fuse_hint() -> &'static str {
 /// durable and published (an fsync of a large model on a slow disk).
 const PUBLISH_GRACE: Duration = Duration::from_secs(60);
 
+/// How often the watcher gives freed memory back even when the store did
+/// not change (a directory listing of 100,000 entries frees megabytes).
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+
 fn spawn_refresher(fs: Arc<ModelFs>, stop: Arc<AtomicBool>) {
     let spawned = std::thread::Builder::new()
         .name("manifest-watch".into())
         .spawn(move || {
+            // The first refresh (before the mount came up) parsed every
+            // manifest: give back what that freed.
+            super::daemon_limits::give_back_freed_memory();
+            let mut trimmed = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(REFRESH_EVERY);
                 let c = fs.refresh();
                 if !c.is_empty() {
-                    log::info!(
-                        "store changed: added {:?}, removed {:?}, repointed {:?}",
-                        c.added,
-                        c.removed,
-                        c.repointed
-                    );
+                    log::info!("store changed: {}", super::store_changes::sentence(&c));
+                }
+                if !c.is_empty() || trimmed.elapsed() >= TRIM_EVERY {
+                    super::daemon_limits::give_back_freed_memory();
+                    trimmed = Instant::now();
                 }
             }
         });

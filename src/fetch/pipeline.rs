@@ -281,6 +281,17 @@ impl Fetcher {
                     waited_for_lock: waited || partial.waited,
                 });
             }
+            log::info!(
+                "{}: downloading {} ({}) from {}{}",
+                source.model,
+                m.blob.short(),
+                super::error::human_bytes(m.size_bytes),
+                redact_url(&source.url),
+                match partial.offset {
+                    0 => String::new(),
+                    n => format!(", resuming at {}", super::error::human_bytes(n)),
+                }
+            );
             let started = Instant::now();
             let transferred = self.download_from(store, m, source, &mut partial, reporter, job)?;
             // Read after the download: a server that ignores Range makes it

@@ -432,7 +432,11 @@ impl ModelFs {
             return Ok(Vec::new());
         }
         let e = self.entry(ino)?;
-        Ok(xattr::list(&self.coordinator.activity(&e.manifest.blob)))
+        let has_url = self.coordinator.fetcher().url_for(&e.manifest).is_some();
+        Ok(xattr::list(
+            &self.coordinator.activity(&e.manifest.blob),
+            has_url,
+        ))
     }
 }
 

@@ -6,7 +6,7 @@
 //! | `user.modelfs.sha256` | the blob's digest, 64 hex |
 //! | `user.modelfs.state` | one word of [`ModelState`]: `present`, `fetching`, `partial`, `pending`, `failed` |
 //! | `user.modelfs.progress` | `<done> <total>` bytes |
-//! | `user.modelfs.url` | where it is fetched from (query string dropped) |
+//! | `user.modelfs.url` | where it is fetched from (query string dropped); absent for an imported model |
 //! | `user.modelfs.error` | the last failure; absent when there is none |
 //!
 //! Values are computed from memory only. URLs are redacted because signed
@@ -72,8 +72,13 @@ pub fn value(
 }
 
 /// The attribute names an entry has now, NUL-separated as listxattr wants.
-pub fn list(a: &BlobActivity) -> Vec<u8> {
-    let mut names = vec![SHA256, STATE, PROGRESS, URL];
+/// `has_url`: whether the entry has a source to fetch from (an imported
+/// model has none, and so no `user.modelfs.url`, not an empty one).
+pub fn list(a: &BlobActivity, has_url: bool) -> Vec<u8> {
+    let mut names = vec![SHA256, STATE, PROGRESS];
+    if has_url {
+        names.push(URL);
+    }
     if a.last_error.is_some() {
         names.push(ERROR);
     }

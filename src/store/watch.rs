@@ -53,7 +53,7 @@ pub const SETTLE: Duration = if cfg!(test) {
 };
 
 /// What a file or folder looked like: identity, size and change times.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stamp {
     dev: u64,
     ino: u64,
@@ -154,13 +154,37 @@ impl BlobFile {
 /// or not a folder) and the blob file below it.
 type Seen = (Option<Stamp>, Option<BlobFile>);
 
+/// A [`Seen`] as kept: `None` for an absent `<hex>/` (most blobs of a big
+/// store of pending models), else boxed, so an absent blob costs its key
+/// and a pointer, not 88 bytes.
+type Kept = Option<Box<(Stamp, Option<BlobFile>)>>;
+
+fn keep(s: Seen) -> Kept {
+    s.0.map(|stamp| Box::new((stamp, s.1)))
+}
+
+fn unkeep(k: &Kept) -> Seen {
+    match k {
+        Some(b) => (Some(b.0), b.1),
+        None => (None, None),
+    }
+}
+
 /// The blob files of a set of digests, kept up to date by looking only
 /// below folders that changed; see the module doc.
 #[derive(Default)]
 pub struct BlobWatch {
     /// Fan-out byte → stamp of `blobs/sha256/<aa>/` at the last look.
     fanouts: HashMap<u8, Option<Stamp>>,
-    blobs: HashMap<Sha256, Seen>,
+    blobs: HashMap<Sha256, Kept>,
+    /// The digests watched, by fan-out byte; rebuilt only when the set
+    /// changes, so a look at a store where nothing moved touches no
+    /// per-blob state at all (at 100,000 manifests, rebuilding it twice a
+    /// second cost a tenth of a core).
+    index: HashMap<u8, Vec<Sha256>>,
+    /// Fan-outs none of whose watched digests had a `<hex>/` folder at the
+    /// last look: while their stamp holds, nothing below them is looked at.
+    all_absent: std::collections::HashSet<u8>,
     /// How many blob files the last look stat'ed (logs and tests).
     stated: usize,
 }
@@ -168,28 +192,28 @@ pub struct BlobWatch {
 impl BlobWatch {
     /// Looks at the blobs of `digests`, only below folders whose stamps
     /// moved or were not settled, or at all of them with `full`, and
-    /// forgets the others. Returns the digests whose blob file differs
-    /// from the last look (appeared, went, replaced, resized), and those
-    /// new to the watch.
+    /// forgets the others. `digests` is read only when `digests_changed`
+    /// (or on the first look): otherwise the set of the last look is
+    /// watched. Returns the digests whose blob file differs from the last
+    /// look (appeared, went, replaced, resized), and those new to the watch.
     pub fn look(
         &mut self,
         store: &Store,
         digests: impl IntoIterator<Item = Sha256>,
+        digests_changed: bool,
         full: bool,
     ) -> Vec<Sha256> {
         // Taken before any stat: a change after a stat gets a time no
         // earlier than `now` minus a clock tick.
         let now = SystemTime::now();
-        let mut by_fanout: HashMap<u8, Vec<Sha256>> = HashMap::new();
-        for d in digests {
-            by_fanout.entry(d.as_bytes()[0]).or_default().push(d);
+        if digests_changed || self.index.is_empty() {
+            self.reindex(digests);
         }
         let top = Dir::open(&store.blobs_dir()).ok();
-        let mut fanouts = HashMap::with_capacity(by_fanout.len());
-        let mut blobs = HashMap::with_capacity(self.blobs.len());
         let mut changed = Vec::new();
         self.stated = 0;
-        for (aa, ds) in by_fanout {
+        let index = std::mem::take(&mut self.index);
+        for (aa, ds) in &index {
             let name = format!("{aa:02x}");
             let stamp = top
                 .as_ref()
@@ -199,46 +223,82 @@ impl BlobWatch {
             // No entry of `<aa>/` was created, removed or renamed since
             // the last look.
             let fanout_same = !full
-                && matches!((self.fanouts.get(&aa), &stamp), (Some(Some(a)), Some(b)) if a.unchanged_at(b));
+                && matches!((self.fanouts.get(aa), &stamp), (Some(Some(a)), Some(b)) if a.unchanged_at(b));
+            // Still missing (or still unchanged) and every digest below it
+            // absent at the last look: nothing can have appeared.
+            let still_missing =
+                !full && stamp.is_none() && matches!(self.fanouts.get(aa), Some(None));
+            if (fanout_same || still_missing) && self.all_absent.contains(aa) {
+                continue;
+            }
             let mut fan: Option<Option<Dir>> = None;
             let mut fan_unreadable = false;
+            let mut any_folder = false;
             for d in ds {
-                if blobs.contains_key(&d) {
-                    continue; // named by more than one manifest
-                }
-                let prev = self.blobs.get(&d).copied();
+                let prev = self.blobs.get(d).map(unkeep);
                 let seen = match prev {
+                    // Absent, and nothing to say it appeared.
+                    Some((None, None)) if stamp.is_none() || fanout_same => continue,
                     _ if stamp.is_none() => (None, None),
                     // `<hex>/` was absent and `<aa>/` has not changed since.
                     Some((None, _)) if fanout_same => (None, None),
                     _ => match fan
                         .get_or_insert_with(|| top.as_ref().and_then(|t| t.sub(&name).ok()))
                     {
-                        Some(fan) => look_below(fan, &d, prev, full, now, &mut self.stated),
+                        Some(fan) => look_below(fan, d, prev, full, now, &mut self.stated),
                         None => {
                             fan_unreadable = true;
                             (None, None)
                         }
                     },
                 };
+                any_folder |= seen.0.is_some();
                 if prev.map(|p| p.1) != Some(seen.1) {
-                    changed.push(d);
+                    changed.push(*d);
                 }
-                blobs.insert(d, seen);
+                if prev != Some(seen) {
+                    self.blobs.insert(*d, keep(seen));
+                }
+            }
+            // Every digest of `<aa>/` was absent (those skipped above too).
+            let absent_only =
+                !any_folder && ds.iter().all(|d| matches!(self.blobs.get(d), Some(None)));
+            if absent_only && !fan_unreadable {
+                self.all_absent.insert(*aa);
+            } else {
+                self.all_absent.remove(aa);
             }
             // A fan-out that vanished between its stat and its open is
             // looked at again next time.
-            fanouts.insert(aa, if fan_unreadable { None } else { stamp });
+            self.fanouts
+                .insert(*aa, if fan_unreadable { None } else { stamp });
         }
-        self.fanouts = fanouts;
-        self.blobs = blobs;
+        self.index = index;
         changed
+    }
+
+    /// Watches exactly `digests` from now on: the fan-out index is built
+    /// again and what is known of other digests is forgotten.
+    fn reindex(&mut self, digests: impl IntoIterator<Item = Sha256>) {
+        let mut index: HashMap<u8, Vec<Sha256>> = HashMap::new();
+        let mut keep = std::collections::HashSet::new();
+        for d in digests {
+            // A digest named by more than one manifest is watched once.
+            if keep.insert(d) {
+                index.entry(d.as_bytes()[0]).or_default().push(d);
+            }
+        }
+        self.blobs.retain(|d, _| keep.contains(d));
+        self.fanouts.retain(|aa, _| index.contains_key(aa));
+        // A fan-out's digests changed: look below it again.
+        self.all_absent.clear();
+        self.index = index;
     }
 
     /// The blob file of `d` at the last look; `None` if absent (what
     /// [`Store::stat_blob`] would have said) or never looked at.
     pub fn file(&self, d: &Sha256) -> Option<BlobFile> {
-        self.blobs.get(d).and_then(|s| s.1)
+        self.blobs.get(d).and_then(|k| unkeep(k).1)
     }
 
     /// How many blob files the last look stat'ed.
@@ -346,18 +406,18 @@ mod tests {
         std::fs::create_dir_all(&fan).unwrap();
         symlink(outside.join(&hex), fan.join(&hex)).unwrap();
         let mut w = BlobWatch::default();
-        w.look(&store, [d], true);
+        w.look(&store, [d], true, true);
         assert_eq!((w.file(&d), store.stat_blob(&d).is_some()), (None, false));
 
         std::fs::remove_file(fan.join(&hex)).unwrap();
         std::fs::remove_dir(&fan).unwrap();
         symlink(&outside, &fan).unwrap();
-        w.look(&store, [d], true);
+        w.look(&store, [d], true, true);
         assert_eq!((w.file(&d), store.stat_blob(&d).is_some()), (None, false));
 
         std::fs::remove_file(&fan).unwrap();
         write_blob_at(&fan.join(&hex), b"x");
-        assert_eq!(w.look(&store, [d], false), [d]);
+        assert_eq!(w.look(&store, [d], true, false), [d]);
         assert_eq!(w.file(&d).map(|f| f.size), Some(1));
     }
 
@@ -368,10 +428,10 @@ mod tests {
         let d = Sha256::of(b"x");
         write_blob_at(store.blob_path(&d).parent().unwrap(), b"x");
         let mut w = BlobWatch::default();
-        assert_eq!(w.look(&store, [d], false), [d]);
+        assert_eq!(w.look(&store, [d], true, false), [d]);
         std::thread::sleep(SETTLE + Duration::from_millis(100));
-        w.look(&store, [d], false);
-        assert!(w.look(&store, [d], false).is_empty());
+        w.look(&store, [d], true, false);
+        assert!(w.look(&store, [d], true, false).is_empty());
         assert_eq!(w.stated(), 0, "settled and unchanged: not stat'ed");
 
         // The store never does this; no folder changes.
@@ -380,7 +440,7 @@ mod tests {
             .open(store.blob_path(&d))
             .unwrap();
         f.write_all(b"more").unwrap();
-        assert_eq!(w.look(&store, [d], true), [d]);
+        assert_eq!(w.look(&store, [d], true, true), [d]);
         assert_eq!(w.file(&d).map(|f| f.size), Some(5));
     }
 }

@@ -49,6 +49,13 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// [`random_bytes`] that start as a GGUF file does (`import` checks).
+pub fn gguf_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(random_bytes(len.saturating_sub(4), seed));
+    b
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
