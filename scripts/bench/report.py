@@ -160,6 +160,23 @@ class Report:
                 self.add("6", what + ", during a download", "-",
                          ("busy", summary(list(busy.values()), "s")), ("idle", s_idle), ratio,
                          "during ÷ idle", "no slower (≤ ~1.1)", "lower", 1.1)
+        # Row 10: 100,000 manifests.
+        rss = self.get("10", "-", "rss_mib")
+        if rss:
+            s = summary(list(rss.values()), "MiB")
+            self.add("10", "100,000 manifests: daemon RSS once mounted", "-", ("VmRSS", s), None,
+                     s, "MiB", "≤ 128", "lower", 128)
+            cpu = summary(list(self.get("10", "-", "idle_cpu_pct").values()), "%")
+            self.add("10", "100,000 manifests: daemon CPU while idle (20 s)", "-", ("CPU", cpu),
+                     None, cpu, "% of a core", "≈ 0 (≤ 1)", "lower", 1.0)
+            big = self.get("10", "-", "ls_s")
+            small = self.get("6", "-", "ls_idle_s")
+            if big and small:
+                ratio = summary(self.paired(big, small, lambda b, s_: b / s_), "x")
+                self.add("10", "`ls -l` of 100,001 entries vs 10,001 (row 6, idle)", "-",
+                         ("100k", summary(list(big.values()), "s")),
+                         ("10k", summary(list(small.values()), "s")), ratio,
+                         "100k ÷ 10k time", "≤ 10", "lower", 10.0)
         # Row 7: peak RSS.
         h = self.get("7", "-", "hwm_mib")
         if h:
