@@ -47,6 +47,14 @@
 
 pub mod interrupt;
 pub mod pool;
+pub mod source;
+
+pub use source::Source;
+
+#[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -181,7 +189,8 @@ struct Mismatch {
 /// Runs fetches for the mount; see the module doc.
 pub struct Coordinator {
     store: Store,
-    fetcher: Arc<Fetcher>,
+    /// Where verified bytes come from (see [`source`]).
+    source: Arc<dyn Source>,
     jobs: Mutex<HashMap<Sha256, Job>>,
     last_errors: Mutex<HashMap<Sha256, String>>,
     mismatches: Mutex<HashMap<Sha256, Mismatch>>,
@@ -204,6 +213,11 @@ impl Coordinator {
     /// Creates the coordinator and its watchdog thread, which ends when
     /// the coordinator is dropped or shut down.
     pub fn new(store: Store, fetcher: Fetcher, max_fetches: usize) -> Arc<Self> {
+        Self::with_source(store, Arc::new(fetcher), max_fetches)
+    }
+
+    /// [`Coordinator::new`] with any [`Source`] (tests use a scripted one).
+    pub fn with_source(store: Store, source: Arc<dyn Source>, max_fetches: usize) -> Arc<Self> {
         let c = Arc::new_cyclic(|me: &Weak<Self>| {
             let me = me.clone();
             let run = move |q: Queued| {
@@ -213,7 +227,7 @@ impl Coordinator {
             };
             Self {
                 store,
-                fetcher: Arc::new(fetcher),
+                source,
                 jobs: Mutex::new(HashMap::new()),
                 last_errors: Mutex::new(HashMap::new()),
                 mismatches: Mutex::new(HashMap::new()),
@@ -250,8 +264,9 @@ impl Coordinator {
         &self.store
     }
 
-    pub fn fetcher(&self) -> &Fetcher {
-        &self.fetcher
+    /// Where `m` is fetched from (attributes, messages).
+    pub fn url_for(&self, m: &Manifest) -> Option<String> {
+        self.source.url_for(m)
     }
 
     /// Calls `done` once the blob of `m` is present, joining a running
@@ -549,7 +564,7 @@ impl Coordinator {
                 Vec::new()
             }
         };
-        self.fetcher.candidates(m, &others)
+        self.source.candidates(m, &others)
     }
 
     /// Runs the fetch pipeline for `m`, handing the verified file over.
@@ -567,8 +582,8 @@ impl Coordinator {
             cancel,
         };
         match self
-            .fetcher
-            .fetch_handing_over(&self.store, &job, &mut |file| self.hand_over(&m.blob, file))
+            .source
+            .fetch(&self.store, &job, &mut |file| self.hand_over(&m.blob, file))
         {
             Ok(_) => {
                 if let Some(hook) = self.on_published.get() {
@@ -590,7 +605,7 @@ impl Coordinator {
         cancel: &AtomicBool,
         progress: &Mutex<Option<Progress>>,
     ) -> Option<Result<Ready, WaitError>> {
-        let url = self.fetcher.url_for(m);
+        let url = self.source.url_for(m);
         let fail = |kind| {
             let e = FetchError::new(m.name.as_str(), url.as_deref(), kind);
             Some(Err(WaitError::Failed(Arc::new(e))))

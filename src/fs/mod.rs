@@ -418,7 +418,7 @@ impl ModelFs {
         } else {
             self.coordinator.store().blob_state(&e.manifest.blob)
         };
-        let url = self.coordinator.fetcher().url_for(&e.manifest);
+        let url = self.coordinator.url_for(&e.manifest);
         let store = self.coordinator.store();
         xattr::value(name, &e, &activity, url, partial, || {
             store.disk_state(&e.manifest.blob).0
@@ -432,7 +432,7 @@ impl ModelFs {
             return Ok(Vec::new());
         }
         let e = self.entry(ino)?;
-        let has_url = self.coordinator.fetcher().url_for(&e.manifest).is_some();
+        let has_url = self.coordinator.url_for(&e.manifest).is_some();
         Ok(xattr::list(
             &self.coordinator.activity(&e.manifest.blob),
             has_url,
