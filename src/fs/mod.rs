@@ -19,6 +19,9 @@ pub mod error;
 pub mod namespace;
 pub mod xattr;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;

@@ -1,0 +1,139 @@
+//! `ModelFs` (what each kernel request means) over a coordinator with a
+//! scripted source: opens of present, pending and failing models, the
+//! `O_NONBLOCK` open, the state attribute through a download, and writes
+//! refused, without FUSE, network or root.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::*;
+use crate::coordinator::fake::{Script, Scripted};
+use crate::digest::Sha256;
+use crate::store::{Manifest, ModelName, Source, Store};
+
+struct World {
+    _dir: tempfile::TempDir,
+    store: Store,
+    source: Arc<Scripted>,
+    fs: Arc<ModelFs>,
+}
+
+fn world(script: Script) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path()).unwrap();
+    let source = Scripted::new(script);
+    let c = Coordinator::with_source(store.clone(), source.clone(), 2);
+    let fs = Arc::new(ModelFs::new(c, 0, 0));
+    World {
+        _dir: dir,
+        store,
+        source,
+        fs,
+    }
+}
+
+/// Pins `bytes` as model `name` and shows it; its inode.
+fn pin(w: &World, name: &str, bytes: &[u8]) -> u64 {
+    let m = Manifest::new(
+        ModelName::parse(name).unwrap(),
+        "gguf",
+        Sha256::of(bytes),
+        bytes.len() as u64,
+        Source::default(),
+    );
+    w.store.write_manifest(&m).unwrap();
+    w.fs.refresh();
+    w.fs.lookup(ROOT_INO, &format!("{name}.gguf")).unwrap().ino
+}
+
+fn open(w: &World, ino: u64, flags: i32) -> mpsc::Receiver<Result<Opened, FsError>> {
+    let (tx, rx) = mpsc::channel();
+    let caller = Caller { tid: 0, request: 1 };
+    w.fs.open(ino, flags, caller, Box::new(move |r| tx.send(r).unwrap()));
+    rx
+}
+
+fn state(w: &World, ino: u64) -> String {
+    String::from_utf8(w.fs.getxattr(ino, xattr::STATE).unwrap()).unwrap()
+}
+
+fn read_all(w: &World, o: &Opened, len: usize) -> Vec<u8> {
+    w.fs.read(o.fh, 0, len as u32).unwrap()
+}
+
+#[test]
+fn a_pending_model_opens_once_its_bytes_are_verified_and_reads_them() {
+    let data = b"a model".to_vec();
+    let w = world(Script::Gated(data.clone()));
+    let ino = pin(&w, "m", &data);
+    assert_eq!(state(&w, ino), "pending");
+    let rx = open(&w, ino, libc::O_RDONLY);
+    assert!(rx.recv_timeout(Duration::from_millis(50)).is_err(), "waits");
+    assert_eq!(state(&w, ino), "fetching");
+    w.source.open_gate();
+    let o = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!(read_all(&w, &o, data.len()), data);
+    assert_eq!(state(&w, ino), "present", "verified, still being published");
+    w.source.open_gate();
+    w.fs.release(o.fh);
+    assert_eq!(w.fs.open_handles(), 0);
+}
+
+#[test]
+fn a_present_model_opens_at_once_without_the_source() {
+    let data = b"here already".to_vec();
+    let w = world(Script::Fail);
+    let ino = pin(&w, "m", &data);
+    let mut f = w.store.open_partial(&Sha256::of(&data)).unwrap();
+    std::io::Write::write_all(&mut f, &data).unwrap();
+    w.store.publish_blob(&Sha256::of(&data), &f).unwrap();
+    let o = open(&w, ino, libc::O_RDONLY).try_recv().unwrap().unwrap();
+    assert_eq!(read_all(&w, &o, data.len()), data);
+    assert_eq!(w.source.calls(), 0);
+}
+
+#[test]
+fn a_nonblocking_open_of_a_pending_model_starts_the_fetch_and_says_eagain() {
+    let data = b"later".to_vec();
+    let w = world(Script::Gated(data.clone()));
+    let ino = pin(&w, "m", &data);
+    let r = open(&w, ino, libc::O_RDONLY | libc::O_NONBLOCK)
+        .try_recv()
+        .unwrap();
+    assert_eq!(r.unwrap_err().errno(), libc::EAGAIN);
+    assert_eq!(state(&w, ino), "fetching");
+    w.source.open_gate();
+    w.source.open_gate();
+}
+
+#[test]
+fn a_failed_fetch_fails_the_open_with_eio_and_the_state_says_failed() {
+    let w = world(Script::Fail);
+    let ino = pin(&w, "m", b"never");
+    let rx = open(&w, ino, libc::O_RDONLY);
+    w.source.open_gate();
+    let e = rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::EIO);
+    assert_eq!(state(&w, ino), "failed");
+    let why = String::from_utf8(w.fs.getxattr(ino, xattr::ERROR).unwrap()).unwrap();
+    assert!(why.contains("refused"), "{why}");
+}
+
+#[test]
+fn writing_opens_and_the_root_are_refused_without_a_fetch() {
+    let w = world(Script::Serve(b"x".to_vec()));
+    let ino = pin(&w, "m", b"x");
+    for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+        let e = open(&w, ino, flags).try_recv().unwrap().unwrap_err();
+        assert_eq!(e.errno(), libc::EROFS);
+    }
+    let e = open(&w, ROOT_INO, libc::O_RDONLY)
+        .try_recv()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::EISDIR);
+    assert_eq!(w.source.calls(), 0);
+}
