@@ -427,16 +427,11 @@ impl Coordinator {
         loop {
             let (publishing, others) = {
                 let jobs = self.jobs.lock();
-                // The fetch reports this phase as soon as the digest
-                // matched, before it hands the file over.
-                let publishing = jobs
-                    .values()
-                    .filter(|j| {
-                        j.progress
-                            .lock()
-                            .is_some_and(|p| p.phase == Phase::Publishing)
-                    })
-                    .count();
+                // Handed over means verified: what is left is making the
+                // bytes durable and publishing them, which a cancel does
+                // not stop. (The moment between the digest matching and
+                // the hand-over is covered by the grace for the others.)
+                let publishing = jobs.values().filter(|j| j.verified.is_some()).count();
                 (publishing, jobs.len() - publishing)
             };
             if publishing == 0 && (others == 0 || started.elapsed() >= CANCELLED_GRACE) {

@@ -222,3 +222,28 @@ fn fifty_blobs_at_once_run_on_the_bounded_workers() {
     }
     assert!(w.source.most_running.load(Ordering::SeqCst) <= 3);
 }
+
+#[test]
+fn a_stopping_mount_waits_for_verified_bytes_to_be_published_and_not_for_downloads() {
+    let data = b"verified, not yet durable".to_vec();
+    let w = world(Script::Gated(data.clone()), 2);
+    let m = manifest("m", &data);
+    let other = manifest("other", b"still downloading");
+    let rx = wait(&w.c, &m, 1);
+    let _downloading = wait(&w.c, &other, 2);
+    assert!(eventually(|| w.source.running.load(Ordering::SeqCst) == 2));
+    w.source.open_gate(); // one of the two gets its bytes verified
+    let (verified, held) = match rx.recv_timeout(Duration::from_millis(300)) {
+        Ok(r) => (r, &m),
+        Err(_) => (got(&_downloading), &other),
+    };
+    assert!(matches!(verified, Ok(Ready::Verified(_))));
+    w.c.shutdown();
+    assert!(
+        !w.c.wait_for_publishing(Duration::from_millis(300)),
+        "the verified one is not published yet"
+    );
+    w.source.open_gate();
+    assert!(w.c.wait_for_publishing(Duration::from_secs(10)));
+    assert!(w.store.blob_path(&held.blob).exists());
+}
