@@ -164,6 +164,12 @@ struct Job {
     waiters: Vec<Waiter>,
     /// Set once the bytes are verified; later waiters get it at once.
     verified: Option<Arc<File>>,
+    shared: Shared,
+}
+
+/// What a job and the worker running it share.
+#[derive(Clone, Default)]
+struct Shared {
     cancel: Arc<AtomicBool>,
     progress: Arc<Mutex<Option<Progress>>>,
     /// "retrying (3/8): connection refused" while the fetch waits to retry.
@@ -174,9 +180,7 @@ struct Job {
 struct Queued {
     manifest: Manifest,
     kind: JobKind,
-    cancel: Arc<AtomicBool>,
-    progress: Arc<Mutex<Option<Progress>>>,
-    note: Arc<Mutex<Option<String>>>,
+    shared: Shared,
 }
 
 /// A fetch that ended in a digest mismatch, and the manifest it was for.
@@ -390,8 +394,8 @@ impl Coordinator {
             a.fetching = true;
             a.waiters = job.waiters.len();
             a.verified = job.verified.is_some();
-            a.progress = *job.progress.lock();
-            if let Some(note) = job.note.lock().clone() {
+            a.progress = *job.shared.progress.lock();
+            if let Some(note) = job.shared.note.lock().clone() {
                 a.last_error = Some(note);
             }
         }
@@ -404,7 +408,7 @@ impl Coordinator {
         self.shutting_down.store(true, Ordering::SeqCst);
         let mut dones = Vec::new();
         for job in self.jobs.lock().values_mut() {
-            job.cancel.store(true, Ordering::SeqCst);
+            job.shared.cancel.store(true, Ordering::SeqCst);
             dones.extend(job.waiters.drain(..).map(|w| w.done));
         }
         for done in dones {
@@ -467,16 +471,12 @@ impl Coordinator {
         let job = Job {
             waiters: waiter.into_iter().collect(),
             verified: None,
-            cancel: Arc::new(AtomicBool::new(false)),
-            progress: Arc::new(Mutex::new(None)),
-            note: Arc::new(Mutex::new(None)),
+            shared: Shared::default(),
         };
         let queued = Queued {
             manifest: m.clone(),
             kind,
-            cancel: job.cancel.clone(),
-            progress: job.progress.clone(),
-            note: job.note.clone(),
+            shared: job.shared.clone(),
         };
         jobs.insert(m.blob, job);
         drop(jobs);
@@ -495,9 +495,12 @@ impl Coordinator {
         let Queued {
             manifest: m,
             kind,
-            cancel,
-            progress,
-            note,
+            shared:
+                Shared {
+                    cancel,
+                    progress,
+                    note,
+                },
         } = q;
         // Cancelled while queued (the mount is stopping): nothing to start.
         if cancel.load(Ordering::Relaxed) {
