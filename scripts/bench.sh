@@ -4,7 +4,7 @@
 # Builds modelfs (release), generates a GGUF of SIZE_MIB (default 2048; the
 # SIZE_MIB environment variable works too), serves it from nginx over HTTPS
 # on 127.0.0.1 (throwaway CA, own config and prefix in a temp dir), and
-# measures rows 1-9 of the issue's table, each several times (RUNS, default
+# measures rows 1-10 of the issue's table, each several times (RUNS, default
 # 5; 3 in smoke mode, i.e. SIZE_MIB < 512). Prints one table and writes
 # bench-results.json (OUT_JSON overrides the path). Everything it starts
 # (mounts, nginx, rclone, temp dirs) is cleaned up on exit, also on failure.
@@ -18,6 +18,11 @@
 # fuse3, attr, openssl and python3 with apt-get when they are missing. There
 # are no pass/fail thresholds: the exit status is non-zero only when
 # something could not be measured.
+#
+# This script only sets up, measures and tears down: it records what it read
+# (nanoseconds, KiB, clock ticks, counters before and after) in samples.tsv,
+# and scripts/bench/report.py does every conversion, ratio and line of output
+# about the numbers (`show` for the progress line of each run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -153,26 +158,25 @@ trap 'exit 143' TERM
 rec() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$SAMPLES"; }
 meta() { printf '%s\t%s\n' "$1" "$2" >>"$META"; }
 now_ns() { date +%s%N; }
-secs_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.6f", (b - a) / 1e9 }'; }
-# tcat FILE: seconds to read FILE once with cat.
+# ns_since T0: nanoseconds elapsed since T0 (a now_ns reading).
+ns_since() { echo $(($(now_ns) - $1)); }
+# show ROW MODE RUN [SUFFIX]: the progress line of that run, from the samples.
+show() { python3 scripts/bench/report.py show "$WORK" "$@"; }
+# tcat FILE: nanoseconds to read FILE once with cat.
 tcat() {
   local t0
   t0=$(now_ns)
   cat "$1" >/dev/null
-  secs_since "$t0"
+  ns_since "$t0"
 }
 drop_caches() {
   sync
   echo 3 >/proc/sys/vm/drop_caches
 }
 cached_kib() { awk '/^Cached:/ { print $2 }' /proc/meminfo; }
-mibs() { awk -v s="$1" -v m="$SIZE_MIB" 'BEGIN { printf "%.0f", m / s }'; }
 status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
-# cpu_of PID...: CPU seconds (user + system) the processes used so far.
-cpu_of() {
-  awk -v hz="$(getconf CLK_TCK)" '{ t += $14 + $15 } END { printf "%.2f", t / hz }' \
-    $(printf '/proc/%s/stat ' "$@")
-}
+# ticks_of PID...: clock ticks of CPU (user + system) the processes used so far.
+ticks_of() { awk '{ t += $14 + $15 } END { print t }' $(printf '/proc/%s/stat ' "$@"); }
 nginx_workers() { pgrep -P "$(cat "$WORK/nginx/nginx.pid")" | tr '\n' ' '; }
 gets_of() { grep -c "^GET $1 " "$WORK/nginx/access.log" || true; }
 
@@ -301,8 +305,8 @@ info "origin: $URL (sha256 ${SHA:0:12}…), throttled copy at ${SLOW_KIB} KiB/s:
 
 MMAP_TOUCH=$WORK/mmap_touch
 rustc --edition 2021 -O -o "$MMAP_TOUCH" scripts/bench/mmap_touch.rs
-# mmap_ms FILE SEED: milliseconds for TOUCHES random page touches of FILE.
-mmap_ms() { "$MMAP_TOUCH" "$1" "$TOUCHES" "$2" | awk '{ printf "%.3f", $1 / 1e6 }'; }
+# mmap_ns FILE SEED: nanoseconds for TOUCHES random page touches of FILE.
+mmap_ns() { "$MMAP_TOUCH" "$1" "$TOUCHES" "$2" | cut -d' ' -f1; }
 
 # ---------------------------------------------------------------- machine
 if [ -w "$REPORTING" ] && [ "${KEEP_PAGE_REPORTING:-0}" != 1 ]; then
@@ -316,6 +320,8 @@ meta runs "$RUNS"
 meta smoke "$SMOKE"
 meta rows "$ROWS"
 meta nproc "$(nproc)"
+meta clk_tck "$(getconf CLK_TCK)"
+meta row5_openers "$CONCURRENT"
 meta cpu "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 meta mem_total_kib "$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)"
 meta kernel "$(uname -r)"
@@ -362,7 +368,7 @@ if want_row 1 || want_row 2 || want_row 3 || want_row 8 || { [ "$USE_RCLONE" = 1
   # seq_reads ROW KIND BEFORE: cat through each mount vs cat of the blob
   # (and through rclone), running BEFORE ahead of every read.
   seq_reads() {
-    local row=$1 kind=$2 before=$3 mode f i d m r line
+    local row=$1 kind=$2 before=$3 mode f i d m r
     for mode in pt off; do
       f=${MNT_OF[$mode]}/model.gguf
       [ "$row" = 1 ] && cat "$f" "$BLOB" >/dev/null # warm
@@ -371,17 +377,15 @@ if want_row 1 || want_row 2 || want_row 3 || want_row 8 || { [ "$USE_RCLONE" = 1
         d=$(tcat "$BLOB")
         $before
         m=$(tcat "$f")
-        rec "$row" "$mode" direct_s "$i" "$d"
-        rec "$row" "$mode" mount_s "$i" "$m"
-        line="$mode run $i: mount $(mibs "$m") MiB/s, direct $(mibs "$d") MiB/s"
+        rec "$row" "$mode" direct_ns "$i" "$d"
+        rec "$row" "$mode" mount_ns "$i" "$m"
         if rclone_on "$mode"; then
           $before
           r=$(tcat "$RMNT/model.gguf")
-          rec 9 rclone "${kind}_s" "$i" "$r"
-          rec 9 modelfs "${kind}_s" "$i" "$m"
-          line+=", rclone $(mibs "$r") MiB/s"
+          rec 9 rclone "${kind}_ns" "$i" "$r"
+          rec 9 modelfs "${kind}_ns" "$i" "$m"
         fi
-        info "$line"
+        show "$row" "$mode" "$i"
       done
     done
   }
@@ -404,18 +408,16 @@ if want_row 1 || want_row 2 || want_row 3 || want_row 8 || { [ "$USE_RCLONE" = 1
       rclone_on "$mode" && cat "$RMNT/model.gguf" >/dev/null
       for i in $(seq "$RUNS"); do
         seed=$((i * 7919))
-        d=$(mmap_ms "$BLOB" "$seed")
-        m=$(mmap_ms "$f" "$seed")
-        rec 3 "$mode" direct_ms "$i" "$d"
-        rec 3 "$mode" mount_ms "$i" "$m"
-        line="$mode run $i: mount $m ms, direct $d ms"
+        d=$(mmap_ns "$BLOB" "$seed")
+        m=$(mmap_ns "$f" "$seed")
+        rec 3 "$mode" direct_touch_ns "$i" "$d"
+        rec 3 "$mode" mount_touch_ns "$i" "$m"
         if rclone_on "$mode"; then
-          r=$(mmap_ms "$RMNT/model.gguf" "$seed")
-          rec 9 rclone mmap_ms "$i" "$r"
-          rec 9 modelfs mmap_ms "$i" "$m"
-          line+=", rclone $r ms"
+          r=$(mmap_ns "$RMNT/model.gguf" "$seed")
+          rec 9 rclone mmap_touch_ns "$i" "$r"
+          rec 9 modelfs mmap_touch_ns "$i" "$m"
         fi
-        info "$line"
+        show 3 "$mode" "$i"
       done
     done
   fi
@@ -438,11 +440,11 @@ if want_row 1 || want_row 2 || want_row 3 || want_row 8 || { [ "$USE_RCLONE" = 1
         c2=$(cached_kib)
         cat "$BLOB" >/dev/null
         c3=$(cached_kib)
-        g=$(awk -v a="$c0" -v b="$c1" -v s="$SIZE_BYTES" 'BEGIN { printf "%.4f", (b - a) * 1024 / s }')
-        gd=$(awk -v a="$c2" -v b="$c3" -v s="$SIZE_BYTES" 'BEGIN { printf "%.4f", (b - a) * 1024 / s }')
-        rec 8 "$mode" mount_growth "$i" "$g"
-        rec 8 "$mode" direct_growth "$i" "$gd"
-        info "$mode run $i: Cached grew by $g x the model size through the mount, $gd x reading the blob"
+        rec 8 "$mode" mount_before_kib "$i" "$c0"
+        rec 8 "$mode" mount_after_kib "$i" "$c1"
+        rec 8 "$mode" direct_before_kib "$i" "$c2"
+        rec 8 "$mode" direct_after_kib "$i" "$c3"
+        show 8 "$mode" "$i"
       done
     done
   fi
@@ -470,20 +472,21 @@ if want_row 4 || want_row 7 || { [ "$USE_RCLONE" = 1 ] && want_row 9; }; then
   for i in $(seq "$RUNS"); do
     sync
     workers=$(nginx_workers)
-    n0=$(cpu_of $workers)
+    rec 4 - nginx_ticks_before_curl "$i" "$(ticks_of $workers)"
     t0=$(now_ns)
-    # The shell reports its waited-for children's CPU time: curl's.
+    # The shell reports its waited-for children's CPU time (cutime, cstime
+    # in clock ticks): curl's.
     ccpu=$(sh -c 'curl -sS --fail --cacert "$1" -o "$2" "$3" &&
-      awk -v hz="$(getconf CLK_TCK)" "{ printf \"%.2f\", (\$16 + \$17) / hz }" /proc/$$/stat' \
-      sh "$WORK/tls/ca.pem" "$WORK/curl.out" "$URL")
-    c=$(secs_since "$t0")
-    ncurl=$(awk -v a="$n0" -v b="$(cpu_of $workers)" 'BEGIN { printf "%.2f", b - a }')
+      cut -d" " -f16,17 /proc/$$/stat' sh "$WORK/tls/ca.pem" "$WORK/curl.out" "$URL")
+    c=$(ns_since "$t0")
+    rec 4 - nginx_ticks_after_curl "$i" "$(ticks_of $workers)"
+    read -r cu cs <<<"$ccpu"
     rm -f "$WORK/curl.out"
     sync
     t0=$(now_ns)
     curl -sS --fail --cacert "$WORK/tls/ca.pem" -o "$WORK/curl.out" "$URL"
     sync -d "$WORK/curl.out"
-    cf=$(secs_since "$t0")
+    cf=$(ns_since "$t0")
     rm -f "$WORK/curl.out"
     sync
 
@@ -491,34 +494,26 @@ if want_row 4 || want_row 7 || { [ "$USE_RCLONE" = 1 ] && want_row 9; }; then
     pending_store "$S"
     mfs_mount "$S" "$FMNT" pt
     pid=${MOUNT_PID[$FMNT]}
-    base=$(status_kib "$pid" VmRSS)
-    g0=$(gets_of /model.gguf)
-    n0=$(cpu_of $workers)
+    rec 7 - base_kib "$i" "$(status_kib "$pid" VmRSS)"
+    rec 4 - gets_before "$i" "$(gets_of /model.gguf)"
+    rec 4 - nginx_ticks_before_modelfs "$i" "$(ticks_of $workers)"
     m=$(tcat "$FMNT/model.gguf")
-    mcpu=$(cpu_of "$pid")
-    nmfs=$(awk -v a="$n0" -v b="$(cpu_of $workers)" 'BEGIN { printf "%.2f", b - a }')
-    hwm=$(status_kib "$pid" VmHWM)
-    g1=$(gets_of /model.gguf)
+    rec 4 - modelfs_cpu_ticks "$i" "$(ticks_of "$pid")"
+    rec 4 - nginx_ticks_after_modelfs "$i" "$(ticks_of $workers)"
+    rec 7 - hwm_kib "$i" "$(status_kib "$pid" VmHWM)"
+    rec 4 - gets_after "$i" "$(gets_of /model.gguf)"
     flog=${MOUNT_LOG[$FMNT]}
     unmount "$FMNT"
     [ -f "$(blob_in "$S")" ] || die "the first open did not leave a verified blob"
     rm -rf "$S"
     sync
-    rec 4 - curl_s "$i" "$c"
-    rec 4 - curl_fsync_s "$i" "$cf"
-    rec 4 - modelfs_s "$i" "$m"
-    rec 4 - modelfs_gets "$i" "$((g1 - g0))"
-    rec 7 - hwm_mib "$i" "$(awk -v k="$hwm" 'BEGIN { printf "%.1f", k / 1024 }')"
-    rec 7 - base_mib "$i" "$(awk -v k="$base" 'BEGIN { printf "%.1f", k / 1024 }')"
-    line="run $i: modelfs $m s, curl -o $c s (with fsync $cf s), daemon VmHWM $((hwm / 1024)) MiB"
-    line+=", CPU s: curl $ccpu + nginx $ncurl, modelfs $mcpu + nginx $nmfs"
-    rec 4 - curl_cpu_s "$i" "$ccpu"
-    rec 4 - modelfs_cpu_s "$i" "$mcpu"
-    rec 4 - nginx_cpu_for_curl_s "$i" "$ncurl"
-    rec 4 - nginx_cpu_for_modelfs_s "$i" "$nmfs"
+    rec 4 - curl_ns "$i" "$c"
+    rec 4 - curl_fsync_ns "$i" "$cf"
+    rec 4 - modelfs_ns "$i" "$m"
+    rec 4 - curl_cutime_ticks "$i" "$cu"
+    rec 4 - curl_cstime_ticks "$i" "$cs"
     # The daemon's own account of the fetch's phases.
-    phases=$(grep -o 'fetched in .*' "$flog" | tail -1)
-    [ -n "$phases" ] && line+=" [$phases]"
+    phases=$(grep -o 'fetched in .*' "$flog" | tail -1 || true)
     if [ "$USE_RCLONE" = 1 ] && want_row 9; then
       RF=$WORK/mnt/rclone-first
       rclone_mount "$RF" "$WORK/rclone-first-cache"
@@ -526,11 +521,10 @@ if want_row 4 || want_row 7 || { [ "$USE_RCLONE" = 1 ] && want_row 9; }; then
       unmount "$RF"
       rm -rf "$WORK/rclone-first-cache"
       sync
-      rec 9 rclone first_s "$i" "$r"
-      rec 9 modelfs first_s "$i" "$m"
-      line+=", rclone $r s"
+      rec 9 rclone first_ns "$i" "$r"
+      rec 9 modelfs first_ns "$i" "$m"
     fi
-    info "$line"
+    show 4 - "$i" ${phases:+"[$phases]"}
   done
 fi
 
@@ -548,21 +542,21 @@ if want_row 5; then
     sync
     pending_store "$S"
     mfs_mount "$S" "$OMNT" pt
-    g0=$(gets_of /model.gguf)
+    rec 5 - gets_before "$i" "$(gets_of /model.gguf)"
     lat=$(python3 scripts/bench/openers.py "$CONCURRENT" "$OMNT/model.gguf")
-    g1=$(gets_of /model.gguf)
+    rec 5 - gets_after "$i" "$(gets_of /model.gguf)"
     unmount "$OMNT"
     rm -rf "$S"
     sync
     n=$(wc -l <<<"$lat")
     [ "$n" = "$CONCURRENT" ] || die "only $n of $CONCURRENT openers reported"
-    slow=$(sort -g <<<"$lat" | tail -1)
-    fast=$(sort -g <<<"$lat" | head -1)
     rec 5 - single_s "$i" "$one"
-    rec 5 - slowest_s "$i" "$slow"
-    rec 5 - fastest_s "$i" "$fast"
-    rec 5 - gets "$i" "$((g1 - g0))"
-    info "run $i: single $one s; $CONCURRENT openers: fastest $fast s, slowest $slow s; origin GETs $((g1 - g0))"
+    k=0
+    while read -r t; do
+      k=$((k + 1))
+      rec 5 - opener_s "$i.$k" "$t"
+    done <<<"$lat"
+    show 5 - "$i"
   done
 fi
 
@@ -586,14 +580,14 @@ if want_row 6; then
       sleep 1.1
       t0=$(now_ns)
       ls -l "$MMNT" >/dev/null
-      l=$(secs_since "$t0")
+      l=$(ns_since "$t0")
       sleep 1.1
       t0=$(now_ns)
       stat -- "${entries[@]}" >/dev/null
-      s=$(secs_since "$t0")
-      rec 6 - "ls_${phase}_s" "$i" "$l"
-      rec 6 - "stat_${phase}_s" "$i" "$s"
-      info "$phase run $i: ls -l $l s, stat of every entry $s s"
+      s=$(ns_since "$t0")
+      rec 6 - "ls_${phase}_ns" "$i" "$l"
+      rec 6 - "stat_${phase}_ns" "$i" "$s"
+      show 6 "$phase" "$i"
     done
   }
   measure6 idle
@@ -631,20 +625,18 @@ if want_row 10; then
   pid=${MOUNT_PID[$BMNT]}
   # The watcher gives freed memory back when it starts and every 10 s.
   sleep 11
-  rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
-  ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
-  t0=$(ticks); sleep 20; t1=$(ticks)
-  idle_pct=$(awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", 100 * t / hz / 20 }')
-  rec 10 - rss_mib 1 "$(awk -v k="$rss_kib" 'BEGIN { printf "%.1f", k / 1024 }')"
-  rec 10 - idle_cpu_pct 1 "$idle_pct"
-  info "RSS $((rss_kib / 1024)) MiB once mounted; idle: $((t1 - t0)) ticks in 20 s ($idle_pct% of a core)"
+  rec 10 - rss_kib 1 "$(status_kib "$pid" VmRSS)"
+  meta row10_idle_window_s 20
+  rec 10 - idle_ticks_before 1 "$(ticks_of "$pid")"
+  sleep 20
+  rec 10 - idle_ticks_after 1 "$(ticks_of "$pid")"
+  show 10 idle 1
   for i in $(seq "$RUNS"); do
     sleep 1.1
     t0=$(now_ns)
     ls -l "$BMNT" >/dev/null
-    l=$(secs_since "$t0")
-    rec 10 - ls_s "$i" "$l"
-    info "run $i: ls -l $l s"
+    rec 10 - ls_ns "$i" "$(ns_since "$t0")"
+    show 10 - "$i"
   done
   unmount "$BMNT"
   rm -rf "$S"

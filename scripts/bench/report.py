@@ -1,7 +1,18 @@
 #!/usr/bin/env python3
-"""report.py WORKDIR OUT_JSON: turns the raw samples scripts/bench.sh wrote
-(WORKDIR/samples.tsv: row, mode, metric, run, value; WORKDIR/meta.tsv:
-key, value) into the printed table and bench-results.json.
+"""report.py: all of the benchmark's arithmetic and reporting.
+
+  report.py WORKDIR OUT_JSON
+      turns the raw readings scripts/bench.sh wrote (WORKDIR/samples.tsv:
+      row, mode, metric, run, value; WORKDIR/meta.tsv: key, value) into the
+      printed table and bench-results.json.
+  report.py show WORKDIR ROW MODE RUN [SUFFIX]
+      prints the progress line of one run of one row, from the same files,
+      with SUFFIX (text bench.sh has, such as the daemon's log line) appended.
+
+bench.sh records only what it read: elapsed nanoseconds (`*_ns`, and
+`*_touch_ns` for mmap_touch's own timing), KiB from /proc (`*_kib`), clock
+ticks (`*_ticks*`) and counter readings before and after. `derive` turns
+them into the seconds, MiB, ratios and CPU seconds the report shows.
 
 Ratios are computed per run from the paired measurements of that run (the
 two sides of a comparison are measured back to back, alternating), then
@@ -33,6 +44,67 @@ def load(workdir):
     except FileNotFoundError:
         pass
     return samples, meta
+
+
+def derive(samples, meta):
+    """Adds the derived metrics that Report.build reads to the raw readings:
+    seconds from nanoseconds, MiB from KiB, CPU seconds and percentages from
+    clock ticks, differences of counters read before and after."""
+    hz = float(meta.get("clk_tck", "100"))
+    size = float(meta.get("size_bytes", "0")) or 1.0
+    out = defaultdict(dict)
+    for key, runs in samples.items():
+        out[key].update(runs)
+
+    def put(row, mode, metric, run, value):
+        out[(row, mode, metric)][run] = value
+
+    for (row, mode, metric), runs in samples.items():
+        for run, v in runs.items():
+            if metric.endswith("_touch_ns"):
+                put(row, mode, metric[:-len("_touch_ns")] + "_ms", run, v / 1e6)
+            elif metric.endswith("_ns"):
+                put(row, mode, metric[:-3] + "_s", run, v / 1e9)
+            elif metric.endswith("_kib") and row in ("7", "10"):
+                put(row, mode, metric[:-4] + "_mib", run, round(v / 1024, 1))
+
+    def get(row, mode, metric):
+        return samples.get((row, mode, metric), {})
+
+    def diff(row, mode, before, after, metric, f=lambda d: d):
+        b, a = get(row, mode, before), get(row, mode, after)
+        for run in set(a) & set(b):
+            put(row, mode, metric, run, f(a[run] - b[run]))
+
+    # Row 8: how much Cached: grew, as a multiple of the model's size.
+    for mode in ("pt", "off"):
+        for side in ("mount", "direct"):
+            diff("8", mode, f"{side}_before_kib", f"{side}_after_kib", f"{side}_growth",
+                 lambda d: d * 1024 / size)
+    # Rows 4 and 5: origin GETs, from the access log's count before and after.
+    diff("4", "-", "gets_before", "gets_after", "modelfs_gets")
+    diff("5", "-", "gets_before", "gets_after", "gets")
+    # Row 4: CPU seconds of curl (its shell's cutime + cstime), the daemon and nginx.
+    cu, cs = get("4", "-", "curl_cutime_ticks"), get("4", "-", "curl_cstime_ticks")
+    for run in set(cu) & set(cs):
+        put("4", "-", "curl_cpu_s", run, (cu[run] + cs[run]) / hz)
+    for run, v in get("4", "-", "modelfs_cpu_ticks").items():
+        put("4", "-", "modelfs_cpu_s", run, v / hz)
+    for side in ("curl", "modelfs"):
+        diff("4", "-", f"nginx_ticks_before_{side}", f"nginx_ticks_after_{side}",
+             f"nginx_cpu_for_{side}_s", lambda d: d / hz)
+    # Row 5: each run's fastest and slowest of the concurrent openers ("RUN.K").
+    per_run = defaultdict(list)
+    for run, v in get("5", "-", "opener_s").items():
+        per_run[run.split(".")[0]].append(v)
+    for run, vs in per_run.items():
+        put("5", "-", "slowest_s", run, max(vs))
+        put("5", "-", "fastest_s", run, min(vs))
+    # Row 10: the daemon's CPU over an idle window, in % of one core.
+    window = float(meta.get("row10_idle_window_s", "20"))
+    diff("10", "-", "idle_ticks_before", "idle_ticks_after", "idle_cpu_pct",
+         lambda d: 100 * d / hz / window)
+    return out
 
 
 def summary(values, unit):
@@ -173,7 +245,7 @@ class Report:
             small = self.get("6", "-", "ls_idle_s")
             if big and small:
                 ratio = summary(self.paired(big, small, lambda b, s_: b / s_), "x")
-                self.add("10", "`ls -l` of 100,001 entries vs 10,001 (row 6, idle)", "-",
+                self.add("10", "`ls -l` of 100,000 entries vs 10,001 (row 6, idle)", "-",
                          ("100k", summary(list(big.values()), "s")),
                          ("10k", summary(list(small.values()), "s")), ratio,
                          "100k ÷ 10k time", "≤ 10", "lower", 10.0)
@@ -247,9 +319,67 @@ class Report:
         return "\n".join(out)
 
 
+def show(samples, meta, row, mode, run, suffix):
+    """The progress line bench.sh prints after one run of one row."""
+    size_mib = float(meta.get("size_mib", "0"))
+
+    def v(metric, r=row, m=mode):
+        return samples.get((r, m, metric), {}).get(run)
+
+    def mibs(secs):
+        return f"{size_mib / secs:.0f} MiB/s" if secs else "n/a"
+
+    if row in ("1", "2"):
+        line = f"{mode} run {run}: mount {mibs(v('mount_s'))}, direct {mibs(v('direct_s'))}"
+        r = v("warm_s" if row == "1" else "cold_s", "9", "rclone")
+        if mode == "pt" and r is not None:
+            line += f", rclone {mibs(r)}"
+    elif row == "3":
+        line = f"{mode} run {run}: mount {v('mount_ms'):.3f} ms, direct {v('direct_ms'):.3f} ms"
+        r = v("mmap_ms", "9", "rclone")
+        if mode == "pt" and r is not None:
+            line += f", rclone {r:.3f} ms"
+    elif row == "4":
+        line = (f"run {run}: modelfs {v('modelfs_s'):.3f} s, curl -o {v('curl_s'):.3f} s"
+                f" (with fsync {v('curl_fsync_s'):.3f} s),"
+                f" daemon VmHWM {v('hwm_mib', '7'):.0f} MiB, CPU s: curl {v('curl_cpu_s'):.2f}"
+                f" + nginx {v('nginx_cpu_for_curl_s'):.2f}, modelfs {v('modelfs_cpu_s'):.2f}"
+                f" + nginx {v('nginx_cpu_for_modelfs_s'):.2f}")
+        r = v("first_s", "9", "rclone")
+        if r is not None:
+            line += f", rclone {r:.3f} s"
+    elif row == "5":
+        line = (f"run {run}: single {v('single_s'):.3f} s; {meta.get('row5_openers', '?')} openers:"
+                f" fastest {v('fastest_s'):.3f} s, slowest {v('slowest_s'):.3f} s;"
+                f" origin GETs {v('gets'):.0f}")
+    elif row == "6":
+        line = (f"{mode} run {run}: ls -l {v(f'ls_{mode}_s', m='-'):.3f} s,"
+                f" stat of every entry {v(f'stat_{mode}_s', m='-'):.3f} s")
+    elif row == "10" and mode == "idle":
+        ticks = v("idle_ticks_after", m="-") - v("idle_ticks_before", m="-")
+        line = (f"RSS {v('rss_mib', m='-'):.0f} MiB once mounted; idle: {ticks:.0f} ticks in"
+                f" {meta.get('row10_idle_window_s', '20')} s"
+                f" ({v('idle_cpu_pct', m='-'):.2f}% of a core)")
+    elif row == "10":
+        line = f"run {run}: ls -l {v('ls_s'):.3f} s"
+    elif row == "8":
+        line = (f"{mode} run {run}: Cached grew by {v('mount_growth'):.4f} x the model size"
+                f" through the mount, {v('direct_growth'):.4f} x reading the blob")
+    else:
+        line = f"row {row} run {run}: (no progress line)"
+    print("   " + line + suffix)
+
+
 def main():
+    if sys.argv[1] == "show":
+        workdir, row, mode, run = sys.argv[2:6]
+        samples, meta = load(workdir)
+        suffix = " ".join(sys.argv[6:])
+        show(derive(samples, meta), meta, row, mode, run, " " + suffix if suffix else "")
+        return
     workdir, out_json = sys.argv[1], sys.argv[2]
     samples, meta = load(workdir)
+    samples = derive(samples, meta)
     rep = Report(samples, meta)
     rep.build()
     print(rep.table())
