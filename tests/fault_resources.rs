@@ -224,11 +224,13 @@ fn manifests_repointed_again_and_again_keep_the_daemons_memory_bounded() {
     );
 }
 
-/// 100,000 manifests: the daemon holds them in at most 128 MB once
-/// mounted (512 MB before), and a full `ls -l` of them adds a transient
-/// that it gives back.
+/// 100,000 manifests: what the daemon holds once mounted, and its peak
+/// through a full `ls -l`. The goal (at most 128 MB; 512 MB before) is
+/// measured on a release build by benchmark row 10 (109 MiB there); this
+/// debug-build test, run beside the rest of the suite, measured 119-135 MiB
+/// and bounds a regression with room for that spread.
 #[test]
-fn a_store_of_a_hundred_thousand_manifests_is_served_in_at_most_128_mb() {
+fn a_store_of_a_hundred_thousand_manifests_keeps_the_daemons_memory_bounded() {
     let origin = Origin::start();
     let store = TestStore::new();
     let url_base = format!("https://127.0.0.1:{}", origin.port());

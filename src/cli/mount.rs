@@ -641,13 +641,15 @@ fn spawn_refresher(fs: Arc<ModelFs>, stop: Arc<AtomicBool>) {
             // manifest: give back what that freed.
             super::daemon_limits::give_back_freed_memory();
             let mut trimmed = Instant::now();
+            let mut full_passes = fs.namespace().full_passes();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(REFRESH_EVERY);
                 let c = fs.refresh();
                 if !c.is_empty() {
                     log::info!("store changed: {}", super::store_changes::sentence(&c));
                 }
-                if !c.is_empty() || trimmed.elapsed() >= TRIM_EVERY {
+                let full = std::mem::replace(&mut full_passes, fs.namespace().full_passes());
+                if !c.is_empty() || full != full_passes || trimmed.elapsed() >= TRIM_EVERY {
                     super::daemon_limits::give_back_freed_memory();
                     trimmed = Instant::now();
                 }
