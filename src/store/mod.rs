@@ -45,6 +45,7 @@ pub mod lock;
 pub mod manifest;
 pub mod name;
 pub mod nofollow;
+pub mod partial;
 pub mod staging;
 pub mod state;
 pub mod timestamp;
