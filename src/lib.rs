@@ -16,3 +16,4 @@ pub mod fetch;
 pub mod fs;
 pub mod fuse;
 pub mod store;
+pub mod sys;
