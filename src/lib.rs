@@ -17,3 +17,4 @@ pub mod fs;
 pub mod fuse;
 pub mod store;
 pub mod sys;
+pub mod text;

@@ -7,13 +7,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::error::{FetchErrorKind, redact_url};
+use super::error::FetchErrorKind;
 use super::http::Fetched;
 use super::pipeline::Fetcher;
 use super::progress::{Phase, Reporter};
 use super::retry::RetryPolicy;
 use super::stream::{Stream, WRITEBACK_EVERY};
 use crate::store::partial::Partial;
+use crate::text::redact_url;
 
 /// A download into one partial.
 pub(super) struct Download<'a> {

@@ -52,7 +52,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::download::Download;
-use super::error::{FetchError, FetchErrorKind, human_bytes, redact_url};
+use super::error::{FetchError, FetchErrorKind};
 use super::http::Http;
 use super::progress::{Phase, ProgressSink, Reporter};
 use super::retry::RetryPolicy;
@@ -60,6 +60,7 @@ use crate::digest::Sha256;
 use crate::store::lock::{self, LockWaitError};
 use crate::store::partial::{self, Partial};
 use crate::store::{BlobState, Manifest, Published, Source, Store};
+use crate::text::{human_bytes, redact_url};
 
 /// How a successful fetch went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
