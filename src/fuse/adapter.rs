@@ -57,7 +57,7 @@ impl Filesystem for FuseAdapter {
         let can = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
         // Registering a backing file needs CAP_SYS_ADMIN; without it every
         // open would fail over, so do not even ask.
-        let privileged = unsafe { libc::geteuid() } == 0;
+        let privileged = crate::sys::is_root();
         if wants
             && can
             && privileged
@@ -83,7 +83,7 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some(name) = name.to_str() else {
-            return reply.error(Errno::ENOENT);
+            return reply.error(errno(&FsError::NotFound));
         };
         match self.fs.lookup(parent.0, name) {
             Ok(a) => reply.entry(&TTL, &to_file_attr(&a), fuser::Generation(0)),
@@ -155,7 +155,7 @@ impl Filesystem for FuseAdapter {
         if self.fs.interrupt(unique.0) {
             Ok(())
         } else {
-            Err(Errno::EAGAIN)
+            Err(Errno::from_i32(crate::fs::error::INTERRUPT_NOT_WAITING))
         }
     }
 
