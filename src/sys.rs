@@ -1,6 +1,10 @@
-//! Raw system calls that std does not offer, each behind a safe wrapper.
-//! The only `unsafe` libc calls outside this module are the FUSE ioctls of
-//! the vendored fuser and what callers document at their site.
+//! Raw system calls that std does not offer, each behind a safe wrapper,
+//! for store, fetch, fs, fuse and cli alike. A leaf: it imports nothing of
+//! modelfs. Not here yet: the fd-relative `*at` calls of
+//! `store::nofollow` and the `flock` of `store::lock` (each already a
+//! small safe API of its own), and the daemon's process calls in
+//! `cli::mount`, `cli::daemon_limits`, `cli::logging`, `cli::status`,
+//! `cli::import` and `cli::mountpoint`.
 
 use std::ffi::CString;
 use std::io;
@@ -85,5 +89,45 @@ pub fn start_writeback(fd: std::os::fd::RawFd) {
     // SAFETY: plain syscall on an fd the caller keeps open.
     unsafe {
         libc::sync_file_range(fd, 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+/// A hint that `fd`'s pages in `offset..offset + len` (`len` 0: to the end)
+/// will not be read again (posix_fadvise `POSIX_FADV_DONTNEED`); failure
+/// only loses the hint.
+pub fn drop_cached(fd: std::os::fd::RawFd, offset: u64, len: u64) {
+    // SAFETY: plain syscall on an fd the caller keeps open.
+    unsafe {
+        libc::posix_fadvise(
+            fd,
+            offset as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        );
+    }
+}
+
+/// mount(2).
+pub fn mount(
+    source: &CString,
+    target: &CString,
+    fstype: &CString,
+    flags: libc::c_ulong,
+    data: &CString,
+) -> io::Result<()> {
+    // SAFETY: valid C strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }

@@ -169,11 +169,8 @@ fn hash_chunks(
         unsynced += len as u64;
         if unsynced >= writeback_every {
             unsynced = 0;
-            // SAFETY: plain syscall on an fd the partial keeps open;
-            // failure only loses a hint.
-            unsafe {
-                libc::sync_file_range(fd, 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-            }
+            // The partial keeps the fd open; failure only loses a hint.
+            crate::sys::start_writeback(fd);
         }
     }
     Some(hasher)

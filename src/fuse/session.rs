@@ -193,22 +193,10 @@ mod direct {
             c(fstype.as_bytes())?,
             c(data.as_bytes())?,
         );
-        // SAFETY: valid C strings that outlive the call.
-        let rc = unsafe {
-            libc::mount(
-                source.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                flags,
-                data.as_ptr().cast(),
-            )
-        };
-        if rc == 0 {
-            return Ok(Some(dev.into()));
-        }
-        match io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::EPERM) => Ok(None),
-            e => Err(e),
+        match sys::mount(&source, &target, &fstype, flags, &data) {
+            Ok(()) => Ok(Some(dev.into())),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }

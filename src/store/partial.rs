@@ -264,13 +264,4 @@ fn still_linked(file: &File, store: &Store, d: &Sha256) -> bool {
 }
 
 /// Free bytes for an unprivileged writer on the filesystem holding `path`.
-pub fn free_bytes(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid path and a zeroed out-struct of the right type.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
-}
+pub use crate::sys::free_bytes;
