@@ -16,3 +16,5 @@ pub mod fetch;
 pub mod fs;
 pub mod fuse;
 pub mod store;
+pub mod sys;
+pub mod text;

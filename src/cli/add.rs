@@ -3,9 +3,9 @@
 
 use crate::digest::Sha256;
 use crate::fetch::FetchErrorKind;
-use crate::fetch::error::redact_url;
 use crate::store::manifest::{MAX_SIZE_BYTES, validate_format};
 use crate::store::{Manifest, Source, lock};
+use crate::text::redact_url;
 
 use super::{CliError, Globals, parse_name};
 
@@ -128,7 +128,7 @@ pub fn run(g: &Globals, a: &AddArgs) -> Result<(), CliError> {
     println!(
         "added {} ({}, {}) -> {}",
         manifest.file_name(),
-        crate::fetch::error::human_bytes(size),
+        crate::text::human_bytes(size),
         if present {
             "present"
         } else {
@@ -172,7 +172,7 @@ fn pin_failed(model: &str, url: &str, kind: FetchErrorKind) -> CliError {
     };
     CliError::new(format!(
         "pinning {model}: asking {} failed: {kind}; nothing was added ({what}, then run `modelfs add` again)",
-        crate::fetch::error::redact_url(url)
+        crate::text::redact_url(url)
     ))
 }
 

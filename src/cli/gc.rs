@@ -30,8 +30,8 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::digest::Sha256;
-use crate::fetch::error::human_bytes;
 use crate::store::{Store, lock, read_manifest_bytes};
+use crate::text::human_bytes;
 
 use super::{CliError, Globals};
 

@@ -23,10 +23,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::digest::{Hasher, Sha256};
-use crate::fetch::error::human_bytes;
 use crate::store::manifest::validate_format;
 use crate::store::staging::RemoveOnDrop;
 use crate::store::{BlobState, Manifest, Source, Store, lock};
+use crate::text::human_bytes;
 
 use super::{CliError, Globals, parse_name, progress_view};
 

@@ -62,8 +62,7 @@ pub fn syslog_listens() -> bool {
 pub fn default_log_file(mountpoint: &Path) -> Option<PathBuf> {
     let abs = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
     let name = format!("{}.log", escape_path(&abs));
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if crate::sys::is_root() {
         return Some(Path::new("/var/log/modelfs").join(name));
     }
     let env = |k: &str| {
@@ -238,12 +237,7 @@ impl log::Log for NoWireSecrets {
 fn open_log(path: &Path, create_dirs: bool) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if create_dirs && let Some(dir) = path.parent() {
-        // SAFETY: geteuid cannot fail.
-        let mode = if unsafe { libc::geteuid() } == 0 {
-            0o755
-        } else {
-            0o700
-        };
+        let mode = if crate::sys::is_root() { 0o755 } else { 0o700 };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(mode)

@@ -2,8 +2,8 @@
 
 use serde_json::json;
 
-use crate::fetch::error::{human_bytes, redact_url};
 use crate::store::{Manifest, ModelState, Store};
+use crate::text::{human_bytes, redact_url};
 
 use super::{CliError, Globals};
 

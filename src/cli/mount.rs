@@ -20,15 +20,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use fuser::{Config, MountOption, SessionACL};
-
 use super::logging;
 pub use super::logging::LogTarget;
 use super::mount_options::MountOptions;
 use super::{CliError, Globals};
 use crate::coordinator::Coordinator;
 use crate::fs::ModelFs;
-use crate::fuse::{FuseAdapter, ReadMode};
+use crate::fuse::{self, Mounted, ReadMode, SessionOptions, lazy_unmount, mount_hint};
 use crate::store::Store;
 
 /// Set in the daemon child: the fd to report readiness on.
@@ -158,7 +156,8 @@ fn check_apart(mountpoint: &Path, store: &Path) -> Result<(), CliError> {
 fn resolve_mountpoint(mountpoint: &Path) -> PathBuf {
     let abs = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
     // Not std's symlink_metadata: it uses statx, which triggers automounts.
-    let is_link = lstat_no_automount(&abs).is_ok_and(|m| m & libc::S_IFMT == libc::S_IFLNK);
+    let is_link =
+        crate::sys::lstat_no_automount(&abs).is_ok_and(|m| m & libc::S_IFMT == libc::S_IFLNK);
     match (abs.parent(), abs.file_name()) {
         (Some(parent), Some(name)) if !is_link => std::fs::canonicalize(parent)
             .map(|p| p.join(name))
@@ -175,7 +174,7 @@ fn ready_fd() -> Option<i32> {
 /// The mountpoint is a directory with nothing mounted on it (but an
 /// automount placeholder, see [`super::mountpoint`]).
 fn check_mountpoint(mp: &Path) -> Result<(), CliError> {
-    match stat_no_automount(mp) {
+    match crate::sys::stat_no_automount(mp) {
         Ok(mode) if mode & libc::S_IFMT == libc::S_IFDIR => check_not_mounted(mp),
         Ok(_) => Err(CliError::new(format!(
             "mount: {} is not a directory",
@@ -220,31 +219,6 @@ fn dead_mount(mp: &Path, e: &std::io::Error) -> CliError {
         mp.display(),
         mp.display()
     ))
-}
-
-/// The `st_mode` of `path`, without triggering an automount placeholder
-/// there. `std::fs::metadata` (statx) and `open` both trigger one, and the
-/// automounter (systemd) then waits for the very mount we are making.
-fn stat_no_automount(path: &Path) -> std::io::Result<u32> {
-    fstatat_mode(path, libc::AT_NO_AUTOMOUNT)
-}
-
-/// [`stat_no_automount`] of the path itself, not what a symlink there names.
-fn lstat_no_automount(path: &Path) -> std::io::Result<u32> {
-    fstatat_mode(path, libc::AT_NO_AUTOMOUNT | libc::AT_SYMLINK_NOFOLLOW)
-}
-
-fn fstatat_mode(path: &Path, flags: i32) -> std::io::Result<u32> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::other("a NUL byte in the path"))?;
-    // SAFETY: an all-zero stat is valid; fstatat fills it in.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid C string and stat buffer.
-    if unsafe { libc::fstatat(libc::AT_FDCWD, c.as_ptr(), &mut st, flags) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st.st_mode)
 }
 
 /// What the parent prints once the daemon is up: where the mount is and
@@ -355,16 +329,13 @@ enum Event {
     SessionEnded(std::io::Result<()>),
 }
 
-fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Result<(), CliError> {
-    // Before any thread starts, so every thread inherits the mask and the
-    // signals reach only the waiter below.
-    let signals = block_stop_signals();
-    let max_files = super::daemon_limits::tune();
-    // Absolute, without resolving anything (resolving could walk into an
-    // automount placeholder): the daemon leaves its working directory, and
-    // the unmount at the end must still find the mountpoint.
-    let mountpoint = std::path::absolute(&a.mountpoint)
-        .map_err(|e| CliError::new(format!("mount: mountpoint {}: {e}", a.mountpoint.display())))?;
+/// The coordinator and the filesystem the mount serves, with the fetch
+/// settings of the mount options.
+fn build_fs(
+    g: &Globals,
+    opts: &MountOptions,
+    store: &Store,
+) -> Result<(Arc<Coordinator>, Arc<ModelFs>), CliError> {
     let mut http = g.http_config();
     if opts.ca_file.is_some() {
         http.ca_file = opts.ca_file.clone();
@@ -377,76 +348,58 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
     if let Some(d) = opts.mismatch_backoff {
         coordinator.set_mismatch_backoff(d);
     }
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = crate::sys::ids();
     let fs = Arc::new(ModelFs::new(
         coordinator.clone(),
         opts.uid.unwrap_or(uid),
         opts.gid.unwrap_or(gid),
     ));
-    fs.refresh();
-    let mode = if opts.passthrough == Some(false) {
-        ReadMode::Fallback
-    } else {
-        ReadMode::Auto
-    };
-    let adapter = FuseAdapter::new(fs.clone(), mode);
+    Ok((coordinator, fs))
+}
 
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::RO,
-        MountOption::NoSuid,
-        MountOption::NoDev,
-        MountOption::FSName(
-            opts.fsname
-                .clone()
-                .unwrap_or_else(|| store.root().display().to_string()),
-        ),
-        MountOption::Subtype("modelfs".into()),
-    ];
-    if opts.default_permissions {
-        config.mount_options.push(MountOption::DefaultPermissions);
+/// The FUSE session's settings from the mount options.
+fn session_options(opts: &MountOptions, store: &Store) -> SessionOptions {
+    SessionOptions {
+        fsname: opts
+            .fsname
+            .clone()
+            .unwrap_or_else(|| store.root().display().to_string()),
+        default_permissions: opts.default_permissions,
+        allow_other: opts.allow_other,
+        allow_root: opts.allow_root,
+        threads: opts.threads,
+        mode: if opts.passthrough == Some(false) {
+            ReadMode::Fallback
+        } else {
+            ReadMode::Auto
+        },
     }
-    config.acl = match (opts.allow_other, opts.allow_root) {
-        (true, _) => SessionACL::All,
-        (false, true) => SessionACL::RootAndOwner,
-        (false, false) => SessionACL::Owner,
-    };
-    config.n_threads = Some(opts.threads);
-    config.clone_fd = true;
+}
 
-    let cannot_mount = |e: std::io::Error| {
+fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Result<(), CliError> {
+    // Before any thread starts, so every thread inherits the mask and the
+    // signals reach only the waiter below.
+    let signals = block_stop_signals();
+    let max_files = super::daemon_limits::tune();
+    // Absolute, without resolving anything (resolving could walk into an
+    // automount placeholder): the daemon leaves its working directory, and
+    // the unmount at the end must still find the mountpoint.
+    let mountpoint = std::path::absolute(&a.mountpoint)
+        .map_err(|e| CliError::new(format!("mount: mountpoint {}: {e}", a.mountpoint.display())))?;
+    let (coordinator, fs) = build_fs(g, opts, &store)?;
+    fs.refresh();
+    let session_options = session_options(opts, &store);
+    let Mounted {
+        session,
+        mut unmounter,
+    } = fuse::session::mount(fs.clone(), &mountpoint, &session_options).map_err(|e| {
         CliError::new(format!(
             "mount: cannot mount {} at {}: {e} ({})",
             store.root().display(),
             mountpoint.display(),
-            fuse_hint()
+            mount_hint()
         ))
-    };
-    // Root mounts with mount(2) itself; a user (or root without the right
-    // to, in some containers) goes through fuser and fusermount3.
-    // SAFETY: geteuid cannot fail.
-    let direct = if unsafe { libc::geteuid() } == 0 {
-        direct::mount(&mountpoint, &config).map_err(cannot_mount)?
-    } else {
-        None
-    };
-    let (session, mut unmounter) = match direct {
-        Some(fd) => {
-            let session = fuser::Session::from_fd(adapter, fd, config.acl, config.clone())
-                .map_err(|e| {
-                    lazy_unmount(&mountpoint);
-                    cannot_mount(e)
-                })?;
-            (session, Unmounter::Direct)
-        }
-        None => {
-            let mut session =
-                fuser::Session::new(adapter, &mountpoint, &config).map_err(cannot_mount)?;
-            let unmounter = Unmounter::Fuser(session.unmount_callable());
-            (session, unmounter)
-        }
-    };
+    })?;
     log::info!(
         "mounted {} at {} with {} model(s); up to about {max_files} files open at once",
         store.root().display(),
@@ -505,126 +458,6 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
     result
 }
 
-/// How the daemon unmounts when told to stop.
-enum Unmounter {
-    /// A mount made by [`direct::mount`].
-    Direct,
-    /// A mount made by fuser (through fusermount3).
-    Fuser(fuser::SessionUnmounter),
-}
-
-impl Unmounter {
-    fn unmount(&mut self, mp: &Path) -> std::io::Result<()> {
-        match self {
-            Self::Direct => direct::unmount(mp),
-            Self::Fuser(u) => u.unmount(),
-        }
-    }
-}
-
-/// Mounting with mount(2), as root. fuser 0.18 would `open()` the
-/// mountpoint first, which triggers an automount placeholder there (systemd's
-/// `.automount`, `x-systemd.automount`) and then waits for the mount that
-/// is waiting for it. This `stat()`s it with `AT_NO_AUTOMOUNT` instead;
-/// mount(2) then mounts on top of the placeholder without triggering it.
-mod direct {
-    use std::ffi::CString;
-    use std::io;
-    use std::os::fd::{AsRawFd, OwnedFd};
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::path::Path;
-
-    use fuser::{Config, MountOption, SessionACL};
-
-    /// Mounts at `mp`; the /dev/fuse fd of the new mount, or `None` when
-    /// mount(2) is not permitted (fuser then tries fusermount3).
-    pub fn mount(mp: &Path, config: &Config) -> io::Result<Option<OwnedFd>> {
-        let kind = super::stat_no_automount(mp)? & libc::S_IFMT;
-        let dev = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open("/dev/fuse")
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot open /dev/fuse: {e}")))?;
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        let mut data = format!(
-            "fd={},rootmode={kind:o},user_id={uid},group_id={gid}",
-            dev.as_raw_fd()
-        );
-        let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
-        let mut source = "modelfs".to_string();
-        let mut fstype = "fuse".to_string();
-        for o in &config.mount_options {
-            match o {
-                MountOption::RO => flags |= libc::MS_RDONLY,
-                MountOption::DefaultPermissions => data.push_str(",default_permissions"),
-                MountOption::FSName(n) => source = n.clone(),
-                MountOption::Subtype(t) => fstype = format!("fuse.{t}"),
-                _ => {}
-            }
-        }
-        // allow_root is allow_other in the kernel, narrowed by fuser.
-        if config.acl != SessionACL::Owner {
-            data.push_str(",allow_other");
-        }
-        let c = |s: &[u8]| {
-            CString::new(s).map_err(|_| io::Error::other("a NUL byte in a mount argument"))
-        };
-        let (source, target, fstype, data) = (
-            c(source.as_bytes())?,
-            c(mp.as_os_str().as_bytes())?,
-            c(fstype.as_bytes())?,
-            c(data.as_bytes())?,
-        );
-        // SAFETY: valid C strings that outlive the call.
-        let rc = unsafe {
-            libc::mount(
-                source.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                flags,
-                data.as_ptr().cast(),
-            )
-        };
-        if rc == 0 {
-            return Ok(Some(dev.into()));
-        }
-        match io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::EPERM) => Ok(None),
-            e => Err(e),
-        }
-    }
-
-    /// umount(2), not lazily: fails with EBUSY while files are open.
-    pub fn unmount(mp: &Path) -> io::Result<()> {
-        let target = CString::new(mp.as_os_str().as_bytes())
-            .map_err(|_| io::Error::other("a NUL byte in the mountpoint"))?;
-        // SAFETY: a valid C string.
-        if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-}
-
-/// What to check when the mount itself failed.
-fn fuse_hint() -> &'static str {
-    // SAFETY: geteuid cannot fail; access with a static C string.
-    let user = unsafe { libc::geteuid() } != 0;
-    let denied = unsafe { libc::access(c"/dev/fuse".as_ptr(), libc::R_OK | libc::W_OK) } != 0;
-    if user && std::path::Path::new("/dev/fuse").exists() && denied {
-        // fusermount3 opens the device with the user's rights too, so this
-        // is the host's policy, not something fusermount3 works around.
-        "/dev/fuse is not open to this user: FUSE mounts by users need it read-write \
-         for them (the fuse3 package's default is mode 0666)"
-    } else {
-        "is the fuse3 package installed and /dev/fuse available?"
-    }
-}
-
 /// How long a stopping daemon waits for verified downloads to be made
 /// durable and published (an fsync of a large model on a slow disk).
 const PUBLISH_GRACE: Duration = Duration::from_secs(60);
@@ -672,28 +505,5 @@ fn block_stop_signals() -> libc::sigset_t {
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
-    }
-}
-
-fn lazy_unmount(mp: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(mp.as_os_str().as_bytes()) else {
-        return;
-    };
-    // SAFETY: valid path.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return;
-    }
-    let status = std::process::Command::new("fusermount3")
-        .arg("-u")
-        .arg("-z")
-        .arg(mp)
-        .status();
-    if !matches!(status, Ok(s) if s.success()) {
-        log::warn!(
-            "could not detach {}; unmount it with `fusermount3 -u -z {}`",
-            mp.display(),
-            mp.display()
-        );
     }
 }

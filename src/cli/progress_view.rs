@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::fetch::error::human_bytes;
 use crate::fetch::{Phase, Progress};
+use crate::text::human_bytes;
 
 /// Pause between two plain progress lines.
 const LINE_EVERY: Duration = Duration::from_secs(5);

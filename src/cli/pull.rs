@@ -79,7 +79,7 @@ pub fn run(g: &Globals, a: &PullArgs) -> Result<(), CliError> {
                 println!(
                     "{name}: fetched and verified {} ({} transferred{resumed})",
                     manifest.blob.short(),
-                    crate::fetch::error::human_bytes(transferred)
+                    crate::text::human_bytes(transferred)
                 );
             }
             Err(e) => {

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar};
 use serde_json::json;
 
-use crate::fetch::error::human_bytes;
 use crate::fs::xattr;
 use crate::store::ModelState;
+use crate::text::human_bytes;
 
 use super::{CliError, Globals, progress_view};
 

@@ -224,7 +224,7 @@ impl Http {
                     FetchErrorKind::Redirect(format!("HTTP {status} without a Location header"))
                 })?;
             hop = resolve_location(&hop, location)?;
-            log::debug!("redirected to {}", super::error::redact_url(&hop));
+            log::debug!("redirected to {}", crate::text::redact_url(&hop));
         }
         Err(FetchErrorKind::Redirect(format!(
             "more than {MAX_REDIRECTS} redirects"
@@ -250,7 +250,7 @@ fn require_https(url: &str) -> Result<(), FetchErrorKind> {
     {
         Ok(())
     } else {
-        Err(FetchErrorKind::InsecureUrl(super::error::redact_url(url)))
+        Err(FetchErrorKind::InsecureUrl(crate::text::redact_url(url)))
     }
 }
 
@@ -278,7 +278,7 @@ fn resolve_location(base: &str, location: &str) -> Result<String, FetchErrorKind
     }
     let uri: Uri = base
         .parse()
-        .map_err(|_| FetchErrorKind::BadUrl(super::error::redact_url(base)))?;
+        .map_err(|_| FetchErrorKind::BadUrl(crate::text::redact_url(base)))?;
     let origin = format!(
         "{}://{}",
         uri.scheme_str().unwrap_or("https"),
@@ -324,8 +324,8 @@ fn classify_ureq(e: ureq::Error, url: &str) -> FetchErrorKind {
         E::Tls(d) => FetchErrorKind::Tls(d.to_string()),
         E::Rustls(r) => FetchErrorKind::Tls(r.to_string()),
         E::Pem(p) => FetchErrorKind::Tls(format!("bad PEM: {p}")),
-        E::RequireHttpsOnly(u) => FetchErrorKind::InsecureUrl(super::error::redact_url(&u)),
-        E::BadUri(u) => FetchErrorKind::BadUrl(super::error::redact_url(&u)),
+        E::RequireHttpsOnly(u) => FetchErrorKind::InsecureUrl(crate::text::redact_url(&u)),
+        E::BadUri(u) => FetchErrorKind::BadUrl(crate::text::redact_url(&u)),
         E::TooManyRedirects | E::RedirectFailed => FetchErrorKind::Redirect(e.to_string()),
         E::LargeResponseHeader(got, limit) => FetchErrorKind::BadHeaders(format!(
             "the header block has {got} bytes, more than the {limit} accepted"

@@ -1,15 +1,19 @@
 //! Fetching blobs over HTTPS into the store.
 //!
 //! `http` is the transport (TLS trust, redirects, credentials, proxies);
-//! `pipeline` is the locked fetch → verify → rename sequence built on it;
-//! `retry` and `progress` are its policy and its reporting. Nothing here
+//! `pipeline` is the locked fetch → verify → rename sequence built on it,
+//! `download` its HTTP attempts and retries, `stream` the hashing pipe from
+//! a body into the store's partial file (`store::partial`); `retry` and
+//! `progress` are its policy and its reporting. Nothing here
 //! knows about FUSE; nothing in `store` knows about HTTP.
 
+mod download;
 pub mod error;
 pub mod http;
 pub mod pipeline;
 pub mod progress;
 pub mod retry;
+mod stream;
 
 pub use error::{FetchError, FetchErrorKind};
 pub use http::{Http, HttpConfig};

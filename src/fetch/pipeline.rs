@@ -47,26 +47,20 @@
 //! the next fetch starts anew).
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::error::{FetchError, FetchErrorKind, redact_url};
+use super::download::Download;
+use super::error::{FetchError, FetchErrorKind};
 use super::http::Http;
 use super::progress::{Phase, ProgressSink, Reporter};
 use super::retry::RetryPolicy;
-use crate::digest::{Hasher, Sha256};
-use crate::store::lock::{self, LockGuard, LockWaitError};
+use crate::digest::Sha256;
+use crate::store::lock::{self, LockWaitError};
+use crate::store::partial::{self, Partial};
 use crate::store::{BlobState, Manifest, Published, Source, Store};
-
-/// Size of one read from the network and one write to the partial.
-const CHUNK_BYTES: usize = 1 << 20;
-/// One handover to the hashing thread (small enough to stay in cache), and
-/// how many may wait for it.
-const PIPE_CHUNK: usize = 64 << 10;
-const PIPE_DEPTH: usize = 8;
+use crate::text::{human_bytes, redact_url};
 
 /// How a successful fetch went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +111,10 @@ impl Fetcher {
 
     pub fn http(&self) -> &Http {
         &self.http
+    }
+
+    pub(super) fn policy(&self) -> &RetryPolicy {
+        &self.policy
     }
 
     /// How long a fetch retries without progress (see [`RetryPolicy`]).
@@ -266,86 +264,119 @@ impl Fetcher {
     ) -> Result<FetchOutcome, FetchError> {
         let m = job.manifest;
         let fail = |kind| FetchError::new(&source.model, Some(&source.url), kind);
-        let cancelled = || job.cancel.load(Ordering::Relaxed);
         let mut may_restart = true;
         loop {
-            let mut partial =
-                Partial::open(store, &m.blob, m.size_bytes, &cancelled).map_err(fail)?;
-            partial.start_writeback = on_verified.is_none();
-            // A producer of the same blob under another name held the
-            // partial and may have published it meanwhile.
-            if let BlobState::Present(_) = store.blob_state(&m.blob) {
-                partial.discard_if_empty(store, &m.blob);
-                self.write_manifest_if_asked(store, job).map_err(fail)?;
-                return Ok(FetchOutcome::AlreadyPresent {
-                    waited_for_lock: waited || partial.waited,
-                });
-            }
+            let partial = match self.open_partial(store, job, source)? {
+                Ok(p) => p,
+                Err(present) => {
+                    self.write_manifest_if_asked(store, job).map_err(fail)?;
+                    return Ok(FetchOutcome::AlreadyPresent {
+                        waited_for_lock: waited || present,
+                    });
+                }
+            };
             log::info!(
                 "{}: downloading {} ({}) from {}{}",
                 source.model,
                 m.blob.short(),
-                super::error::human_bytes(m.size_bytes),
+                human_bytes(m.size_bytes),
                 redact_url(&source.url),
-                match partial.offset {
+                match partial.offset() {
                     0 => String::new(),
-                    n => format!(", resuming at {}", super::error::human_bytes(n)),
+                    n => format!(", resuming at {}", human_bytes(n)),
                 }
             );
-            let started = Instant::now();
-            let transferred = self.download_from(store, m, source, &mut partial, reporter, job)?;
+            let mut download = Download {
+                started: Instant::now(),
+                partial,
+                hash_tail: Duration::ZERO,
+                start_writeback: on_verified.is_none(),
+                reporter: &mut *reporter,
+                cancel: job.cancel,
+            };
+            let transferred = self.download_from(store, m, source, &mut download)?;
             // Read after the download: a server that ignores Range makes it
             // start over, and then nothing of the old partial was used.
-            let resumed_from = partial.resumed;
-            let actual = partial.hasher.clone().finish();
-            if !actual.ct_eq(&m.blob) {
-                let q = quarantine_bad_partial(store, m, &actual, &source.model);
-                // The error returned below carries digests and quarantine
-                // path; its caller logs it once. Only a restart is news here.
-                if resumed_from > 0 && may_restart {
-                    log::warn!(
-                        "{}: bytes from {} hash to {actual}, expected {} (quarantined at {:?}); \
-                         the download had resumed at byte {resumed_from}, starting over from 0",
-                        source.model,
-                        redact_url(&source.url),
-                        m.blob,
-                        q
-                    );
+            let resumed_from = download.partial.resumed();
+            match check_digest(store, m, source, &download.partial, may_restart) {
+                Ok(()) => {}
+                Err(None) => {
                     may_restart = false;
                     continue;
                 }
-                return Err(fail(FetchErrorKind::DigestMismatch {
-                    expected: m.blob,
-                    actual,
-                    quarantined: q,
-                }));
+                Err(Some(e)) => return Err(e),
             }
-            let verified = Instant::now();
-            reporter.report(Phase::Publishing, m.size_bytes, m.size_bytes, transferred);
-            let placed = self
-                .hand_over_and_publish(store, m, &partial, on_verified)
-                .map_err(fail)?;
-            self.write_manifest_if_asked(store, job).map_err(fail)?;
-            // The phases' times, so an operator can see what a slow first
-            // open waited for.
-            log::info!(
-                "{}: verified {} ({} bytes, {} fetched from {} in {:.2} s, hashing done {:.2} s \
-                 after the last byte; made durable and {} in {:.2} s)",
-                m.name,
-                m.blob.short(),
-                m.size_bytes,
-                super::error::human_bytes(transferred),
-                redact_url(&source.url),
-                (verified - started).as_secs_f64(),
-                partial.hash_tail.as_secs_f64(),
-                published_words(placed),
-                verified.elapsed().as_secs_f64(),
-            );
-            return Ok(FetchOutcome::Downloaded {
+            let outcome = FetchOutcome::Downloaded {
                 transferred,
                 resumed_from,
-            });
+            };
+            return self.publish(store, job, source, &mut download, on_verified, outcome);
         }
+    }
+
+    /// Phases 6-7 for a verified partial, and the log line of a finished
+    /// fetch.
+    fn publish(
+        &self,
+        store: &Store,
+        job: &FetchJob<'_>,
+        source: &Candidate,
+        d: &mut Download<'_>,
+        on_verified: &mut Option<&mut dyn FnMut(File)>,
+        outcome: FetchOutcome,
+    ) -> Result<FetchOutcome, FetchError> {
+        let m = job.manifest;
+        let (partial, hash_tail, started) = (&d.partial, d.hash_tail, d.started);
+        let fail = |kind| FetchError::new(&source.model, Some(&source.url), kind);
+        let transferred = match outcome {
+            FetchOutcome::Downloaded { transferred, .. } => transferred,
+            FetchOutcome::AlreadyPresent { .. } => 0,
+        };
+        let verified = Instant::now();
+        d.reporter
+            .report(Phase::Publishing, m.size_bytes, m.size_bytes, transferred);
+        let placed = self
+            .hand_over_and_publish(store, m, partial, on_verified)
+            .map_err(fail)?;
+        self.write_manifest_if_asked(store, job).map_err(fail)?;
+        // The phases' times, so an operator can see what a slow first
+        // open waited for.
+        log::info!(
+            "{}: verified {} ({} bytes, {} fetched from {} in {:.2} s, hashing done {:.2} s \
+             after the last byte; made durable and {} in {:.2} s)",
+            m.name,
+            m.blob.short(),
+            m.size_bytes,
+            human_bytes(transferred),
+            redact_url(&source.url),
+            (verified - started).as_secs_f64(),
+            hash_tail.as_secs_f64(),
+            published_words(placed),
+            verified.elapsed().as_secs_f64(),
+        );
+        Ok(outcome)
+    }
+
+    /// Phase 2: the blob's partial, open and locked; `Err(waited)` instead
+    /// when a producer of the same blob under another name held the partial
+    /// and published the blob meanwhile.
+    fn open_partial(
+        &self,
+        store: &Store,
+        job: &FetchJob<'_>,
+        source: &Candidate,
+    ) -> Result<Result<Partial, bool>, FetchError> {
+        let m = job.manifest;
+        let fail = |kind| FetchError::new(&source.model, Some(&source.url), kind);
+        let cancelled = || job.cancel.load(Ordering::Relaxed);
+        let partial = Partial::open(store, &m.blob, m.size_bytes, &cancelled)
+            .map_err(|e| fail(FetchErrorKind::Store(e)))?
+            .ok_or_else(|| fail(FetchErrorKind::Cancelled))?;
+        if let BlobState::Present(_) = store.blob_state(&m.blob) {
+            partial.discard_if_empty(store, &m.blob);
+            return Ok(Err(partial.waited()));
+        }
+        Ok(Ok(partial))
     }
 
     /// Phases 3-5 into an open partial: re-hash the kept prefix, check the
@@ -355,28 +386,28 @@ impl Fetcher {
         store: &Store,
         m: &Manifest,
         source: &Candidate,
-        partial: &mut Partial,
-        reporter: &mut Reporter,
-        job: &FetchJob<'_>,
+        d: &mut Download<'_>,
     ) -> Result<u64, FetchError> {
         let fail = |kind| FetchError::new(&source.model, Some(&source.url), kind);
-        if partial.offset > 0 {
-            reporter.report(Phase::Rehashing, 0, m.size_bytes, 0);
-            partial.rehash_prefix().map_err(fail)?;
+        if d.partial.offset() > 0 {
+            d.reporter.report(Phase::Rehashing, 0, m.size_bytes, 0);
+            d.partial
+                .rehash_prefix()
+                .map_err(|e| fail(FetchErrorKind::Store(e)))?;
         }
-        if let Err(kind) =
-            check_free_space(&store.partial_path(&m.blob), m.size_bytes - partial.offset)
-        {
-            partial.discard_if_empty(store, &m.blob);
+        if let Err(kind) = check_free_space(
+            &store.partial_path(&m.blob),
+            m.size_bytes - d.partial.offset(),
+        ) {
+            d.partial.discard_if_empty(store, &m.blob);
             return Err(fail(kind));
         }
-        self.download(&source.url, partial, reporter, job.cancel)
-            .map_err(|(kind, n)| {
-                partial.discard_if_empty(store, &m.blob);
-                let mut e = fail(kind);
-                e.attempts = n;
-                e
-            })
+        self.download(&source.url, d).map_err(|(kind, n)| {
+            d.partial.discard_if_empty(store, &m.blob);
+            let mut e = fail(kind);
+            e.attempts = n;
+            e
+        })
     }
 
     /// Phase 6: hands a read-only handle on the verified partial to the
@@ -402,7 +433,7 @@ impl Fetcher {
                 ),
             }
         }
-        store.publish_blob(&m.blob, &partial.file).map_err(|e| {
+        store.publish_blob(&m.blob, partial.file()).map_err(|e| {
             // Readers hold this inode now, and the next fetch would
             // resume or truncate the partial in place: take it out of
             // the way (they keep reading it; the next fetch starts anew).
@@ -425,488 +456,47 @@ impl Fetcher {
         }
         Ok(())
     }
-
-    /// Phase 5: attempts with backoff until the partial is complete,
-    /// within the policy's budgets (see [`RetryPolicy`]): attempts in a row
-    /// without progress, time without progress, attempts in all. Progress
-    /// is a byte beyond the furthest offset reached so far, from an attempt
-    /// that was not too slow. A connection the server closed before
-    /// answering is retried at once, once, without spending an attempt.
-    /// Returns the bytes transferred, or the last error and the number of
-    /// attempts.
-    fn download(
-        &self,
-        url: &str,
-        p: &mut Partial,
-        reporter: &mut Reporter,
-        cancel: &AtomicBool,
-    ) -> Result<u64, (FetchErrorKind, u32)> {
-        let mut transferred = 0u64;
-        let mut attempt = 0u32;
-        let mut fruitless = 0u32;
-        let mut furthest = p.offset;
-        let mut last_progress = Instant::now();
-        let mut free_retry_taken = false;
-        loop {
-            attempt += 1;
-            let before = p.offset;
-            let err = match self.attempt(url, p, reporter, cancel, &mut transferred) {
-                Ok(()) => return Ok(transferred),
-                Err(FetchErrorKind::Stalled(_)) => {
-                    FetchErrorKind::Stalled(self.http.config().stall_timeout)
-                }
-                Err(e) => e,
-            };
-            if matches!(err, FetchErrorKind::ClosedBeforeAnswer(_))
-                && p.offset == before
-                && !std::mem::replace(&mut free_retry_taken, true)
-            {
-                log::info!(
-                    "{}: {err}; retrying at once on a new connection",
-                    redact_url(url)
-                );
-                attempt -= 1;
-                continue;
-            }
-            free_retry_taken = false;
-            let slow = matches!(err, FetchErrorKind::TooSlow { .. });
-            if p.offset > furthest && !slow {
-                fruitless = 1;
-                last_progress = Instant::now();
-            } else {
-                fruitless += 1;
-            }
-            furthest = furthest.max(p.offset);
-            let left = self
-                .policy
-                .retry_for
-                .saturating_sub(last_progress.elapsed());
-            if !err.is_transient()
-                || fruitless >= self.policy.max_attempts
-                || attempt >= self.policy.max_total_attempts
-                // One retry at least, even after an attempt that alone
-                // took longer than retry_for (a stall of stall_timeout).
-                || (left.is_zero() && fruitless >= 2)
-            {
-                return Err((err, attempt));
-            }
-            let retry_after = match &err {
-                FetchErrorKind::Status { retry_after, .. } => *retry_after,
-                _ => None,
-            };
-            let pause = self.policy.backoff(fruitless, retry_after).min(left);
-            log::warn!(
-                "{}: attempt {attempt} failed at byte {} ({err}); retrying in {:.1} s",
-                redact_url(url),
-                p.offset,
-                pause.as_secs_f64()
-            );
-            reporter.note(Some(format!(
-                "retrying ({fruitless}/{}): {}",
-                self.policy.max_attempts,
-                err.brief()
-            )));
-            reporter.report(Phase::Retrying, p.offset, p.size, transferred);
-            if sleep_unless_cancelled(pause, cancel) {
-                return Err((FetchErrorKind::Cancelled, attempt));
-            }
-        }
-    }
-
-    /// One HTTP request, appending to the partial.
-    fn attempt(
-        &self,
-        url: &str,
-        p: &mut Partial,
-        reporter: &mut Reporter,
-        cancel: &AtomicBool,
-        transferred: &mut u64,
-    ) -> Result<(), FetchErrorKind> {
-        if p.offset == p.size {
-            return Ok(()); // a complete partial from an earlier run
-        }
-        let mut resp = self.http.get(url, p.offset)?;
-        match resp.status {
-            206 => match resp.content_range() {
-                Some((start, total)) if start == p.offset && total.is_none_or(|t| t == p.size) => {}
-                Some((start, Some(total))) if start == p.offset => {
-                    return Err(FetchErrorKind::LengthMismatch {
-                        expected: p.size,
-                        announced: total,
-                    });
-                }
-                other => {
-                    log::warn!(
-                        "{}: unusable Content-Range {other:?}; starting over",
-                        redact_url(url)
-                    );
-                    p.reset()?;
-                    return Err(FetchErrorKind::Network(
-                        "server answered a Range request with the wrong range".into(),
-                    ));
-                }
-            },
-            200 => {
-                if p.offset > 0 {
-                    log::info!(
-                        "{}: server ignored Range; starting over from byte 0",
-                        redact_url(url)
-                    );
-                    p.reset()?;
-                }
-            }
-            code => {
-                return Err(FetchErrorKind::Status {
-                    code,
-                    retry_after: resp.retry_after(),
-                });
-            }
-        }
-        if let Some(len) = resp.content_length()
-            && len != p.size - p.offset
-        {
-            return Err(FetchErrorKind::LengthMismatch {
-                expected: p.size,
-                announced: p.offset + len,
-            });
-        }
-        // SHA-256 runs on a second thread while this one reads the socket
-        // (TLS decryption) and writes the partial: on two cores, one
-        // thread doing all three is the bottleneck of the whole download.
-        // The hasher only gets bytes that reached the file, in order, so
-        // the digest still covers exactly the file's bytes.
-        let (full_tx, full_rx) = crossbeam_channel::bounded::<(Vec<u8>, usize)>(PIPE_DEPTH);
-        let (free_tx, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(PIPE_DEPTH + 2);
-        for _ in 0..PIPE_DEPTH + 2 {
-            let _ = free_tx.send(vec![0u8; PIPE_CHUNK]);
-        }
-        // The hasher moves to the thread only once it runs, so a failed
-        // spawn leaves the partial's hash state untouched.
-        let (start_tx, start_rx) = crossbeam_channel::bounded::<Hasher>(1);
-        let fd = p.file.as_raw_fd();
-        let writeback_every = if p.start_writeback {
-            WRITEBACK_EVERY
-        } else {
-            u64::MAX
-        };
-        std::thread::scope(|scope| {
-            let hashing = std::thread::Builder::new()
-                .name("hash".into())
-                .spawn_scoped(scope, move || {
-                    let mut hasher = start_rx.recv().ok()?;
-                    let mut unsynced = 0u64;
-                    for (buf, len) in full_rx {
-                        hasher.update(&buf[..len]);
-                        let _ = free_tx.send(buf);
-                        // Start write-back here, not on the thread that
-                        // reads the socket: submitting it costs CPU.
-                        unsynced += len as u64;
-                        if unsynced >= writeback_every {
-                            unsynced = 0;
-                            // SAFETY: plain syscall on an fd the partial
-                            // keeps open; failure only loses a hint.
-                            unsafe {
-                                libc::sync_file_range(fd, 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-                            }
-                        }
-                    }
-                    Some(hasher)
-                })
-                .map_err(|e| {
-                    FetchErrorKind::Network(format!("cannot start the hashing thread: {e}"))
-                })?;
-            let _ = start_tx.send(std::mem::take(&mut p.hasher));
-            let mut rate = RateFloor::new(
-                self.http.config().stall_timeout,
-                self.http.config().min_rate,
-            );
-            let result = (|| -> Result<(), FetchErrorKind> {
-                loop {
-                    // Fill one chunk, then write it and hand it to the
-                    // hasher: one write(2) per TLS record (16 KiB) cost a
-                    // third more CPU. Progress is reported after every
-                    // read and counts the bytes received, so a stall never
-                    // hides bytes that arrived before it.
-                    let mut buf = free_rx.recv().unwrap_or_else(|_| vec![0u8; PIPE_CHUNK]);
-                    let room = PIPE_CHUNK.min((p.size - p.offset) as usize + 1);
-                    let mut n = 0;
-                    let mut step = Ok(true);
-                    while n < room {
-                        match resp.read(&mut buf[n..room]) {
-                            Ok(0) => {
-                                step = Ok(false);
-                                break;
-                            }
-                            Ok(k) => {
-                                n += k;
-                                *transferred += k as u64;
-                                reporter.add(k as u64);
-                                let done = (p.offset + n as u64).min(p.size);
-                                reporter.report(Phase::Downloading, done, p.size, *transferred);
-                                if let Err(e) = rate.add(k as u64) {
-                                    step = Err(e);
-                                    break;
-                                }
-                            }
-                            Err(e) => {
-                                step = Err(e);
-                                break;
-                            }
-                        }
-                    }
-                    // The server sent more than the blob's size.
-                    let keep = n.min((p.size - p.offset) as usize);
-                    if keep < n {
-                        step = Err(FetchErrorKind::TooLong { expected: p.size });
-                    }
-                    if keep > 0 {
-                        p.append_unhashed(&buf[..keep])?;
-                        let _ = full_tx.send((buf, keep));
-                    }
-                    match step {
-                        Ok(true) if cancel.load(Ordering::Relaxed) => {
-                            return Err(FetchErrorKind::Cancelled);
-                        }
-                        Ok(true) => {}
-                        Ok(false) => return Ok(()), // end of the body
-                        Err(e) => return Err(e),
-                    }
-                }
-            })();
-            drop(full_tx);
-            let body_ended = Instant::now();
-            p.hasher = hashing
-                .join()
-                .expect("the hashing thread panicked")
-                .expect("the hashing thread got the hasher");
-            p.hash_tail = body_ended.elapsed();
-            result
-        })?;
-        if p.offset < p.size {
-            return Err(FetchErrorKind::Network(format!(
-                "connection closed after byte {} of {}",
-                p.offset, p.size
-            )));
-        }
-        Ok(())
-    }
 }
 
-/// Fails an attempt whose source sends fewer than `min_rate` bytes per
-/// second over a whole `window` (the stall timeout): a trickle never
-/// trips the per-read timeout, and would hold its fetch slot for hours.
-struct RateFloor {
-    window: Duration,
-    min_rate: u64,
-    started: Instant,
-    bytes: u64,
-}
-
-impl RateFloor {
-    fn new(window: Duration, min_rate: u64) -> Self {
-        Self {
-            window,
-            min_rate,
-            started: Instant::now(),
-            bytes: 0,
-        }
+/// Phase 6's comparison of the digest, in constant time. On a mismatch the
+/// bytes go to quarantine, and `Err(None)` asks the caller to start over
+/// from byte 0 (once, `may_restart`, when the download had resumed: the old
+/// prefix may have been the bad part); `Err(Some(_))` is the failure.
+fn check_digest(
+    store: &Store,
+    m: &Manifest,
+    source: &Candidate,
+    partial: &Partial,
+    may_restart: bool,
+) -> Result<(), Option<FetchError>> {
+    let actual = partial.hasher().clone().finish();
+    if actual.ct_eq(&m.blob) {
+        return Ok(());
     }
-
-    fn add(&mut self, n: u64) -> Result<(), FetchErrorKind> {
-        self.bytes += n;
-        let elapsed = self.started.elapsed();
-        if elapsed < self.window {
-            return Ok(());
-        }
-        let floor = (self.min_rate as f64 * elapsed.as_secs_f64()) as u64;
-        if self.min_rate > 0 && self.bytes < floor {
-            return Err(FetchErrorKind::TooSlow {
-                received: self.bytes,
-                window: elapsed,
-                min_rate: self.min_rate,
-            });
-        }
-        self.started = Instant::now();
-        self.bytes = 0;
-        Ok(())
+    let resumed_from = partial.resumed();
+    let q = quarantine_bad_partial(store, m, &actual, &source.model);
+    // The error returned below carries digests and quarantine path; its
+    // caller logs it once. Only a restart is news here.
+    if resumed_from > 0 && may_restart {
+        log::warn!(
+            "{}: bytes from {} hash to {actual}, expected {} (quarantined at {:?}); \
+             the download had resumed at byte {resumed_from}, starting over from 0",
+            source.model,
+            redact_url(&source.url),
+            m.blob,
+            q
+        );
+        return Err(None);
     }
-}
-
-/// The partial file of one blob, locked, with the hash of its prefix.
-struct Partial {
-    file: File,
-    _lock: LockGuard,
-    offset: u64,
-    size: u64,
-    /// Bytes kept from an earlier run that this download builds on; zero
-    /// once the partial is reset.
-    resumed: u64,
-    /// Whether another producer held the partial's lock when we came.
-    waited: bool,
-    hasher: Hasher,
-    /// How long hashing ran on after the last byte of the last attempt.
-    hash_tail: Duration,
-    /// Start write-back during the download (see [`WRITEBACK_EVERY`]).
-    start_writeback: bool,
-}
-
-/// Start write-back every this many bytes when the caller waits for the
-/// blob to be published (`modelfs pull`), so the final `sync_all` before
-/// the rename has little left to do and dirty pages do not pile up.
-const WRITEBACK_EVERY: u64 = 64 << 20;
-
-impl Partial {
-    fn open(
-        store: &Store,
-        d: &Sha256,
-        size: u64,
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<Self, FetchErrorKind> {
-        let path = store.partial_path(d);
-        let mut waited = false;
-        let lock = loop {
-            let file = store.open_partial(d).map_err(FetchErrorKind::Store)?;
-            match lock::try_lock_file(file) {
-                // gc deletes a partial while holding its lock: if ours is no
-                // longer the file at the path, open the new one instead.
-                Ok(Some(g)) if still_linked(g.file(), store, d) => {
-                    if refuse_shared_inode(&g, store, d, &path)? {
-                        if cancelled() {
-                            return Err(FetchErrorKind::Cancelled);
-                        }
-                        continue;
-                    }
-                    break g;
-                }
-                Ok(Some(_)) => continue,
-                Ok(None) if cancelled() => return Err(FetchErrorKind::Cancelled),
-                Ok(None) => {
-                    waited = true;
-                    std::thread::sleep(lock::LOCK_POLL)
-                }
-                Err(e) => {
-                    return Err(FetchErrorKind::Store(crate::store::StoreError::io(
-                        &path, e,
-                    )));
-                }
-            }
-        };
-        let file = lock
-            .file()
-            .try_clone()
-            .map_err(|e| FetchErrorKind::Store(crate::store::StoreError::io(&path, e)))?;
-        let len = file
-            .metadata()
-            .map_err(|e| FetchErrorKind::Store(crate::store::StoreError::io(&path, e)))?
-            .len();
-        let mut p = Self {
-            file,
-            _lock: lock,
-            offset: len,
-            size,
-            resumed: len,
-            waited,
-            hasher: Hasher::new(),
-            hash_tail: Duration::ZERO,
-            start_writeback: true,
-        };
-        if len > size {
-            log::warn!(
-                "{}: partial is longer than the blob; starting over",
-                path.display()
-            );
-            p.reset()?;
-        }
-        Ok(p)
-    }
-
-    /// The partial file again, read-only: the same inode, never through a
-    /// symlink, and never another file that took its name.
-    fn reopen_read_only(&self, store: &Store, d: &Sha256) -> std::io::Result<File> {
-        use std::os::unix::fs::MetadataExt;
-        let again = store
-            .open_existing_partial(d)
-            .map_err(std::io::Error::other)?;
-        let (a, b) = (self.file.metadata()?, again.metadata()?);
-        if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
-            return Err(std::io::Error::other(
-                "the partial file was replaced while it was being verified",
-            ));
-        }
-        Ok(again)
-    }
-
-    /// Hashes the kept prefix, so the final digest covers every byte.
-    fn rehash_prefix(&mut self) -> Result<(), FetchErrorKind> {
-        let io = |e| FetchErrorKind::Store(crate::store::StoreError::io("partial file", e));
-        self.file.seek(SeekFrom::Start(0)).map_err(io)?;
-        let mut h = Hasher::new();
-        let mut left = self.offset;
-        let mut buf = vec![0u8; CHUNK_BYTES];
-        while left > 0 {
-            let want = buf.len().min(left as usize);
-            let n = self.file.read(&mut buf[..want]).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            left -= n as u64;
-        }
-        self.offset -= left;
-        self.resumed = self.offset;
-        self.file.set_len(self.offset).map_err(io)?;
-        self.file.seek(SeekFrom::Start(self.offset)).map_err(io)?;
-        self.hasher = h;
-        Ok(())
-    }
-
-    /// Removes the partial file and its folder if not one byte reached it,
-    /// so a fetch that failed before the first byte (404, refused redirect,
-    /// no space) leaves the model pending instead of looking like a started
-    /// download. Safe because we hold the partial's lock, as gc does.
-    fn discard_if_empty(&self, store: &Store, d: &Sha256) {
-        if self.offset == 0 && still_linked(&self.file, store, d) {
-            let _ = store.remove_partial(d);
-        }
-    }
-
-    fn reset(&mut self) -> Result<(), FetchErrorKind> {
-        let io = |e| FetchErrorKind::Store(crate::store::StoreError::io("partial file", e));
-        self.file.set_len(0).map_err(io)?;
-        self.file.seek(SeekFrom::Start(0)).map_err(io)?;
-        self.offset = 0;
-        self.resumed = 0;
-        self.hasher = Hasher::new();
-        Ok(())
-    }
-
-    /// Writes `bytes` at the end of the partial. The caller hashes them
-    /// (on the hashing thread), and only once they are written.
-    fn append_unhashed(&mut self, bytes: &[u8]) -> Result<(), FetchErrorKind> {
-        if let Err(e) = self.file.write_all(bytes) {
-            if e.raw_os_error() == Some(libc::ENOSPC) {
-                let available = free_bytes(
-                    Path::new("/proc/self/fd")
-                        .join(self.file.as_raw_fd().to_string())
-                        .as_path(),
-                )
-                .unwrap_or(0);
-                return Err(FetchErrorKind::NoSpace {
-                    needed: self.size - self.offset,
-                    available,
-                });
-            }
-            // Keep only what reached the file: the hash must cover the file exactly.
-            let _ = self.file.set_len(self.offset);
-            let _ = self.file.seek(SeekFrom::Start(self.offset));
-            return Err(FetchErrorKind::Store(crate::store::StoreError::io(
-                "partial file",
-                e,
-            )));
-        }
-        self.offset += bytes.len() as u64;
-        Ok(())
-    }
+    Err(Some(FetchError::new(
+        &source.model,
+        Some(&source.url),
+        FetchErrorKind::DigestMismatch {
+            expected: m.blob,
+            actual,
+            quarantined: q,
+        },
+    )))
 }
 
 /// How a publication ended, for the log line of a finished fetch.
@@ -971,45 +561,6 @@ fn quarantined_copy(store: &Store, pair: &str) -> Option<PathBuf> {
         .map(|e| e.path())
 }
 
-/// A partial with more than one link shares its inode with a name outside
-/// the partial folder (a hard link planted there, perhaps to a file outside
-/// the store): writing, truncating or even resuming from it would change
-/// that file. Removes our name for it (never touching the file itself) and
-/// says so; `true` when the caller must open a new partial. The caller
-/// holds the partial's lock.
-fn refuse_shared_inode(
-    held: &LockGuard,
-    store: &Store,
-    d: &Sha256,
-    path: &Path,
-) -> Result<bool, FetchErrorKind> {
-    use std::os::unix::fs::MetadataExt;
-    let links = held
-        .file()
-        .metadata()
-        .map_err(|e| FetchErrorKind::Store(crate::store::StoreError::io(path, e)))?
-        .nlink();
-    if links <= 1 {
-        return Ok(false);
-    }
-    log::warn!(
-        "{}: the partial file has {links} links (another name shares it, perhaps outside \
-         the store); not writing to it: removing this name and starting a new download",
-        path.display()
-    );
-    store.remove_partial(d).map_err(FetchErrorKind::Store)?;
-    Ok(true)
-}
-
-/// Whether `file` is still the partial file of `d` in the store.
-fn still_linked(file: &File, store: &Store, d: &Sha256) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), store.stat_partial(d)) {
-        (Ok(a), Some(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-        _ => false,
-    }
-}
-
 fn lock_error(path: &Path, e: LockWaitError) -> FetchErrorKind {
     match e {
         LockWaitError::Cancelled => FetchErrorKind::Cancelled,
@@ -1018,34 +569,10 @@ fn lock_error(path: &Path, e: LockWaitError) -> FetchErrorKind {
     }
 }
 
-/// Free bytes for an unprivileged writer on the filesystem holding `path`.
-fn free_bytes(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid path and a zeroed out-struct of the right type.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
-}
-
 fn check_free_space(partial: &Path, needed: u64) -> Result<(), FetchErrorKind> {
     let dir = partial.parent().unwrap_or(partial);
-    match free_bytes(dir) {
+    match partial::free_bytes(dir) {
         Some(available) if available < needed => Err(FetchErrorKind::NoSpace { needed, available }),
         _ => Ok(()),
     }
-}
-
-/// Sleeps `d` in short steps; `true` if cancelled meanwhile.
-fn sleep_unless_cancelled(d: Duration, cancel: &AtomicBool) -> bool {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        if cancel.load(Ordering::Relaxed) {
-            return true;
-        }
-        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(100)));
-    }
-    cancel.load(Ordering::Relaxed)
 }

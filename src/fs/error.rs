@@ -10,6 +10,13 @@ use std::sync::Arc;
 use crate::coordinator::WaitError;
 use crate::fetch::FetchErrorKind;
 
+/// The answer to a FUSE interrupt of a request that is not waiting: an
+/// open on its way to the coordinator, or a request answered already.
+/// `EAGAIN` makes the kernel ask again in the first case and drop the
+/// interrupt in the second. Never `ENOSYS`: after that the kernel sends no
+/// interrupts.
+pub const INTERRUPT_NOT_WAITING: i32 = libc::EAGAIN;
+
 #[derive(Debug, Clone)]
 pub enum FsError {
     /// No such entry (a lookup miss is normal: logged at debug).
@@ -138,7 +145,21 @@ impl fmt::Display for FsError {
             Self::Io(e) => write!(f, "I/O error: {e}"),
             Self::Store(e) => write!(f, "{e}"),
             Self::Internal(s) => f.write_str(s),
-            other => write!(f, "{other:?}"),
+            Self::NotFound => f.write_str("no such model or folder"),
+            Self::ReadOnly => f.write_str("the mount is read-only"),
+            Self::IsDir => f.write_str("is a folder"),
+            Self::NotDir => f.write_str("is not a folder"),
+            Self::Denied => f.write_str("permission denied (model files are not executable)"),
+            Self::NoIoctl => f.write_str("no ioctl applies to a model file"),
+            Self::WouldBlock => {
+                f.write_str("the model is not fetched yet (a non-blocking open does not wait)")
+            }
+            Self::Interrupted => f.write_str("the waiting open was interrupted"),
+            Self::ShuttingDown => f.write_str("the mount is shutting down"),
+            Self::NoAttr => f.write_str("no such extended attribute"),
+            Self::XattrRange => f.write_str("the extended attribute does not fit the buffer"),
+            Self::BadHandle => f.write_str("unknown file handle"),
+            Self::Stale => f.write_str("the model's file was replaced; look it up again"),
         }
     }
 }

@@ -457,18 +457,10 @@ const DROP_WINDOW: u64 = 2 << 20;
 fn drop_behind(file: &File, offset: u64, at_eof: bool) {
     let window = offset / DROP_WINDOW * DROP_WINDOW;
     let fd = file.as_raw_fd();
-    // SAFETY: plain syscalls on an fd we hold open.
-    unsafe {
-        if at_eof {
-            let from = window.saturating_sub(2 * DROP_WINDOW);
-            libc::posix_fadvise(fd, from as libc::off_t, 0, libc::POSIX_FADV_DONTNEED);
-        } else if window >= 2 * DROP_WINDOW {
-            libc::posix_fadvise(
-                fd,
-                (window - 2 * DROP_WINDOW) as libc::off_t,
-                DROP_WINDOW as libc::off_t,
-                libc::POSIX_FADV_DONTNEED,
-            );
-        }
+    if at_eof {
+        let from = window.saturating_sub(2 * DROP_WINDOW);
+        crate::sys::drop_cached(fd, from, 0);
+    } else if window >= 2 * DROP_WINDOW {
+        crate::sys::drop_cached(fd, window - 2 * DROP_WINDOW, DROP_WINDOW);
     }
 }

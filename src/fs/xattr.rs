@@ -13,8 +13,8 @@
 //! URLs carry credentials in their query.
 
 use crate::coordinator::BlobActivity;
-use crate::fetch::error::redact_url;
 use crate::store::{BlobState, ModelState};
+use crate::text::redact_url;
 
 use super::namespace::Entry;
 

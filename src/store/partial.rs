@@ -1,0 +1,267 @@
+//! The partial-file protocol: modelfs's own download file of a blob
+//! (`Store::partial_path`, a name other producers never write).
+//!
+//! A [`Partial`] is open and locked: two modelfs producers of one blob under
+//! different names never write the same partial, and gc (which deletes a
+//! partial only while holding its lock) never deletes one being written. A
+//! partial with more than one link (a hard link planted from outside the
+//! store) is never written: its name is removed and a new file started. A
+//! partial longer than its blob is started over. The kept prefix is
+//! re-hashed before it is resumed, and appended bytes are hashed by the
+//! caller only once they reached the file, so the hash covers exactly the
+//! file's bytes.
+
+use std::fs::{File, Metadata};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use super::lock::{self, LockGuard};
+use super::{Store, StoreError};
+use crate::digest::{Hasher, Sha256};
+
+/// Size of one read when re-hashing a kept prefix.
+const REHASH_CHUNK: usize = 1 << 20;
+
+/// The partial file of one blob, locked, with the hash of its prefix.
+pub struct Partial {
+    file: File,
+    _lock: LockGuard,
+    offset: u64,
+    size: u64,
+    resumed: u64,
+    waited: bool,
+    hasher: Hasher,
+}
+
+impl Partial {
+    /// Opens and locks the partial of `d` (a blob of `size` bytes), waiting
+    /// for another producer that holds it. `Ok(None)`: `cancelled` said so
+    /// while waiting. The hash state is empty: call
+    /// [`Partial::rehash_prefix`] before appending to a kept prefix.
+    pub fn open(
+        store: &Store,
+        d: &Sha256,
+        size: u64,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<Self>, StoreError> {
+        let path = store.partial_path(d);
+        let mut waited = false;
+        let lock = loop {
+            let file = store.open_partial(d)?;
+            match lock::try_lock_file(file) {
+                // gc deletes a partial while holding its lock: if ours is no
+                // longer the file at the path, open the new one instead.
+                Ok(Some(g)) if still_linked(g.file(), store, d) => {
+                    if refuse_shared_inode(&g, store, d, &path)? {
+                        if cancelled() {
+                            return Ok(None);
+                        }
+                        continue;
+                    }
+                    break g;
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) if cancelled() => return Ok(None),
+                Ok(None) => {
+                    waited = true;
+                    std::thread::sleep(lock::LOCK_POLL)
+                }
+                Err(e) => return Err(StoreError::io(&path, e)),
+            }
+        };
+        let file = lock
+            .file()
+            .try_clone()
+            .map_err(|e| StoreError::io(&path, e))?;
+        let len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+        let mut p = Self {
+            file,
+            _lock: lock,
+            offset: len,
+            size,
+            resumed: len,
+            waited,
+            hasher: Hasher::new(),
+        };
+        if len > size {
+            log::warn!(
+                "{}: partial is longer than the blob; starting over",
+                path.display()
+            );
+            p.reset()?;
+        }
+        Ok(Some(p))
+    }
+
+    /// The open file (for publishing it, and for write-back hints).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Bytes in the file so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The blob's size: the partial is complete at this offset.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes kept from an earlier run that this download builds on; zero
+    /// once the partial is reset.
+    pub fn resumed(&self) -> u64 {
+        self.resumed
+    }
+
+    /// Whether another producer held the partial's lock when we came.
+    pub fn waited(&self) -> bool {
+        self.waited
+    }
+
+    /// The hash of the bytes in the file (once they are all hashed).
+    pub fn hasher(&self) -> &Hasher {
+        &self.hasher
+    }
+
+    /// Takes the hash state out, for a hashing thread to continue it; give
+    /// it back with [`Partial::set_hasher`].
+    pub fn take_hasher(&mut self) -> Hasher {
+        std::mem::take(&mut self.hasher)
+    }
+
+    pub fn set_hasher(&mut self, h: Hasher) {
+        self.hasher = h;
+    }
+
+    /// The partial file again, read-only: the same inode, never through a
+    /// symlink, and never another file that took its name.
+    pub fn reopen_read_only(&self, store: &Store, d: &Sha256) -> std::io::Result<File> {
+        use std::os::unix::fs::MetadataExt;
+        let again = store
+            .open_existing_partial(d)
+            .map_err(std::io::Error::other)?;
+        let (a, b) = (self.file.metadata()?, again.metadata()?);
+        if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+            return Err(std::io::Error::other(
+                "the partial file was replaced while it was being verified",
+            ));
+        }
+        Ok(again)
+    }
+
+    /// Hashes the kept prefix, so the final digest covers every byte.
+    pub fn rehash_prefix(&mut self) -> Result<(), StoreError> {
+        let io = |e| StoreError::io("partial file", e);
+        self.file.seek(SeekFrom::Start(0)).map_err(io)?;
+        let mut h = Hasher::new();
+        let mut left = self.offset;
+        let mut buf = vec![0u8; REHASH_CHUNK];
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let n = self.file.read(&mut buf[..want]).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            left -= n as u64;
+        }
+        self.offset -= left;
+        self.resumed = self.offset;
+        self.file.set_len(self.offset).map_err(io)?;
+        self.file.seek(SeekFrom::Start(self.offset)).map_err(io)?;
+        self.hasher = h;
+        Ok(())
+    }
+
+    /// Removes the partial file and its folder if not one byte reached it,
+    /// so a fetch that failed before the first byte (404, refused redirect,
+    /// no space) leaves the model pending instead of looking like a started
+    /// download. Safe because we hold the partial's lock, as gc does.
+    pub fn discard_if_empty(&self, store: &Store, d: &Sha256) {
+        if self.offset == 0 && still_linked(&self.file, store, d) {
+            let _ = store.remove_partial(d);
+        }
+    }
+
+    /// Empties the partial, to start over from byte 0.
+    pub fn reset(&mut self) -> Result<(), StoreError> {
+        let io = |e| StoreError::io("partial file", e);
+        self.file.set_len(0).map_err(io)?;
+        self.file.seek(SeekFrom::Start(0)).map_err(io)?;
+        self.offset = 0;
+        self.resumed = 0;
+        self.hasher = Hasher::new();
+        Ok(())
+    }
+
+    /// Writes `bytes` at the end of the partial. The caller hashes them
+    /// (on the hashing thread), and only once they are written. On a full
+    /// disk (`raw_os_error() == ENOSPC`) the file is left as it is;
+    /// otherwise it is cut back to what was there, so the hash still
+    /// covers the file exactly.
+    pub fn append_unhashed(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        if let Err(e) = self.file.write_all(bytes) {
+            if e.raw_os_error() != Some(libc::ENOSPC) {
+                let _ = self.file.set_len(self.offset);
+                let _ = self.file.seek(SeekFrom::Start(self.offset));
+            }
+            return Err(StoreError::io("partial file", e));
+        }
+        self.offset += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Free bytes for an unprivileged writer on the partial's filesystem.
+    pub fn free_bytes(&self) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        free_bytes(
+            Path::new("/proc/self/fd")
+                .join(self.file.as_raw_fd().to_string())
+                .as_path(),
+        )
+    }
+}
+
+/// A partial with more than one link shares its inode with a name outside
+/// the partial folder (a hard link planted there, perhaps to a file outside
+/// the store): writing, truncating or even resuming from it would change
+/// that file. Removes our name for it (never touching the file itself) and
+/// says so; `true` when the caller must open a new partial. The caller
+/// holds the partial's lock.
+fn refuse_shared_inode(
+    held: &LockGuard,
+    store: &Store,
+    d: &Sha256,
+    path: &Path,
+) -> Result<bool, StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let links = held
+        .file()
+        .metadata()
+        .map_err(|e| StoreError::io(path, e))?
+        .nlink();
+    if links <= 1 {
+        return Ok(false);
+    }
+    log::warn!(
+        "{}: the partial file has {links} links (another name shares it, perhaps outside \
+         the store); not writing to it: removing this name and starting a new download",
+        path.display()
+    );
+    store.remove_partial(d)?;
+    Ok(true)
+}
+
+/// Whether `file` is still the partial file of `d` in the store.
+fn still_linked(file: &File, store: &Store, d: &Sha256) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let at_path: Option<Metadata> = store.stat_partial(d);
+    match (file.metadata(), at_path) {
+        (Ok(a), Some(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+/// Free bytes for an unprivileged writer on the filesystem holding `path`.
+pub use crate::sys::free_bytes;
