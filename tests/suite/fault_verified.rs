@@ -11,8 +11,6 @@
 //! new stamps recorded. `import` copies by default (a reflink where the
 //! filesystem can), so an edit of the original never reaches the blob.
 
-mod common;
-
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
@@ -20,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::sys::{getxattr, open_and_read, open_flags};
-use common::{Fault, Mount, Origin, TestStore, gguf_bytes, output_text, wait_until};
+use crate::common::sys::{getxattr, open_and_read, open_flags};
+use crate::common::{Fault, Mount, Origin, TestStore, gguf_bytes, output_text, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::verified::{Record, Recorded};
 
@@ -281,7 +279,7 @@ fn a_touch_is_verified_again_and_served_and_its_new_stamps_are_recorded() {
         libc::EAGAIN
     );
     // Several opens at once: one hash, every open waits for it.
-    let others = common::waiter::waiters(&path, 3);
+    let others = crate::common::waiter::waiters(&path, 3);
     let (again, took) = timed_read(&path);
     assert!(again.unwrap() == data);
     for w in others {

@@ -8,13 +8,11 @@
 // `FetchError` is large on purpose (see src/lib.rs); tests pass it around.
 #![allow(clippy::result_large_err)]
 
-mod common;
-
 use std::fs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Fault, Origin, TestStore, hf, random_bytes, wait_until};
+use crate::common::{Fault, Origin, TestStore, hf, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::fetch::{
     FetchError, FetchErrorKind, FetchJob, FetchOutcome, Fetcher, Http, HttpConfig, Phase, Progress,

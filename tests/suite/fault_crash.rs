@@ -14,17 +14,15 @@
 //! Random points come from a seed each test prints; `FAULT_SEED=<n>`
 //! replays a run.
 
-mod common;
-
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::sys::{Rng, open_and_read};
-use common::waiter::{Waiter, waiters};
-use common::{Fault, Mount, Origin, TestStore, gguf_bytes, random_bytes, wait_until};
+use crate::common::sys::{Rng, open_and_read};
+use crate::common::waiter::{Waiter, waiters};
+use crate::common::{Fault, Mount, Origin, TestStore, gguf_bytes, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::{BlobState, ModelName, Store, lock};
 

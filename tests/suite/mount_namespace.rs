@@ -6,8 +6,6 @@
 //! Every test mounts the real binary (`Mount::start`) over a throwaway store
 //! and fetches from the real HTTPS test origin on loopback.
 
-mod common;
-
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -16,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::sys::{c_path, getxattr, last_errno, open_flags};
-use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
+use crate::common::sys::{c_path, getxattr, last_errno, open_flags};
+use crate::common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::{Manifest, ModelName, Source};
 
@@ -573,7 +571,7 @@ fn everything_that_writes_fails_with_erofs_and_fetches_nothing() {
 fn an_imported_model_lists_no_url_attribute() {
     let origin = Origin::start();
     let store = TestStore::new();
-    let bytes = common::gguf_bytes(40_000, 43);
+    let bytes = crate::common::gguf_bytes(40_000, 43);
     let src = store.root.parent().unwrap().join("mine.gguf");
     std::fs::write(&src, &bytes).unwrap();
     let out = store

@@ -11,8 +11,6 @@
 //! mount is read-only for every user, and other users are let in only with
 //! `allow_other`.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -22,9 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::sys::open_and_read;
-use common::waiter::Waiter;
-use common::{Fault, Mount, Origin, TestStore, output_text, random_bytes, wait_until};
+use crate::common::sys::open_and_read;
+use crate::common::waiter::Waiter;
+use crate::common::{Fault, Mount, Origin, TestStore, output_text, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::BlobState;
 

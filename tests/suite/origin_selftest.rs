@@ -1,9 +1,6 @@
-//! Self-test of the test HTTPS origin (tests/common/origin.rs), using real TLS
+//! Self-test of the test HTTPS origin (tests/suite/common/origin.rs), using real TLS
 //! clients: curl (OpenSSL) with `--cacert`, and rustls (webpki), the stack
 //! ureq uses.
-
-#[path = "common/origin.rs"]
-mod origin;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -11,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use origin::{Fault, Origin, TestCa};
+use crate::common::origin::{Fault, Origin, TestCa};
 use sha2::{Digest, Sha256};
 
 /// Deterministic pseudo-random bytes (xorshift64*).

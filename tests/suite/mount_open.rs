@@ -6,8 +6,6 @@
 //! Every test mounts the real binary (`Mount::start`) over a throwaway store
 //! and fetches from the real HTTPS test origin on loopback.
 
-mod common;
-
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -15,10 +13,10 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::sys::open_and_read;
-use common::sys::{getxattr, open_flags};
-use common::waiter::waiters;
-use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
+use crate::common::sys::open_and_read;
+use crate::common::sys::{getxattr, open_flags};
+use crate::common::waiter::waiters;
+use crate::common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::{BlobState, ModelName};
 
@@ -601,7 +599,7 @@ fn a_corrupted_origin_fails_every_waiter_with_eio_quarantines_the_bytes_and_a_la
         .args(["pull", "m"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert!(out.status.success(), "{}", crate::common::output_text(&out));
     assert!(
         open_and_read(&path).unwrap() == data,
         "after the fix the file reads right"
@@ -854,7 +852,7 @@ fn sigterm_during_a_download_unmounts_cleanly_and_a_new_mount_resumes_with_a_ran
         status.success(),
         "the mount exits cleanly on SIGTERM: {status}"
     );
-    assert!(!common::is_mounted(&mountpoint), "and is unmounted");
+    assert!(!crate::common::is_mounted(&mountpoint), "and is unmounted");
     let (st, _) = reaped_within(&mut reader, Duration::from_secs(5))
         .expect("the waiting reader is released by the shutdown");
     assert!(!st.success());
@@ -1032,7 +1030,7 @@ fn an_external_umount_during_a_background_download_ends_the_daemon_and_keeps_the
         status.success(),
         "the daemon exits cleanly after umount: {status}"
     );
-    assert!(!common::is_mounted(&mountpoint));
+    assert!(!crate::common::is_mounted(&mountpoint));
     let kept = partial_len(&store, &m.blob);
     assert!(
         kept >= 256 * 1024 && kept < data.len() as u64,
@@ -1069,6 +1067,9 @@ fn sigterm_with_a_file_still_open_detaches_the_mount_and_exits_cleanly() {
         "took {:?}",
         t.elapsed()
     );
-    assert!(!common::is_mounted(&mountpoint), "detached though busy");
+    assert!(
+        !crate::common::is_mounted(&mountpoint),
+        "detached though busy"
+    );
     drop(held);
 }

@@ -2,15 +2,15 @@
 //! dir and a real HTTPS origin: what it prints, how it exits, and what it
 //! leaves in the store and asks of the origin.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Fault, Origin, TestStore, gguf_bytes, hf, modelfs_bin, random_bytes, wait_until};
+use crate::common::{
+    Fault, Origin, TestStore, gguf_bytes, hf, modelfs_bin, random_bytes, wait_until,
+};
 use modelfs::digest::Sha256;
 use modelfs::store::{BlobState, ModelName, lock};
 use serde_json::Value;
@@ -1267,7 +1267,8 @@ fn no_http_library_line_is_logged_by_add_pull_or_mount_and_a_mount_logs_each_dow
         let b_url = origin.url("files/b.gguf");
         let b_hex = hex_of(&bytes[..150_000]);
         run(&["add", "b", "--url", &b_url, "--sha256", &b_hex]);
-        let mount = common::Mount::start_with(&ts, origin.ca_pem_path(), &[], |c| q.apply(c));
+        let mount =
+            crate::common::Mount::start_with(&ts, origin.ca_pem_path(), &[], |c| q.apply(c));
         assert_eq!(fs::read(mount.path("b.gguf")).unwrap(), bytes[..150_000]);
         let log = mount.log();
         for (what, text) in [
