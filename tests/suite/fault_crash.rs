@@ -22,26 +22,16 @@ use std::time::{Duration, Instant};
 
 use crate::common::sys::{Rng, open_and_read};
 use crate::common::waiter::{Waiter, waiters};
-use crate::common::{Fault, Mount, Origin, TestStore, gguf_bytes, random_bytes, wait_until};
+use crate::common::{
+    Fault, MIB, Mount, Origin, TestStore, gguf_bytes, is_present, partial_len, random_bytes,
+    wait_until,
+};
 use modelfs::digest::Sha256;
 use modelfs::store::{BlobState, ModelName, Store, lock};
-
-const MIB: usize = 1 << 20;
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-fn partial_len(s: &Store, d: &Sha256) -> u64 {
-    match s.blob_state(d) {
-        BlobState::Partial(n) => n,
-        _ => 0,
-    }
-}
-
-fn is_present(s: &Store, d: &Sha256) -> bool {
-    matches!(s.blob_state(d), BlobState::Present(_))
-}
 
 /// What must hold after any crash: a consistent store, the manifest as it
 /// was, a partial that is a prefix of the right bytes, no lock left held.

@@ -23,33 +23,15 @@ use std::time::Duration;
 
 use crate::common::sys::open_and_read;
 use crate::common::waiter::waiters;
-use crate::common::{Fault, Mount, Origin, TestStore, output_text, random_bytes, wait_until};
+use crate::common::{
+    Fault, MIB, Mount, Origin, TestStore, names_in, outcome, output_text, random_bytes, wait_until,
+};
 use modelfs::digest::Sha256;
 use modelfs::store::BlobState;
-
-const MIB: usize = 1 << 20;
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// What an open gave, in words for assertion messages.
-fn outcome(r: &Result<Vec<u8>, i32>, right: &[u8]) -> String {
-    match r {
-        Ok(v) if v == right => "the right bytes".into(),
-        Ok(v) => format!("WRONG BYTES ({} bytes)", v.len()),
-        Err(e) => format!("errno {e}"),
-    }
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
 
 /// Everything under `dir`: path → (kind, size, mtime, content digest or
 /// link target). Two equal snapshots mean nothing was written there.

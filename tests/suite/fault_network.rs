@@ -22,21 +22,13 @@ use std::time::{Duration, Instant};
 use crate::common::sys::getxattr;
 use crate::common::sys::{Rng, open_and_read};
 use crate::common::waiter::{Waiter, waiters};
-use crate::common::{Fault, Mount, Origin, TestStore, hf, output_text, random_bytes};
-
-const MIB: usize = 1 << 20;
+use crate::common::{
+    Fault, MIB, Mount, Origin, TestStore, failure_lines, hf, output_text, random_bytes,
+};
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// Error lines of the mount log that name `model` and contain `reason`.
-fn failure_lines(log: &str, model: &str, reason: &str) -> usize {
-    let named = format!("model \"{model}\"");
-    log.lines()
-        .filter(|l| l.contains("ERROR") && l.contains(&named) && l.contains(reason))
-        .count()
-}
 
 /// Runs `ls -l` on a mountpoint in a loop until stopped; the slowest
 /// answer and every failure. Proves the mount stays responsive.

@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use crate::common::sys::open_and_read;
 use crate::common::waiter::Waiter;
-use crate::common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
+use crate::common::{Fault, MIB, Mount, Origin, TestStore, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 
-const MIB: usize = 1 << 20;
 /// Liveness bound for anything that must not hang.
 const LIVELY: Duration = Duration::from_secs(20);
 

@@ -19,11 +19,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::common::sys::{getxattr, open_and_read, open_flags};
-use crate::common::{Fault, Mount, Origin, TestStore, gguf_bytes, output_text, wait_until};
+use crate::common::{
+    Fault, MIB, Mount, Origin, TestStore, gguf_bytes, outcome, output_text, wait_until,
+};
 use modelfs::digest::Sha256;
 use modelfs::store::verified::{Record, Recorded};
-
-const MIB: usize = 1 << 20;
 
 /// Runs a `modelfs` command on `store`; its exit code and output.
 fn cli(store: &TestStore, origin: &Origin, args: &[&str]) -> (i32, String) {
@@ -64,15 +64,6 @@ fn cp_over(other: &[u8], original: &Path) {
         .status()
         .unwrap();
     assert!(st.success());
-}
-
-/// What an open gave, in words for assertion messages.
-fn outcome(r: &Result<Vec<u8>, i32>, right: &[u8]) -> String {
-    match r {
-        Ok(v) if v == right => "the right bytes".into(),
-        Ok(v) => format!("WRONG BYTES ({} bytes)", v.len()),
-        Err(e) => format!("errno {e}"),
-    }
 }
 
 /// The record modelfs keeps for `bytes`' blob.

@@ -15,11 +15,11 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::common::sys::{c_path, getxattr, last_errno, open_flags};
-use crate::common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
+use crate::common::{
+    Fault, MIB, Mount, Origin, TestStore, hex, names_in, random_bytes, wait_until,
+};
 use modelfs::digest::Sha256;
 use modelfs::store::{Manifest, ModelName, Source};
-
-const MIB: usize = 1 << 20;
 
 // ---------------------------------------------------------------------------
 // Helpers: real syscalls through libc, timing, small store edits.
@@ -50,19 +50,6 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let t = Instant::now();
     let v = f();
     (v, t.elapsed())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    Sha256::of(bytes).to_hex()
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 /// Writes a manifest with a chosen format, size and `produced_at`.

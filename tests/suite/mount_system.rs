@@ -22,14 +22,13 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Fault, Mount, Origin, TestStore, modelfs_bin, random_bytes, require_fuse, wait_until,
+    Fault, MIB, Mount, Origin, TestStore, hex, modelfs_bin, random_bytes, require_fuse, wait_until,
 };
 use modelfs::digest::Sha256;
 use modelfs::store::{Manifest, ModelName, Source, Store};
 use serde_json::Value;
 
 const KIB: usize = 1 << 10;
-const MIB: usize = 1 << 20;
 
 // ---------------------------------------------------------------------------
 // Running commands
@@ -87,10 +86,6 @@ fn run_ok(cmd: &mut Command) -> Output {
 
 fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    Sha256::of(bytes).to_hex()
 }
 
 /// A fresh temporary directory that any user may traverse (tempdirs are
