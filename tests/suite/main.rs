@@ -7,7 +7,8 @@
 //! The tests of all modules share one process and run on parallel
 //! threads: a test that changes host state (`mount_system`) or process
 //! state must take a lock for it or keep the change to its own thread or
-//! children.
+//! children, and one whose figures the shared process would skew runs
+//! itself alone in a fresh one (`common::rerun_alone`).
 
 mod common;
 

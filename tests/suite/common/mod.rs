@@ -111,6 +111,35 @@ pub fn failure_lines(log: &str, model: &str, reason: &str) -> usize {
         .count()
 }
 
+/// Runs the test `name` (`module::test`, as this binary lists it) alone in
+/// a fresh process of the test binary, failing if it fails there; returns
+/// `true` here and `false` in that process, where the caller goes on to
+/// run its body.
+///
+/// For a test whose figures its own process would skew: the peak RSS the
+/// kernel reports for a child (`wait4`) starts from its parent's peak at
+/// the spawn, and the suite's one process has held the buffers of every
+/// test that ran before or beside it.
+pub fn rerun_alone(name: &str) -> bool {
+    const ALONE: &str = "MODELFS_TEST_ALONE";
+    if std::env::var(ALONE).as_deref() == Ok(name) {
+        return false;
+    }
+    let out = Command::new(std::env::current_exe().expect("the test binary's path"))
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ALONE, name)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the test binary");
+    let text = output_text(&out);
+    eprint!("{text}");
+    assert!(
+        out.status.success() && text.contains("test result: ok. 1 passed"),
+        "{name}, run alone in its own process, failed:\n{text}"
+    );
+    true
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
