@@ -1,9 +1,6 @@
-//! Self-test of the test HTTPS origin (tests/common/origin.rs), using real TLS
+//! Self-test of the test HTTPS origin (tests/suite/common/origin.rs), using real TLS
 //! clients: curl (OpenSSL) with `--cacert`, and rustls (webpki), the stack
 //! ureq uses.
-
-#[path = "common/origin.rs"]
-mod origin;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -11,22 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use origin::{Fault, Origin, TestCa};
+use crate::common::origin::{Fault, Origin, TestCa};
+use crate::common::random_bytes;
 use sha2::{Digest, Sha256};
-
-/// Deterministic pseudo-random bytes (xorshift64*).
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn sha256(b: &[u8]) -> Vec<u8> {
     Sha256::digest(b).to_vec()
@@ -149,7 +133,7 @@ fn split_response(raw: &[u8]) -> (String, &[u8]) {
 #[test]
 fn serves_a_full_get_whose_sha256_matches_the_put_bytes() {
     let o = Origin::start();
-    let bytes = data(3 * 1024 * 1024 + 17, 1);
+    let bytes = random_bytes(3 * 1024 * 1024 + 17, 1);
     o.put("models/a.bin", bytes.clone());
     let r = curl(&o, &o.url("models/a.bin"), &[]);
     assert_eq!(r.code, 0);
@@ -169,7 +153,7 @@ fn serves_a_full_get_whose_sha256_matches_the_put_bytes() {
 #[test]
 fn serves_a_range_request_with_206_and_content_range() {
     let o = Origin::start();
-    let bytes = data(200_000, 2);
+    let bytes = random_bytes(200_000, 2);
     o.put("r.bin", bytes.clone());
     let url = o.url("r.bin");
 
@@ -232,7 +216,7 @@ fn answers_404_for_unknown_and_removed_paths_and_put_replaces_content() {
 #[test]
 fn head_returns_headers_with_no_body() {
     let o = Origin::start();
-    o.put("h.bin", data(12_345, 3));
+    o.put("h.bin", random_bytes(12_345, 3));
     let r = curl(&o, &o.url("h.bin"), &["-I"]);
     assert_eq!((r.code, r.status), (0, 200));
     assert_eq!(r.header("content-length"), Some("12345"));
@@ -251,7 +235,7 @@ fn head_returns_headers_with_no_body() {
 #[test]
 fn drop_at_closes_the_connection_mid_body_so_curl_reports_a_short_transfer() {
     let o = Origin::start();
-    let bytes = data(1_000_000, 4);
+    let bytes = random_bytes(1_000_000, 4);
     o.put("d.bin", bytes.clone());
     o.push_fault("d.bin", Fault::DropAt(300_001));
     let r = curl(&o, &o.url("d.bin"), &[]);
@@ -277,7 +261,7 @@ fn drop_at_closes_the_connection_mid_body_so_curl_reports_a_short_transfer() {
 #[test]
 fn drop_at_ends_the_tls_stream_without_close_notify_for_a_rustls_client() {
     let o = Origin::start();
-    let bytes = data(100_000, 5);
+    let bytes = random_bytes(100_000, 5);
     o.put("d.bin", bytes.clone());
 
     let (raw, res) = rustls_get(o.ca(), o.port(), "127.0.0.1", "d.bin");
@@ -301,7 +285,7 @@ fn drop_at_ends_the_tls_stream_without_close_notify_for_a_rustls_client() {
 #[test]
 fn truncate_sends_full_length_headers_then_closes_early_so_curl_reports_partial_file() {
     let o = Origin::start();
-    let bytes = data(500_000, 6);
+    let bytes = random_bytes(500_000, 6);
     o.put("t.bin", bytes.clone());
     o.push_fault("t.bin", Fault::Truncate(70_000));
     let r = curl(&o, &o.url("t.bin"), &[]);
@@ -313,7 +297,7 @@ fn truncate_sends_full_length_headers_then_closes_early_so_curl_reports_partial_
 #[test]
 fn reset_at_aborts_the_connection_with_an_error_for_curl() {
     let o = Origin::start();
-    o.put("x.bin", data(2_000_000, 7));
+    o.put("x.bin", random_bytes(2_000_000, 7));
     o.push_fault("x.bin", Fault::ResetAt(100_000));
     let r = curl(&o, &o.url("x.bin"), &[]);
     assert_ne!(r.code, 0);
@@ -323,7 +307,7 @@ fn reset_at_aborts_the_connection_with_an_error_for_curl() {
 #[test]
 fn stall_at_holds_the_connection_open_then_completes_the_body() {
     let o = Origin::start();
-    let bytes = data(300_000, 8);
+    let bytes = random_bytes(300_000, 8);
     o.put("s.bin", bytes.clone());
     o.push_fault(
         "s.bin",
@@ -351,7 +335,7 @@ fn stall_at_holds_the_connection_open_then_completes_the_body() {
 #[test]
 fn flip_byte_changes_exactly_one_byte_at_the_absolute_offset() {
     let o = Origin::start();
-    let bytes = data(400_000, 9);
+    let bytes = random_bytes(400_000, 9);
     o.put("f.bin", bytes.clone());
 
     o.push_fault("f.bin", Fault::FlipByte(123_456));
@@ -392,7 +376,7 @@ fn push_fault_is_consumed_after_one_request_in_fifo_order() {
 #[test]
 fn head_consumes_a_status_fault_but_leaves_a_body_fault_for_the_next_get() {
     let o = Origin::start();
-    o.put("h", data(50_000, 10));
+    o.put("h", random_bytes(50_000, 10));
     o.push_fault("h", Fault::Status(401));
     assert_eq!(curl(&o, &o.url("h"), &["-I"]).status, 401);
     assert_eq!(o.pending_faults("h"), 0);
@@ -427,7 +411,7 @@ fn redirect_location_points_at_a_second_origin_trusted_by_the_same_ca() {
     let b = Origin::start_with_ca(a.ca());
     assert_ne!(a.port(), b.port());
     assert_eq!(a.ca_pem_path(), b.ca_pem_path());
-    let bytes = data(70_000, 11);
+    let bytes = random_bytes(70_000, 11);
     b.put("blob/x", bytes.clone());
     a.push_fault("model.gguf", Fault::RedirectTo(b.url_localhost("blob/x")));
 
@@ -464,7 +448,7 @@ fn redirect_location_points_at_a_second_origin_trusted_by_the_same_ca() {
 #[test]
 fn stats_count_gets_heads_range_gets_bytes_and_authorization_headers() {
     let o = Origin::start();
-    o.put("s", data(1000, 12));
+    o.put("s", random_bytes(1000, 12));
     curl(&o, &o.url("s"), &["-H", "Authorization: Bearer hf_secret"]);
     curl(&o, &o.url("s"), &["-r", "10-19"]);
     curl(
@@ -501,7 +485,7 @@ fn stats_count_gets_heads_range_gets_bytes_and_authorization_headers() {
 #[test]
 fn plain_http_listener_serves_the_same_files() {
     let o = Origin::start();
-    let bytes = data(80_000, 13);
+    let bytes = random_bytes(80_000, 13);
     o.put("p/q.bin", bytes.clone());
     let url = o.http_url("p/q.bin");
     assert!(url.starts_with("http://127.0.0.1:"));
@@ -545,7 +529,7 @@ fn certificate_is_valid_for_ip_and_localhost_and_rejected_under_another_ca() {
 #[test]
 fn content_length_lie_is_sent_and_the_body_is_cut_to_it() {
     let o = Origin::start();
-    let bytes = data(10_000, 14);
+    let bytes = random_bytes(10_000, 14);
     o.put("cl", bytes.clone());
     o.push_fault("cl", Fault::ContentLength(4_000));
     let r = curl(&o, &o.url("cl"), &[]);
@@ -561,7 +545,7 @@ fn content_length_lie_is_sent_and_the_body_is_cut_to_it() {
 #[test]
 fn ignore_range_answers_200_with_the_full_body() {
     let o = Origin::start();
-    let bytes = data(30_000, 15);
+    let bytes = random_bytes(30_000, 15);
     o.put("ir", bytes.clone());
     o.push_fault("ir", Fault::IgnoreRange);
     let r = curl(&o, &o.url("ir"), &["-r", "100-199"]);
@@ -574,7 +558,7 @@ fn ignore_range_answers_200_with_the_full_body() {
 #[test]
 fn throttle_limits_the_transfer_rate() {
     let o = Origin::start();
-    let bytes = data(100_000, 16);
+    let bytes = random_bytes(100_000, 16);
     o.put("th", bytes.clone());
     o.push_fault("th", Fault::Throttle(200_000));
     let r = curl(&o, &o.url("th"), &[]);
@@ -602,7 +586,7 @@ fn persistent_fault_applies_until_cleared_and_star_matches_every_path() {
     assert_eq!(curl(&o, &o.url("b"), &[]).status, 200);
 
     // Multi combines faults in one response.
-    o.put("big", data(200_000, 17));
+    o.put("big", random_bytes(200_000, 17));
     o.push_fault(
         "big",
         Fault::Multi(vec![Fault::FlipByte(5), Fault::DropAt(1000)]),
@@ -610,7 +594,7 @@ fn persistent_fault_applies_until_cleared_and_star_matches_every_path() {
     let r = curl(&o, &o.url("big"), &[]);
     assert_ne!(r.code, 0);
     assert_eq!(r.body.len(), 1000);
-    assert_ne!(r.body[5], data(200_000, 17)[5]);
+    assert_ne!(r.body[5], random_bytes(200_000, 17)[5]);
 }
 
 #[test]
@@ -645,7 +629,7 @@ fn directory_listing_links_the_files_below_a_path_ending_in_slash() {
 fn extra_headers_emulate_hugging_face_linked_etag_and_size() {
     let o = Origin::start();
     let blob = Origin::start_with_ca(o.ca());
-    blob.put("xet/abc", data(4096, 18));
+    blob.put("xet/abc", random_bytes(4096, 18));
     o.set_extra_headers(
         "org/m/resolve/main/m.gguf",
         vec![
@@ -667,7 +651,7 @@ fn extra_headers_emulate_hugging_face_linked_etag_and_size() {
         Some(blob.url("xet/abc"))
     );
     let r = curl(&o, &o.url("org/m/resolve/main/m.gguf"), &["-L"]);
-    assert_eq!(r.body, data(4096, 18));
+    assert_eq!(r.body, random_bytes(4096, 18));
 }
 
 #[test]
@@ -675,7 +659,7 @@ fn put_file_serves_a_file_from_disk_with_ranges() {
     let o = Origin::start();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("big.bin");
-    let bytes = data(1_500_000, 19);
+    let bytes = random_bytes(1_500_000, 19);
     std::fs::write(&p, &bytes).unwrap();
     o.put_file("disk.bin", &p);
     let r = curl(&o, &o.url("disk.bin"), &[]);
@@ -687,7 +671,7 @@ fn put_file_serves_a_file_from_disk_with_ranges() {
 #[test]
 fn dropping_the_origin_unblocks_a_client_stuck_in_a_stall() {
     let o = Origin::start();
-    o.put("z", data(100_000, 20));
+    o.put("z", random_bytes(100_000, 20));
     o.push_fault("z", Fault::StallAt(10, Duration::from_secs(60)));
     let ca = o.ca().clone();
     let url = o.url("z");
@@ -721,7 +705,7 @@ fn a_plain_tcp_connection_that_sends_garbage_does_not_break_the_server() {
     }
     {
         // Disconnect mid-body.
-        o.put("big", data(5_000_000, 21));
+        o.put("big", random_bytes(5_000_000, 21));
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let conn = rustls::ClientConnection::new(o.ca().client_config(), name).unwrap();
         let tcp = TcpStream::connect(("127.0.0.1", o.port())).unwrap();
@@ -773,7 +757,7 @@ fn serves_a_gguf_made_by_the_generator_script_byte_for_byte() {
 fn ureq_trusting_the_ca_pem_fetches_ranges_and_follows_a_redirect_between_origins() {
     let a = Origin::start();
     let b = Origin::start_with_ca(a.ca());
-    let bytes = data(300_000, 22);
+    let bytes = random_bytes(300_000, 22);
     b.put("blob", bytes.clone());
     a.set_persistent_fault("m.gguf", Some(Fault::RedirectTo(b.url_localhost("blob"))));
 

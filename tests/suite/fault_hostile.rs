@@ -14,8 +14,6 @@
 //! tests (`src/store/fuzz_tests.rs`); these tests feed the same kinds of
 //! input to the running daemon.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, symlink};
@@ -23,35 +21,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::sys::open_and_read;
-use common::waiter::waiters;
-use common::{Fault, Mount, Origin, TestStore, output_text, random_bytes, wait_until};
+use crate::common::sys::open_and_read;
+use crate::common::waiter::waiters;
+use crate::common::{
+    Fault, MIB, Mount, Origin, TestStore, names_in, outcome, output_text, random_bytes, wait_until,
+};
 use modelfs::digest::Sha256;
 use modelfs::store::BlobState;
-
-const MIB: usize = 1 << 20;
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// What an open gave, in words for assertion messages.
-fn outcome(r: &Result<Vec<u8>, i32>, right: &[u8]) -> String {
-    match r {
-        Ok(v) if v == right => "the right bytes".into(),
-        Ok(v) => format!("WRONG BYTES ({} bytes)", v.len()),
-        Err(e) => format!("errno {e}"),
-    }
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
 
 /// Everything under `dir`: path → (kind, size, mtime, content digest or
 /// link target). Two equal snapshots mean nothing was written there.
@@ -97,7 +77,7 @@ fn run(cmd: &mut Command) -> (i32, String) {
 
 fn alive(mount: &Mount) -> bool {
     Path::new(&format!("/proc/{}", mount.pid())).exists()
-        && common::is_mounted(&mount.mountpoint)
+        && crate::common::is_mounted(&mount.mountpoint)
         && fs::read_dir(&mount.mountpoint).is_ok()
 }
 
@@ -319,7 +299,7 @@ fn blob_replaced_on_disk(options: &[&str]) {
     fs::rename(&tmp, &blob).unwrap();
     // Served as it is: a blob with no verification record (placed by
     // another tool) is trusted at first sight (documented; a blob modelfs
-    // verified is hashed again when its stamps move, `tests/fault_verified.rs`);
+    // verified is hashed again when its stamps move, `tests/suite/fault_verified.rs`);
     // this read also fills the kernel's cache.
     let served = open_and_read(&path).unwrap();
     assert_eq!(served.len(), data.len());
@@ -333,7 +313,9 @@ fn blob_replaced_on_disk(options: &[&str]) {
     // The next open needs a fresh fetch: it verifies, and serves only the
     // pinned bytes, not what the kernel cached from the replaced file.
     assert!(wait_until(Duration::from_secs(5), || {
-        fs::metadata(&path).is_ok() && common::is_mounted(&mount.mountpoint) && !blob.exists()
+        fs::metadata(&path).is_ok()
+            && crate::common::is_mounted(&mount.mountpoint)
+            && !blob.exists()
     }));
     let again = open_and_read(&path).unwrap();
     assert!(

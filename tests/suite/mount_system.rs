@@ -10,8 +10,6 @@
 //! user account, files in /var/log/modelfs); each change is undone by a
 //! guard's Drop, so a failing assertion leaves nothing behind.
 
-mod common;
-
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
@@ -23,15 +21,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{
-    Fault, Mount, Origin, TestStore, modelfs_bin, random_bytes, require_fuse, wait_until,
+use crate::common::{
+    Fault, MIB, Mount, Origin, TestStore, hex, modelfs_bin, random_bytes, require_fuse, wait_until,
 };
 use modelfs::digest::Sha256;
 use modelfs::store::{Manifest, ModelName, Source, Store};
 use serde_json::Value;
 
 const KIB: usize = 1 << 10;
-const MIB: usize = 1 << 20;
 
 // ---------------------------------------------------------------------------
 // Running commands
@@ -89,10 +86,6 @@ fn run_ok(cmd: &mut Command) -> Output {
 
 fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    Sha256::of(bytes).to_hex()
 }
 
 /// A fresh temporary directory that any user may traverse (tempdirs are
@@ -244,9 +237,9 @@ fn sha_through(path: &Path) -> String {
 // Host state shared between tests
 // ---------------------------------------------------------------------------
 
-/// Exclusive use of some host-wide state: within this test binary by a
-/// static Mutex (cargo runs the tests of this file on parallel threads),
-/// and across processes by an flock on a file in /tmp (another `cargo test`
+/// Exclusive use of some host-wide state: within the test binary by a
+/// static Mutex (cargo runs the tests of the whole suite on parallel
+/// threads of one process), and across processes by an flock on a file in /tmp (another `cargo test`
 /// of this or another checkout may run these tests at the same time).
 struct HostLock {
     _file: fs::File,
@@ -1526,7 +1519,7 @@ fn one_download_has_one_state_word_in_xattrs_status_and_ls() {
         );
         let ls: Value = serde_json::from_slice(&ls.stdout).unwrap();
         [
-            common::sys::getxattr(&mnt.join("m.gguf"), "user.modelfs.state").unwrap(),
+            crate::common::sys::getxattr(&mnt.join("m.gguf"), "user.modelfs.state").unwrap(),
             row(&status_json(&store, Some(mnt)), "m.gguf").0,
             row(&status_json(&store, None), "m.gguf").0,
             ls[0]["state"].as_str().unwrap().to_string(),

@@ -6,8 +6,6 @@
 //! Every test mounts the real binary (`Mount::start`) over a throwaway store
 //! and fetches from the real HTTPS test origin on loopback.
 
-mod common;
-
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -15,22 +13,18 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::sys::open_and_read;
-use common::sys::{getxattr, open_flags};
-use common::waiter::waiters;
-use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
-use modelfs::digest::Sha256;
-use modelfs::store::{BlobState, ModelName};
-
-const MIB: usize = 1 << 20;
+use crate::common::sys::open_and_read;
+use crate::common::sys::{getxattr, open_flags};
+use crate::common::waiter::waiters;
+use crate::common::{
+    Fault, MIB, Mount, Origin, TestStore, failure_lines, hex, is_present, partial_len,
+    random_bytes, wait_until,
+};
+use modelfs::store::ModelName;
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-fn hex(bytes: &[u8]) -> String {
-    Sha256::of(bytes).to_hex()
-}
 
 /// Undoes an inherited "ignore SIGINT" (a test run started in the
 /// background by a shell has SIGINT and SIGQUIT ignored, and children
@@ -112,25 +106,6 @@ fn reaped_within(child: &mut Child, limit: Duration) -> Option<(ExitStatus, Dura
     None
 }
 
-/// Error lines of the mount log that name `model` and contain `reason`.
-fn failure_lines(log: &str, model: &str, reason: &str) -> usize {
-    let named = format!("model \"{model}\"");
-    log.lines()
-        .filter(|l| l.contains("ERROR") && l.contains(&named) && l.contains(reason))
-        .count()
-}
-
-fn partial_len(store: &TestStore, d: &Sha256) -> u64 {
-    match store.store().blob_state(d) {
-        BlobState::Partial(n) => n,
-        _ => 0,
-    }
-}
-
-fn is_present(store: &TestStore, d: &Sha256) -> bool {
-    matches!(store.store().blob_state(d), BlobState::Present(_))
-}
-
 // ---------------------------------------------------------------------------
 // One download, many openers
 // ---------------------------------------------------------------------------
@@ -148,7 +123,7 @@ fn thirty_two_processes_opening_one_pending_entry_share_one_download() {
 
     let readers: Vec<Child> = (0..32).map(|_| sha256sum(&path)).collect();
     assert!(
-        !is_present(&store, &m.blob),
+        !is_present(&store.store(), &m.blob),
         "all 32 opened before the download ended (else raise the throttle)"
     );
     let want = hex(&data);
@@ -186,7 +161,10 @@ fn an_open_answered_at_verification_keeps_reading_its_file_after_it_is_published
     f.read_to_end(&mut got).unwrap();
     assert!(got == data, "the first open reads the verified bytes");
     assert!(
-        wait_until(Duration::from_secs(10), || is_present(&store, &m.blob)),
+        wait_until(Duration::from_secs(10), || is_present(
+            &store.store(),
+            &m.blob
+        )),
         "the blob is published after the open returned"
     );
     assert_eq!(getxattr(&path, "user.modelfs.state").unwrap(), "present");
@@ -550,7 +528,7 @@ fn a_corrupted_origin_fails_every_waiter_with_eio_quarantines_the_bytes_and_a_la
     );
 
     // Nothing bad is readable, now or later.
-    assert!(!is_present(&store, &m.blob));
+    assert!(!is_present(&store.store(), &m.blob));
     // The bytes are in quarantine, one flipped bit away from the right ones.
     let q = store.quarantined();
     assert_eq!(q.len(), 1, "quarantine: {q:?}");
@@ -601,7 +579,7 @@ fn a_corrupted_origin_fails_every_waiter_with_eio_quarantines_the_bytes_and_a_la
         .args(["pull", "m"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert!(out.status.success(), "{}", crate::common::output_text(&out));
     assert!(
         open_and_read(&path).unwrap() == data,
         "after the fix the file reads right"
@@ -741,7 +719,10 @@ fn an_o_nonblock_open_of_a_pending_entry_fails_with_eagain_at_once_and_starts_th
         libc::EAGAIN
     );
     assert!(
-        wait_until(Duration::from_secs(30), || is_present(&store, &m.blob)),
+        wait_until(Duration::from_secs(30), || is_present(
+            &store.store(),
+            &m.blob
+        )),
         "the blob arrives without any blocking open"
     );
     // Now even a non-blocking open succeeds, without the network.
@@ -825,7 +806,7 @@ fn an_open_waits_for_another_process_holding_the_model_lock_without_blocking_the
     drop(held);
     assert_eq!(digest_of(reader), Ok(hex(&data)));
     assert_eq!(origin.stats("m.gguf").gets, 0, "the produced blob was used");
-    assert!(is_present(&store, &m.blob));
+    assert!(is_present(&store.store(), &m.blob));
     store.assert_consistent();
 }
 
@@ -844,8 +825,10 @@ fn sigterm_during_a_download_unmounts_cleanly_and_a_new_mount_resumes_with_a_ran
     let mountpoint = mount.mountpoint.clone();
     let mut reader = sha256sum(&mount.path("m.gguf"));
     assert!(
-        wait_until(Duration::from_secs(15), || partial_len(&store, &m.blob)
-            >= 512 * 1024),
+        wait_until(Duration::from_secs(15), || partial_len(
+            &store.store(),
+            &m.blob
+        ) >= 512 * 1024),
         "the download is under way"
     );
 
@@ -854,18 +837,18 @@ fn sigterm_during_a_download_unmounts_cleanly_and_a_new_mount_resumes_with_a_ran
         status.success(),
         "the mount exits cleanly on SIGTERM: {status}"
     );
-    assert!(!common::is_mounted(&mountpoint), "and is unmounted");
+    assert!(!crate::common::is_mounted(&mountpoint), "and is unmounted");
     let (st, _) = reaped_within(&mut reader, Duration::from_secs(5))
         .expect("the waiting reader is released by the shutdown");
     assert!(!st.success());
 
-    let kept = partial_len(&store, &m.blob);
+    let kept = partial_len(&store.store(), &m.blob);
     assert!(
         kept >= 512 * 1024,
         "a resumable partial is left ({kept} bytes)"
     );
     assert!(kept < data.len() as u64);
-    assert!(!is_present(&store, &m.blob));
+    assert!(!is_present(&store.store(), &m.blob));
 
     origin.set_persistent_fault("m.gguf", None);
     let again = Mount::start(&store, origin.ca_pem_path(), &[]);
@@ -944,8 +927,10 @@ fn an_aborted_connection_with_a_waiting_open_logs_no_error_at_the_default_level(
     });
     let mut reader = sha256sum(&mount.path("m.gguf"));
     assert!(
-        wait_until(Duration::from_secs(10), || partial_len(&store, &m.blob)
-            >= 256 * 1024
+        wait_until(Duration::from_secs(10), || partial_len(
+            &store.store(),
+            &m.blob
+        ) >= 256 * 1024
             && in_open_syscall(reader.id())),
         "the download stalls and the reader waits in open"
     );
@@ -991,10 +976,10 @@ fn a_daemon_stopped_right_after_a_first_open_publishes_the_verified_blob_before_
 
     assert!(status.success(), "clean exit: {status}");
     assert!(
-        is_present(&store, &m.blob),
+        is_present(&store.store(), &m.blob),
         "the verified bytes were published before the daemon exited"
     );
-    assert_eq!(partial_len(&store, &m.blob), 0, "no partial left");
+    assert_eq!(partial_len(&store.store(), &m.blob), 0, "no partial left");
     assert!(std::fs::read(store.store().blob_path(&m.blob)).unwrap() == data);
     store.assert_consistent();
 }
@@ -1013,8 +998,10 @@ fn an_external_umount_during_a_background_download_ends_the_daemon_and_keeps_the
         libc::EAGAIN
     );
     assert!(
-        wait_until(Duration::from_secs(15), || partial_len(&store, &m.blob)
-            >= 256 * 1024),
+        wait_until(Duration::from_secs(15), || partial_len(
+            &store.store(),
+            &m.blob
+        ) >= 256 * 1024),
         "the background download is under way"
     );
 
@@ -1032,8 +1019,8 @@ fn an_external_umount_during_a_background_download_ends_the_daemon_and_keeps_the
         status.success(),
         "the daemon exits cleanly after umount: {status}"
     );
-    assert!(!common::is_mounted(&mountpoint));
-    let kept = partial_len(&store, &m.blob);
+    assert!(!crate::common::is_mounted(&mountpoint));
+    let kept = partial_len(&store.store(), &m.blob);
     assert!(
         kept >= 256 * 1024 && kept < data.len() as u64,
         "partial of {kept} bytes kept"
@@ -1069,6 +1056,9 @@ fn sigterm_with_a_file_still_open_detaches_the_mount_and_exits_cleanly() {
         "took {:?}",
         t.elapsed()
     );
-    assert!(!common::is_mounted(&mountpoint), "detached though busy");
+    assert!(
+        !crate::common::is_mounted(&mountpoint),
+        "detached though busy"
+    );
     drop(held);
 }

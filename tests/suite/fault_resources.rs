@@ -4,16 +4,14 @@
 //! memory bounded. Every figure is read from `/proc/<daemon>/status`; no
 //! test asserts a time.
 
-mod common;
-
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::sys::{getxattr, open_flags};
-use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
+use crate::common::sys::{getxattr, open_flags};
+use crate::common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::store::{Manifest, ModelName, Source};
 

@@ -8,15 +8,13 @@
 //! given to `log_file=` and `ca_file=` with `\,`. Commands run here must
 //! end within [`LIVENESS`], a generous bound, not a performance threshold.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::sys::{getxattr, open_and_read};
-use common::{Mount, Origin, TestStore, is_mounted, output_text, random_bytes, wait_until};
+use crate::common::sys::{getxattr, open_and_read};
+use crate::common::{Mount, Origin, TestStore, is_mounted, output_text, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 
 const LIVENESS: Duration = Duration::from_secs(20);
@@ -79,7 +77,9 @@ fn no_password_or_signed_query_reaches_ls_json_logs_at_trace_xattrs_or_errors() 
     origin.put("cdn.gguf", redir.clone());
     origin.set_persistent_fault(
         "redir.gguf",
-        Some(common::Fault::RedirectTo(signed(&origin, "cdn.gguf"))),
+        Some(crate::common::Fault::RedirectTo(signed(
+            &origin, "cdn.gguf",
+        ))),
     );
     store.write_manifest("redir", &origin.url("redir.gguf"), &redir);
     // A URL that fails, so that it reaches an error message.
@@ -287,7 +287,7 @@ fn a_log_file_and_a_ca_file_with_commas_in_their_paths_are_given_with_backslash_
     fs::copy(origin.ca_pem_path(), &ca).unwrap();
     let esc = |p: &Path| p.to_str().unwrap().replace(',', "\\,");
     // The global --ca-file does not exist: only the option's can be used.
-    let mut child = Command::new(common::modelfs_bin())
+    let mut child = Command::new(crate::common::modelfs_bin())
         .arg("--store")
         .arg(&store.root)
         .arg("--ca-file")

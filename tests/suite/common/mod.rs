@@ -16,7 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use modelfs::digest::Sha256;
-use modelfs::store::{Manifest, ModelName, Source, Store};
+use modelfs::store::{BlobState, Manifest, ModelName, Source, Store};
 
 pub use origin::{Fault, Origin};
 
@@ -35,18 +35,43 @@ pub fn output_text(out: &Output) -> String {
     )
 }
 
+/// One step of xorshift64 (13, 7, 17): the generator behind
+/// [`random_bytes`] and [`sys::Rng`].
+pub fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
 /// Deterministic pseudo-random bytes (xorshift), fast enough for 100s of MiB.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
+        out.extend_from_slice(&xorshift(&mut x).to_le_bytes());
     }
     out.truncate(len);
     out
+}
+
+/// The SHA-256 of `bytes` in lowercase hex, as manifests and the CLI
+/// write it.
+pub fn hex(bytes: &[u8]) -> String {
+    Sha256::of(bytes).to_hex()
+}
+
+/// Whether the blob `d` is complete in `store`.
+pub fn is_present(store: &Store, d: &Sha256) -> bool {
+    matches!(store.blob_state(d), BlobState::Present(_))
+}
+
+/// How many bytes of `d` a partial holds in `store` (0 when there is none).
+pub fn partial_len(store: &Store, d: &Sha256) -> u64 {
+    match store.blob_state(d) {
+        BlobState::Partial(n) => n,
+        _ => 0,
+    }
 }
 
 /// [`random_bytes`] that start as a GGUF file does (`import` checks).
@@ -54,6 +79,65 @@ pub fn gguf_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut b = b"GGUF".to_vec();
     b.extend(random_bytes(len.saturating_sub(4), seed));
     b
+}
+
+/// A mebibyte, for sizes.
+pub const MIB: usize = 1 << 20;
+
+/// The names in `dir`, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// What an open gave, in words for assertion messages.
+pub fn outcome(r: &Result<Vec<u8>, i32>, right: &[u8]) -> String {
+    match r {
+        Ok(v) if v == right => "the right bytes".into(),
+        Ok(v) => format!("WRONG BYTES ({} bytes)", v.len()),
+        Err(e) => format!("errno {e}"),
+    }
+}
+
+/// Error lines of the mount log that name `model` and contain `reason`.
+pub fn failure_lines(log: &str, model: &str, reason: &str) -> usize {
+    let named = format!("model \"{model}\"");
+    log.lines()
+        .filter(|l| l.contains("ERROR") && l.contains(&named) && l.contains(reason))
+        .count()
+}
+
+/// Runs the test `name` (`module::test`, as this binary lists it) alone in
+/// a fresh process of the test binary, failing if it fails there; returns
+/// `true` here and `false` in that process, where the caller goes on to
+/// run its body.
+///
+/// For a test whose figures its own process would skew: the peak RSS the
+/// kernel reports for a child (`wait4`) starts from its parent's peak at
+/// the spawn, and the suite's one process has held the buffers of every
+/// test that ran before or beside it.
+pub fn rerun_alone(name: &str) -> bool {
+    const ALONE: &str = "MODELFS_TEST_ALONE";
+    if std::env::var(ALONE).as_deref() == Ok(name) {
+        return false;
+    }
+    let out = Command::new(std::env::current_exe().expect("the test binary's path"))
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ALONE, name)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the test binary");
+    let text = output_text(&out);
+    eprint!("{text}");
+    assert!(
+        out.status.success() && text.contains("test result: ok. 1 passed"),
+        "{name}, run alone in its own process, failed:\n{text}"
+    );
+    true
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.

@@ -8,13 +8,11 @@
 // `FetchError` is large on purpose (see src/lib.rs); tests pass it around.
 #![allow(clippy::result_large_err)]
 
-mod common;
-
 use std::fs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Fault, Origin, TestStore, hf, random_bytes, wait_until};
+use crate::common::{Fault, Origin, TestStore, hf, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 use modelfs::fetch::{
     FetchError, FetchErrorKind, FetchJob, FetchOutcome, Fetcher, Http, HttpConfig, Phase, Progress,
@@ -70,6 +68,25 @@ fn path_of(name: &str) -> String {
     format!("{name}.gguf")
 }
 
+/// A fresh origin and store with one pending model `name`: `len` bytes
+/// made from `seed`, served at `<name>.gguf`, whose first requests the
+/// origin answers with `faults`, one each, in order.
+fn pending(
+    name: &str,
+    len: usize,
+    seed: u64,
+    faults: Vec<Fault>,
+) -> (Origin, TestStore, Vec<u8>, Manifest) {
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let bytes = random_bytes(len, seed);
+    let m = ts.add_pending(name, &origin, &bytes);
+    for fault in faults {
+        origin.push_fault(&path_of(name), fault);
+    }
+    (origin, ts, bytes, m)
+}
+
 /// The model's blob is in place, with exactly `bytes`.
 fn assert_present(ts: &TestStore, m: &Manifest, bytes: &[u8]) {
     let s = ts.store();
@@ -109,10 +126,7 @@ fn assert_still_pending(ts: &TestStore, m: &Manifest) {
 
 #[test]
 fn a_clean_fetch_downloads_once_and_publishes_the_verified_blob() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(1 << 20, 1);
-    let m = ts.add_pending("clean", &origin, &bytes);
+    let (origin, ts, bytes, m) = pending("clean", 1 << 20, 1, vec![]);
 
     let out = fetch(&fetcher(&origin), &ts, &m).expect("fetch");
 
@@ -139,11 +153,7 @@ fn a_clean_fetch_downloads_once_and_publishes_the_verified_blob() {
 
 #[test]
 fn a_dropped_connection_resumes_with_a_range_request() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(1 << 20, 2);
-    let m = ts.add_pending("dropped", &origin, &bytes);
-    origin.push_fault(&path_of("dropped"), Fault::DropAt(300_000));
+    let (origin, ts, bytes, m) = pending("dropped", 1 << 20, 2, vec![Fault::DropAt(300_000)]);
 
     let out = fetch(&fetcher(&origin), &ts, &m).expect("fetch resumes");
 
@@ -171,13 +181,11 @@ fn a_dropped_connection_resumes_with_a_range_request() {
 
 #[test]
 fn a_stall_longer_than_the_stall_timeout_is_abandoned_and_retried() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(1 << 20, 3);
-    let m = ts.add_pending("stalled", &origin, &bytes);
-    origin.push_fault(
-        &path_of("stalled"),
-        Fault::StallAt(200_000, Duration::from_secs(6)),
+    let (origin, ts, bytes, m) = pending(
+        "stalled",
+        1 << 20,
+        3,
+        vec![Fault::StallAt(200_000, Duration::from_secs(6))],
     );
 
     let t0 = Instant::now();
@@ -197,11 +205,7 @@ fn a_stall_longer_than_the_stall_timeout_is_abandoned_and_retried() {
 
 #[test]
 fn a_flipped_byte_fails_with_a_digest_mismatch_and_quarantines_the_bytes() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(1 << 20, 4);
-    let m = ts.add_pending("flipped", &origin, &bytes);
-    origin.push_fault(&path_of("flipped"), Fault::FlipByte(123_456));
+    let (origin, ts, bytes, m) = pending("flipped", 1 << 20, 4, vec![Fault::FlipByte(123_456)]);
     let mut served = bytes.clone();
     served[123_456] ^= 1;
 
@@ -248,12 +252,12 @@ fn a_flipped_byte_fails_with_a_digest_mismatch_and_quarantines_the_bytes() {
 
 #[test]
 fn two_mismatches_of_one_model_in_the_same_second_keep_both_quarantined_files() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(256 << 10, 5);
-    let m = ts.add_pending("twice", &origin, &bytes);
-    origin.push_fault(&path_of("twice"), Fault::FlipByte(10));
-    origin.push_fault(&path_of("twice"), Fault::FlipByte(20));
+    let (origin, ts, bytes, m) = pending(
+        "twice",
+        256 << 10,
+        5,
+        vec![Fault::FlipByte(10), Fault::FlipByte(20)],
+    );
     let f = fetcher(&origin);
 
     let a = fetch(&f, &ts, &m).expect_err("first mismatch");
@@ -280,11 +284,8 @@ fn two_mismatches_of_one_model_in_the_same_second_keep_both_quarantined_files() 
 
 #[test]
 fn a_content_length_other_than_the_manifest_size_fails_fast_after_one_request() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(512 << 10, 6);
+    let (origin, ts, bytes, m) = pending("wronglen", 512 << 10, 6, vec![]);
     let size = bytes.len() as u64;
-    let m = ts.add_pending("wronglen", &origin, &bytes);
     origin.set_persistent_fault(
         &path_of("wronglen"),
         Some(Fault::ContentLength(size - 1000)),
@@ -308,11 +309,7 @@ fn a_content_length_other_than_the_manifest_size_fails_fast_after_one_request() 
 
 #[test]
 fn a_server_error_is_retried_and_the_next_answer_succeeds() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(512 << 10, 7);
-    let m = ts.add_pending("flaky", &origin, &bytes);
-    origin.push_fault(&path_of("flaky"), Fault::Status(500));
+    let (origin, ts, bytes, m) = pending("flaky", 512 << 10, 7, vec![Fault::Status(500)]);
 
     fetch(&fetcher(&origin), &ts, &m).expect("the retry succeeds");
 
@@ -374,15 +371,13 @@ fn unauthorized_and_forbidden_answers_fail_fast_and_suggest_a_token() {
 
 #[test]
 fn too_many_requests_waits_for_retry_after_then_succeeds() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(256 << 10, 9);
-    let m = ts.add_pending("busy", &origin, &bytes);
-    origin.push_fault(
-        &path_of("busy"),
-        Fault::TooManyRequests {
+    let (origin, ts, bytes, m) = pending(
+        "busy",
+        256 << 10,
+        9,
+        vec![Fault::TooManyRequests {
             retry_after_secs: 2,
-        },
+        }],
     );
 
     let t0 = Instant::now();
@@ -401,10 +396,7 @@ fn too_many_requests_waits_for_retry_after_then_succeeds() {
 
 #[test]
 fn a_redirect_to_plain_http_is_refused() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(256 << 10, 10);
-    let m = ts.add_pending("downgrade", &origin, &bytes);
+    let (origin, ts, _, m) = pending("downgrade", 256 << 10, 10, vec![]);
     origin.set_persistent_fault(
         &path_of("downgrade"),
         Some(Fault::RedirectTo(origin.http_url(&path_of("downgrade")))),
@@ -480,13 +472,13 @@ fn the_hugging_face_token_is_not_sent_to_another_port_of_the_same_host() {
 
 #[test]
 fn a_server_that_ignores_range_on_resume_makes_the_download_start_over_cleanly() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(1 << 20, 13);
+    let (origin, ts, bytes, m) = pending(
+        "norange",
+        1 << 20,
+        13,
+        vec![Fault::DropAt(400_000), Fault::IgnoreRange],
+    );
     let size = bytes.len() as u64;
-    let m = ts.add_pending("norange", &origin, &bytes);
-    origin.push_fault(&path_of("norange"), Fault::DropAt(400_000));
-    origin.push_fault(&path_of("norange"), Fault::IgnoreRange);
 
     let out = fetch(&fetcher(&origin), &ts, &m).expect("fetch");
 
@@ -507,10 +499,7 @@ fn a_server_that_ignores_range_on_resume_makes_the_download_start_over_cleanly()
 
 #[test]
 fn a_kept_partial_the_server_will_not_resume_is_not_reported_as_resumed() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(512 << 10, 14);
-    let m = ts.add_pending("norange2", &origin, &bytes);
+    let (origin, ts, bytes, m) = pending("norange2", 512 << 10, 14, vec![]);
     // A good prefix from an earlier run, and a server that ignores Range.
     let s = ts.store();
     fs::create_dir_all(s.partial_path(&m.blob).parent().unwrap()).unwrap();
@@ -537,11 +526,7 @@ fn a_kept_partial_the_server_will_not_resume_is_not_reported_as_resumed() {
 
 #[test]
 fn a_truncated_body_is_resumed() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(1 << 20, 15);
-    let m = ts.add_pending("truncated", &origin, &bytes);
-    origin.push_fault(&path_of("truncated"), Fault::Truncate(300_000));
+    let (origin, ts, bytes, m) = pending("truncated", 1 << 20, 15, vec![Fault::Truncate(300_000)]);
 
     fetch(&fetcher(&origin), &ts, &m).expect("fetch resumes");
 
@@ -557,11 +542,8 @@ fn a_truncated_body_is_resumed() {
 
 #[test]
 fn progress_events_grow_towards_the_right_total() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(1 << 20, 16);
+    let (origin, ts, bytes, m) = pending("progress", 1 << 20, 16, vec![]);
     let size = bytes.len() as u64;
-    let m = ts.add_pending("progress", &origin, &bytes);
     // About half a second, so several throttled events are due.
     origin.set_persistent_fault(&path_of("progress"), Some(Fault::Throttle(2 << 20)));
     let (tx, rx) = crossbeam_channel::unbounded::<Progress>();
@@ -653,11 +635,8 @@ fn progress_during_a_stall_shows_every_byte_received_before_it() {
 
 #[test]
 fn a_cancelled_fetch_keeps_a_resumable_partial_and_the_next_fetch_resumes() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(2 << 20, 17);
+    let (origin, ts, bytes, m) = pending("cancelled", 2 << 20, 17, vec![]);
     let size = bytes.len() as u64;
-    let m = ts.add_pending("cancelled", &origin, &bytes);
     origin.set_persistent_fault(&path_of("cancelled"), Some(Fault::Throttle(512 << 10)));
     let f = fetcher(&origin);
     let cancel = AtomicBool::new(false);
@@ -717,10 +696,7 @@ fn a_cancelled_fetch_keeps_a_resumable_partial_and_the_next_fetch_resumes() {
 
 #[test]
 fn a_partial_longer_than_the_blob_is_discarded_and_the_download_starts_from_zero() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(512 << 10, 18);
-    let m = ts.add_pending("toolong", &origin, &bytes);
+    let (origin, ts, bytes, m) = pending("toolong", 512 << 10, 18, vec![]);
     let s = ts.store();
     fs::create_dir_all(s.partial_path(&m.blob).parent().unwrap()).unwrap();
     fs::write(
@@ -749,11 +725,8 @@ fn a_partial_longer_than_the_blob_is_discarded_and_the_download_starts_from_zero
 
 #[test]
 fn a_corrupt_partial_prefix_is_quarantined_and_the_download_starts_over_once() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(1 << 20, 19);
+    let (origin, ts, bytes, m) = pending("corrupt", 1 << 20, 19, vec![]);
     let size = bytes.len() as u64;
-    let m = ts.add_pending("corrupt", &origin, &bytes);
     let s = ts.store();
     let garbage = random_bytes(100_000, 98);
     fs::create_dir_all(s.partial_path(&m.blob).parent().unwrap()).unwrap();
@@ -789,10 +762,7 @@ fn a_corrupt_partial_prefix_is_quarantined_and_the_download_starts_over_once() {
 
 #[test]
 fn a_fetch_waits_for_another_producers_lock_and_uses_its_blob() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(256 << 10, 20);
-    let m = ts.add_pending("locked", &origin, &bytes);
+    let (origin, ts, bytes, m) = pending("locked", 256 << 10, 20, vec![]);
     let store = ts.store();
     let held = lock::try_lock(&store.lock_path(&m.name))
         .unwrap()
@@ -897,10 +867,7 @@ fn the_no_space_error_says_how_much_is_needed_and_how_much_is_free() {
 
 #[test]
 fn a_complete_partial_left_by_a_crash_is_published_without_a_request() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(300_000, 22);
-    let m = ts.add_pending("complete", &origin, &bytes);
+    let (origin, ts, bytes, m) = pending("complete", 300_000, 22, vec![]);
     let s = ts.store();
     fs::create_dir_all(s.partial_path(&m.blob).parent().unwrap()).unwrap();
     fs::write(s.partial_path(&m.blob), &bytes).unwrap();
@@ -921,10 +888,7 @@ fn a_complete_partial_left_by_a_crash_is_published_without_a_request() {
 
 #[test]
 fn a_server_that_keeps_failing_is_given_up_on_after_the_policys_attempts() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(256 << 10, 23);
-    let m = ts.add_pending("down", &origin, &bytes);
+    let (origin, ts, _, m) = pending("down", 256 << 10, 23, vec![]);
     origin.set_persistent_fault(&path_of("down"), Some(Fault::Status(503)));
 
     let err = fetch(&fetcher(&origin), &ts, &m).expect_err("must give up");
@@ -942,13 +906,11 @@ fn a_server_that_keeps_failing_is_given_up_on_after_the_policys_attempts() {
 
 #[test]
 fn a_response_whose_headers_stall_is_abandoned_and_retried() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(256 << 10, 24);
-    let m = ts.add_pending("slowhead", &origin, &bytes);
-    origin.push_fault(
-        &path_of("slowhead"),
-        Fault::StallHeaders(Duration::from_secs(6)),
+    let (origin, ts, bytes, m) = pending(
+        "slowhead",
+        256 << 10,
+        24,
+        vec![Fault::StallHeaders(Duration::from_secs(6))],
     );
 
     fetch(&fetcher(&origin), &ts, &m).expect("the retry succeeds");
@@ -960,11 +922,7 @@ fn a_response_whose_headers_stall_is_abandoned_and_retried() {
 
 #[test]
 fn a_connection_reset_mid_body_is_resumed() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(1 << 20, 25);
-    let m = ts.add_pending("reset", &origin, &bytes);
-    origin.push_fault(&path_of("reset"), Fault::ResetAt(500_000));
+    let (origin, ts, bytes, m) = pending("reset", 1 << 20, 25, vec![Fault::ResetAt(500_000)]);
 
     fetch(&fetcher(&origin), &ts, &m).expect("fetch resumes");
 
@@ -976,10 +934,7 @@ fn a_connection_reset_mid_body_is_resumed() {
 
 #[test]
 fn a_fetch_cancelled_while_waiting_for_the_lock_gives_up_without_a_request() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(1000, 26);
-    let m = ts.add_pending("waiting", &origin, &bytes);
+    let (origin, ts, _, m) = pending("waiting", 1000, 26, vec![]);
     let store = ts.store();
     let _held = lock::try_lock(&store.lock_path(&m.name)).unwrap().unwrap();
     let cancel = AtomicBool::new(false);
@@ -1090,10 +1045,7 @@ fn fetch_recording_hand_over(
 fn the_verified_file_is_handed_over_read_only_before_it_is_published() {
     use std::io::{Read, Write};
     use std::os::unix::fs::MetadataExt;
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(3 << 20, 40);
-    let m = ts.add_pending("early", &origin, &bytes);
+    let (origin, ts, bytes, m) = pending("early", 3 << 20, 40, vec![]);
 
     let (out, mut handed) = fetch_recording_hand_over(&fetcher(&origin), &ts, &m);
 
@@ -1201,10 +1153,7 @@ fn a_blob_that_is_already_present_is_not_handed_over() {
 #[test]
 fn a_handed_over_file_whose_publication_fails_is_taken_out_of_the_partial_path() {
     use std::io::Read;
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(256 << 10, 44);
-    let m = ts.add_pending("unpublished", &origin, &bytes);
+    let (origin, ts, bytes, m) = pending("unpublished", 256 << 10, 44, vec![]);
     // A folder where the blob file belongs, made once the bytes verified
     // (one there before is refused before any download): publish_blob
     // refuses it.
@@ -1318,10 +1267,7 @@ fn a_fetch_whose_every_source_fails_names_the_last_and_counts_the_others() {
 
 #[test]
 fn a_fetch_that_keeps_making_a_little_progress_still_ends_within_its_total_attempt_budget() {
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let bytes = random_bytes(100_000, 90);
-    let m = ts.add_pending("crawl", &origin, &bytes);
+    let (origin, ts, _, m) = pending("crawl", 100_000, 90, vec![]);
     // Every answer drops after 1000 bytes: each attempt makes progress, so
     // only the budget of attempts in all ends it.
     origin.set_persistent_fault(&path_of("crawl"), Some(Fault::DropAt(1000)));

@@ -13,32 +13,22 @@
 //! Random offsets come from a seed printed by each test; set
 //! `FAULT_SEED=<n>` to replay a run.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::sys::getxattr;
-use common::sys::{Rng, open_and_read};
-use common::waiter::{Waiter, waiters};
-use common::{Fault, Mount, Origin, TestStore, hf, output_text, random_bytes};
-
-const MIB: usize = 1 << 20;
+use crate::common::sys::getxattr;
+use crate::common::sys::{Rng, open_and_read};
+use crate::common::waiter::{Waiter, waiters};
+use crate::common::{
+    Fault, MIB, Mount, Origin, TestStore, failure_lines, hf, output_text, random_bytes,
+};
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// Error lines of the mount log that name `model` and contain `reason`.
-fn failure_lines(log: &str, model: &str, reason: &str) -> usize {
-    let named = format!("model \"{model}\"");
-    log.lines()
-        .filter(|l| l.contains("ERROR") && l.contains(&named) && l.contains(reason))
-        .count()
-}
 
 /// Runs `ls -l` on a mountpoint in a loop until stopped; the slowest
 /// answer and every failure. Proves the mount stays responsive.
@@ -500,7 +490,7 @@ fn a_dead_origin_fails_a_waiting_open_in_about_retry_for_and_shows_the_retries_m
 
     let w = Waiter::spawn(&path);
     let mut seen = String::new();
-    common::wait_until(Duration::from_secs(10), || {
+    crate::common::wait_until(Duration::from_secs(10), || {
         seen = getxattr(&path, "user.modelfs.error").unwrap_or_default();
         seen.starts_with("retrying (")
     });
@@ -623,7 +613,7 @@ fn trickling_origins_are_cut_off_by_the_minimum_rate_and_never_hold_back_a_small
         .map(|n| Waiter::spawn(&mount.path(&format!("{n}.gguf"))))
         .collect();
     assert!(
-        common::wait_until(Duration::from_secs(10), || slow
+        crate::common::wait_until(Duration::from_secs(10), || slow
             .iter()
             .all(|n| origin.stats_now(&format!("{n}.gguf")).bytes_sent > 0)),
         "the four slow downloads run"
@@ -694,7 +684,7 @@ fn wrong_bytes_are_not_downloaded_again_on_every_open_until_the_back_off_passes_
     origin.put("right.gguf", data.clone());
     store.write_manifest("m", &origin.url("right.gguf"), &data);
     assert!(
-        common::wait_until(Duration::from_secs(10), || open_and_read(&path)
+        crate::common::wait_until(Duration::from_secs(10), || open_and_read(&path)
             .is_ok_and(|v| v == data)),
         "the changed manifest is fetched:\n{}",
         mount.log()

@@ -14,36 +14,24 @@
 //! Random points come from a seed each test prints; `FAULT_SEED=<n>`
 //! replays a run.
 
-mod common;
-
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::sys::{Rng, open_and_read};
-use common::waiter::{Waiter, waiters};
-use common::{Fault, Mount, Origin, TestStore, gguf_bytes, random_bytes, wait_until};
+use crate::common::sys::{Rng, open_and_read};
+use crate::common::waiter::{Waiter, waiters};
+use crate::common::{
+    Fault, MIB, Mount, Origin, TestStore, gguf_bytes, is_present, partial_len, random_bytes,
+    wait_until,
+};
 use modelfs::digest::Sha256;
 use modelfs::store::{BlobState, ModelName, Store, lock};
-
-const MIB: usize = 1 << 20;
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-fn partial_len(s: &Store, d: &Sha256) -> u64 {
-    match s.blob_state(d) {
-        BlobState::Partial(n) => n,
-        _ => 0,
-    }
-}
-
-fn is_present(s: &Store, d: &Sha256) -> bool {
-    matches!(s.blob_state(d), BlobState::Present(_))
-}
 
 /// What must hold after any crash: a consistent store, the manifest as it
 /// was, a partial that is a prefix of the right bytes, no lock left held.

@@ -11,8 +11,6 @@
 //! new stamps recorded. `import` copies by default (a reflink where the
 //! filesystem can), so an edit of the original never reaches the blob.
 
-mod common;
-
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
@@ -20,12 +18,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::sys::{getxattr, open_and_read, open_flags};
-use common::{Fault, Mount, Origin, TestStore, gguf_bytes, output_text, wait_until};
+use crate::common::sys::{getxattr, open_and_read, open_flags};
+use crate::common::{
+    Fault, MIB, Mount, Origin, TestStore, gguf_bytes, outcome, output_text, wait_until,
+};
 use modelfs::digest::Sha256;
 use modelfs::store::verified::{Record, Recorded};
-
-const MIB: usize = 1 << 20;
 
 /// Runs a `modelfs` command on `store`; its exit code and output.
 fn cli(store: &TestStore, origin: &Origin, args: &[&str]) -> (i32, String) {
@@ -66,15 +64,6 @@ fn cp_over(other: &[u8], original: &Path) {
         .status()
         .unwrap();
     assert!(st.success());
-}
-
-/// What an open gave, in words for assertion messages.
-fn outcome(r: &Result<Vec<u8>, i32>, right: &[u8]) -> String {
-    match r {
-        Ok(v) if v == right => "the right bytes".into(),
-        Ok(v) => format!("WRONG BYTES ({} bytes)", v.len()),
-        Err(e) => format!("errno {e}"),
-    }
 }
 
 /// The record modelfs keeps for `bytes`' blob.
@@ -281,7 +270,7 @@ fn a_touch_is_verified_again_and_served_and_its_new_stamps_are_recorded() {
         libc::EAGAIN
     );
     // Several opens at once: one hash, every open waits for it.
-    let others = common::waiter::waiters(&path, 3);
+    let others = crate::common::waiter::waiters(&path, 3);
     let (again, took) = timed_read(&path);
     assert!(again.unwrap() == data);
     for w in others {

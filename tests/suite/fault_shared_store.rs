@@ -13,20 +13,17 @@
 //!   a FIFO as a blob's `data`.
 //! - Two manifests pin one digest; one URL is dead.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::sys::open_and_read;
-use common::waiter::Waiter;
-use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
+use crate::common::sys::open_and_read;
+use crate::common::waiter::Waiter;
+use crate::common::{Fault, MIB, Mount, Origin, TestStore, random_bytes, wait_until};
 use modelfs::digest::Sha256;
 
-const MIB: usize = 1 << 20;
 /// Liveness bound for anything that must not hang.
 const LIVELY: Duration = Duration::from_secs(20);
 
@@ -65,7 +62,7 @@ fn open_read_within(path: &Path) -> Option<Result<Vec<u8>, String>> {
     let (tx, rx) = mpsc::channel();
     let path = path.to_path_buf();
     std::thread::spawn(move || {
-        let r = match common::sys::open_flags(&path, libc::O_RDONLY) {
+        let r = match crate::common::sys::open_flags(&path, libc::O_RDONLY) {
             Err(e) => Err(format!("open: errno {e}")),
             Ok(mut f) => {
                 let mut v = Vec::new();
@@ -262,7 +259,7 @@ fn a_fifo_as_a_partial_or_a_directory_as_a_blob_fails_the_open_promptly_and_noth
     store.add_pending("blobfifo", &origin, &blob_fifo);
     let mkfifo = |p: PathBuf| {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
-        let c = common::sys::c_path(&p);
+        let c = crate::common::sys::c_path(&p);
         // SAFETY: a valid C path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     };

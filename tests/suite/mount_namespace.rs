@@ -6,8 +6,6 @@
 //! Every test mounts the real binary (`Mount::start`) over a throwaway store
 //! and fetches from the real HTTPS test origin on loopback.
 
-mod common;
-
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -16,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::sys::{c_path, getxattr, last_errno, open_flags};
-use common::{Fault, Mount, Origin, TestStore, random_bytes, wait_until};
+use crate::common::sys::{c_path, getxattr, last_errno, open_flags};
+use crate::common::{
+    Fault, MIB, Mount, Origin, TestStore, hex, names_in, random_bytes, wait_until,
+};
 use modelfs::digest::Sha256;
 use modelfs::store::{Manifest, ModelName, Source};
-
-const MIB: usize = 1 << 20;
 
 // ---------------------------------------------------------------------------
 // Helpers: real syscalls through libc, timing, small store edits.
@@ -52,19 +50,6 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let t = Instant::now();
     let v = f();
     (v, t.elapsed())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    Sha256::of(bytes).to_hex()
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 /// Writes a manifest with a chosen format, size and `produced_at`.
@@ -573,7 +558,7 @@ fn everything_that_writes_fails_with_erofs_and_fetches_nothing() {
 fn an_imported_model_lists_no_url_attribute() {
     let origin = Origin::start();
     let store = TestStore::new();
-    let bytes = common::gguf_bytes(40_000, 43);
+    let bytes = crate::common::gguf_bytes(40_000, 43);
     let src = store.root.parent().unwrap().join("mine.gguf");
     std::fs::write(&src, &bytes).unwrap();
     let out = store

@@ -77,10 +77,7 @@ impl Rng {
     }
 
     pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        super::xorshift(&mut self.0)
     }
 
     /// A number in `lo..hi`.

@@ -11,8 +11,6 @@
 //! mount is read-only for every user, and other users are let in only with
 //! `allow_other`.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -22,21 +20,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::sys::open_and_read;
-use common::waiter::Waiter;
-use common::{Fault, Mount, Origin, TestStore, output_text, random_bytes, wait_until};
+use crate::common::sys::open_and_read;
+use crate::common::waiter::Waiter;
+use crate::common::{
+    Fault, MIB, Mount, Origin, TestStore, is_present, output_text, random_bytes, wait_until,
+};
 use modelfs::digest::Sha256;
 use modelfs::store::BlobState;
-
-const MIB: usize = 1 << 20;
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-fn is_present(store: &TestStore, d: &Sha256) -> bool {
-    matches!(store.store().blob_state(d), BlobState::Present(_))
-}
 
 // ---------------------------------------------------------------------------
 // Promise 6: two mounts, pull and gc at once
@@ -160,7 +154,7 @@ fn two_mounts_a_pull_and_gc_in_a_loop_download_each_blob_once_and_gc_takes_only_
             !gc_all.contains(&d.to_string()) && !gc_all.contains(&format!("partial {}", d.short())),
             "gc never touched {name}'s blob or partial:\n{gc_all}"
         );
-        assert!(is_present(&store, &d), "{name} is present");
+        assert!(is_present(&store.store(), &d), "{name} is present");
         let stats = origin.stats(&format!("{name}.gguf"));
         assert_eq!(stats.gets, 1, "{name}: exactly one download: {stats:?}");
         assert_eq!(stats.bytes_sent, data.len() as u64);
@@ -169,7 +163,7 @@ fn two_mounts_a_pull_and_gc_in_a_loop_download_each_blob_once_and_gc_takes_only_
         assert!(open_and_read(&two.path(&format!("{name}.gguf"))).unwrap() == *data);
     }
     assert_eq!(origin.stats("doomed.gguf").gets, 1);
-    assert!(!is_present(&store, &orphan_d));
+    assert!(!is_present(&store.store(), &orphan_d));
     for name in names {
         assert_eq!(origin.stats(&format!("{name}.gguf")).gets, 1);
     }

@@ -9,8 +9,6 @@
 //! within [`LIVENESS`], a generous bound, not a performance threshold.
 //! Every figure a test measures is printed (`--nocapture`).
 
-mod common;
-
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -18,8 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::sys::open_and_read;
-use common::{Fault, Mount, Origin, TestStore, gguf_bytes, is_mounted, random_bytes, wait_until};
+use crate::common::sys::open_and_read;
+use crate::common::{
+    Fault, Mount, Origin, TestStore, gguf_bytes, is_mounted, random_bytes, wait_until,
+};
 use modelfs::digest::Sha256;
 use modelfs::store::{ModelName, lock};
 
@@ -154,6 +154,12 @@ fn plant_manifest(store: &TestStore, kind: &str) {
 
 #[test]
 fn a_fifo_a_link_to_dev_zero_or_a_sparse_2_gib_manifest_never_hangs_a_command_or_fills_memory() {
+    // Each command's peak RSS is measured: not from the suite's process.
+    if crate::common::rerun_alone(
+        "fault_store_files::a_fifo_a_link_to_dev_zero_or_a_sparse_2_gib_manifest_never_hangs_a_command_or_fills_memory",
+    ) {
+        return;
+    }
     let origin = Origin::start();
     let store = TestStore::new();
     let good = random_bytes(100_000, 1);
@@ -573,7 +579,7 @@ fn mounting_on_the_store_inside_it_or_on_a_folder_that_holds_it_is_refused_with_
     }
     // The store given through a symlink, the mountpoint inside it.
     let r = run_bounded(
-        Command::new(common::modelfs_bin())
+        Command::new(crate::common::modelfs_bin())
             .arg("--store")
             .arg(&link)
             .args(["mount", "-f"])

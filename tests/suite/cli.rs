@@ -2,15 +2,15 @@
 //! dir and a real HTTPS origin: what it prints, how it exits, and what it
 //! leaves in the store and asks of the origin.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Fault, Origin, TestStore, gguf_bytes, hf, modelfs_bin, random_bytes, wait_until};
+use crate::common::{
+    Fault, Origin, TestStore, gguf_bytes, hex, hf, modelfs_bin, random_bytes, wait_until,
+};
 use modelfs::digest::Sha256;
 use modelfs::store::{BlobState, ModelName, lock};
 use serde_json::Value;
@@ -80,10 +80,6 @@ fn bare(env: &[(&str, &Path)]) -> Command {
     c
 }
 
-fn hex_of(bytes: &[u8]) -> String {
-    Sha256::of(bytes).to_hex()
-}
-
 fn manifest_json(ts: &TestStore, name: &str) -> Value {
     let text = fs::read(ts.root.join(format!("manifests/{name}.json"))).expect("manifest");
     serde_json::from_slice(&text).expect("manifest is JSON")
@@ -120,7 +116,7 @@ fn add_with_url_and_sha256_writes_a_pending_manifest_and_downloads_nothing() {
     let out = cli(
         &ts,
         &origin,
-        &["add", "llama", "--url", &url, "--sha256", &hex_of(&bytes)],
+        &["add", "llama", "--url", &url, "--sha256", &hex(&bytes)],
     )
     .ok();
 
@@ -132,7 +128,7 @@ fn add_with_url_and_sha256_writes_a_pending_manifest_and_downloads_nothing() {
     assert_eq!(m["schema_version"], 1);
     assert_eq!(m["name"], "llama");
     assert_eq!(m["format"], "gguf");
-    assert_eq!(m["blob"], format!("sha256:{}", hex_of(&bytes)));
+    assert_eq!(m["blob"], format!("sha256:{}", hex(&bytes)));
     assert_eq!(m["size_bytes"], bytes.len() as u64);
     assert_eq!(m["license"], Value::Null);
     for field in ["registry", "repo", "revision", "filename"] {
@@ -162,7 +158,7 @@ fn add_with_url_and_sha256_writes_a_pending_manifest_and_downloads_nothing() {
             "--url",
             &url,
             "--sha256",
-            &hex_of(&bytes),
+            &hex(&bytes),
             "--size",
             &bytes.len().to_string(),
         ],
@@ -179,7 +175,7 @@ fn add_refuses_to_repoint_a_name_without_force_and_accepts_with_it() {
     let (a, b) = (random_bytes(1000, 2), random_bytes(2000, 3));
     let url = origin.url("x.gguf");
     let add = |bytes: &[u8], force: bool| {
-        let (hex, size) = (hex_of(bytes), bytes.len().to_string());
+        let (hex, size) = (hex(bytes), bytes.len().to_string());
         let mut args = vec![
             "add", "model", "--url", &url, "--sha256", &hex, "--size", &size,
         ];
@@ -199,12 +195,12 @@ fn add_refuses_to_repoint_a_name_without_force_and_accepts_with_it() {
     );
     assert_eq!(
         manifest_json(&ts, "model")["blob"],
-        format!("sha256:{}", hex_of(&a)),
+        format!("sha256:{}", hex(&a)),
         "the refused add changed nothing"
     );
     add(&b, true).ok();
     let m = manifest_json(&ts, "model");
-    assert_eq!(m["blob"], format!("sha256:{}", hex_of(&b)));
+    assert_eq!(m["blob"], format!("sha256:{}", hex(&b)));
     assert_eq!(m["size_bytes"], 2000);
 }
 
@@ -235,7 +231,7 @@ fn add_hf_pins_the_digest_and_size_the_hub_announces_and_pull_fetches_it() {
     .ok();
 
     let m = manifest_json(&ts, "qwen");
-    assert_eq!(m["blob"], format!("sha256:{}", hex_of(&bytes)));
+    assert_eq!(m["blob"], format!("sha256:{}", hex(&bytes)));
     assert_eq!(m["size_bytes"], bytes.len() as u64);
     assert_eq!(m["source"]["registry"], "huggingface.co");
     assert_eq!(m["source"]["repo"], "org/repo");
@@ -273,10 +269,7 @@ fn add_hf_pins_the_commit_the_hub_resolved_so_a_later_push_to_the_branch_changes
         let resolve = format!("org/repo/resolve/{rev}/model.gguf");
         hf::serve_lfs_file(&origin, &resolve, &bytes);
         let mut headers = vec![
-            (
-                "X-Linked-Etag".to_string(),
-                format!("\"{}\"", hex_of(&bytes)),
-            ),
+            ("X-Linked-Etag".to_string(), format!("\"{}\"", hex(&bytes))),
             ("X-Linked-Size".to_string(), bytes.len().to_string()),
         ];
         headers.push(("X-Repo-Commit".into(), commit.into()));
@@ -309,7 +302,7 @@ fn add_of_the_file_name_the_mount_shows_pins_the_model_name() {
     let bytes = random_bytes(1000, 43);
     origin.put("x.gguf", bytes.clone());
     let url = origin.url("x.gguf");
-    let hex = hex_of(&bytes);
+    let hex = hex(&bytes);
     let out = cli(
         &ts,
         &origin,
@@ -328,7 +321,7 @@ fn add_with_a_size_that_contradicts_the_present_blob_is_refused() {
     let bytes = random_bytes(1000, 44);
     ts.put_blob(&bytes);
     let url = origin.url("x.gguf");
-    let hex = hex_of(&bytes);
+    let hex = hex(&bytes);
     let out = cli(
         &ts,
         &origin,
@@ -347,7 +340,7 @@ fn add_with_a_size_that_contradicts_the_present_blob_is_refused() {
 fn a_failed_add_says_nothing_was_added_and_never_promises_a_later_open() {
     let origin = Origin::start();
     let ts = TestStore::new();
-    let hex = hex_of(b"x");
+    let hex = hex(b"x");
     for url in [
         origin.url("missing.gguf"),
         // Nothing listens on port 1: refused, a network error.
@@ -367,7 +360,7 @@ fn modelfs_ca_file_in_the_environment_is_trusted_like_ca_file() {
     let bytes = random_bytes(1000, 45);
     origin.put("x.gguf", bytes.clone());
     let url = origin.url("x.gguf");
-    let hex = hex_of(&bytes);
+    let hex = hex(&bytes);
     let run = |ca: Option<&std::path::Path>| {
         let mut c = std::process::Command::new(modelfs_bin());
         c.arg("--store").arg(&ts.root).env_remove("SSL_CERT_FILE");
@@ -547,7 +540,7 @@ fn add_refuses_a_plain_http_url() {
             "--url",
             &origin.http_url("x.gguf"),
             "--sha256",
-            &hex_of(b"x"),
+            &hex(b"x"),
             "--size",
             "1",
         ],
@@ -655,7 +648,7 @@ fn import_with_link_hard_links_a_local_file_and_writes_its_manifest() {
         "--link: the blob is a hard link"
     );
     let m = manifest_json(&ts, "local");
-    assert_eq!(m["blob"], format!("sha256:{}", hex_of(&bytes)));
+    assert_eq!(m["blob"], format!("sha256:{}", hex(&bytes)));
     assert_eq!(m["size_bytes"], bytes.len() as u64);
     assert_eq!(m["source"]["filename"], "local-model.gguf");
     assert_eq!(state_of(&ts, &origin, "local"), "present");
@@ -907,7 +900,7 @@ fn the_store_is_found_through_models_home_then_xdg_data_home_then_home() {
         dir.path().join("xdg"),
         dir.path().join("home"),
     );
-    let hex = hex_of(b"x");
+    let hex = hex(b"x");
     let add = |env: &[(&str, &Path)], name: &str| {
         ran(bare(env)
             .args([
@@ -959,7 +952,7 @@ fn invalid_model_names_are_refused_with_a_clear_message() {
     let origin = Origin::start();
     let ts = TestStore::new();
     let long = "x".repeat(129);
-    let hex = hex_of(b"x");
+    let hex = hex(b"x");
     for (name, needle) in [
         ("../x", "'/'"),
         ("a/b", "'/'"),
@@ -1262,12 +1255,13 @@ fn no_http_library_line_is_logged_by_add_pull_or_mount_and_a_mount_logs_each_dow
             q.apply(&mut c);
             ran(c.output().expect("run modelfs")).ok()
         };
-        let add = run(&["add", "a", "--url", &url, "--sha256", &hex_of(&bytes)]);
+        let add = run(&["add", "a", "--url", &url, "--sha256", &hex(&bytes)]);
         let pull = run(&["pull", "a"]);
         let b_url = origin.url("files/b.gguf");
-        let b_hex = hex_of(&bytes[..150_000]);
+        let b_hex = hex(&bytes[..150_000]);
         run(&["add", "b", "--url", &b_url, "--sha256", &b_hex]);
-        let mount = common::Mount::start_with(&ts, origin.ca_pem_path(), &[], |c| q.apply(c));
+        let mount =
+            crate::common::Mount::start_with(&ts, origin.ca_pem_path(), &[], |c| q.apply(c));
         assert_eq!(fs::read(mount.path("b.gguf")).unwrap(), bytes[..150_000]);
         let log = mount.log();
         for (what, text) in [
