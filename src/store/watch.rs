@@ -240,8 +240,6 @@ impl BlobWatch {
                     // Absent, and nothing to say it appeared.
                     Some((None, None)) if stamp.is_none() || fanout_same => continue,
                     _ if stamp.is_none() => (None, None),
-                    // `<hex>/` was absent and `<aa>/` has not changed since.
-                    Some((None, _)) if fanout_same => (None, None),
                     _ => match fan
                         .get_or_insert_with(|| top.as_ref().and_then(|t| t.sub(&name).ok()))
                     {
@@ -260,10 +258,9 @@ impl BlobWatch {
                     self.blobs.insert(*d, keep(seen));
                 }
             }
-            // Every digest of `<aa>/` was absent (those skipped above too).
-            let absent_only =
-                !any_folder && ds.iter().all(|d| matches!(self.blobs.get(d), Some(None)));
-            if absent_only && !fan_unreadable {
+            // Every digest of `<aa>/` is absent now: those skipped above
+            // were, and no other had a folder.
+            if !any_folder && !fan_unreadable {
                 self.all_absent.insert(*aa);
             } else {
                 self.all_absent.remove(aa);
