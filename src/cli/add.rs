@@ -155,13 +155,7 @@ fn model_name<'a>(given: &'a str, format: &str) -> &'a str {
 /// A failed request while pinning: nothing was written, so the hint is
 /// about running `add` again, never about a later open.
 fn pin_failed(model: &str, url: &str, kind: FetchErrorKind) -> CliError {
-    let what = match &kind {
-        FetchErrorKind::Status {
-            code: 401 | 403, ..
-        } => "the server refused access: for gated Hugging Face models set HF_TOKEN",
-        FetchErrorKind::Status {
-            code: 404 | 410, ..
-        } => "check the URL, repository, revision and file name",
+    let what = kind.refusal_hint().unwrap_or(match &kind {
         FetchErrorKind::Tls(_) => {
             "check the server's certificate; for a private mirror pass --ca-file or set MODELFS_CA_FILE"
         }
@@ -169,7 +163,7 @@ fn pin_failed(model: &str, url: &str, kind: FetchErrorKind) -> CliError {
         | FetchErrorKind::BadUrl(_)
         | FetchErrorKind::Redirect(_) => "use an https:// URL whose redirects stay on https://",
         _ => "check the network and the URL",
-    };
+    });
     CliError::new(format!(
         "pinning {model}: asking {} failed: {kind}; nothing was added ({what}, then run `modelfs add` again)",
         crate::text::redact_url(url)

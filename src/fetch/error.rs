@@ -78,6 +78,20 @@ pub enum FetchErrorKind {
 }
 
 impl FetchErrorKind {
+    /// What to check when the server refused the file outright (no
+    /// access, no such file): the same whether fetching or pinning.
+    pub fn refusal_hint(&self) -> Option<&'static str> {
+        match self {
+            Self::Status {
+                code: 401 | 403, ..
+            } => Some("the server refused access: for gated Hugging Face models set HF_TOKEN"),
+            Self::Status {
+                code: 404 | 410, ..
+            } => Some("check the URL, repository, revision and file name"),
+            _ => None,
+        }
+    }
+
     /// Whether trying again later may succeed without anyone changing
     /// anything: the retry loop retries exactly these.
     pub fn is_transient(&self) -> bool {
@@ -257,6 +271,9 @@ impl FetchError {
 
     /// What the user can do about it.
     pub fn hint(&self) -> &'static str {
+        if let Some(h) = self.kind.refusal_hint() {
+            return h;
+        }
         match &self.kind {
             FetchErrorKind::NoSource => {
                 "re-add the model with `modelfs add NAME --url URL --sha256 HEX`"
@@ -264,12 +281,6 @@ impl FetchError {
             FetchErrorKind::InsecureUrl(_) | FetchErrorKind::BadUrl(_) => {
                 "use an https:// URL (modelfs never downloads over plain HTTP)"
             }
-            FetchErrorKind::Status {
-                code: 401 | 403, ..
-            } => "the server refused access: for gated Hugging Face models set HF_TOKEN",
-            FetchErrorKind::Status {
-                code: 404 | 410, ..
-            } => "check the URL, repository, revision and file name",
             FetchErrorKind::Status { .. }
             | FetchErrorKind::Network(_)
             | FetchErrorKind::Stalled(_)
