@@ -249,11 +249,8 @@ impl ModelFs {
         // Only a blob that is not there is absent: out of descriptors
         // (EMFILE) or anything else fails this open, and never starts a
         // fetch or retires the inode as if the blob had gone.
-        let blob = match store.open_blob(&e.manifest.blob) {
-            Ok(f) => match f.metadata() {
-                Ok(m) => Some((m, f)),
-                Err(err) => return done(Err(err.into())),
-            },
+        let blob = match store.open_blob_with_metadata(&e.manifest.blob) {
+            Ok((f, m)) => Some((m, f)),
             Err(err) if err.is_absent() => None,
             Err(err) => return done(Err(FsError::Store(Arc::new(err)))),
         };

@@ -76,6 +76,15 @@ impl Store {
     /// Opens a present blob for reading, never through a symlink and only
     /// if it is a regular file.
     pub fn open_blob(&self, d: &Sha256) -> Result<File, StoreError> {
+        self.open_blob_with_metadata(d).map(|(f, _)| f)
+    }
+
+    /// [`Store::open_blob`], with the metadata of the file it opened (the
+    /// `fstat` that checked it is a regular file; an open needs it too).
+    pub fn open_blob_with_metadata(
+        &self,
+        d: &Sha256,
+    ) -> Result<(File, std::fs::Metadata), StoreError> {
         let path = self.blob_path(d);
         let dir = self
             .fanout(d, false)?
@@ -115,7 +124,7 @@ impl Store {
             .fanout(d, true)?
             .sub_or_create(&Self::partial_dir_name(d))
             .map_err(|e| StoreError::walking(&path, e))?;
-        open_regular(&dir, PARTIAL_FILE, libc::O_RDWR | libc::O_CREAT, &path)
+        open_regular(&dir, PARTIAL_FILE, libc::O_RDWR | libc::O_CREAT, &path).map(|(f, _)| f)
     }
 
     /// Removes the partial file and its folder (the caller holds its lock).
@@ -198,7 +207,7 @@ impl Store {
             .fanout(d, false)?
             .sub(&Self::partial_dir_name(d))
             .map_err(|e| StoreError::walking(&path, e))?;
-        open_regular(&dir, PARTIAL_FILE, libc::O_RDONLY, &path)
+        open_regular(&dir, PARTIAL_FILE, libc::O_RDONLY, &path).map(|(f, _)| f)
     }
 
     /// Deletes a blob and its folder, never through a symlink. The caller

@@ -170,7 +170,7 @@ fn open_regular(
     name: &str,
     flags: libc::c_int,
     path: &Path,
-) -> Result<File, StoreError> {
+) -> Result<(File, std::fs::Metadata), StoreError> {
     let file = match dir.open_file(name, flags | libc::O_NONBLOCK, 0o644) {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
@@ -183,7 +183,7 @@ fn open_regular(
         return Err(refuse(path, kind_of(meta.mode())));
     }
     nofollow::set_blocking(&file).map_err(|e| StoreError::io(path, e))?;
-    Ok(file)
+    Ok((file, meta))
 }
 
 /// [`StoreError::Unsafe`] for `path`, which holds a `kind` where the store
