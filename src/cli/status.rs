@@ -141,22 +141,11 @@ fn watched_rate(bar: &ProgressBar) -> String {
     )
 }
 
-/// The filesystem type `/proc/self/mountinfo` gives for the mount at
-/// exactly `mp` (the last one, if several are stacked), or `None` when
-/// `mp` is not a mountpoint.
+/// The filesystem type of the topmost mount at exactly `mp`, or `None`
+/// when `mp` is not a mountpoint.
 fn fstype_at(mp: &Path) -> Option<String> {
     let canon = mp.canonicalize().ok()?;
-    let want = canon
-        .to_string_lossy()
-        .replace('\\', "\\134")
-        .replace(' ', "\\040")
-        .replace('\t', "\\011")
-        .replace('\n', "\\012");
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines()
-        .rev()
-        .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
-        .find_map(|l| l.split_once(" - ")?.1.split(' ').next().map(str::to_string))
+    super::mountpoint::mounted_at(&canon).map(|(fstype, _)| fstype)
 }
 
 /// Refuses a directory that is not a modelfs mount, naming what it is.

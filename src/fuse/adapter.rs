@@ -244,10 +244,9 @@ impl Filesystem for FuseAdapter {
             ) {
                 break;
             }
-            // The kernel takes a reference to every entry but `.` and `..`.
-            if e.ino != crate::fs::ROOT_INO {
-                self.fs.remember(e.ino);
-            }
+            // The kernel takes a reference to every entry it was given
+            // (the namespace ignores the root's, for `.` and `..`).
+            self.fs.remember(e.ino);
         }
         reply.ok();
     }
