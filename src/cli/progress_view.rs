@@ -61,14 +61,22 @@ fn render_bar(label: &str, rx: Receiver<Progress>) {
 /// phase while no rate is known or nothing is downloading.
 pub fn rate_and_phase(p: &Progress) -> String {
     let word = phase_word(p.phase);
-    if p.phase != Phase::Downloading || p.rate < 1.0 {
+    if p.phase != Phase::Downloading {
         return word.to_string();
     }
-    let left = p.total.saturating_sub(p.done) as f64 / p.rate;
+    with_rate(p.rate, p.total.saturating_sub(p.done), word)
+}
+
+/// `50.0 MiB/s, ETA 12 s, WORD` for `left` bytes at `rate` bytes per
+/// second, or only `WORD` while no rate is known.
+pub fn with_rate(rate: f64, left: u64, word: &str) -> String {
+    if rate < 1.0 {
+        return word.to_string();
+    }
     format!(
         "{}/s, ETA {}, {word}",
-        human_bytes(p.rate as u64),
-        human_duration(left)
+        human_bytes(rate as u64),
+        human_duration(left as f64 / rate)
     )
 }
 

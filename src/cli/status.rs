@@ -129,16 +129,11 @@ fn watch(
 /// The rate a watched bar has seen, once it has seen one (a mount's
 /// attributes carry positions only).
 fn watched_rate(bar: &ProgressBar) -> String {
-    let rate = bar.per_sec();
-    if bar.elapsed() < Duration::from_secs(2) || rate < 1.0 {
+    if bar.elapsed() < Duration::from_secs(2) {
         return "fetching".into();
     }
-    let left = bar.length().unwrap_or(0).saturating_sub(bar.position()) as f64 / rate;
-    format!(
-        "{}/s, ETA {}, fetching",
-        human_bytes(rate as u64),
-        progress_view::human_duration(left)
-    )
+    let left = bar.length().unwrap_or(0).saturating_sub(bar.position());
+    progress_view::with_rate(bar.per_sec(), left, "fetching")
 }
 
 /// The filesystem type of the topmost mount at exactly `mp`, or `None`
