@@ -70,6 +70,9 @@ pub struct Reporter {
     window_start: Instant,
     window_bytes: u64,
     rate: f64,
+    /// Whether a retry note is set, so the report of every network read
+    /// does not take the note's lock to clear it.
+    noted: bool,
 }
 
 impl Reporter {
@@ -79,6 +82,7 @@ impl Reporter {
             window_start: Instant::now(),
             window_bytes: 0,
             rate: 0.0,
+            noted: false,
         }
     }
 
@@ -114,8 +118,9 @@ impl Reporter {
             Some(ProgressSink::Latest(cell)) => *cell.lock() = Some(p),
             Some(ProgressSink::Watched { latest, note }) => {
                 // A new attempt has bytes flowing again: the note is history.
-                if phase != Phase::Retrying {
+                if self.noted && phase != Phase::Retrying {
                     *note.lock() = None;
+                    self.noted = false;
                 }
                 *latest.lock() = Some(p);
             }
@@ -126,6 +131,7 @@ impl Reporter {
     /// Sets (or clears) the retry note of a watched sink.
     pub fn note(&mut self, text: Option<String>) {
         if let Some(ProgressSink::Watched { note, .. }) = &self.tx {
+            self.noted = text.is_some();
             *note.lock() = text;
         }
     }
