@@ -205,10 +205,15 @@ pub struct Coordinator {
     workers: pool::Pool<Queued>,
     /// Told of every blob this coordinator published.
     on_published: std::sync::OnceLock<PublishedHook>,
+    /// The manifests that pin a digest, as the mount already holds them.
+    catalog: std::sync::OnceLock<Catalog>,
     /// The verification records of the blobs opened so far, as read from
     /// or written to the store (see [`Coordinator::verified_now`]).
     records: Mutex<HashMap<Sha256, Record>>,
 }
+
+/// The manifests that pin a digest (see [`Coordinator::set_catalog`]).
+pub type Catalog = Box<dyn Fn(&Sha256) -> Vec<Manifest> + Send + Sync>;
 
 /// Called with a blob's digest after a fetch published it.
 pub type PublishedHook = Box<dyn Fn(&Sha256) + Send + Sync>;
@@ -240,6 +245,7 @@ impl Coordinator {
                 next_waiter: AtomicU64::new(1),
                 workers: pool::Pool::new(max_fetches, Arc::new(run)),
                 on_published: std::sync::OnceLock::new(),
+                catalog: std::sync::OnceLock::new(),
                 records: Mutex::new(HashMap::new()),
             }
         });
@@ -256,6 +262,14 @@ impl Coordinator {
     /// published learn of it no other way.
     pub fn on_published(&self, hook: PublishedHook) {
         let _ = self.on_published.set(hook);
+    }
+
+    /// Sets where a fetch learns which manifests pin its digest (once).
+    /// Without it, every fetch parses every manifest in the store, which
+    /// at 100,000 manifests is about 2 s before the first byte (the
+    /// mount's first refresh parsed them in 2.1 s here, release build).
+    pub fn set_catalog(&self, catalog: Catalog) {
+        let _ = self.catalog.set(catalog);
     }
 
     /// How long opens fail at once after a digest mismatch (see the
@@ -548,6 +562,13 @@ impl Coordinator {
     /// digest. The job is one per digest, so an open of any of those names
     /// may have joined it.
     fn sources_of(&self, m: &Manifest) -> Vec<crate::fetch::Candidate> {
+        if let Some(catalog) = self.catalog.get() {
+            let others: Vec<Manifest> = catalog(&m.blob)
+                .into_iter()
+                .filter(|o| o.name != m.name)
+                .collect();
+            return self.source.candidates(m, &others);
+        }
         let others: Vec<Manifest> = match self.store.list_manifests() {
             Ok(all) => all
                 .into_iter()

@@ -107,6 +107,14 @@ impl ModelFs {
                 ns.mark_present(e.ino, blob.len());
             }
         }));
+        // A fetch may use every manifest of its digest: the namespace
+        // holds them all, parsed.
+        let ns = Arc::downgrade(&namespace);
+        coordinator.set_catalog(Box::new(move |d| {
+            ns.upgrade().map_or_else(Vec::new, |ns| {
+                ns.manifests_of(d).iter().map(|m| (**m).clone()).collect()
+            })
+        }));
         Self {
             coordinator,
             namespace,

@@ -216,6 +216,15 @@ impl Namespace {
         self.tables.lock().by_ino.get(&ino).cloned()
     }
 
+    /// The manifests of the current entries that pin digest `d`.
+    pub fn manifests_of(&self, d: &Sha256) -> Vec<Arc<Manifest>> {
+        let snap = self.current.read().clone();
+        snap.values()
+            .filter(|e| e.manifest.blob == *d)
+            .map(|e| e.manifest.clone())
+            .collect()
+    }
+
     /// Every current entry, sorted by file name.
     pub fn entries(&self) -> Vec<Arc<Entry>> {
         let snap = self.current.read().clone();
