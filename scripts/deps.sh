@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deps.sh [--test]: installs what modelfs needs on Debian/Ubuntu when it is
 # missing: fuse3 (fusermount3, mount.fuse3), attr (getfattr), openssl, python3
-# and curl; with --test also the Python gguf reader the tests use.
+# and curl; with --test also strace and the Python gguf reader the tests use.
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -12,6 +12,9 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
 command -v curl >/dev/null || need+=(curl)
 command -v umount >/dev/null || need+=(mount)
+if [ "${1:-}" = "--test" ]; then
+  command -v strace >/dev/null || need+=(strace)
+fi
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   $SUDO apt-get update -qq

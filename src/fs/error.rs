@@ -40,6 +40,9 @@ pub enum FsError {
     ShuttingDown,
     /// No such extended attribute (or none right now, like `error`).
     NoAttr,
+    /// An extended attribute outside `user.`: the mount has no security
+    /// labels, ACLs or trusted attributes at all.
+    XattrUnsupported,
     /// The caller's xattr buffer is too small.
     XattrRange,
     /// An unknown file handle.
@@ -80,6 +83,10 @@ impl FsError {
             // goes away; an open cut short by shutdown is the same event.
             Self::ShuttingDown => libc::ENOTCONN,
             Self::NoAttr => libc::ENODATA,
+            // Not ENODATA: `ls -l` asks every entry for `security.selinux`
+            // and `system.posix_acl_access`, and stops asking for the rest
+            // of a filesystem only when told it has no such attributes.
+            Self::XattrUnsupported => libc::EOPNOTSUPP,
             Self::XattrRange => libc::ERANGE,
             Self::BadHandle => libc::EBADF,
             Self::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
@@ -105,6 +112,7 @@ impl FsError {
         match self {
             Self::NotFound
             | Self::NoAttr
+            | Self::XattrUnsupported
             | Self::XattrRange
             | Self::ReadOnly
             | Self::IsDir
@@ -157,6 +165,9 @@ impl fmt::Display for FsError {
             Self::Interrupted => f.write_str("the waiting open was interrupted"),
             Self::ShuttingDown => f.write_str("the mount is shutting down"),
             Self::NoAttr => f.write_str("no such extended attribute"),
+            Self::XattrUnsupported => {
+                f.write_str("the mount has only user.modelfs.* extended attributes")
+            }
             Self::XattrRange => f.write_str("the extended attribute does not fit the buffer"),
             Self::BadHandle => f.write_str("unknown file handle"),
             Self::Stale => f.write_str("the model's file was replaced; look it up again"),
@@ -196,6 +207,12 @@ mod tests {
         assert_eq!(FsError::Denied.errno(), libc::EACCES);
         assert_eq!(FsError::NoIoctl.errno(), libc::ENOTTY);
         assert_eq!(FsError::NoIoctl.log_level(), log::Level::Debug);
+    }
+
+    #[test]
+    fn attributes_outside_user_are_unsupported_not_missing() {
+        assert_eq!(FsError::XattrUnsupported.errno(), libc::EOPNOTSUPP);
+        assert_eq!(FsError::NoAttr.errno(), libc::ENODATA);
     }
 
     #[test]

@@ -691,6 +691,62 @@ fn listxattr_names_the_modelfs_attributes_and_their_values_describe_present_and_
     assert_eq!(origin.stats("r.gguf").gets, 0);
 }
 
+/// `ls -l` asks every entry for `security.selinux` and
+/// `system.posix_acl_access`. Answered "no data", it asked again for each of
+/// 100,000 entries: two FUSE round trips per entry, 7.5 s instead of 0.4 s.
+/// "Not supported" makes it stop asking for the rest of the mount.
+#[test]
+fn attributes_outside_user_are_unsupported_so_ls_l_asks_once_not_per_entry() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    for i in 0..40 {
+        let bytes = random_bytes(100, 500 + i);
+        store.write_manifest(&format!("m{i:02}"), &origin.url("x.gguf"), &bytes);
+    }
+    let mount = Mount::start(&store, origin.ca_pem_path(), &[]);
+    let one = mount.path("m07.gguf");
+    for name in ["security.selinux", "system.posix_acl_access", "trusted.x"] {
+        assert_eq!(
+            getxattr(&one, name).unwrap_err(),
+            libc::EOPNOTSUPP,
+            "{name}"
+        );
+        assert_eq!(
+            getxattr(&mount.mountpoint, name).unwrap_err(),
+            libc::EOPNOTSUPP,
+            "{name} on /"
+        );
+    }
+    assert_eq!(getxattr(&one, "user.other").unwrap_err(), libc::ENODATA);
+    assert_eq!(getxattr(&one, "user.modelfs.state").unwrap(), "pending");
+
+    let scratch = tempfile::tempdir().unwrap();
+    let trace = scratch.path().join("ls.strace");
+    let out = Command::new("strace")
+        .arg("-o")
+        .arg(&trace)
+        .args(["-e", "trace=getxattr,lgetxattr", "ls", "-l"])
+        .arg(&mount.mountpoint)
+        .output()
+        .expect("strace is missing: scripts/deps.sh --test installs it (apt-get install strace)");
+    assert!(
+        out.status.success(),
+        "ls -l: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(".gguf"))
+        .count();
+    assert_eq!(listed, 40);
+    let asked = std::fs::read_to_string(&trace).unwrap();
+    let calls = asked.lines().filter(|l| l.contains("getxattr(")).count();
+    assert!(
+        calls <= 2,
+        "ls -l of 40 entries made {calls} xattr calls:\n{asked}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Reads, in both read modes
 // ---------------------------------------------------------------------------
