@@ -631,13 +631,32 @@ if want_row 10; then
   sleep 20
   rec 10 - idle_ticks_after 1 "$(ticks_of "$pid")"
   show 10 idle 1
+  # As in row 6: the kernel has seen every entry once before the runs.
+  ls -l "$BMNT" >/dev/null
+  # The same listing on tmpfs, where no daemon answers: what the kernel
+  # and ls alone cost at each size (the reference of the ratio's floor).
+  T=$WORK/tmpfs
+  mkdir -p "$T"
+  mount -t tmpfs -o size=256m modelfs-bench "$T"
+  MOUNTS+=("$T")
+  mkdir "$T/small" "$T/big"
+  (cd "$T/small" && seq -f 'bench-%05g.gguf' 0 "$MANIFESTS" | xargs touch)
+  (cd "$T/big" && seq -f 'bench-%05g.gguf' 0 $((BIG_MANIFESTS - 1)) | xargs touch)
   for i in $(seq "$RUNS"); do
     sleep 1.1
     t0=$(now_ns)
     ls -l "$BMNT" >/dev/null
     rec 10 - ls_ns "$i" "$(ns_since "$t0")"
+    t0=$(now_ns)
+    ls -l "$T/small" >/dev/null
+    rec 10 - tmpfs_small_ls_ns "$i" "$(ns_since "$t0")"
+    t0=$(now_ns)
+    ls -l "$T/big" >/dev/null
+    rec 10 - tmpfs_big_ls_ns "$i" "$(ns_since "$t0")"
     show 10 - "$i"
   done
+  umount "$T"
+  forget_mount "$T"
   unmount "$BMNT"
   rm -rf "$S"
 fi

@@ -249,6 +249,14 @@ class Report:
                          ("100k", summary(list(big.values()), "s")),
                          ("10k", summary(list(small.values()), "s")), ratio,
                          "100k ÷ 10k time", "≤ 10", "lower", 10.0)
+            tb = self.get("10", "-", "tmpfs_big_ls_s")
+            ts = self.get("10", "-", "tmpfs_small_ls_s")
+            if tb and ts:
+                ratio = summary(self.paired(tb, ts, lambda b, s_: b / s_), "x")
+                self.add("10", "  the same on tmpfs, no daemon (reference)", "-",
+                         ("100k", summary(list(tb.values()), "s")),
+                         ("10k", summary(list(ts.values()), "s")), ratio,
+                         "100k ÷ 10k time", "(none)", "lower", None)
         # Row 7: peak RSS.
         h = self.get("7", "-", "hwm_mib")
         if h:
@@ -362,6 +370,9 @@ def show(samples, meta, row, mode, run, suffix):
                 f" ({v('idle_cpu_pct', m='-'):.2f}% of a core)")
     elif row == "10":
         line = f"run {run}: ls -l {v('ls_s'):.3f} s"
+        if v("tmpfs_big_ls_s") is not None:
+            line += (f"; tmpfs: 100k {v('tmpfs_big_ls_s'):.3f} s,"
+                     f" 10k {v('tmpfs_small_ls_s'):.3f} s")
     elif row == "8":
         line = (f"{mode} run {run}: Cached grew by {v('mount_growth'):.4f} x the model size"
                 f" through the mount, {v('direct_growth'):.4f} x reading the blob")

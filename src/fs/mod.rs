@@ -66,6 +66,23 @@ pub struct DirEntry {
     pub name: Arc<str>,
 }
 
+/// An open directory as `opendir` saw it: `.`, `..`, then the files in
+/// name order (offsets are indices into this).
+#[derive(Clone)]
+pub struct DirList {
+    files: Arc<Vec<Arc<Entry>>>,
+}
+
+impl DirList {
+    pub fn len(&self) -> usize {
+        self.files.len() + 2
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
 /// A successful open: the handle number and the verified blob behind it.
 #[derive(Debug, Clone)]
 pub struct Opened {
@@ -83,7 +100,7 @@ pub struct ModelFs {
     coordinator: Arc<Coordinator>,
     namespace: Arc<Namespace>,
     handles: Mutex<HashMap<u64, Arc<File>>>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    dirs: Mutex<HashMap<u64, DirList>>,
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
@@ -176,14 +193,14 @@ impl ModelFs {
         }
         let e = self.namespace.lookup(name).ok_or(FsError::NotFound)?;
         // The reply gives the kernel a reference until it forgets it.
-        self.namespace.remember(e.ino);
+        self.namespace.remember(&[e.ino]);
         Ok(self.file_attr(&e))
     }
 
-    /// A `readdirplus` reply gave the kernel a reference to `ino`, as a
-    /// lookup does.
-    pub fn remember(&self, ino: u64) {
-        self.namespace.remember(ino);
+    /// A `readdirplus` reply gave the kernel a reference to each of
+    /// `inos`, as a lookup does.
+    pub fn remember(&self, inos: &[u64]) {
+        self.namespace.remember(inos);
     }
 
     /// The kernel dropped `n` references to `ino` (FUSE `forget`).
@@ -208,31 +225,40 @@ impl ModelFs {
                 FsError::NotFound
             });
         }
-        let mut list = vec![
-            DirEntry {
-                ino: ROOT_INO,
-                kind: Kind::Directory,
-                name: Arc::from("."),
-            },
-            DirEntry {
-                ino: ROOT_INO,
-                kind: Kind::Directory,
-                name: Arc::from(".."),
-            },
-        ];
-        list.extend(self.namespace.entries().iter().map(|e| DirEntry {
-            ino: e.ino,
-            kind: Kind::File,
-            name: e.file_name.clone(),
-        }));
+        let list = DirList {
+            files: self.namespace.entries(),
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().insert(fh, Arc::new(list));
+        self.dirs.lock().insert(fh, list);
         Ok(fh)
     }
 
-    /// The entries of an open directory from `offset` on.
-    pub fn readdir(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+    /// The open directory `fh`.
+    pub fn readdir(&self, fh: u64) -> Result<DirList, FsError> {
         self.dirs.lock().get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    /// Entry `i` of an open directory, with its attributes as `opendir`
+    /// saw them (a `readdirplus` answers from the listing, not with a
+    /// lookup per entry).
+    pub fn dir_entry(&self, list: &DirList, i: usize) -> Option<(DirEntry, Attr)> {
+        let dot = |name: &str| DirEntry {
+            ino: ROOT_INO,
+            kind: Kind::Directory,
+            name: Arc::from(name),
+        };
+        match i {
+            0 => Some((dot("."), self.root_attr())),
+            1 => Some((dot(".."), self.root_attr())),
+            _ => list.files.get(i - 2).map(|e| {
+                let entry = DirEntry {
+                    ino: e.ino,
+                    kind: Kind::File,
+                    name: e.file_name.clone(),
+                };
+                (entry, self.file_attr(e))
+            }),
+        }
     }
 
     pub fn releasedir(&self, fh: u64) {

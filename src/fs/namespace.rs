@@ -69,6 +69,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
@@ -176,12 +177,22 @@ struct Watch {
     held: Duration,
 }
 
+/// The current entries in name order.
+pub type Listing = Arc<Vec<Arc<Entry>>>;
+
 /// The mount's directory; see the module doc.
 ///
 /// Lock order: `watch`, then `tables`, then `current`. `current` is only
 /// written with `tables` held, so the two always agree.
 pub struct Namespace {
     current: RwLock<Arc<HashMap<Arc<str>, Arc<Entry>>>>,
+    /// Counts changes of `current` (bumped under its write lock, by
+    /// [`Namespace::edit`]), so a sorted listing is rebuilt only after one.
+    generation: AtomicU64,
+    /// The last sorted listing and the generation it shows: every
+    /// `opendir` wants it, and sorting 100,000 names took longer than
+    /// answering the whole `ls -l`.
+    listing: Mutex<Option<(u64, Listing)>>,
     tables: Mutex<Tables>,
     /// Refresh state; holding it serialises refreshes (watcher thread
     /// vs. explicit calls).
@@ -198,6 +209,8 @@ impl Namespace {
     pub fn new() -> Self {
         Self {
             current: RwLock::new(Arc::new(HashMap::new())),
+            generation: AtomicU64::new(0),
+            listing: Mutex::new(None),
             tables: Mutex::new(Tables {
                 next_ino: ROOT_INO + 1,
                 ..Tables::default()
@@ -225,12 +238,35 @@ impl Namespace {
             .collect()
     }
 
-    /// Every current entry, sorted by file name.
-    pub fn entries(&self) -> Vec<Arc<Entry>> {
-        let snap = self.current.read().clone();
+    /// Every current entry, sorted by file name (built once per change).
+    pub fn entries(&self) -> Listing {
+        let (snap, generation) = {
+            let cur = self.current.read();
+            (cur.clone(), self.generation.load(Ordering::Acquire))
+        };
+        if let Some((g, list)) = &*self.listing.lock()
+            && *g == generation
+        {
+            return list.clone();
+        }
         let mut v: Vec<_> = snap.values().cloned().collect();
         v.sort_by(|a, b| a.file_name.cmp(&b.file_name));
-        v
+        let list = Arc::new(v);
+        let mut cached = self.listing.lock();
+        if cached.as_ref().is_none_or(|(g, _)| *g < generation) {
+            *cached = Some((generation, list.clone()));
+        }
+        list
+    }
+
+    /// The shown entries, to change: the caller holds `current`'s write
+    /// lock; cached listings are from then on out of date.
+    fn edit<'a>(
+        &self,
+        cur: &'a mut Arc<HashMap<Arc<str>, Arc<Entry>>>,
+    ) -> &'a mut HashMap<Arc<str>, Arc<Entry>> {
+        self.generation.fetch_add(1, Ordering::Release);
+        Arc::make_mut(cur)
     }
 
     pub fn len(&self) -> usize {
@@ -288,7 +324,8 @@ impl Namespace {
                     told(&mut t, new.ino);
                     let mut cur = self.current.write();
                     if cur.get(&new.file_name).is_some_and(|x| x.ino == e.ino) {
-                        Arc::make_mut(&mut cur).insert(new.file_name.clone(), new.clone());
+                        self.edit(&mut cur)
+                            .insert(new.file_name.clone(), new.clone());
                     }
                 }
                 drop(t);
@@ -303,9 +340,10 @@ impl Namespace {
 
     /// The kernel was given `ino` in a `lookup` or `readdirplus` reply: it
     /// holds one more reference to it until a `forget`.
-    pub fn remember(&self, ino: u64) {
-        if ino != ROOT_INO {
-            *self.tables.lock().lookups.entry(ino).or_default() += 1;
+    pub fn remember(&self, inos: &[u64]) {
+        let mut t = self.tables.lock();
+        for &ino in inos.iter().filter(|&&i| i != ROOT_INO) {
+            *t.lookups.entry(ino).or_default() += 1;
         }
     }
 
@@ -352,7 +390,7 @@ impl Namespace {
         told(&mut t, ino);
         let mut cur = self.current.write();
         if cur.get(&new.file_name).is_some_and(|e| e.ino == ino) {
-            Arc::make_mut(&mut cur).insert(new.file_name.clone(), new);
+            self.edit(&mut cur).insert(new.file_name.clone(), new);
         }
     }
 }
@@ -467,8 +505,8 @@ mod tests {
         assert_eq!(ns.inodes_kept(), 1, "never looked up: only the shown one");
 
         let looked = ns.lookup("m.gguf").unwrap().ino;
-        ns.remember(looked);
-        ns.remember(looked);
+        ns.remember(&[looked]);
+        ns.remember(&[looked]);
         add(&store, "m", b"another");
         ns.refresh_pass(&store, true);
         assert_eq!(ns.inodes_kept(), 2, "the kernel still holds the old one");
@@ -481,7 +519,7 @@ mod tests {
 
         // A shown inode stays whatever the kernel forgets.
         let shown = ns.lookup("m.gguf").unwrap().ino;
-        ns.remember(shown);
+        ns.remember(&[shown]);
         ns.forget(shown, 1);
         assert!(ns.by_ino(shown).is_some());
         // Back to an earlier digest: a new inode, never a reused one.
@@ -490,12 +528,39 @@ mod tests {
         assert!(ns.lookup("m.gguf").unwrap().ino > shown);
     }
 
+    #[test]
+    fn the_sorted_listing_is_built_once_and_again_after_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        add(&store, "b", b"2");
+        add(&store, "a", b"1");
+        let ns = Namespace::new();
+        ns.refresh_pass(&store, true);
+        let first = ns.entries();
+        let names: Vec<_> = first.iter().map(|e| e.file_name.to_string()).collect();
+        assert_eq!(names, ["a.gguf", "b.gguf"]);
+        assert!(
+            Arc::ptr_eq(&first, &ns.entries()),
+            "unchanged: the same listing"
+        );
+
+        let a = ns.lookup("a.gguf").unwrap().ino;
+        ns.mark_present(a, 7);
+        let marked = ns.entries();
+        assert_eq!(marked[0].present_size, Some(7), "a change shows at once");
+
+        add(&store, "c", b"3");
+        ns.refresh_pass(&store, true);
+        assert_eq!(ns.entries().len(), 3);
+        assert_eq!(first.len(), 2, "an open directory keeps its snapshot");
+    }
+
     /// A lookup as the kernel makes it: the reply gives it a reference,
     /// which keeps the inode known until a `forget` (the tests below model
     /// files the kernel has looked up and opened).
     fn lookup(ns: &Namespace, file_name: &str) -> Option<Arc<Entry>> {
         let e = ns.lookup(file_name)?;
-        ns.remember(e.ino);
+        ns.remember(&[e.ino]);
         Some(e)
     }
 

@@ -210,7 +210,10 @@ impl Filesystem for FuseAdapter {
             Ok(l) => l,
             Err(e) => return reply.error(fail("readdir", &e)),
         };
-        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+        for i in offset as usize..list.len() {
+            let Some((e, _)) = self.fs.dir_entry(&list, i) else {
+                break;
+            };
             if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &*e.name) {
                 break;
             }
@@ -230,9 +233,10 @@ impl Filesystem for FuseAdapter {
             Ok(l) => l,
             Err(e) => return reply.error(fail("readdirplus", &e)),
         };
-        for (i, e) in list.iter().enumerate().skip(offset as usize) {
-            let Ok(attr) = self.fs.getattr(e.ino) else {
-                continue;
+        let mut given = Vec::new();
+        for i in offset as usize..list.len() {
+            let Some((e, attr)) = self.fs.dir_entry(&list, i) else {
+                break;
             };
             if reply.add(
                 INodeNo(e.ino),
@@ -244,10 +248,12 @@ impl Filesystem for FuseAdapter {
             ) {
                 break;
             }
-            // The kernel takes a reference to every entry it was given
-            // (the namespace ignores the root's, for `.` and `..`).
-            self.fs.remember(e.ino);
+            given.push(e.ino);
         }
+        // The kernel takes a reference to every entry it was given
+        // (the namespace ignores the root's, for `.` and `..`); counted
+        // before the reply, so that no forget can come first.
+        self.fs.remember(&given);
         reply.ok();
     }
 

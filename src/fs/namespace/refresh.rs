@@ -133,7 +133,7 @@ impl Namespace {
 
         let mut changes = Changes::default();
         let mut cur = self.current.write();
-        let shown = Arc::make_mut(&mut cur);
+        let shown = self.edit(&mut cur);
         for name in delta.gone {
             if let Some(e) = shown.remove(name.as_str()) {
                 changes.removed.push((name, e.ino));
