@@ -344,6 +344,7 @@ fn build_fs(
     if let Some(d) = opts.retry_for {
         fetcher.set_retry_for(d);
     }
+    fetcher.set_connections(opts.connections);
     let coordinator = Coordinator::new(store.clone(), fetcher, opts.fetch_threads);
     if let Some(d) = opts.mismatch_backoff {
         coordinator.set_mismatch_backoff(d);

@@ -37,6 +37,8 @@ pub struct MountOptions {
     pub fetch_threads: usize,
     /// Threads serving kernel requests.
     pub threads: usize,
+    /// Connections one download may use at most (1: one stream).
+    pub connections: usize,
     pub log_file: Option<PathBuf>,
 }
 
@@ -56,6 +58,7 @@ impl Default for MountOptions {
             mismatch_backoff: None,
             fetch_threads: 4,
             threads: 4,
+            connections: crate::fetch::pipeline::DEFAULT_CONNECTIONS,
             log_file: None,
         }
     }
@@ -149,6 +152,7 @@ impl MountOptions {
                 }
                 "fetch_threads" => o.fetch_threads = parse_in(key, need(key, value)?, THREADS)?,
                 "threads" => o.threads = parse_in(key, need(key, value)?, THREADS)?,
+                "connections" => o.connections = parse_in(key, need(key, value)?, THREADS)?,
                 // mount.fuse3 and fstab conventions handled elsewhere or not at all.
                 "subtype" | "comment" => {}
                 k if k.starts_with("x-") || IGNORED.contains(&k) => {}
@@ -265,6 +269,8 @@ Mount options (-o, comma-separated; also the fstab options column):
   fetch_threads=N        downloads that may run at once, plus one for blobs up to 64 MiB
                          (default 4, 1 to 64)
   threads=N              threads serving kernel requests (default 4, 1 to 64)
+  connections=N          connections one download of 8 MiB or more may use for byte ranges
+                         at once (default up to 16, adapting to the origin; 1: one stream)
   log_file=PATH          log file, also with -f (default with -f: stderr; as a daemon: syslog,
                          or /var/log/modelfs/<mountpoint>.log where nothing listens on /dev/log)
 A comma inside a value is written \\, and a backslash \\\\ (log_file=/var/log/a\\,b.log).
@@ -306,6 +312,10 @@ mod tests {
         let o = MountOptions::parse(&["retry_for=40,mismatch_backoff=0"]).unwrap();
         assert_eq!(o.retry_for, Some(Duration::from_secs(40)));
         assert_eq!(o.mismatch_backoff, Some(Duration::ZERO));
+        assert_eq!(MountOptions::default().connections, 16);
+        assert_eq!(MountOptions::parse(&["connections=1"]).unwrap().connections, 1);
+        assert!(MountOptions::parse(&["connections=0"]).is_err());
+        assert!(MountOptions::parse(&["connections=65"]).is_err());
     }
 
     #[test]

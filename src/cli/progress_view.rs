@@ -64,7 +64,11 @@ pub fn rate_and_phase(p: &Progress) -> String {
     if p.phase != Phase::Downloading {
         return word.to_string();
     }
-    with_rate(p.rate, p.total.saturating_sub(p.done), word)
+    let word = match p.connections {
+        0 | 1 => word.to_string(),
+        n => format!("{word} over {n} connections"),
+    };
+    with_rate(p.rate, p.total.saturating_sub(p.done), &word)
 }
 
 /// `50.0 MiB/s, ETA 12 s, WORD` for `left` bytes at `rate` bytes per
@@ -146,6 +150,7 @@ mod tests {
             total,
             rate,
             transferred: 0,
+            connections: 1,
         }
     }
 

@@ -15,6 +15,10 @@ pub struct PullArgs {
     /// (default 15)
     #[arg(long, value_name = "SECS")]
     pub retry_for: Option<u64>,
+    /// Connections one download may use at most for byte ranges (default
+    /// up to 16, adapting to the origin; 1: one stream)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub connections: Option<u16>,
 }
 
 /// Fetches each named model that is not yet present, from its own source
@@ -31,6 +35,9 @@ pub fn run(g: &Globals, a: &PullArgs) -> Result<(), CliError> {
     let mut fetcher = g.fetcher()?;
     if let Some(secs) = a.retry_for {
         fetcher.set_retry_for(std::time::Duration::from_secs(secs));
+    }
+    if let Some(n) = a.connections {
+        fetcher.set_connections(n.into());
     }
     let others = store
         .list_manifests()?

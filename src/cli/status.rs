@@ -38,6 +38,9 @@ pub struct ModelStatus {
     pub total: u64,
     pub sha256: String,
     pub error: Option<String>,
+    /// Connections the running download uses (a mount knows; the store
+    /// alone does not).
+    pub connections: Option<u16>,
 }
 
 /// Prints the state of every model; with `--watch`, until all downloads end.
@@ -96,7 +99,7 @@ fn watch(
                     .or_insert_with(|| multi.add(progress_view::new_bar(&r.file, r.done, r.total)));
                 bar.set_length(r.total);
                 bar.set_position(r.done);
-                bar.set_message(watched_rate(bar));
+                bar.set_message(watched_rate(bar, r.connections));
             }
             // A download that ended leaves no stale bar behind.
             bars.retain(|file, bar| {
@@ -109,10 +112,11 @@ fn watch(
         } else if last_lines.elapsed() >= Duration::from_secs(5) {
             for r in &fetching {
                 eprintln!(
-                    "{}: {} / {}, fetching",
+                    "{}: {} / {}, {}",
                     r.file,
                     human_bytes(r.done),
-                    human_bytes(r.total)
+                    human_bytes(r.total),
+                    fetching_word(r.connections)
                 );
             }
             last_lines = Instant::now();
@@ -128,12 +132,21 @@ fn watch(
 
 /// The rate a watched bar has seen, once it has seen one (a mount's
 /// attributes carry positions only).
-fn watched_rate(bar: &ProgressBar) -> String {
+fn watched_rate(bar: &ProgressBar, connections: Option<u16>) -> String {
+    let word = fetching_word(connections);
     if bar.elapsed() < Duration::from_secs(2) {
-        return "fetching".into();
+        return word;
     }
     let left = bar.length().unwrap_or(0).saturating_sub(bar.position());
-    progress_view::with_rate(bar.per_sec(), left, "fetching")
+    progress_view::with_rate(bar.per_sec(), left, &word)
+}
+
+/// `fetching`, or `fetching over 16 connections`.
+fn fetching_word(connections: Option<u16>) -> String {
+    match connections {
+        Some(n) if n > 1 => format!("fetching over {n} connections"),
+        _ => "fetching".into(),
+    }
 }
 
 /// The filesystem type of the topmost mount at exactly `mp`, or `None`
@@ -186,6 +199,7 @@ fn from_mount(mp: &Path) -> Result<Vec<ModelStatus>, CliError> {
             total: nums.next().unwrap_or(0),
             sha256: get_xattr(&path, xattr::SHA256).unwrap_or_default(),
             error: get_xattr(&path, xattr::ERROR),
+            connections: get_xattr(&path, xattr::CONNECTIONS).and_then(|v| v.parse().ok()),
         });
     }
     rows.sort_by(|a, b| a.file.cmp(&b.file));
@@ -211,6 +225,7 @@ fn from_store(g: &Globals) -> Result<Vec<ModelStatus>, CliError> {
             total: m.size_bytes,
             sha256: m.blob.to_hex(),
             error: None,
+            connections: None,
         });
     }
     Ok(rows)
@@ -233,7 +248,7 @@ fn to_json(rows: &[ModelStatus]) -> serde_json::Value {
     rows.iter()
         .map(|r| {
             json!({"file": r.file, "state": r.state, "bytes_done": r.done, "bytes_total": r.total,
-                   "sha256": r.sha256, "error": r.error})
+                   "sha256": r.sha256, "error": r.error, "connections": r.connections})
         })
         .collect()
 }

@@ -636,6 +636,7 @@ impl Coordinator {
                 total: m.size_bytes,
                 rate: 0.0,
                 transferred: 0,
+                connections: 0,
             })
         };
         let cancelled = || cancel.load(Ordering::Relaxed);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::error::FetchErrorKind;
 use super::http::Fetched;
+use super::parallel::{PARALLEL_MIN, Parallel};
 use super::pipeline::Fetcher;
 use super::progress::{Phase, Reporter};
 use super::retry::RetryPolicy;
@@ -44,6 +45,22 @@ impl Fetcher {
     ) -> Result<u64, (FetchErrorKind, u32)> {
         let policy: &RetryPolicy = self.policy();
         let mut transferred = 0u64;
+        if self.connections() > 1 && d.partial.size() - d.partial.offset() >= PARALLEL_MIN {
+            match self.download_parallel(url, d)? {
+                Parallel::Done { received } => return Ok(received),
+                Parallel::Fallback { why, received } => {
+                    log::info!(
+                        "{}: {why}; downloading over one connection",
+                        redact_url(url)
+                    );
+                    transferred = received;
+                }
+            }
+        }
+        // One stream appends from the prefix: pieces beyond it are lost.
+        d.partial
+            .drop_pieces()
+            .map_err(|e| (FetchErrorKind::Store(e), 0))?;
         let mut attempt = 0u32;
         let mut fruitless = 0u32;
         let mut furthest = d.partial.offset();

@@ -106,6 +106,28 @@ impl Fetched {
         Some((start, total.trim().parse().ok()))
     }
 
+    /// `Content-Range: bytes START-END/TOTAL` → `(START, END + 1, TOTAL)`:
+    /// the range as a half-open interval.
+    pub fn content_range_span(&self) -> Option<(u64, u64, Option<u64>)> {
+        let v = self
+            .header("content-range")?
+            .trim()
+            .strip_prefix("bytes ")?;
+        let (range, total) = v.split_once('/')?;
+        let (start, end) = range.split_once('-')?;
+        let (start, end): (u64, u64) = (start.trim().parse().ok()?, end.trim().parse().ok()?);
+        (end >= start).then_some((start, end + 1, total.trim().parse().ok()))
+    }
+
+    /// What names this version of the object for `If-Range`: a strong
+    /// `ETag`, else `Last-Modified` (a weak ETag may not be used there).
+    pub fn validator(&self) -> Option<String> {
+        match self.header("etag").map(str::trim) {
+            Some(tag) if !tag.starts_with("W/") && !tag.is_empty() => Some(tag.to_string()),
+            _ => self.header("last-modified").map(|v| v.trim().to_string()),
+        }
+    }
+
     /// `Retry-After` in seconds (the HTTP-date form is rare and ignored).
     pub fn retry_after(&self) -> Option<Duration> {
         self.header("retry-after")?
@@ -169,6 +191,31 @@ impl Http {
             let mut req = agent.get(hop).header("Accept-Encoding", "identity");
             if from > 0 {
                 req = req.header("Range", format!("bytes={from}-"));
+            }
+            if let Some(auth) = self.auth_for(hop) {
+                req = req.header("Authorization", auth);
+            }
+            req.call()
+        })
+    }
+
+    /// `GET url` of bytes `[start, end)` only, with `If-Range: validator`
+    /// when given (a server whose object changed then answers 200 with the
+    /// whole new object instead of a piece of it), following redirects.
+    pub fn get_range(
+        &self,
+        url: &str,
+        start: u64,
+        end: u64,
+        validator: Option<&str>,
+    ) -> Result<Fetched, FetchErrorKind> {
+        self.send(url, |agent, hop| {
+            let mut req = agent
+                .get(hop)
+                .header("Accept-Encoding", "identity")
+                .header("Range", format!("bytes={start}-{}", end - 1));
+            if let Some(v) = validator {
+                req = req.header("If-Range", v);
             }
             if let Some(auth) = self.auth_for(hop) {
                 req = req.header("Authorization", auth);

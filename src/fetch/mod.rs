@@ -10,8 +10,10 @@
 mod download;
 pub mod error;
 pub mod http;
+mod parallel;
 pub mod pipeline;
 pub mod progress;
+mod ranges;
 pub mod retry;
 mod stream;
 

@@ -102,11 +102,28 @@ pub struct FetchJob<'a> {
 pub struct Fetcher {
     http: Http,
     policy: RetryPolicy,
+    connections: usize,
 }
+
+/// Connections one fetch may use at most, unless configured.
+pub const DEFAULT_CONNECTIONS: usize = 16;
 
 impl Fetcher {
     pub fn new(http: Http, policy: RetryPolicy) -> Self {
-        Self { http, policy }
+        Self {
+            http,
+            policy,
+            connections: DEFAULT_CONNECTIONS,
+        }
+    }
+
+    /// At most `n` connections per fetch (1: one stream, never ranges).
+    pub fn set_connections(&mut self, n: usize) {
+        self.connections = n.max(1);
+    }
+
+    pub(super) fn connections(&self) -> usize {
+        self.connections
     }
 
     pub fn http(&self) -> &Http {

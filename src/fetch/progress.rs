@@ -62,6 +62,8 @@ pub struct Progress {
     pub rate: f64,
     /// Bytes this fetch took over the network so far.
     pub transferred: u64,
+    /// Connections the download uses now (0 outside downloading).
+    pub connections: u16,
 }
 
 /// Sends throttled progress events and keeps a moving rate.
@@ -73,6 +75,7 @@ pub struct Reporter {
     /// Whether a retry note is set, so the report of every network read
     /// does not take the note's lock to clear it.
     noted: bool,
+    connections: u16,
 }
 
 impl Reporter {
@@ -83,6 +86,7 @@ impl Reporter {
             window_bytes: 0,
             rate: 0.0,
             noted: false,
+            connections: 1,
         }
     }
 
@@ -102,6 +106,11 @@ impl Reporter {
         }
     }
 
+    /// How many connections the download uses from now on.
+    pub fn set_connections(&mut self, n: usize) {
+        self.connections = n.clamp(1, u16::MAX as usize) as u16;
+    }
+
     /// Sends an event (never blocks; drops it if the channel is full).
     pub fn report(&mut self, phase: Phase, done: u64, total: u64, transferred: u64) {
         let p = Progress {
@@ -110,6 +119,11 @@ impl Reporter {
             total,
             rate: self.rate,
             transferred,
+            connections: if phase == Phase::Downloading {
+                self.connections
+            } else {
+                0
+            },
         };
         match &self.tx {
             Some(ProgressSink::Channel(tx)) => {

@@ -193,7 +193,7 @@ fn append(p: &mut Partial, bytes: &[u8]) -> Result<(), FetchErrorKind> {
 /// Fails an attempt whose source sends fewer than `min_rate` bytes per
 /// second over a whole `window` (the stall timeout): a trickle never
 /// trips the per-read timeout, and would hold its fetch slot for hours.
-struct RateFloor {
+pub(super) struct RateFloor {
     window: Duration,
     min_rate: u64,
     started: Instant,
@@ -201,7 +201,7 @@ struct RateFloor {
 }
 
 impl RateFloor {
-    fn new(window: Duration, min_rate: u64) -> Self {
+    pub(super) fn new(window: Duration, min_rate: u64) -> Self {
         Self {
             window,
             min_rate,
@@ -210,7 +210,7 @@ impl RateFloor {
         }
     }
 
-    fn add(&mut self, n: u64) -> Result<(), FetchErrorKind> {
+    pub(super) fn add(&mut self, n: u64) -> Result<(), FetchErrorKind> {
         self.bytes += n;
         let elapsed = self.started.elapsed();
         if elapsed < self.window {

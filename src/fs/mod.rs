@@ -450,7 +450,12 @@ impl ModelFs {
         }
         if !matches!(
             name,
-            xattr::SHA256 | xattr::STATE | xattr::PROGRESS | xattr::URL | xattr::ERROR
+            xattr::SHA256
+                | xattr::STATE
+                | xattr::PROGRESS
+                | xattr::URL
+                | xattr::ERROR
+                | xattr::CONNECTIONS
         ) {
             self.entry(ino)?;
             return Err(FsError::NoAttr);

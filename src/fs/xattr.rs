@@ -8,6 +8,7 @@
 //! | `user.modelfs.progress` | `<done> <total>` bytes |
 //! | `user.modelfs.url` | where it is fetched from (query string dropped); absent for an imported model |
 //! | `user.modelfs.error` | the last failure; absent when there is none |
+//! | `user.modelfs.connections` | connections the running download uses; absent when none runs |
 //!
 //! Values are computed from memory only. URLs are redacted because signed
 //! URLs carry credentials in their query.
@@ -23,6 +24,14 @@ pub const STATE: &str = "user.modelfs.state";
 pub const PROGRESS: &str = "user.modelfs.progress";
 pub const URL: &str = "user.modelfs.url";
 pub const ERROR: &str = "user.modelfs.error";
+pub const CONNECTIONS: &str = "user.modelfs.connections";
+
+/// Connections of the download running now, if one is.
+fn connections(a: &BlobActivity) -> Option<u16> {
+    a.progress
+        .filter(|p| a.fetching && p.connections > 0)
+        .map(|p| p.connections)
+}
 
 /// The state of an entry. Verified bytes that are still being moved into
 /// place count as present: an open gets them at once. What this mount
@@ -67,6 +76,7 @@ pub fn value(
         }
         URL => url.map(|u| redact_url(&u)),
         ERROR => a.last_error.clone(),
+        CONNECTIONS => connections(a).map(|n| n.to_string()),
         _ => None,
     }
 }
@@ -81,6 +91,9 @@ pub fn list(a: &BlobActivity, has_url: bool) -> Vec<u8> {
     }
     if a.last_error.is_some() {
         names.push(ERROR);
+    }
+    if connections(a).is_some() {
+        names.push(CONNECTIONS);
     }
     names
         .iter()

@@ -132,6 +132,9 @@ impl Store {
         let path = self.partial_path(d);
         let fan = self.fanout(d, false)?;
         let name = Self::partial_dir_name(d);
+        if let Ok(dir) = fan.sub(&name) {
+            let _ = dir.unlink(super::layout::PREFIX_RECORD);
+        }
         match fan.sub(&name).and_then(|dir| dir.unlink(PARTIAL_FILE)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -9,6 +9,9 @@ use crate::digest::Sha256;
 
 /// The name of modelfs's partial file in `.partial-<hex>/`.
 pub(super) const PARTIAL_FILE: &str = "modelfs.tmp";
+/// Next to the partial file: how long its hashed prefix is, while a
+/// parallel download writes ranges beyond it (see `partial`).
+pub(super) const PREFIX_RECORD: &str = "modelfs.prefix";
 
 impl Store {
     pub fn root(&self) -> &Path {
@@ -47,6 +50,11 @@ impl Store {
         self.fanout_dir(d)
             .join(format!(".partial-{}", d.to_hex()))
             .join(PARTIAL_FILE)
+    }
+
+    /// The partial's prefix record: `.partial-<hex>/modelfs.prefix`.
+    pub fn prefix_record_path(&self, d: &Sha256) -> PathBuf {
+        self.partial_path(d).with_file_name(PREFIX_RECORD)
     }
 
     pub fn manifest_path(&self, name: &ModelName) -> PathBuf {

@@ -25,6 +25,11 @@ const REHASH_CHUNK: usize = 1 << 20;
 /// The partial file of one blob, locked, with the hash of its prefix.
 pub struct Partial {
     file: File,
+    /// The prefix record (see [`Partial::record_prefix`]).
+    record: std::path::PathBuf,
+    /// Written ranges beyond the prefix that a parallel download recorded
+    /// before it ended (`[start, end)`, ascending, disjoint).
+    pieces: Vec<(u64, u64)>,
     _lock: LockGuard,
     offset: u64,
     size: u64,
@@ -73,8 +78,34 @@ impl Partial {
             .file()
             .try_clone()
             .map_err(|e| StoreError::io(&path, e))?;
-        let len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+        let mut len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+        let record = store.prefix_record_path(d);
+        // A parallel download that ended without cleaning up (killed) left
+        // ranges beyond its hashed prefix, with holes between them: only
+        // the recorded prefix and pieces are known to be the blob's bytes.
+        let mut pieces = Vec::new();
+        if let Some(r) = read_prefix_record(&record, len.min(size)) {
+            if r.prefix < len {
+                log::info!(
+                    "{}: keeping the {} bytes the last download recorded as written",
+                    path.display(),
+                    r.prefix + r.pieces.iter().map(|(a, b)| b - a).sum::<u64>()
+                );
+            }
+            if r.pieces.is_empty() && r.prefix < len {
+                file.set_len(r.prefix)
+                    .map_err(|e| StoreError::io(&path, e))?;
+            }
+            len = r.prefix.min(len);
+            pieces = r.pieces;
+        }
+        if pieces.is_empty() {
+            // The file is a plain prefix: the record's job is done.
+            let _ = std::fs::remove_file(&record);
+        }
         let mut p = Self {
+            record,
+            pieces,
             file,
             _lock: lock,
             offset: len,
@@ -168,7 +199,10 @@ impl Partial {
         }
         self.offset -= left;
         self.resumed = self.offset;
-        self.file.set_len(self.offset).map_err(io)?;
+        if left > 0 || self.pieces.is_empty() {
+            self.clear_prefix_record();
+            self.file.set_len(self.offset).map_err(io)?;
+        }
         self.file.seek(SeekFrom::Start(self.offset)).map_err(io)?;
         self.hasher = h;
         Ok(())
@@ -184,8 +218,50 @@ impl Partial {
         }
     }
 
+    /// Records that the first `n` bytes are written and hashed and that
+    /// `pieces` beyond them are written, before anything is written out of
+    /// order: a run killed then resumes from here, not from the file's
+    /// length (a file with holes). Written to a temporary name and renamed,
+    /// so it is whole or absent. Format: the prefix on the first line, then
+    /// one `START END` line per piece.
+    pub fn record_prefix(&self, n: u64, pieces: &[(u64, u64)]) -> Result<(), StoreError> {
+        let tmp = self.record.with_extension("prefix.tmp");
+        let mut text = format!("{n}\n");
+        for (a, b) in pieces {
+            text.push_str(&format!("{a} {b}\n"));
+        }
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &self.record))
+            .map_err(|e| StoreError::io(&self.record, e))
+    }
+
+    /// The file is a plain prefix again: no record needed.
+    fn clear_prefix_record(&mut self) {
+        self.pieces.clear();
+        let _ = std::fs::remove_file(&self.record);
+    }
+
+    /// Ranges beyond the prefix kept from an earlier parallel download.
+    pub fn kept_pieces(&self) -> &[(u64, u64)] {
+        &self.pieces
+    }
+
+    /// Gives up the kept pieces, for a download over one stream that
+    /// appends from the prefix: the file is cut back to the prefix.
+    pub fn drop_pieces(&mut self) -> Result<(), StoreError> {
+        if self.pieces.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .set_len(self.offset)
+            .map_err(|e| StoreError::io("partial file", e))?;
+        self.clear_prefix_record();
+        Ok(())
+    }
+
     /// Empties the partial, to start over from byte 0.
     pub fn reset(&mut self) -> Result<(), StoreError> {
+        self.clear_prefix_record();
         let io = |e| StoreError::io("partial file", e);
         self.file.set_len(0).map_err(io)?;
         self.file.seek(SeekFrom::Start(0)).map_err(io)?;
@@ -209,6 +285,64 @@ impl Partial {
             return Err(StoreError::io("partial file", e));
         }
         self.offset += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes `bytes` at `pos`, at or beyond the hashed prefix, without
+    /// moving it: a parallel download's ranges arrive out of order, and
+    /// the hasher reads them back once the prefix reaches them (see
+    /// [`Partial::hashed_to`]). Several threads may write at once.
+    pub fn write_at(&self, pos: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt;
+        debug_assert!(pos >= self.offset && pos + bytes.len() as u64 <= self.size);
+        self.file
+            .write_all_at(bytes, pos)
+            .map_err(|e| StoreError::io("partial file", e))
+    }
+
+    /// The first `offset` bytes are written and `hasher` covers exactly
+    /// them, and `pieces` beyond are written too: kept in the file and in
+    /// the prefix record, for the next download to build on.
+    pub fn keep_written(
+        &mut self,
+        offset: u64,
+        hasher: Hasher,
+        pieces: Vec<(u64, u64)>,
+    ) -> Result<(), StoreError> {
+        if pieces.is_empty() {
+            return self.hashed_to(offset, hasher);
+        }
+        self.record_prefix(offset, &pieces)?;
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .map_err(|e| StoreError::io("partial file", e))?;
+        self.offset = offset;
+        self.hasher = hasher;
+        self.pieces = pieces;
+        Ok(())
+    }
+
+    /// A second handle on the file, for the thread that reads written
+    /// ranges back to hash them.
+    pub fn reader(&self) -> Result<File, StoreError> {
+        self.file
+            .try_clone()
+            .map_err(|e| StoreError::io("partial file", e))
+    }
+
+    /// The first `offset` bytes are written and `hasher` covers exactly
+    /// them. Bytes written beyond are cut off: a later run resumes from the
+    /// hashed prefix, never from a file length that spans holes.
+    pub fn hashed_to(&mut self, offset: u64, hasher: Hasher) -> Result<(), StoreError> {
+        let io = |e| StoreError::io("partial file", e);
+        let len = self.file.metadata().map_err(io)?.len();
+        if len != offset {
+            self.file.set_len(offset).map_err(io)?;
+        }
+        self.file.seek(SeekFrom::Start(offset)).map_err(io)?;
+        self.clear_prefix_record();
+        self.offset = offset;
+        self.hasher = hasher;
         Ok(())
     }
 
@@ -261,6 +395,38 @@ fn still_linked(file: &File, store: &Store, d: &Sha256) -> bool {
         (Ok(a), Some(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
         _ => false,
     }
+}
+
+/// A prefix record as read back.
+struct PrefixRecord {
+    prefix: u64,
+    pieces: Vec<(u64, u64)>,
+}
+
+/// The record at `path`, if there is a readable one; pieces not inside
+/// `(prefix, len]`, out of order or overlapping make it unreadable but
+/// for its prefix.
+fn read_prefix_record(path: &Path, len: u64) -> Option<PrefixRecord> {
+    let bytes = super::nofollow::read_small_file(path, 1 << 20).ok()?;
+    let text = std::str::from_utf8(&bytes).ok()?;
+    let mut lines = text.lines();
+    let prefix: u64 = lines.next()?.trim().parse().ok()?;
+    let mut pieces = Vec::new();
+    let mut last = prefix;
+    for line in lines {
+        let mut it = line.split_whitespace().map(str::parse::<u64>);
+        match (it.next(), it.next(), it.next()) {
+            (Some(Ok(a)), Some(Ok(b)), None) if a >= last && b > a && b <= len => {
+                pieces.push((a, b));
+                last = b;
+            }
+            _ => {
+                pieces.clear();
+                break;
+            }
+        }
+    }
+    Some(PrefixRecord { prefix, pieces })
 }
 
 /// Free bytes for an unprivileged writer on the filesystem holding `path`.

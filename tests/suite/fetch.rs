@@ -22,7 +22,7 @@ use modelfs::store::{BlobState, Manifest, ModelName, Source, lock};
 
 const STALL: Duration = Duration::from_secs(1);
 
-fn config(origin: &Origin) -> HttpConfig {
+pub(crate) fn config(origin: &Origin) -> HttpConfig {
     HttpConfig {
         ca_file: Some(origin.ca_pem_path().into()),
         stall_timeout: STALL,
@@ -32,7 +32,7 @@ fn config(origin: &Origin) -> HttpConfig {
 }
 
 /// Retries quickly: a test that waits has a reason to (Retry-After, stalls).
-fn fast_policy() -> RetryPolicy {
+pub(crate) fn fast_policy() -> RetryPolicy {
     RetryPolicy {
         max_attempts: 5,
         initial_backoff: Duration::from_millis(20),
@@ -42,15 +42,15 @@ fn fast_policy() -> RetryPolicy {
     }
 }
 
-fn fetcher(origin: &Origin) -> Fetcher {
+pub(crate) fn fetcher(origin: &Origin) -> Fetcher {
     fetcher_with(config(origin))
 }
 
-fn fetcher_with(cfg: HttpConfig) -> Fetcher {
+pub(crate) fn fetcher_with(cfg: HttpConfig) -> Fetcher {
     Fetcher::new(Http::new(cfg).expect("http client"), fast_policy())
 }
 
-fn fetch(f: &Fetcher, ts: &TestStore, m: &Manifest) -> Result<FetchOutcome, FetchError> {
+pub(crate) fn fetch(f: &Fetcher, ts: &TestStore, m: &Manifest) -> Result<FetchOutcome, FetchError> {
     let never = AtomicBool::new(false);
     f.fetch(
         &ts.store(),
@@ -64,14 +64,14 @@ fn fetch(f: &Fetcher, ts: &TestStore, m: &Manifest) -> Result<FetchOutcome, Fetc
     )
 }
 
-fn path_of(name: &str) -> String {
+pub(crate) fn path_of(name: &str) -> String {
     format!("{name}.gguf")
 }
 
 /// A fresh origin and store with one pending model `name`: `len` bytes
 /// made from `seed`, served at `<name>.gguf`, whose first requests the
 /// origin answers with `faults`, one each, in order.
-fn pending(
+pub(crate) fn pending(
     name: &str,
     len: usize,
     seed: u64,
@@ -88,7 +88,7 @@ fn pending(
 }
 
 /// The model's blob is in place, with exactly `bytes`.
-fn assert_present(ts: &TestStore, m: &Manifest, bytes: &[u8]) {
+pub(crate) fn assert_present(ts: &TestStore, m: &Manifest, bytes: &[u8]) {
     let s = ts.store();
     assert_eq!(
         s.blob_state(&m.blob),
@@ -105,7 +105,7 @@ fn assert_present(ts: &TestStore, m: &Manifest, bytes: &[u8]) {
 }
 
 /// The model did not arrive: no blob, and the pending manifest is intact.
-fn assert_still_pending(ts: &TestStore, m: &Manifest) {
+pub(crate) fn assert_still_pending(ts: &TestStore, m: &Manifest) {
     let s = ts.store();
     assert!(
         !s.blob_path(&m.blob).exists(),

@@ -1,0 +1,282 @@
+//! Parallel ranged downloads against the misbehaving origin: each fault
+//! hits one range, and the fetch must end with the right bytes or one
+//! clear error, a consistent store, and no more bytes fetched again than
+//! the fault cost.
+
+#![allow(clippy::result_large_err)]
+
+use std::fs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::common::{Fault, wait_until};
+use crate::fetch::{assert_present, assert_still_pending, fetch, fetcher, path_of, pending};
+use modelfs::fetch::{FetchErrorKind, FetchJob, FetchOutcome};
+use modelfs::store::BlobState;
+
+const MIB: usize = 1 << 20;
+/// Large enough for ranges (8 MiB and up), small enough for a quick test.
+const SIZE: usize = 24 * MIB;
+
+/// A placeholder fault: the request it is consumed by is answered normally.
+fn none() -> Fault {
+    Fault::Multi(Vec::new())
+}
+
+/// The requested ranges, as `(start, end)` half-open intervals.
+fn ranges_asked(headers: &[Option<String>]) -> Vec<(u64, u64)> {
+    headers
+        .iter()
+        .flatten()
+        .filter_map(|h| {
+            let (a, b) = h.strip_prefix("bytes=")?.split_once('-')?;
+            Some((a.parse().ok()?, b.parse::<u64>().ok()? + 1))
+        })
+        .collect()
+}
+
+#[test]
+fn a_large_blob_arrives_over_several_ranges_with_each_byte_sent_once() {
+    let (origin, ts, bytes, m) = pending("par", SIZE, 71, vec![]);
+
+    let out = fetch(&fetcher(&origin), &ts, &m).expect("fetch");
+
+    assert_present(&ts, &m, &bytes);
+    assert_eq!(
+        out,
+        FetchOutcome::Downloaded {
+            transferred: SIZE as u64,
+            resumed_from: 0
+        }
+    );
+    let st = origin.stats(&path_of("par"));
+    assert!(st.range_gets >= 4, "{} range requests", st.range_gets);
+    assert_eq!(st.gets, st.range_gets, "every request is a range");
+    assert_eq!(st.bytes_sent, SIZE as u64, "no byte sent twice");
+    let mut asked = ranges_asked(&st.range_headers);
+    asked.sort();
+    assert_eq!(asked.first().unwrap().0, 0);
+    assert!(
+        asked.windows(2).all(|w| w[0].1 == w[1].0),
+        "ranges tile the blob: {asked:?}"
+    );
+    assert_eq!(asked.last().unwrap().1, SIZE as u64);
+    // Every range after the probe names the version the probe saw.
+    let etag = origin.etag(&path_of("par")).unwrap();
+    let if_range: Vec<_> = st
+        .request_headers
+        .iter()
+        .skip(1)
+        .map(|h| {
+            h.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("if-range"))
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    assert!(
+        if_range.iter().all(|v| v.as_deref() == Some(etag.as_str())),
+        "{if_range:?}"
+    );
+    ts.assert_consistent();
+}
+
+#[test]
+fn one_dropped_range_is_fetched_again_from_where_it_broke_and_the_rest_is_untouched() {
+    let (origin, ts, bytes, m) = pending("drop", SIZE, 72, vec![none(), Fault::DropAt(700_000)]);
+
+    fetch(&fetcher(&origin), &ts, &m).expect("fetch recovers");
+
+    assert_present(&ts, &m, &bytes);
+    let st = origin.stats(&path_of("drop"));
+    let extra = st.bytes_sent.saturating_sub(SIZE as u64);
+    assert!(
+        extra < 4 * MIB as u64,
+        "{extra} bytes sent again for one drop"
+    );
+    ts.assert_consistent();
+}
+
+#[test]
+fn an_origin_that_ignores_range_is_downloaded_over_one_stream() {
+    let (origin, ts, bytes, m) = pending("norange", SIZE, 73, vec![]);
+    origin.set_persistent_fault(&path_of("norange"), Some(Fault::IgnoreRange));
+
+    fetch(&fetcher(&origin), &ts, &m).expect("fetch");
+
+    assert_present(&ts, &m, &bytes);
+    let st = origin.stats(&path_of("norange"));
+    assert_eq!(st.gets, 2, "the probe, then one stream");
+    ts.assert_consistent();
+}
+
+#[test]
+fn server_errors_on_some_ranges_are_retried_by_those_ranges_alone() {
+    let faults = vec![none(), Fault::Status(503), none(), Fault::Status(500)];
+    let (origin, ts, bytes, m) = pending("flaky", SIZE, 74, faults);
+
+    fetch(&fetcher(&origin), &ts, &m).expect("fetch");
+
+    assert_present(&ts, &m, &bytes);
+    let st = origin.stats(&path_of("flaky"));
+    assert_eq!(
+        st.bytes_sent, SIZE as u64,
+        "an error answer sends no body bytes"
+    );
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_range_with_the_wrong_content_range_never_reaches_the_blob() {
+    let (origin, ts, bytes, m) = pending("badcr", SIZE, 75, vec![none(), Fault::NoContentRange]);
+
+    fetch(&fetcher(&origin), &ts, &m).expect("the fetch starts over on one stream");
+
+    assert_present(&ts, &m, &bytes);
+    ts.assert_consistent();
+}
+
+#[test]
+fn an_object_replaced_mid_download_is_never_stitched_from_two_versions() {
+    let (origin, ts, bytes, m) = pending("changed", SIZE, 76, vec![]);
+    let path = path_of("changed");
+    origin.set_persistent_fault(&path, Some(Fault::Throttle(8 << 20)));
+    let f = fetcher(&origin);
+    let other = crate::common::random_bytes(SIZE, 77);
+
+    let result = std::thread::scope(|s| {
+        let h = s.spawn(|| fetch(&f, &ts, &m));
+        assert!(
+            wait_until(Duration::from_secs(20), || origin
+                .stats_now(&path)
+                .bytes_sent
+                > 0),
+            "the download never started"
+        );
+        origin.put(&path, other.clone());
+        h.join().unwrap()
+    });
+
+    let err = result.expect_err("the pinned bytes are gone from the origin");
+    assert!(
+        matches!(err.kind, FetchErrorKind::DigestMismatch { .. }),
+        "{err}"
+    );
+    assert_still_pending(&ts, &m);
+    // What failed the digest is the new object whole, not a mix.
+    let q = ts.quarantined();
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert!(
+        fs::read(&q[0]).unwrap() == other,
+        "the quarantined bytes are one version"
+    );
+    drop(bytes);
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_cancelled_parallel_fetch_keeps_every_written_range_and_the_next_one_fetches_only_the_rest() {
+    let (origin, ts, bytes, m) = pending("cancel", SIZE, 78, vec![]);
+    let path = path_of("cancel");
+    origin.set_persistent_fault(&path, Some(Fault::Throttle(1 << 20)));
+    let f = fetcher(&origin);
+    let cancel = AtomicBool::new(false);
+    let store = ts.store();
+
+    let result = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            f.fetch(
+                &store,
+                &FetchJob {
+                    manifest: &m,
+                    sources: Vec::new(),
+                    write_manifest: false,
+                    progress: None,
+                    cancel: &cancel,
+                },
+            )
+        });
+        assert!(
+            wait_until(Duration::from_secs(20), || origin
+                .stats_now(&path)
+                .bytes_sent
+                > 4 * MIB as u64),
+            "the download never got going"
+        );
+        cancel.store(true, Ordering::Relaxed);
+        h.join().unwrap()
+    });
+
+    let err = result.expect_err("a cancelled fetch fails");
+    assert!(matches!(err.kind, FetchErrorKind::Cancelled), "{err}");
+    let BlobState::Partial(len) = store.blob_state(&m.blob) else {
+        panic!("the partial must be kept for resuming");
+    };
+    let file = fs::read(store.partial_path(&m.blob)).unwrap();
+    let record = fs::read_to_string(store.prefix_record_path(&m.blob)).expect("a prefix record");
+    let mut lines = record.lines();
+    let prefix: u64 = lines.next().unwrap().parse().unwrap();
+    let mut kept = prefix;
+    assert!(
+        file[..prefix as usize] == bytes[..prefix as usize],
+        "the prefix is right"
+    );
+    for l in lines {
+        let (a, b) = l.split_once(' ').unwrap();
+        let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+        assert!(file[a..b] == bytes[a..b], "the piece {a}-{b} is right");
+        kept += (b - a) as u64;
+    }
+    assert!(
+        kept > 4 * MIB as u64 / 2 && len < SIZE as u64,
+        "kept {kept} of {len}"
+    );
+    let sent = origin.stats(&path).bytes_sent;
+
+    origin.set_persistent_fault(&path, None);
+    let out = fetch(&f, &ts, &m).expect("the next fetch completes");
+    assert_eq!(
+        out,
+        FetchOutcome::Downloaded {
+            transferred: SIZE as u64 - kept,
+            resumed_from: prefix
+        },
+        "nothing written before is fetched again"
+    );
+    assert_eq!(origin.stats(&path).bytes_sent - sent, SIZE as u64 - kept);
+    assert_present(&ts, &m, &bytes);
+    ts.assert_consistent();
+}
+
+#[test]
+fn many_openers_of_a_large_model_share_one_parallel_download() {
+    let origin = crate::common::Origin::start();
+    let store = crate::common::TestStore::new();
+    let bytes = crate::common::random_bytes(SIZE, 79);
+    store.add_pending("shared", &origin, &bytes);
+    origin.set_persistent_fault("shared.gguf", Some(Fault::Throttle(4 << 20)));
+    let mount = crate::common::Mount::start(&store, origin.ca_pem_path(), &[]);
+
+    let readers = crate::common::waiter::waiters(&mount.path("shared.gguf"), 12);
+    // The attribute says how many connections the download uses.
+    let conns = || {
+        crate::common::sys::getxattr(&mount.path("shared.gguf"), "user.modelfs.connections")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || conns().is_some_and(|n| n > 1)),
+        "user.modelfs.connections never showed more than one: {:?}",
+        conns()
+    );
+    for r in readers {
+        assert!(r.result().expect("every opener reads the model") == bytes);
+    }
+    let st = origin.stats("shared.gguf");
+    let from_zero = ranges_asked(&st.range_headers)
+        .iter()
+        .filter(|r| r.0 == 0)
+        .count();
+    assert_eq!(from_zero, 1, "one download: {:?}", st.range_headers);
+    assert_eq!(st.bytes_sent, SIZE as u64, "every byte sent once");
+    assert!(st.range_gets >= 4, "over several connections");
+}
