@@ -63,7 +63,13 @@ fn wait(
     request: u64,
 ) -> mpsc::Receiver<Result<Ready, WaitError>> {
     let (tx, rx) = mpsc::channel();
-    c.wait_for(m, caller(request), Box::new(move |r| tx.send(r).unwrap()));
+    c.wait(
+        m,
+        JobKind::Fetch,
+        caller(request),
+        &Vec::new,
+        Box::new(move |r| tx.send(r).unwrap()),
+    );
     rx
 }
 
