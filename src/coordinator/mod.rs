@@ -26,10 +26,9 @@
 //! A present blob whose file no longer has the stamps it was verified with
 //! (`Coordinator::verified_now`, which keeps the records in memory once
 //! read) is hashed again the same way: one job per digest, the opens
-//! parked until it ends. Its
-//! bytes intact, they get the hashed file; changed, the blob is quarantined
-//! and fetched again when the manifest has a URL, else every waiter fails
-//! with the reason.
+//! parked until it ends. Its bytes intact, they get the hashed file;
+//! changed, the blob is quarantined and fetched again when the manifest
+//! has a URL, else every waiter fails with the reason.
 //!
 //! A fetch whose bytes hashed to another digest is not tried again on
 //! every open: for [`DEFAULT_MISMATCH_BACKOFF`] (`-o mismatch_backoff=SECS`)
