@@ -1,7 +1,9 @@
 //! One fetch per blob, and the opens that wait for it.
 //!
-//! The mount hands every open of an absent blob to [`Coordinator::wait_for`]
-//! together with a completion callback, and returns to the kernel at once.
+//! The mount hands every open to [`Coordinator::open`] (see [`open`])
+//! together with a completion callback: a present, verified blob is
+//! answered at once; an open of an absent blob waits, and the mount returns
+//! to the kernel at once.
 //! The coordinator runs at most one fetch per digest in this process (other
 //! processes are kept out by the store's producer lock, which the fetch
 //! waits for), queues the callbacks of every open that joins it, and calls
@@ -16,16 +18,17 @@
 //! and, if nobody waits any more, finishes anyway so the next open is fast.
 //!
 //! A fetch may use every source of its blob: every manifest that pins the
-//! digest when the fetch starts, the first opener's first (see
-//! [`FetchJob::sources`]).
+//! digest when its job is created (the first open's `pinned_by`), the
+//! first opener's first (see [`FetchJob::sources`]). A fetch that published
+//! its blob says so through [`Coordinator::take_published`], which the
+//! mount asks; nothing here calls up into the mount.
 //!
 //! A present blob whose file no longer has the stamps it was verified with
-//! ([`Coordinator::verified_now`], which keeps the records in memory once
-//! read) is hashed again the same way: one job per digest
-//! ([`Coordinator::wait_for_recheck`]), the opens parked until it ends. Its
-//! bytes intact, they get the hashed file; changed, the blob is quarantined
-//! and fetched again when the manifest has a URL, else every waiter fails
-//! with the reason.
+//! (`Coordinator::verified_now`, which keeps the records in memory once
+//! read) is hashed again the same way: one job per digest, the opens
+//! parked until it ends. Its bytes intact, they get the hashed file;
+//! changed, the blob is quarantined and fetched again when the manifest
+//! has a URL, else every waiter fails with the reason.
 //!
 //! A fetch whose bytes hashed to another digest is not tried again on
 //! every open: for [`DEFAULT_MISMATCH_BACKOFF`] (`-o mismatch_backoff=SECS`)
@@ -46,9 +49,11 @@
 //! failure is logged once here, not by each waiter.
 
 pub mod interrupt;
+pub mod open;
 pub mod pool;
 pub mod source;
 
+pub use open::{Answer, Blob, Found, Published, Want};
 pub use source::Source;
 
 #[cfg(test)]
@@ -89,11 +94,22 @@ pub enum WaitError {
     ShuttingDown,
     /// The fetch thread panicked (a bug); the message says where.
     Internal(String),
+    /// An `O_NONBLOCK` open: the fetch (or the hash) was started, nobody
+    /// waits for it.
+    WouldBlock,
+    /// The blob another process published while the open waited changed
+    /// since it was verified: the open must start again (and that open
+    /// hashes it). `file_id` is the file at the blob's path.
+    Changed { file_id: (u64, u64) },
+    /// The blob another process published cannot be opened.
+    Store(Arc<StoreError>),
+    /// Local I/O on the verified file failed.
+    Io(Arc<std::io::Error>),
 }
 
-/// What an open that waited gets.
+/// What a job's waiter gets (the coordinator turns it into a [`Blob`]).
 #[derive(Debug, Clone)]
-pub enum Ready {
+enum Ready {
     /// The verified bytes, read-only, possibly before they are published
     /// at the blob's path: read this file, not the path.
     Verified(Arc<File>),
@@ -103,7 +119,7 @@ pub enum Ready {
 }
 
 /// Called once when a wait ends.
-pub type Done = Box<dyn FnOnce(Result<Ready, WaitError>) + Send>;
+type Done = Box<dyn FnOnce(Result<Ready, WaitError>) + Send>;
 
 /// What a blob is doing, for extended attributes and status.
 #[derive(Debug, Clone, Default)]
@@ -179,6 +195,8 @@ struct Shared {
 /// A queued job, as a worker runs it.
 struct Queued {
     manifest: Manifest,
+    /// The other manifests that pinned the digest when the job was created.
+    others: Vec<Manifest>,
     kind: JobKind,
     shared: Shared,
 }
@@ -203,20 +221,13 @@ pub struct Coordinator {
     next_waiter: AtomicU64,
     /// The workers and their queue.
     workers: pool::Pool<Queued>,
-    /// Told of every blob this coordinator published.
-    on_published: std::sync::OnceLock<PublishedHook>,
-    /// The manifests that pin a digest, as the mount already holds them.
-    catalog: std::sync::OnceLock<Catalog>,
+    /// What fetches published since the mount last asked (see
+    /// [`Coordinator::take_published`]).
+    published: Mutex<Vec<Published>>,
     /// The verification records of the blobs opened so far, as read from
     /// or written to the store (see [`Coordinator::verified_now`]).
     records: Mutex<HashMap<Sha256, Record>>,
 }
-
-/// The manifests that pin a digest (see [`Coordinator::set_catalog`]).
-pub type Catalog = Box<dyn Fn(&Sha256) -> Vec<Manifest> + Send + Sync>;
-
-/// Called with a blob's digest after a fetch published it.
-pub type PublishedHook = Box<dyn Fn(&Sha256) + Send + Sync>;
 
 impl Coordinator {
     /// Creates the coordinator and its watchdog thread, which ends when
@@ -244,8 +255,7 @@ impl Coordinator {
                 shutting_down: AtomicBool::new(false),
                 next_waiter: AtomicU64::new(1),
                 workers: pool::Pool::new(max_fetches, Arc::new(run)),
-                on_published: std::sync::OnceLock::new(),
-                catalog: std::sync::OnceLock::new(),
+                published: Mutex::new(Vec::new()),
                 records: Mutex::new(HashMap::new()),
             }
         });
@@ -255,21 +265,6 @@ impl Coordinator {
             .spawn(move || watchdog(weak))
             .expect("cannot start the watchdog thread");
         c
-    }
-
-    /// Sets the hook told of every published blob (once; later calls are
-    /// ignored). Opens answered with the verified file before it was
-    /// published learn of it no other way.
-    pub fn on_published(&self, hook: PublishedHook) {
-        let _ = self.on_published.set(hook);
-    }
-
-    /// Sets where a fetch learns which manifests pin its digest (once).
-    /// Without it, every fetch parses every manifest in the store, which
-    /// at 100,000 manifests is about 2 s before the first byte (the
-    /// mount's first refresh parsed them in 2.1 s here, release build).
-    pub fn set_catalog(&self, catalog: Catalog) {
-        let _ = self.catalog.set(catalog);
     }
 
     /// How long opens fail at once after a digest mismatch (see the
@@ -287,36 +282,51 @@ impl Coordinator {
         self.source.url_for(m)
     }
 
-    /// Calls `done` once the blob of `m` is present, joining a running
-    /// fetch or starting one. `caller` is the waiting task, watched for
+    /// Calls `done` once the blob of `m` is there, joining its job or
+    /// starting one of `kind`: a fetch of an absent blob, a recheck of a
+    /// present one whose stamps moved since it was verified (`done` gets
+    /// the file once its bytes hashed right again, or, if they changed,
+    /// once the blob was quarantined and fetched again, or the failure
+    /// when it has no URL). `caller` is the waiting task, watched for
     /// signals, and its request, which an interrupt names. Returns at once.
-    pub fn wait_for(self: &Arc<Self>, m: &Manifest, caller: Caller, done: Done) {
+    fn wait(
+        self: &Arc<Self>,
+        m: &Manifest,
+        kind: JobKind,
+        caller: Caller,
+        pinned_by: &dyn Fn() -> Vec<Manifest>,
+        done: Done,
+    ) {
         if self.shutting_down.load(Ordering::Relaxed) {
             done(Err(WaitError::ShuttingDown));
             return;
         }
-        if let Some(e) = self.backed_off(m) {
+        if kind == JobKind::Fetch
+            && let Some(e) = self.backed_off(m)
+        {
             done(Err(WaitError::Failed(e)));
             return;
         }
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
-        self.ensure_job(m, Some(Waiter { id, caller, done }), JobKind::Fetch);
+        self.ensure_job(m, Some(Waiter { id, caller, done }), kind, pinned_by);
     }
 
-    /// Starts a fetch nobody waits for (an `O_NONBLOCK` open).
-    pub fn start(self: &Arc<Self>, m: &Manifest) {
-        if !self.shutting_down.load(Ordering::Relaxed) && self.backed_off(m).is_none() {
-            self.ensure_job(m, None, JobKind::Fetch);
+    /// Starts a job nobody waits for (an `O_NONBLOCK` open).
+    fn start(self: &Arc<Self>, m: &Manifest, kind: JobKind, pinned_by: &dyn Fn() -> Vec<Manifest>) {
+        if self.shutting_down.load(Ordering::Relaxed)
+            || (kind == JobKind::Fetch && self.backed_off(m).is_some())
+        {
+            return;
         }
+        self.ensure_job(m, None, kind, pinned_by);
     }
 
     /// Whether the present blob file of `d`, whose metadata is `meta`, is
     /// the file that was verified: its stamps equal its record (in memory,
     /// else on disk). A blob with no record at all is trusted at first
     /// sight and its stamps are recorded (see `store::verified`). Never
-    /// hashes; `false` means the open must wait for
-    /// [`Coordinator::wait_for_recheck`].
-    pub fn verified_now(&self, d: &Sha256, meta: &std::fs::Metadata) -> bool {
+    /// hashes; `false` means the open must wait for a recheck.
+    fn verified_now(&self, d: &Sha256, meta: &std::fs::Metadata) -> bool {
         let now = Record::of(meta);
         if self.records.lock().get(d) == Some(&now) {
             return true;
@@ -339,26 +349,6 @@ impl Coordinator {
                 self.records.lock().insert(*d, now);
                 true
             }
-        }
-    }
-
-    /// Like [`Coordinator::wait_for`] for a present blob whose stamps
-    /// moved since it was verified: `done` gets the file once its bytes
-    /// hashed right again, or, if they changed, once the blob was
-    /// quarantined and fetched again (or the failure when it has no URL).
-    pub fn wait_for_recheck(self: &Arc<Self>, m: &Manifest, caller: Caller, done: Done) {
-        if self.shutting_down.load(Ordering::Relaxed) {
-            done(Err(WaitError::ShuttingDown));
-            return;
-        }
-        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
-        self.ensure_job(m, Some(Waiter { id, caller, done }), JobKind::Recheck);
-    }
-
-    /// Starts a recheck nobody waits for (an `O_NONBLOCK` open).
-    pub fn start_recheck(self: &Arc<Self>, m: &Manifest) {
-        if !self.shutting_down.load(Ordering::Relaxed) {
-            self.ensure_job(m, None, JobKind::Recheck);
         }
     }
 
@@ -467,33 +457,51 @@ impl Coordinator {
     }
 
     /// Joins the job of `m`'s blob, whatever its kind (a fetch and a
-    /// recheck both end with verified bytes), or starts one of `kind`.
-    fn ensure_job(self: &Arc<Self>, m: &Manifest, waiter: Option<Waiter>, kind: JobKind) {
-        let mut jobs = self.jobs.lock();
-        if let Some(job) = jobs.get_mut(&m.blob) {
-            match (&job.verified, waiter) {
-                (Some(file), Some(w)) => {
-                    let file = file.clone();
-                    drop(jobs);
-                    (w.done)(Ok(Ready::Verified(file)));
+    /// recheck both end with verified bytes), or starts one of `kind`,
+    /// with the sources `pinned_by` lists (asked with no lock held, and
+    /// only when a job is created).
+    fn ensure_job(
+        self: &Arc<Self>,
+        m: &Manifest,
+        mut waiter: Option<Waiter>,
+        kind: JobKind,
+        pinned_by: &dyn Fn() -> Vec<Manifest>,
+    ) {
+        let mut others = None;
+        let queued = loop {
+            let mut jobs = self.jobs.lock();
+            if let Some(job) = jobs.get_mut(&m.blob) {
+                match (&job.verified, waiter) {
+                    (Some(file), Some(w)) => {
+                        let file = file.clone();
+                        drop(jobs);
+                        (w.done)(Ok(Ready::Verified(file)));
+                    }
+                    (None, w) => job.waiters.extend(w),
+                    (Some(_), None) => {}
                 }
-                (None, w) => job.waiters.extend(w),
-                (Some(_), None) => {}
+                return;
             }
-            return;
-        }
-        let job = Job {
-            waiters: waiter.into_iter().collect(),
-            verified: None,
-            shared: Shared::default(),
+            let Some(others) = others.take() else {
+                drop(jobs);
+                let all = pinned_by();
+                others = Some(all.into_iter().filter(|o| o.name != m.name).collect());
+                continue;
+            };
+            let job = Job {
+                waiters: waiter.take().into_iter().collect(),
+                verified: None,
+                shared: Shared::default(),
+            };
+            let queued = Queued {
+                manifest: m.clone(),
+                others,
+                kind,
+                shared: job.shared.clone(),
+            };
+            jobs.insert(m.blob, job);
+            break queued;
         };
-        let queued = Queued {
-            manifest: m.clone(),
-            kind,
-            shared: job.shared.clone(),
-        };
-        jobs.insert(m.blob, job);
-        drop(jobs);
         if let Err(e) = self.workers.push(queued, m.size_bytes <= SMALL_BLOB_BYTES) {
             self.finish(
                 &m.blob,
@@ -508,6 +516,7 @@ impl Coordinator {
     fn run_job(self: Arc<Self>, q: Queued) {
         let Queued {
             manifest: m,
+            others,
             kind,
             shared:
                 Shared {
@@ -531,7 +540,7 @@ impl Coordinator {
                 latest: progress.clone(),
                 note: note.clone(),
             };
-            self.fetch(&m, &cancel, sink)
+            self.fetch(&m, &others, &cancel, sink)
         }));
         let result = match outcome {
             Ok(r) => r,
@@ -557,45 +566,20 @@ impl Coordinator {
         self.finish(&m.blob, result);
     }
 
-    /// Every source of `m`'s blob, current now: `m`'s own first (the first
-    /// opener's), then those of the other manifests that pin the same
-    /// digest. The job is one per digest, so an open of any of those names
-    /// may have joined it.
-    fn sources_of(&self, m: &Manifest) -> Vec<crate::fetch::Candidate> {
-        if let Some(catalog) = self.catalog.get() {
-            let others: Vec<Manifest> = catalog(&m.blob)
-                .into_iter()
-                .filter(|o| o.name != m.name)
-                .collect();
-            return self.source.candidates(m, &others);
-        }
-        let others: Vec<Manifest> = match self.store.list_manifests() {
-            Ok(all) => all
-                .into_iter()
-                .flatten()
-                .filter(|o| o.blob == m.blob && o.name != m.name)
-                .collect(),
-            Err(e) => {
-                log::warn!(
-                    "{}: cannot list the other manifests of its blob ({e}); fetching from its own source only",
-                    m.name
-                );
-                Vec::new()
-            }
-        };
-        self.source.candidates(m, &others)
-    }
-
     /// Runs the fetch pipeline for `m`, handing the verified file over.
+    /// `others` are the other manifests of its blob (the job is one per
+    /// digest, so an open of any of those names may have joined it): their
+    /// sources come after `m`'s own.
     fn fetch(
         &self,
         m: &Manifest,
+        others: &[Manifest],
         cancel: &AtomicBool,
         sink: ProgressSink,
     ) -> Result<Ready, WaitError> {
         let job = FetchJob {
             manifest: m,
-            sources: self.sources_of(m),
+            sources: self.source.candidates(m, others),
             write_manifest: false,
             progress: Some(sink),
             cancel,
@@ -605,9 +589,7 @@ impl Coordinator {
             .fetch(&self.store, &job, &mut |file| self.hand_over(&m.blob, file))
         {
             Ok(_) => {
-                if let Some(hook) = self.on_published.get() {
-                    hook(&m.blob);
-                }
+                self.note_published(&m.blob);
                 Ok(Ready::Published)
             }
             Err(e) => Err(WaitError::Failed(Arc::new(e))),
@@ -856,6 +838,12 @@ pub fn describe(e: &WaitError) -> String {
         WaitError::Interrupted => "interrupted by a signal".into(),
         WaitError::ShuttingDown => "the mount is shutting down".into(),
         WaitError::Internal(s) => s.clone(),
+        WaitError::WouldBlock => "not fetched yet (a non-blocking open does not wait)".into(),
+        WaitError::Changed { .. } => {
+            "the blob changed on disk since it was verified; open it again".into()
+        }
+        WaitError::Store(e) => e.to_string(),
+        WaitError::Io(e) => format!("I/O error on the verified file: {e}"),
     }
 }
 

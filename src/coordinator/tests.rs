@@ -63,7 +63,13 @@ fn wait(
     request: u64,
 ) -> mpsc::Receiver<Result<Ready, WaitError>> {
     let (tx, rx) = mpsc::channel();
-    c.wait_for(m, caller(request), Box::new(move |r| tx.send(r).unwrap()));
+    c.wait(
+        m,
+        JobKind::Fetch,
+        caller(request),
+        &Vec::new,
+        Box::new(move |r| tx.send(r).unwrap()),
+    );
     rx
 }
 
@@ -246,4 +252,273 @@ fn a_stopping_mount_waits_for_verified_bytes_to_be_published_and_not_for_downloa
     w.source.open_gate();
     assert!(w.c.wait_for_publishing(Duration::from_secs(10)));
     assert!(w.store.blob_path(&held.blob).exists());
+}
+
+// The coordinator's one entry point for opens (`open.rs`).
+
+/// Opens `m` as the mount does: find, then open; the answer arrives on the
+/// returned channel.
+fn open(
+    c: &Arc<Coordinator>,
+    m: &Manifest,
+    caller: Caller,
+    nonblocking: bool,
+) -> mpsc::Receiver<Result<Blob, WaitError>> {
+    let (tx, rx) = mpsc::channel();
+    let found = c.find(&m.blob).expect("the blob path can be looked at");
+    let want = Want {
+        manifest: m,
+        caller,
+        nonblocking,
+        pinned_by: &Vec::new,
+    };
+    c.open(found, want, Box::new(move |r| tx.send(r).unwrap()));
+    rx
+}
+
+fn answer(rx: &mpsc::Receiver<Result<Blob, WaitError>>) -> Result<Blob, WaitError> {
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the open was answered")
+}
+
+/// Publishes `bytes` as another process (`modelfs pull`) would.
+fn put(store: &Store, bytes: &[u8]) {
+    let d = Sha256::of(bytes);
+    let mut f = store.open_partial(&d).unwrap();
+    std::io::Write::write_all(&mut f, bytes).unwrap();
+    store.publish_blob(&d, &f).unwrap();
+}
+
+/// The calling thread, as the kernel would name it in an open request.
+fn this_task(request: u64) -> Caller {
+    // `/proc/thread-self` reads `<pid>/task/<tid>`.
+    let link = std::fs::read_link("/proc/thread-self").unwrap();
+    let tid = link.file_name().unwrap().to_str().unwrap().parse().unwrap();
+    Caller { tid, request }
+}
+
+#[test]
+fn an_open_answered_before_publication_is_told_so_and_the_publication_is_reported_after() {
+    let data = b"handed over early".to_vec();
+    let w = world(Script::Gated(data.clone()), 2);
+    let m = manifest("m", &data);
+    let first = open(&w.c, &m, caller(1), false);
+    w.source.open_gate(); // verified; held before publishing
+    let early = answer(&first).expect("answered at verification");
+    assert!(!early.published, "not at the blob path yet");
+    assert!(w.c.take_published().is_empty(), "nothing published yet");
+    // An open in the window finds nothing at the path and gets the same
+    // file at once.
+    let late = answer(&open(&w.c, &m, caller(2), false)).unwrap();
+    assert!(Arc::ptr_eq(&early.file, &late.file) && !late.published);
+
+    w.source.open_gate();
+    assert!(eventually(|| !w.c.activity(&m.blob).fetching));
+    // The job is gone: the publication must be waiting to be taken.
+    let published = w.c.take_published();
+    assert_eq!(
+        published,
+        [Published {
+            digest: m.blob,
+            file_id: early.file_id(),
+            size: data.len() as u64,
+        }],
+        "the published file is the one handed over"
+    );
+    assert!(w.c.take_published().is_empty(), "taken once");
+    let now = answer(&open(&w.c, &m, caller(3), false)).unwrap();
+    assert!(now.published, "at its path now");
+    assert_eq!(now.file_id(), early.file_id());
+    assert_eq!(w.source.calls(), 1);
+}
+
+#[test]
+fn a_present_blob_is_answered_on_the_calling_thread_and_a_changed_one_is_hashed_first() {
+    let data = b"present".to_vec();
+    let w = world(Script::Fail, 2);
+    let m = manifest("m", &data);
+    put(&w.store, &data);
+    let rx = open(&w.c, &m, caller(1), false);
+    let blob = rx
+        .try_recv()
+        .expect("answered before open returned")
+        .unwrap();
+    assert!(blob.published);
+    // Its stamps move (bytes unchanged): the next open waits for a hash
+    // and gets the file at the path, never the source.
+    let f = std::fs::File::options()
+        .write(true)
+        .open(w.store.blob_path(&m.blob))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+    let rechecked = answer(&open(&w.c, &m, caller(2), false)).unwrap();
+    assert_eq!(rechecked.file_id(), blob.file_id());
+    assert_eq!(
+        w.source.calls(),
+        0,
+        "a recheck never downloads intact bytes"
+    );
+    assert!(
+        open(&w.c, &m, caller(3), false).try_recv().unwrap().is_ok(),
+        "recorded again: answered at once"
+    );
+}
+
+#[test]
+fn wrong_bytes_are_fetched_again_once_the_back_off_is_over() {
+    let w = world(Script::WrongBytes, 2);
+    w.c.set_mismatch_backoff(Duration::from_millis(300));
+    let m = manifest("m", b"pinned");
+    assert!(matches!(
+        answer(&open(&w.c, &m, caller(1), false)),
+        Err(WaitError::Failed(_))
+    ));
+    assert!(matches!(
+        answer(&open(&w.c, &m, caller(2), false)),
+        Err(WaitError::Failed(_))
+    ));
+    // A non-blocking open during the back-off starts nothing either.
+    assert!(matches!(
+        answer(&open(&w.c, &m, caller(3), true)),
+        Err(WaitError::WouldBlock)
+    ));
+    assert_eq!(w.source.calls(), 1, "backed off");
+    std::thread::sleep(Duration::from_millis(350));
+    *w.source.script.lock() = Script::Serve(b"pinned".to_vec());
+    assert!(answer(&open(&w.c, &m, caller(4), false)).is_ok());
+    assert_eq!(w.source.calls(), 2, "tried again after the back-off");
+}
+
+#[test]
+fn without_a_back_off_every_open_after_wrong_bytes_downloads_again() {
+    let w = world(Script::WrongBytes, 2);
+    w.c.set_mismatch_backoff(Duration::ZERO);
+    let m = manifest("m", b"pinned");
+    for i in 0..3 {
+        assert!(matches!(
+            answer(&open(&w.c, &m, caller(i), false)),
+            Err(WaitError::Failed(_))
+        ));
+    }
+    assert_eq!(w.source.calls(), 3);
+}
+
+#[test]
+fn a_failure_is_forgotten_once_another_process_published_the_blob() {
+    let w = world(Script::WrongBytes, 2);
+    let m = manifest("m", b"pinned");
+    assert!(answer(&open(&w.c, &m, caller(1), false)).is_err());
+    assert!(w.c.activity(&m.blob).last_error.is_some());
+    put(&w.store, b"pinned");
+    assert!(w.c.activity(&m.blob).last_error.is_none());
+    assert!(w.c.backed_off(&m).is_none(), "the back-off is lifted too");
+    assert!(answer(&open(&w.c, &m, caller(2), false)).unwrap().published);
+    assert_eq!(w.source.calls(), 1);
+}
+
+#[test]
+fn an_interrupted_open_waiting_for_a_recheck_ends_alone_and_the_hash_goes_on() {
+    let data = b"rechecked".to_vec();
+    let w = world(Script::Fail, 2);
+    let m = manifest("m", &data);
+    put(&w.store, &data);
+    assert!(answer(&open(&w.c, &m, caller(1), false)).is_ok());
+    let path = w.store.blob_path(&m.blob);
+    let f = std::fs::File::options().write(true).open(&path).unwrap();
+    f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+    // Another process holds the model's lock: the recheck waits for it.
+    let held = crate::store::lock::try_lock(&w.store.lock_path(&m.name))
+        .unwrap()
+        .expect("the lock is free");
+    let killed = open(&w.c, &m, caller(7), false);
+    let patient = open(&w.c, &m, caller(8), false);
+    assert!(eventually(|| w.c.activity(&m.blob).waiters == 2));
+    assert_eq!(w.c.interrupt(7), Interrupted::Ended);
+    assert!(matches!(answer(&killed), Err(WaitError::Interrupted)));
+    assert!(
+        patient.recv_timeout(Duration::from_millis(50)).is_err(),
+        "still parked"
+    );
+    drop(held);
+    assert!(answer(&patient).is_ok());
+    assert_eq!(w.source.calls(), 0);
+}
+
+#[test]
+fn an_interrupt_for_a_task_without_a_stop_signal_keeps_it_waiting() {
+    let data = b"resized terminal".to_vec();
+    let w = world(Script::Gated(data.clone()), 2);
+    let m = manifest("m", &data);
+    let rx = open(&w.c, &m, this_task(5), false);
+    assert!(eventually(|| w.c.activity(&m.blob).waiters == 1));
+    assert_eq!(w.c.interrupt(5), Interrupted::KeptWaiting);
+    std::thread::sleep(2 * WATCHDOG_PERIOD);
+    assert!(
+        rx.try_recv().is_err(),
+        "neither the interrupt nor the watchdog ended it"
+    );
+    w.source.open_gate();
+    assert!(answer(&rx).is_ok());
+    w.source.open_gate();
+}
+
+#[test]
+fn the_watchdog_ends_the_wait_of_a_task_that_is_gone_and_the_fetch_finishes_anyway() {
+    let data = b"nobody waits".to_vec();
+    let w = world(Script::Gated(data.clone()), 2);
+    let m = manifest("m", &data);
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let gone = child.id();
+    child.wait().unwrap();
+    let rx = open(
+        &w.c,
+        &m,
+        Caller {
+            tid: gone,
+            request: 1,
+        },
+        false,
+    );
+    assert!(matches!(answer(&rx), Err(WaitError::Interrupted)));
+    assert!(w.c.activity(&m.blob).fetching, "the fetch goes on");
+    w.source.open_gate();
+    w.source.open_gate();
+    assert!(eventually(|| w.store.blob_path(&m.blob).exists()));
+    assert_eq!(w.source.calls(), 1);
+}
+
+#[test]
+fn shutdown_answers_every_parked_open_and_queued_jobs_never_reach_the_source() {
+    // One general worker and the one for small blobs: two run, one queues.
+    let w = world(Script::Gated(b"x".to_vec()), 1);
+    let ms: Vec<_> = (0..3)
+        .map(|i| manifest(&format!("m{i}"), format!("blob {i}").as_bytes()))
+        .collect();
+    let rxs: Vec<_> = ms
+        .iter()
+        .enumerate()
+        .map(|(i, m)| open(&w.c, m, caller(i as u64), false))
+        .collect();
+    assert!(eventually(|| w.source.running.load(Ordering::SeqCst) == 2));
+    w.c.shutdown();
+    for rx in &rxs {
+        assert!(matches!(answer(rx), Err(WaitError::ShuttingDown)));
+    }
+    // The running fetches see the cancel; the queued one ends unstarted.
+    assert!(eventually(|| ms
+        .iter()
+        .all(|m| !w.c.activity(&m.blob).fetching)));
+    assert_eq!(w.source.calls(), 2);
+    assert!(w.c.wait_for_publishing(Duration::from_secs(1)));
+    // Later opens, blocking or not, start nothing.
+    assert!(matches!(
+        answer(&open(&w.c, &ms[0], caller(9), true)),
+        Err(WaitError::WouldBlock)
+    ));
+    assert!(matches!(
+        answer(&open(&w.c, &ms[0], caller(10), false)),
+        Err(WaitError::ShuttingDown)
+    ));
+    assert!(!w.c.activity(&ms[0].blob).fetching);
+    assert_eq!(w.source.calls(), 2);
 }

@@ -136,6 +136,11 @@ impl From<WaitError> for FsError {
             WaitError::Interrupted => Self::Interrupted,
             WaitError::ShuttingDown => Self::ShuttingDown,
             WaitError::Internal(s) => Self::Internal(s),
+            WaitError::WouldBlock => Self::WouldBlock,
+            // The caller checks the inode first (see `ModelFs::open`).
+            WaitError::Changed { .. } => Self::Stale,
+            WaitError::Store(e) => Self::Store(e),
+            WaitError::Io(e) => Self::Io(e),
         }
     }
 }

@@ -6,13 +6,19 @@
 //! - `lookup`, `getattr`, `readdir`, `getxattr`, `listxattr` read the
 //!   in-memory [`Namespace`] and the coordinator's activity; they never
 //!   wait for the network or a lock.
-//! - `open` of a present blob whose stamps match its verification record
-//!   (see `store::verified`) completes on the calling thread; `open` of an
-//!   absent one, or of a present one whose stamps moved (it must be hashed
-//!   again), hands its completion to the [`Coordinator`] and returns; an
-//!   `O_NONBLOCK` open of either starts the fetch (or the hash) and fails
-//!   with `EAGAIN` at once. Every opened handle reads the verified blob
-//!   file it opened, whatever happens to the manifest later.
+//! - `open` asks the [`Coordinator`] for the verified file of the entry's
+//!   blob (see `coordinator::open`) and keeps the namespace's side: an
+//!   inode whose blob file was replaced fails with `ESTALE` before anything
+//!   is fetched, and each answer notes which file the inode serves. A
+//!   present blob whose stamps match its verification record (see
+//!   `store::verified`) completes on the calling thread; an absent one, or
+//!   a present one whose stamps moved (it must be hashed again), completes
+//!   later; an `O_NONBLOCK` open of either starts the fetch (or the hash)
+//!   and fails with `EAGAIN` at once. Every opened handle reads the
+//!   verified blob file it opened, whatever happens to the manifest later.
+//! - Blobs the coordinator published after their opens were answered
+//!   (`Coordinator::take_published`) are noted as present before a refresh
+//!   and before any `user.modelfs.*` attribute is read.
 //! - Anything that writes fails with `EROFS`.
 
 pub mod error;
@@ -25,7 +31,7 @@ mod tests;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -36,7 +42,7 @@ pub use error::FsError;
 pub use namespace::{Changes, Entry, Namespace, ROOT_INO};
 
 pub use crate::coordinator::Caller;
-use crate::coordinator::{Coordinator, Interrupted, Ready};
+use crate::coordinator::{Answer, Blob, Coordinator, Interrupted, WaitError, Want};
 
 /// What kind of node an inode is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +106,10 @@ pub struct ModelFs {
     coordinator: Arc<Coordinator>,
     namespace: Arc<Namespace>,
     handles: Mutex<HashMap<u64, Arc<File>>>,
+    /// Held while publications are taken from the coordinator and noted,
+    /// so that a reader who finds none taken is never ahead of one being
+    /// noted.
+    noting_published: Mutex<()>,
     dirs: Mutex<HashMap<u64, DirList>>,
     next_fh: AtomicU64,
     uid: u32,
@@ -112,30 +122,11 @@ impl ModelFs {
     /// before mounting and then periodically.
     pub fn new(coordinator: Arc<Coordinator>, uid: u32, gid: u32) -> Self {
         let namespace = Arc::new(Namespace::new());
-        // Opens answered before the blob was published noted a verified
-        // download, not a served blob: once it is at its path, it is one.
-        let (ns, store) = (Arc::downgrade(&namespace), coordinator.store().clone());
-        coordinator.on_published(Box::new(move |d| {
-            let (Some(ns), Some(blob)) = (ns.upgrade(), store.stat_blob(d)) else {
-                return;
-            };
-            for e in ns.entries().iter().filter(|e| e.manifest.blob == *d) {
-                ns.confirm_published(e.ino, (blob.dev(), blob.ino()));
-                ns.mark_present(e.ino, blob.len());
-            }
-        }));
-        // A fetch may use every manifest of its digest: the namespace
-        // holds them all, parsed.
-        let ns = Arc::downgrade(&namespace);
-        coordinator.set_catalog(Box::new(move |d| {
-            ns.upgrade().map_or_else(Vec::new, |ns| {
-                ns.manifests_of(d).iter().map(|m| (**m).clone()).collect()
-            })
-        }));
         Self {
             coordinator,
             namespace,
             handles: Mutex::new(HashMap::new()),
+            noting_published: Mutex::new(()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             uid,
@@ -154,7 +145,27 @@ impl ModelFs {
 
     /// Re-reads the store's manifests; see [`Namespace::refresh`].
     pub fn refresh(&self) -> Changes {
+        self.note_published();
         self.namespace.refresh(self.coordinator.store())
+    }
+
+    /// Notes the blobs the coordinator published since the last call: an
+    /// open answered before publication noted a verified download, not a
+    /// served blob; once it is at its path, it is one, and every entry of
+    /// the digest is present.
+    fn note_published(&self) {
+        let _noting = self.noting_published.lock();
+        let published = self.coordinator.take_published();
+        if published.is_empty() {
+            return;
+        }
+        let entries = self.namespace.entries();
+        for p in published {
+            for e in entries.iter().filter(|e| e.manifest.blob == p.digest) {
+                self.namespace.confirm_published(e.ino, p.file_id);
+                self.namespace.mark_present(e.ino, p.size);
+            }
+        }
     }
 
     fn root_attr(&self) -> Attr {
@@ -279,87 +290,72 @@ impl ModelFs {
             Ok(e) => e,
             Err(err) => return done(Err(err)),
         };
-        let store = self.coordinator.store();
-        // Only a blob that is not there is absent: out of descriptors
-        // (EMFILE) or anything else fails this open, and never starts a
-        // fetch or retires the inode as if the blob had gone.
-        let blob = match store.open_blob_with_metadata(&e.manifest.blob) {
-            Ok((f, m)) => Some((m, f)),
-            Err(err) if err.is_absent() => None,
+        let found = match self.coordinator.find(&e.manifest.blob) {
+            Ok(found) => found,
             Err(err) => return done(Err(FsError::Store(Arc::new(err)))),
         };
-        let now = blob.as_ref().map(|(m, _)| (m.dev(), m.ino()));
-        if self.namespace.is_stale(&e, now) {
+        if self.namespace.is_stale(&e, found.file_id()) {
             return done(Err(FsError::Stale));
         }
-        let recheck = match blob {
-            Some((meta, file)) if self.coordinator.verified_now(&e.manifest.blob, &meta) => {
-                return done(Ok(self.register(&e, &meta, file)));
-            }
-            // Present, but not the file that was verified: hash it again
-            // off this thread, as a fetch would run.
-            Some(_) => true,
-            None => false,
+        // A fetch may use every manifest of its digest: the namespace
+        // holds them all, parsed (listing the store's would parse them all
+        // again, 2 s at 100,000 models).
+        let ns = &self.namespace;
+        let pinned_by = || {
+            ns.manifests_of(&e.manifest.blob)
+                .iter()
+                .map(|m| (**m).clone())
+                .collect()
         };
-        if flags & libc::O_NONBLOCK != 0 {
-            if recheck {
-                self.coordinator.start_recheck(&e.manifest);
-            } else {
-                self.coordinator.start(&e.manifest);
-            }
-            return done(Err(FsError::WouldBlock));
-        }
-        let manifest = e.manifest.clone();
-        let when_ready = self.when_ready(e, done);
-        if recheck {
-            self.coordinator
-                .wait_for_recheck(&manifest, caller, when_ready);
-        } else {
-            self.coordinator.wait_for(&manifest, caller, when_ready);
-        }
+        let want = Want {
+            manifest: &e.manifest,
+            caller,
+            nonblocking: flags & libc::O_NONBLOCK != 0,
+            pinned_by: &pinned_by,
+        };
+        let answer = self.when_answered(e.clone(), done);
+        self.coordinator.open(found, want, answer);
     }
 
-    /// The completion of an open of `e` that waits for the coordinator.
-    fn when_ready(self: &Arc<Self>, e: Arc<Entry>, done: OpenDone) -> crate::coordinator::Done {
+    /// The completion of an open of `e`: a handle on the coordinator's
+    /// answer, unless the inode served another file before.
+    fn when_answered(self: &Arc<Self>, e: Arc<Entry>, done: OpenDone) -> Answer {
         let this = self.clone();
-        Box::new(move |result| {
-            let opened = result.map_err(FsError::from).and_then(|ready| match ready {
-                // Not yet at the blob's path (or hashed again there): the
-                // namespace must not retire the inode for that, but must
-                // once another file is there (the kernel may hold this
-                // file's pages, or use it as the inode's passthrough
-                // backing file).
-                Ready::Verified(file) => {
-                    let meta = file.metadata()?;
-                    let id = (meta.dev(), meta.ino());
-                    // The inode served another file before (whose bytes
-                    // changed, and were quarantined): never this one.
-                    if this.namespace.is_stale(&e, Some(id)) {
-                        return Err(FsError::Stale);
-                    }
-                    this.namespace.note_verified(e.ino, id);
-                    Ok(this.add_handle(file, id))
+        Box::new(move |answer| {
+            let opened = match answer {
+                Ok(blob) => this.serve(&e, blob),
+                // Published by another process while this open waited for
+                // its lock, and changed since it was verified: on ESTALE
+                // the kernel opens again, and that open hashes it.
+                Err(WaitError::Changed { file_id }) => {
+                    this.namespace.is_stale(&e, Some(file_id));
+                    Err(FsError::Stale)
                 }
-                Ready::Published => {
-                    let file = this
-                        .coordinator
-                        .store()
-                        .open_blob(&e.manifest.blob)
-                        .map_err(|e| FsError::Store(Arc::new(e)))?;
-                    let meta = file.metadata()?;
-                    // Published by another process while this open waited
-                    // for its lock, and changed since it was verified: on
-                    // ESTALE the kernel opens again, and that open hashes it.
-                    if this.namespace.is_stale(&e, Some((meta.dev(), meta.ino())))
-                        || !this.coordinator.verified_now(&e.manifest.blob, &meta)
-                    {
-                        return Err(FsError::Stale);
-                    }
-                    Ok(this.register(&e, &meta, file))
-                }
-            });
+                Err(err) => Err(err.into()),
+            };
             done(opened)
         })
+    }
+
+    /// A handle on `blob` for `e`'s inode, noted as what it serves; `Stale`
+    /// if the inode served another file before (whose bytes changed, and
+    /// were quarantined): never this one.
+    fn serve(&self, e: &Entry, blob: Blob) -> Result<Opened, FsError> {
+        let id = blob.file_id();
+        if self.namespace.is_stale(e, Some(id)) {
+            return Err(FsError::Stale);
+        }
+        if blob.published {
+            self.namespace.note_served(e.ino, id);
+            self.namespace.mark_present(e.ino, blob.meta.len());
+        } else {
+            // Not yet at the blob's path: the namespace must not retire
+            // the inode for that, but must once another file is there (the
+            // kernel may hold this file's pages, or use it as the inode's
+            // passthrough backing file).
+            self.namespace.note_verified(e.ino, id);
+        }
+        Ok(self.add_handle(blob.file, id))
     }
 
     /// The kernel interrupted request `request` (FUSE_INTERRUPT); `false`
@@ -367,15 +363,6 @@ impl ModelFs {
     /// yet: the kernel asks again while it is unanswered).
     pub fn interrupt(&self, request: u64) -> bool {
         self.coordinator.interrupt(request) != Interrupted::Unknown
-    }
-
-    /// A handle on the blob file `file` (with its metadata `meta`), noted
-    /// as what `e`'s inode serves.
-    fn register(&self, e: &Entry, meta: &std::fs::Metadata, file: File) -> Opened {
-        let id = (meta.dev(), meta.ino());
-        self.namespace.note_served(e.ino, id);
-        self.namespace.mark_present(e.ino, meta.len());
-        self.add_handle(Arc::new(file), id)
     }
 
     /// A new handle on `file`.
@@ -460,6 +447,9 @@ impl ModelFs {
             self.entry(ino)?;
             return Err(FsError::NoAttr);
         }
+        // A blob published since the open that fetched it ended is present
+        // (its job, which said so, is gone).
+        self.note_published();
         let e = self.entry(ino)?;
         let activity = self.coordinator.activity(&e.manifest.blob);
         let partial = if name != xattr::PROGRESS || activity.fetching || e.present_size.is_some() {

@@ -137,3 +137,58 @@ fn writing_opens_and_the_root_are_refused_without_a_fetch() {
     assert_eq!(e.errno(), libc::EISDIR);
     assert_eq!(w.source.calls(), 0);
 }
+
+#[test]
+fn a_model_published_after_its_open_was_answered_reads_present_without_a_refresh() {
+    let data = b"published later".to_vec();
+    let w = world(Script::Gated(data.clone()));
+    let ino = pin(&w, "m", &data);
+    let rx = open(&w, ino, libc::O_RDONLY);
+    w.source.open_gate();
+    let o = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    w.source.open_gate();
+    let d = Sha256::of(&data);
+    let c = w.fs.coordinator().clone();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while c.activity(&d).fetching && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(!c.activity(&d).fetching, "the fetch ended");
+    // Its job, which said "verified", is gone; no refresh ran since.
+    assert_eq!(state(&w, ino), "present");
+    assert_eq!(
+        w.fs.namespace().by_ino(ino).unwrap().present_size,
+        Some(data.len() as u64)
+    );
+    assert_eq!(read_all(&w, &o, data.len()), data);
+}
+
+#[test]
+fn an_inode_whose_blob_file_was_replaced_fails_estale_without_a_fetch() {
+    let data = b"replaced".to_vec();
+    let w = world(Script::Serve(data.clone()));
+    let ino = pin(&w, "m", &data);
+    let d = Sha256::of(&data);
+    let publish = |w: &World| {
+        let mut f = w.store.open_partial(&d).unwrap();
+        std::io::Write::write_all(&mut f, &data).unwrap();
+        w.store.publish_blob(&d, &f).unwrap();
+    };
+    publish(&w);
+    let o = open(&w, ino, libc::O_RDONLY).try_recv().unwrap().unwrap();
+    w.fs.release(o.fh);
+    // `modelfs verify` quarantined it and a pull put the bytes back: the
+    // same digest in another file.
+    w.store.quarantine_blob(&d, "test").unwrap();
+    publish(&w);
+    let e = open(&w, ino, libc::O_RDONLY)
+        .try_recv()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::ESTALE);
+    assert_eq!(w.source.calls(), 0);
+    let new = w.fs.lookup(ROOT_INO, "m.gguf").unwrap().ino;
+    assert_ne!(new, ino, "the name has a new inode");
+    let rx = open(&w, new, libc::O_RDONLY);
+    assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap().is_ok());
+}

@@ -51,6 +51,7 @@ mod blobs;
 mod catalog;
 mod error;
 mod layout;
+pub mod listing;
 pub mod lock;
 pub mod manifest;
 pub mod name;

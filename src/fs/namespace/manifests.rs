@@ -1,13 +1,12 @@
-//! The manifests of `manifests/`, listed and parsed again only when they
-//! changed; see the parent module's doc.
+//! The manifests of `manifests/`, listed (by the store, see
+//! [`crate::store::listing`]) and parsed again only when they changed;
+//! see the parent module's doc.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::store::nofollow::kind_of;
+use crate::store::listing::ManifestFiles;
 use crate::store::watch::Stamp;
 use crate::store::{Manifest, ModelName, Store};
 
@@ -57,9 +56,7 @@ impl ManifestWatch {
         let now = SystemTime::now();
         // Stamped before it is listed, so a change made while we list moves
         // the stamp. `manifests/` itself may be the operator's symlink.
-        let stamp = fs::metadata(store.manifests_dir())
-            .ok()
-            .map(|m| Stamp::of(&m, now));
+        let stamp = store.manifests_dir_stamp(now);
         let unchanged =
             !full && matches!((&self.dir, &stamp), (Some(a), Some(b)) if a.unchanged_at(b));
         self.dir = stamp;
@@ -68,7 +65,10 @@ impl ManifestWatch {
         if unchanged {
             return delta;
         }
-        let (files, ignored) = match scan_manifest_files(store, now) {
+        let ManifestFiles {
+            manifests: files,
+            ignored,
+        } = match store.list_manifest_files(now) {
             Ok(listing) => {
                 if self.unlistable.take().is_some() {
                     log::info!("{} can be listed again", store.manifests_dir().display());
@@ -81,8 +81,8 @@ impl ManifestWatch {
                 let why = e.to_string();
                 if self.unlistable.as_ref() != Some(&why) {
                     log::warn!(
-                        "cannot list {} ({why}); showing the models as they were, trying again",
-                        store.manifests_dir().display()
+                        "cannot list the manifests ({why}); showing the models as they were, \
+                         trying again"
                     );
                 }
                 self.unlistable = Some(why);
@@ -90,15 +90,23 @@ impl ManifestWatch {
                 return delta;
             }
         };
-        for (fname, stamp, why) in &ignored {
-            if !self.ignored.get(fname).is_some_and(|s| s.same(stamp)) {
+        for i in &ignored {
+            if !self
+                .ignored
+                .get(&i.file_name)
+                .is_some_and(|s| s.same(&i.stamp))
+            {
                 log::warn!(
-                    "ignoring {}: {why}",
-                    store.manifests_dir().join(fname).display()
+                    "ignoring {}: {}",
+                    store.manifests_dir().join(&i.file_name).display(),
+                    i.why
                 );
             }
         }
-        self.ignored = ignored.into_iter().map(|(f, s, _)| (f, s)).collect();
+        self.ignored = ignored
+            .into_iter()
+            .map(|i| (i.file_name, i.stamp))
+            .collect();
         let mut parsed = HashMap::with_capacity(files.len());
         for (stem, stamp) in files {
             let manifest = match self.parsed.remove(&stem) {
@@ -158,59 +166,6 @@ impl ManifestWatch {
     pub fn parsed_now(&self) -> usize {
         self.parsed_now
     }
-}
-
-/// An ignored file of `manifests/`: its name, stamp and why.
-type Ignored = (String, Stamp, String);
-/// A listing of `manifests/`: the manifest files and the ignored ones.
-type Listing = (Vec<(String, Stamp)>, Vec<Ignored>);
-
-/// `(stem, stamp)` of every `<valid-name>.json` regular file, and the
-/// other `*.json` entries, ignored, with the reason. Other files
-/// (`*.json.tmp` of a writer, notes) are none of our business.
-/// An error when the folder exists but cannot be listed now (or is not a
-/// folder); a missing folder lists as empty.
-fn scan_manifest_files(store: &Store, now: SystemTime) -> std::io::Result<Listing> {
-    let (mut out, mut ignored) = (Vec::new(), Vec::new());
-    let dir = match fs::read_dir(store.manifests_dir()) {
-        Ok(dir) => dir,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((out, ignored)),
-        Err(e) => return Err(e),
-    };
-    for e in dir.flatten() {
-        let fname = e.file_name();
-        let Some(stem) = fname.to_str().and_then(|f| f.strip_suffix(".json")) else {
-            continue;
-        };
-        // `DirEntry::metadata` is an `fstatat` relative to the listed
-        // folder that does not follow a symlink: a planted one is skipped,
-        // never followed.
-        let Ok(m) = e.metadata() else {
-            continue;
-        };
-        let stamp = Stamp::of(&m, now);
-        if let Err(err) = ModelName::parse(stem) {
-            ignored.push((
-                stem.to_string() + ".json",
-                stamp,
-                format!("not a valid model name: {err}"),
-            ));
-            continue;
-        }
-        if !m.is_file() {
-            let what = if m.file_type().is_symlink() {
-                "a symlink (symlinks in the store are never followed)".to_string()
-            } else {
-                // Never opened: a FIFO would block the watcher, a device
-                // could be read without end.
-                format!("a {}, not a regular file", kind_of(m.mode()))
-            };
-            ignored.push((stem.to_string() + ".json", stamp, what));
-            continue;
-        }
-        out.push((stem.to_string(), stamp));
-    }
-    Ok((out, ignored))
 }
 
 /// Parses one manifest; a failure is logged if `log`.
