@@ -4,7 +4,7 @@
 use crate::digest::Sha256;
 use crate::fetch::FetchErrorKind;
 use crate::store::manifest::{MAX_SIZE_BYTES, validate_format};
-use crate::store::{Manifest, Source, lock};
+use crate::store::{Manifest, Source};
 use crate::text::redact_url;
 
 use super::{CliError, Globals, parse_name};
@@ -104,10 +104,11 @@ pub fn run(g: &Globals, a: &AddArgs) -> Result<(), CliError> {
         )));
     }
 
-    let _lock = lock::lock_waiting(&store.lock_path(&name), &|| false, &mut || {
-        eprintln!("waiting for another process that holds the lock on {name}...")
-    })
-    .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e}")))?;
+    let _lock = store
+        .lock_model_waiting(&name, &mut || {
+            eprintln!("waiting for another process that holds the lock on {name}...")
+        })
+        .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e}")))?;
     let mut manifest = Manifest::new(name.clone(), &a.format, blob, size, source);
     manifest.license = a.license.clone();
     if let Some(old) = store.read_manifest(&name)? {

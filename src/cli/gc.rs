@@ -30,7 +30,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::digest::Sha256;
-use crate::store::{Store, lock, read_manifest_bytes};
+use crate::store::{Store, read_manifest_bytes};
 use crate::text::human_bytes;
 
 use super::{CliError, Globals};
@@ -105,10 +105,10 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<(), CliError> {
         if referenced.contains(&d) {
             continue;
         }
-        let Ok(file) = store.open_existing_partial(&d) else {
+        let Ok(held) = store.try_lock_partial(&d, false) else {
             continue;
         };
-        let Ok(Some(_held)) = lock::try_lock_file(file) else {
+        let Some(_held) = held else {
             println!("keeping partial {} (a download is writing it)", d.short());
             continue;
         };

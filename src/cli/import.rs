@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crate::digest::{Hasher, Sha256};
 use crate::store::manifest::validate_format;
 use crate::store::staging::RemoveOnDrop;
-use crate::store::{BlobState, Manifest, Source, Store, lock};
+use crate::store::{BlobState, Manifest, Source, Store};
 use crate::text::human_bytes;
 
 use super::{CliError, Globals, parse_name, progress_view};
@@ -90,7 +90,8 @@ pub fn run(g: &Globals, a: &ImportArgs) -> Result<(), CliError> {
     // made of symlinks): link(2) does not follow one, and a blob must be a
     // regular file.
     let src = fs::canonicalize(&a.path).map_err(|e| err("cannot resolve", e))?;
-    let _lock = lock::lock_waiting(&store.lock_path(&name), &|| false, &mut || {})
+    let _lock = store
+        .lock_model_waiting(&name, &mut || {})
         .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e}")))?;
     // Stage into a private temp name, then move under the digest once known.
     let staging = store.import_staging_path(&name);

@@ -2,8 +2,8 @@
 
 use std::sync::atomic::AtomicBool;
 
+use crate::store::BlobState;
 use crate::store::verified::Recheck;
-use crate::store::{BlobState, lock};
 
 use super::{CliError, Globals, parse_name};
 
@@ -45,7 +45,8 @@ pub fn run(g: &Globals, a: &VerifyArgs) -> Result<(), CliError> {
             continue;
         };
         // Hold the producer lock so a fetch does not race the quarantine.
-        let _l = lock::lock_waiting(&store.lock_path(&m.name), &|| false, &mut || {})
+        let _l = store
+            .lock_model_waiting(&m.name, &mut || {})
             .map_err(|e| CliError::new(format!("{}: cannot take the store lock: {e}", m.name)))?;
         let never = AtomicBool::new(false);
         let rechecked = store
