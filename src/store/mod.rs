@@ -50,6 +50,7 @@
 mod blobs;
 mod catalog;
 mod error;
+pub mod gc;
 mod layout;
 pub mod lock;
 pub mod manifest;
@@ -61,6 +62,7 @@ pub mod staging;
 pub mod state;
 pub mod timestamp;
 pub mod verified;
+pub mod verify;
 pub mod watch;
 
 use std::fs::{self, File, OpenOptions};
