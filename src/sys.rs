@@ -131,3 +131,19 @@ pub fn mount(
         Err(io::Error::last_os_error())
     }
 }
+
+/// `ioctl(FICLONE)`: makes `out` share the extents of `input`
+/// (copy-on-write), so `out` holds the same bytes and an edit of either
+/// never reaches the other. Fails with `EOPNOTSUPP`, `EXDEV`, `EINVAL`, …
+/// where the filesystem (pair) cannot clone.
+pub fn reflink(input: &std::fs::File, out: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: FICLONE takes the source descriptor as its argument; both
+    // descriptors are open for the duration of the call.
+    let rc = unsafe { libc::ioctl(out.as_raw_fd(), libc::FICLONE, input.as_raw_fd()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -1,5 +1,5 @@
 //! `modelfs gc`: free blobs no manifest names and abandoned partials
-//! ([`Store::collect_garbage`] decides and deletes; this prints what it
+//! ([`crate::store::Store::collect_garbage`] decides and deletes; this prints what it
 //! did). The `MODELFS_GC_GRACE_SECS` environment variable overrides the
 //! grace period ([`gc::GRACE`]).
 

@@ -51,6 +51,8 @@ mod blobs;
 mod catalog;
 mod error;
 pub mod gc;
+pub mod import;
+pub mod import_check;
 mod layout;
 pub mod lock;
 pub mod manifest;
