@@ -10,6 +10,7 @@
 mod download;
 pub mod error;
 pub mod http;
+pub mod pin;
 pub mod pipeline;
 pub mod progress;
 pub mod retry;
