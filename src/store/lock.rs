@@ -14,13 +14,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
 use super::{ModelName, Store, StoreError};
 use crate::digest::Sha256;
+use crate::sys::flock;
 
 /// How often a waiter re-tries a lock held by someone else.
 pub const LOCK_POLL: Duration = Duration::from_millis(100);
@@ -95,22 +95,6 @@ fn check_regular(file: &File) -> io::Result<()> {
         Ok(())
     } else {
         Err(not_regular(m.mode()))
-    }
-}
-
-fn flock(file: &File, op: libc::c_int) -> io::Result<bool> {
-    loop {
-        // SAFETY: flock on a valid owned descriptor has no memory effects.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            _ => return Err(err),
-        }
     }
 }
 
@@ -291,15 +275,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo.lock");
         let dev = dir.path().join("dev.lock");
-        let c = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
-        // SAFETY: valid C paths; a FIFO and a copy of /dev/null (1, 3).
-        unsafe {
-            assert_eq!(libc::mkfifo(c(&fifo).as_ptr(), 0o644), 0);
-            assert_eq!(
-                libc::mknod(c(&dev).as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(1, 3)),
-                0
-            );
-        }
+        // A FIFO and a copy of /dev/null (1, 3).
+        crate::sys::mkfifo(&fifo, 0o644).unwrap();
+        crate::sys::mknod_char(&dev, 0o644, 1, 3).unwrap();
         for p in [fifo, dev] {
             let q = p.clone();
             let e = within_10s(move || try_lock(&q).map(|g| g.is_some())).unwrap_err();
