@@ -26,7 +26,7 @@ use super::mount_options::MountOptions;
 use super::{CliError, Globals};
 use crate::coordinator::Coordinator;
 use crate::fs::ModelFs;
-use crate::fuse::{self, Mounted, ReadMode, SessionOptions, lazy_unmount, mount_hint};
+use crate::fuse::{self, Mounted, ReadMode, SessionOptions, Unmounter, lazy_unmount, mount_hint};
 use crate::store::Store;
 
 /// Set in the daemon child: the fd to report readiness on.
@@ -405,7 +405,21 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
         })
         .map_err(|e| CliError::new(format!("mount: cannot start the signal thread: {e}")))?;
 
-    let result = match rx.recv() {
+    let result = wait_for_the_end(&rx, &coordinator, &mut unmounter, &mountpoint);
+    stop_refresh.store(true, Ordering::Relaxed);
+    result
+}
+
+/// Waits until the session ends (an unmount) or a stop signal arrives
+/// (then unmounts), and stops the coordinator, giving verified downloads
+/// [`PUBLISH_GRACE`] to be published.
+fn wait_for_the_end(
+    rx: &crossbeam_channel::Receiver<Event>,
+    coordinator: &Coordinator,
+    unmounter: &mut Unmounter,
+    mountpoint: &Path,
+) -> Result<(), CliError> {
+    match rx.recv() {
         Ok(Event::SessionEnded(r)) => {
             log::info!("{} was unmounted", mountpoint.display());
             coordinator.shutdown();
@@ -417,9 +431,9 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
         Ok(Event::Signal(sig)) => {
             log::info!("signal {sig}: unmounting {}", mountpoint.display());
             coordinator.shutdown();
-            if let Err(e) = unmounter.unmount(&mountpoint) {
+            if let Err(e) = unmounter.unmount(mountpoint) {
                 log::info!("unmount: {e}; detaching lazily (files are still open)");
-                lazy_unmount(&mountpoint);
+                lazy_unmount(mountpoint);
             }
             // Give the session a moment to drain; exiting closes /dev/fuse.
             let _ = rx.recv_timeout(Duration::from_secs(2));
@@ -427,9 +441,7 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
             Ok(())
         }
         Err(_) => Ok(()),
-    };
-    stop_refresh.store(true, Ordering::Relaxed);
-    result
+    }
 }
 
 /// How long a stopping daemon waits for verified downloads to be made
