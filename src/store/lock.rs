@@ -10,7 +10,8 @@
 //! [`Store`] methods at the end of it, one per lock the convention has:
 //! [`Store::lock_model`] / [`Store::try_lock_model`] (`locks/<name>.lock`,
 //! the producer lock of a model name) and [`Store::try_lock_partial`] (the
-//! partial file itself). The free functions are the primitive they share.
+//! partial file itself; [`Store::partial_is_locked`] asks without taking
+//! it). The free functions are the primitive they share.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -227,6 +228,13 @@ impl Store {
             self.open_existing_partial(d)?
         };
         try_lock_file(file).map_err(|e| StoreError::io(self.partial_path(d), e))
+    }
+
+    /// Whether some process holds the partial file of `d` locked right now
+    /// (a download is writing it); `false` when there is none or it cannot
+    /// be looked at.
+    pub fn partial_is_locked(&self, d: &Sha256) -> bool {
+        is_locked(&self.partial_path(d)).unwrap_or(false)
     }
 }
 
