@@ -93,3 +93,50 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Source;
+    use std::io::Write;
+
+    fn store_with(dir: &std::path::Path, bytes: &[u8]) -> (Store, Manifest) {
+        let s = Store::create(dir).unwrap();
+        let d = Sha256::of(bytes);
+        let mut f = s.open_partial(&d).unwrap();
+        f.write_all(bytes).unwrap();
+        s.publish_blob(&d, &f).unwrap();
+        let m = Manifest::new(
+            ModelName::parse("m").unwrap(),
+            "gguf",
+            d,
+            bytes.len() as u64,
+            Source::default(),
+        );
+        (s, m)
+    }
+
+    #[test]
+    fn a_blob_that_matches_is_ok_and_one_that_lies_is_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, m) = store_with(dir.path(), b"good bytes");
+        assert!(matches!(
+            s.verify_model(&m).unwrap(),
+            Verified::Ok { size: 10 }
+        ));
+        std::fs::write(s.blob_path(&m.blob), b"evil bytes").unwrap();
+        let Verified::Quarantined {
+            actual,
+            quarantined,
+            refetchable,
+        } = s.verify_model(&m).unwrap()
+        else {
+            panic!("the changed blob was not quarantined");
+        };
+        assert_eq!(actual, Sha256::of(b"evil bytes"));
+        assert_eq!(std::fs::read(quarantined).unwrap(), b"evil bytes");
+        assert!(!refetchable, "a manifest without a URL");
+        assert_eq!(s.blob_state(&m.blob), BlobState::Absent);
+        assert!(matches!(s.verify_model(&m).unwrap(), Verified::NotPresent));
+    }
+}
