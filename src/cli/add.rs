@@ -1,11 +1,13 @@
 //! `modelfs add`: pin a model by writing a pending manifest. Downloads
-//! nothing but, at most, one `HEAD` to learn the size or the digest.
+//! nothing but, at most, one `HEAD` to learn the size or the digest
+//! (asked by `fetch::pin`).
 
 use crate::digest::Sha256;
-use crate::fetch::FetchErrorKind;
+use crate::fetch::Fetcher;
+use crate::fetch::pin::{Pin, PinError, url_source};
 use crate::store::manifest::{MAX_SIZE_BYTES, validate_format};
-use crate::store::{Manifest, Source, lock};
-use crate::text::redact_url;
+use crate::store::{BlobState, Manifest, ModelName, Store};
+use crate::text::{human_bytes, redact_url};
 
 use super::{CliError, Globals, parse_name};
 
@@ -43,44 +45,56 @@ pub fn run(g: &Globals, a: &AddArgs) -> Result<(), CliError> {
     let name = parse_name(model_name(&a.name, &a.format))?;
     let store = g.store_for_writing()?;
     let fetcher = g.fetcher()?;
-    let (blob, size, source) = match (&a.hf, &a.url) {
-        (Some(spec), _) => pin_hf(&fetcher, spec, &name.to_string())?,
+    let pin = resolve(&fetcher, a, &name)?;
+    check_pin(&store, a, &name, &pin)?;
+    write_pin(&store, a, &name, pin)
+}
+
+/// What the origin option names: a Hub file asked of the Hub, or a URL
+/// with the digest given and the size given or asked of its server.
+fn resolve(fetcher: &Fetcher, a: &AddArgs, name: &ModelName) -> Result<Pin, CliError> {
+    let model = name.to_string();
+    match (&a.hf, &a.url) {
+        (Some(spec), _) => {
+            let pin = fetcher.pin_hf(spec, &model).map_err(pin_error)?;
+            if let Some(note) = &pin.note {
+                eprintln!("{note}");
+            }
+            Ok(pin)
+        }
         (None, Some(url)) => {
             let hex = a.sha256.as_deref().unwrap_or_default();
             let blob = Sha256::from_hex(&hex.to_ascii_lowercase())
                 .map_err(|e| CliError::new(format!("--sha256 for {name}: {e}")))?;
             let size = match a.size {
                 Some(s) => s,
-                None => head_size(&fetcher, url, &name.to_string())?,
+                None => fetcher.head_size(url, &model).map_err(pin_error)?,
             };
-            let filename = url
-                .split(['?', '#'])
-                .next()
-                .unwrap_or(url)
-                .rsplit('/')
-                .next()
-                .unwrap_or("")
-                .to_string();
-            let registry = crate::fetch::http::host_of(url).unwrap_or_default();
-            (
+            Ok(Pin {
                 blob,
                 size,
-                Source {
-                    registry,
-                    filename,
-                    url: Some(url.clone()),
-                    ..Source::default()
-                },
-            )
+                source: url_source(url),
+                note: None,
+            })
         }
         (None, None) => unreachable!("clap requires --url or --hf"),
-    };
+    }
+}
+
+fn pin_error(e: PinError) -> CliError {
+    CliError::new(e.to_string())
+}
+
+/// Refuses a pin no file can match: an impossible size, a URL that is not
+/// https, or a size other than the one the store's blob of that digest has.
+fn check_pin(store: &Store, a: &AddArgs, name: &ModelName, pin: &Pin) -> Result<(), CliError> {
+    let (blob, size) = (pin.blob, pin.size);
     if size > MAX_SIZE_BYTES {
         return Err(CliError::new(format!(
             "{name}: a size of {size} bytes is more than any file can have (at most 2^63 - 1 = {MAX_SIZE_BYTES}); check --size or the server's answer"
         )));
     }
-    if let Some(u) = &source.url
+    if let Some(u) = &pin.source.url
         && !u.starts_with("https://")
     {
         return Err(CliError::new(format!(
@@ -88,8 +102,7 @@ pub fn run(g: &Globals, a: &AddArgs) -> Result<(), CliError> {
             redact_url(u)
         )));
     }
-
-    if let crate::store::BlobState::Present(have) = store.blob_state(&blob)
+    if let BlobState::Present(have) = store.blob_state(&blob)
         && have != size
     {
         let given = if a.size.is_some() {
@@ -103,14 +116,21 @@ pub fn run(g: &Globals, a: &AddArgs) -> Result<(), CliError> {
             blob.short()
         )));
     }
+    Ok(())
+}
 
-    let _lock = lock::lock_waiting(&store.lock_path(&name), &|| false, &mut || {
-        eprintln!("waiting for another process that holds the lock on {name}...")
-    })
-    .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e}")))?;
-    let mut manifest = Manifest::new(name.clone(), &a.format, blob, size, source);
+/// Writes the manifest under the name's lock, unless the name pins that
+/// blob already, or another one and `--force` was not given.
+fn write_pin(store: &Store, a: &AddArgs, name: &ModelName, pin: Pin) -> Result<(), CliError> {
+    let (blob, size) = (pin.blob, pin.size);
+    let _lock = store
+        .lock_model_waiting(name, &mut || {
+            eprintln!("waiting for another process that holds the lock on {name}...")
+        })
+        .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e}")))?;
+    let mut manifest = Manifest::new(name.clone(), &a.format, blob, size, pin.source);
     manifest.license = a.license.clone();
-    if let Some(old) = store.read_manifest(&name)? {
+    if let Some(old) = store.read_manifest(name)? {
         if old.blob == blob {
             println!("{name} already pins {}; nothing to do", blob.short());
             return Ok(());
@@ -124,11 +144,11 @@ pub fn run(g: &Globals, a: &AddArgs) -> Result<(), CliError> {
         }
     }
     store.write_manifest(&manifest)?;
-    let present = matches!(store.blob_state(&blob), crate::store::BlobState::Present(_));
+    let present = matches!(store.blob_state(&blob), BlobState::Present(_));
     println!(
         "added {} ({}, {}) -> {}",
         manifest.file_name(),
-        crate::text::human_bytes(size),
+        human_bytes(size),
         if present {
             "present"
         } else {
@@ -150,133 +170,4 @@ fn model_name<'a>(given: &'a str, format: &str) -> &'a str {
         }
         _ => given,
     }
-}
-
-/// A failed request while pinning: nothing was written, so the hint is
-/// about running `add` again, never about a later open.
-fn pin_failed(model: &str, url: &str, kind: FetchErrorKind) -> CliError {
-    let what = kind.refusal_hint().unwrap_or(match &kind {
-        FetchErrorKind::Tls(_) => {
-            "check the server's certificate; for a private mirror pass --ca-file or set MODELFS_CA_FILE"
-        }
-        FetchErrorKind::InsecureUrl(_)
-        | FetchErrorKind::BadUrl(_)
-        | FetchErrorKind::Redirect(_) => "use an https:// URL whose redirects stay on https://",
-        _ => "check the network and the URL",
-    });
-    CliError::new(format!(
-        "pinning {model}: asking {} failed: {kind}; nothing was added ({what}, then run `modelfs add` again)",
-        crate::text::redact_url(url)
-    ))
-}
-
-fn head_size(fetcher: &crate::fetch::Fetcher, url: &str, model: &str) -> Result<u64, CliError> {
-    let resp = fetcher
-        .http()
-        .head(url, true)
-        .map_err(|k| pin_failed(model, url, k))?;
-    if resp.status != 200 {
-        let kind = FetchErrorKind::Status {
-            code: resp.status,
-            retry_after: None,
-        };
-        return Err(pin_failed(model, url, kind));
-    }
-    resp.content_length().ok_or_else(|| {
-        CliError::new(format!(
-            "{model}: the server did not say how large {} is; pass --size BYTES",
-            redact_url(url)
-        ))
-    })
-}
-
-/// Parses `OWNER/REPO/FILE[@REV]` and asks the Hub for digest and size.
-fn pin_hf(
-    fetcher: &crate::fetch::Fetcher,
-    spec: &str,
-    model: &str,
-) -> Result<(Sha256, u64, Source), CliError> {
-    let (path, rev) = match spec.rsplit_once('@') {
-        Some((p, r)) if !r.is_empty() => (p, r),
-        _ => (spec, "main"),
-    };
-    let mut parts = path.splitn(3, '/');
-    let (Some(owner), Some(repo), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(CliError::new(format!(
-            "--hf {spec:?}: expected OWNER/REPO/FILE[@REVISION]"
-        )));
-    };
-    if [owner, repo, file]
-        .iter()
-        .any(|s| s.is_empty() || s.split('/').any(|c| c == ".." || c.is_empty()))
-    {
-        return Err(CliError::new(format!(
-            "--hf {spec:?}: expected OWNER/REPO/FILE[@REVISION]"
-        )));
-    }
-    let mut source = Source {
-        registry: "huggingface.co".into(),
-        repo: format!("{owner}/{repo}"),
-        revision: rev.into(),
-        filename: file.into(),
-        url: None,
-    };
-    let url = fetcher
-        .source_url(&source)
-        .expect("an hf source always has a URL");
-    let resp = fetcher
-        .http()
-        .head(&url, false)
-        .map_err(|k| pin_failed(model, &url, k))?;
-    if !matches!(resp.status, 200 | 301 | 302 | 303 | 307 | 308) {
-        let kind = FetchErrorKind::Status {
-            code: resp.status,
-            retry_after: None,
-        };
-        return Err(pin_failed(model, &url, kind));
-    }
-    let etag = resp.header("x-linked-etag").map(|e| {
-        e.trim()
-            .trim_start_matches("W/")
-            .trim_matches('"')
-            .to_string()
-    });
-    let Some(Ok(blob)) = etag.map(|e| Sha256::from_hex(&e)) else {
-        return Err(CliError::new(format!(
-            "{model}: {} has no X-Linked-Etag SHA-256 (not an LFS file?); use --url URL --sha256 HEX instead",
-            redact_url(&url)
-        )));
-    };
-    let size = resp
-        .header("x-linked-size")
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| {
-            CliError::new(format!(
-                "{model}: {} has no X-Linked-Size header; use --url with --size",
-                redact_url(&url)
-            ))
-        })?;
-    // A branch moves: pinned at the commit it names now, a later push to
-    // it cannot turn this pin into a permanent digest mismatch.
-    match resp.header("x-repo-commit").map(str::trim) {
-        Some(commit) if is_commit(commit) => {
-            if commit != rev {
-                eprintln!("pinned {owner}/{repo} at commit {commit} ({rev})");
-            }
-            source.revision = commit.to_string();
-        }
-        _ if is_commit(rev) => {}
-        _ => eprintln!(
-            "warning: the Hub did not say which commit {rev:?} is (no X-Repo-Commit); \
-             {model} is pinned to {rev:?}, which a later push can move"
-        ),
-    }
-    Ok((blob, size, source))
-}
-
-/// A full git commit id: 40 lowercase hex digits.
-fn is_commit(s: &str) -> bool {
-    s.len() == 40
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

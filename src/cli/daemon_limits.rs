@@ -13,27 +13,8 @@
 /// and keeps what is freed in each: with FUSE and fetch threads that held
 /// tens of MB of a 100,000-model mount's memory after one `ls -l`.
 pub fn tune() -> u64 {
-    // SAFETY: mallopt with an integer argument; failure keeps the default.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid out-pointer for getrlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 0;
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: a valid rlimit; failure keeps the old soft limit.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            lim.rlim_cur = lim.rlim_max;
-        }
-    }
-    lim.rlim_cur
+    crate::sys::cap_malloc_arenas(2);
+    crate::sys::raise_open_file_limit()
 }
 
 /// Returns freed heap memory to the system. glibc keeps what is freed in
@@ -44,7 +25,6 @@ pub fn tune() -> u64 {
 /// here, it runs a few times a minute at most).
 pub fn give_back_freed_memory() {
     let started = std::time::Instant::now();
-    // SAFETY: malloc_trim takes no pointers and cannot fail harmfully.
-    unsafe { libc::malloc_trim(0) };
+    crate::sys::malloc_trim();
     log::trace!("malloc_trim took {:?}", started.elapsed());
 }

@@ -257,8 +257,7 @@ struct Syslog {
 
 impl Syslog {
     fn open() -> Self {
-        // SAFETY: the ident is a static C string that outlives the process.
-        unsafe { libc::openlog(c"modelfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+        crate::sys::openlog_daemon();
         Self { line: Vec::new() }
     }
 }
@@ -277,9 +276,10 @@ impl Write for Syslog {
             } else {
                 libc::LOG_INFO
             };
-            msg.push(0);
-            // SAFETY: "%s" with a NUL-terminated buffer.
-            unsafe { libc::syslog(prio, c"%s".as_ptr(), msg.as_ptr()) };
+            // NULs were removed above, so this cannot fail.
+            if let Ok(msg) = std::ffi::CString::new(msg) {
+                crate::sys::syslog(prio, &msg);
+            }
         }
         Ok(buf.len())
     }

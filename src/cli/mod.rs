@@ -6,7 +6,6 @@ pub mod add;
 pub mod daemon_limits;
 pub mod gc;
 pub mod import;
-pub mod import_check;
 pub mod logging;
 pub mod ls;
 pub mod mount;

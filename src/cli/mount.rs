@@ -14,7 +14,7 @@
 //! connection. An external `umount` ends the serving loop the same way.
 
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +26,7 @@ use super::mount_options::MountOptions;
 use super::{CliError, Globals};
 use crate::coordinator::Coordinator;
 use crate::fs::ModelFs;
-use crate::fuse::{self, Mounted, ReadMode, SessionOptions, lazy_unmount, mount_hint};
+use crate::fuse::{self, Mounted, ReadMode, SessionOptions, Unmounter, lazy_unmount, mount_hint};
 use crate::store::Store;
 
 /// Set in the daemon child: the fd to report readiness on.
@@ -112,8 +112,7 @@ pub fn run(g: &Globals, a: &MountArgs) -> Result<(), CliError> {
     if let Some(fd) = ready_fd() {
         // Keep the readiness pipe out of anything the daemon starts (the
         // fusermount3 of a user mount): the parent waits for its EOF.
-        // SAFETY: fcntl on the fd our parent handed us.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        crate::sys::set_cloexec(fd);
     }
     let result = serve(g, a, &opts, store);
     if let Err(e) = &result {
@@ -245,35 +244,26 @@ fn mounted_line(a: &MountArgs, opts: &MountOptions, store: &Path) -> String {
 /// readiness report, then prints `mounted` on stderr. The child's stderr
 /// comes to us until then, so its reason for failing is printed here.
 fn daemonize(mounted: &str) -> Result<(), CliError> {
-    let (ready_r, ready_w) =
-        pipe().map_err(|e| CliError::new(format!("mount: cannot create a pipe: {e}")))?;
+    let (ready_r, ready_w) = crate::sys::pipe_for_child()
+        .map_err(|e| CliError::new(format!("mount: cannot create a pipe: {e}")))?;
     let exe = std::env::current_exe()
         .map_err(|e| CliError::new(format!("mount: cannot find my executable: {e}")))?;
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     args.push("--foreground".into());
     let mut cmd = std::process::Command::new(exe);
     cmd.args(&args)
-        .env(READY_FD_ENV, ready_w.to_string())
+        .env(READY_FD_ENV, ready_w.as_raw_fd().to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    // SAFETY: setsid is async-signal-safe; it detaches the daemon from our
-    // terminal and process group so a Ctrl-C here does not reach it.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    crate::sys::start_in_new_session(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| CliError::new(format!("mount: cannot start the daemon: {e}")))?;
-    // SAFETY: we own the write end; closing our copy lets EOF arrive.
-    unsafe { libc::close(ready_w) };
+    // Closing our copy of the write end lets EOF arrive.
+    drop(ready_w);
     let mut ready = String::new();
-    // SAFETY: the read end is ours and open.
-    let mut r = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(ready_r) });
+    let mut r = std::fs::File::from(ready_r);
     let _ = r.read_to_string(&mut ready);
     if ready.trim() == "ready" {
         eprintln!("{mounted}");
@@ -291,37 +281,23 @@ fn daemonize(mounted: &str) -> Result<(), CliError> {
     )))
 }
 
-fn pipe() -> std::io::Result<(i32, i32)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid 2-element array.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // The read end must not leak into the child.
-    // SAFETY: valid fd.
-    unsafe { libc::fcntl(fds[0], libc::F_SETFD, libc::FD_CLOEXEC) };
-    Ok((fds[0], fds[1]))
-}
-
 /// In the daemon child: tell the parent the mount is live, then stop
 /// writing to its pipe (stderr goes to /dev/null; logs have their target).
 fn report_ready() {
     let Some(fd) = ready_fd() else {
         return;
     };
-    // SAFETY: the fd was handed to us by the parent for exactly this.
-    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // The fd was handed to us by the parent for exactly this, and is
+    // taken here once.
+    let mut f = crate::sys::take_inherited_fd(fd);
     let _ = f.write_all(b"ready\n");
     drop(f);
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-        use std::os::fd::AsRawFd;
-        // SAFETY: dup2 onto stderr with a valid fd.
-        unsafe { libc::dup2(null.as_raw_fd(), 2) };
+        crate::sys::redirect_stderr(&null);
     }
     // Like any daemon, do not keep the directory it was started from busy
     // (every path it still needs is absolute by now).
-    // SAFETY: chdir with a static C string.
-    unsafe { libc::chdir(c"/".as_ptr()) };
+    let _ = std::env::set_current_dir("/");
 }
 
 enum Event {
@@ -423,16 +399,28 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
         .name("signals".into())
         .spawn(move || {
             loop {
-                let mut sig = 0;
-                // SAFETY: waiting on a valid, initialised signal set.
-                if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
+                if let Some(sig) = signals.wait() {
                     let _ = tx.send(Event::Signal(sig));
                 }
             }
         })
         .map_err(|e| CliError::new(format!("mount: cannot start the signal thread: {e}")))?;
 
-    let result = match rx.recv() {
+    let result = wait_for_the_end(&rx, &coordinator, &mut unmounter, &mountpoint);
+    stop_refresh.store(true, Ordering::Relaxed);
+    result
+}
+
+/// Waits until the session ends (an unmount) or a stop signal arrives
+/// (then unmounts), and stops the coordinator, giving verified downloads
+/// [`PUBLISH_GRACE`] to be published.
+fn wait_for_the_end(
+    rx: &crossbeam_channel::Receiver<Event>,
+    coordinator: &Coordinator,
+    unmounter: &mut Unmounter,
+    mountpoint: &Path,
+) -> Result<(), CliError> {
+    match rx.recv() {
         Ok(Event::SessionEnded(r)) => {
             log::info!("{} was unmounted", mountpoint.display());
             coordinator.shutdown();
@@ -444,9 +432,9 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
         Ok(Event::Signal(sig)) => {
             log::info!("signal {sig}: unmounting {}", mountpoint.display());
             coordinator.shutdown();
-            if let Err(e) = unmounter.unmount(&mountpoint) {
+            if let Err(e) = unmounter.unmount(mountpoint) {
                 log::info!("unmount: {e}; detaching lazily (files are still open)");
-                lazy_unmount(&mountpoint);
+                lazy_unmount(mountpoint);
             }
             // Give the session a moment to drain; exiting closes /dev/fuse.
             let _ = rx.recv_timeout(Duration::from_secs(2));
@@ -454,9 +442,7 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
             Ok(())
         }
         Err(_) => Ok(()),
-    };
-    stop_refresh.store(true, Ordering::Relaxed);
-    result
+    }
 }
 
 /// How long a stopping daemon waits for verified downloads to be made
@@ -496,15 +482,6 @@ fn spawn_refresher(fs: Arc<ModelFs>, stop: Arc<AtomicBool>) {
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and so in every
 /// thread started after) and returns the set, for `sigwait`.
-fn block_stop_signals() -> libc::sigset_t {
-    // SAFETY: sigset manipulation on a zeroed, then emptied, set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
+fn block_stop_signals() -> crate::sys::BlockedSignals {
+    crate::sys::BlockedSignals::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
 }

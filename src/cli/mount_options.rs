@@ -313,7 +313,10 @@ mod tests {
         assert_eq!(o.retry_for, Some(Duration::from_secs(40)));
         assert_eq!(o.mismatch_backoff, Some(Duration::ZERO));
         assert_eq!(MountOptions::default().connections, 16);
-        assert_eq!(MountOptions::parse(&["connections=1"]).unwrap().connections, 1);
+        assert_eq!(
+            MountOptions::parse(&["connections=1"]).unwrap().connections,
+            1
+        );
         assert!(MountOptions::parse(&["connections=0"]).is_err());
         assert!(MountOptions::parse(&["connections=65"]).is_err());
     }

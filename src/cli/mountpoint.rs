@@ -61,16 +61,7 @@ fn unescape(s: &str) -> String {
 /// `ENOTCONN` when the daemon has ended. Only for a live mount that is not
 /// an automount placeholder (statfs would trigger one).
 pub fn statfs(mp: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(mp.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::other("a NUL byte in the path"))?;
-    // SAFETY: an all-zero statfs is valid; statfs fills it in.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid C string and statfs buffer.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    crate::sys::statfs(mp)
 }
 
 /// Whether a mount of type `fstype` at the mountpoint is one to mount

@@ -1,7 +1,5 @@
 //! `modelfs rm`: drop a manifest. The blob stays until `modelfs gc`.
 
-use crate::store::lock;
-
 use super::{CliError, Globals, parse_name};
 
 #[derive(Debug, clap::Args)]
@@ -16,10 +14,11 @@ pub fn run(g: &Globals, a: &RmArgs) -> Result<(), CliError> {
     let store = g.store_for_reading()?;
     for n in &a.names {
         let name = parse_name(n)?;
-        let _l = lock::lock_waiting(&store.lock_path(&name), &|| false, &mut || {
-            eprintln!("waiting for another process that holds the lock on {name}...")
-        })
-        .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e}")))?;
+        let _l = store
+            .lock_model_waiting(&name, &mut || {
+                eprintln!("waiting for another process that holds the lock on {name}...")
+            })
+            .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e}")))?;
         if !store.remove_manifest(&name)? {
             return Err(CliError::new(format!(
                 "{name}: no such model in {}",

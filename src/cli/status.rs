@@ -3,8 +3,6 @@
 //! mountpoint, from the store (partial files show downloads by any process).
 
 use std::collections::HashMap;
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -231,17 +229,9 @@ fn from_store(g: &Globals) -> Result<Vec<ModelStatus>, CliError> {
     Ok(rows)
 }
 
+/// The xattr `name` of `path` as text, if it has one of at most 4 KiB.
 fn get_xattr(path: &Path, name: &str) -> Option<String> {
-    let p = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let n = CString::new(name).ok()?;
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid C strings and a buffer of the length we pass.
-    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if len < 0 {
-        return None;
-    }
-    buf.truncate(len as usize);
-    String::from_utf8(buf).ok()
+    String::from_utf8(crate::sys::getxattr(path, name, 4096)?).ok()
 }
 
 fn to_json(rows: &[ModelStatus]) -> serde_json::Value {

@@ -1,9 +1,8 @@
-//! `modelfs verify`: re-hash present blobs; quarantine the ones that lie.
+//! `modelfs verify`: re-hash present blobs; quarantine the ones that lie
+//! ([`Store::verify_model`] does it; this picks the models and prints).
 
-use std::sync::atomic::AtomicBool;
-
-use crate::store::verified::Recheck;
-use crate::store::{BlobState, lock};
+use crate::store::verify::Verified;
+use crate::store::{Manifest, Store};
 
 use super::{CliError, Globals, parse_name};
 
@@ -20,48 +19,20 @@ pub struct VerifyArgs {
 /// re-added otherwise. Exit 1 if any blob was bad.
 pub fn run(g: &Globals, a: &VerifyArgs) -> Result<(), CliError> {
     let store = g.store_for_reading()?;
-    let manifests: Vec<_> = if a.names.is_empty() {
-        store
-            .list_manifests()?
-            .into_iter()
-            .filter_map(Result::ok)
-            .collect()
-    } else {
-        let mut v = Vec::new();
-        for n in &a.names {
-            let name = parse_name(n)?;
-            v.push(
-                store
-                    .read_manifest(&name)?
-                    .ok_or_else(|| CliError::new(format!("{name}: no such model")))?,
-            );
-        }
-        v
-    };
     let mut bad = Vec::new();
-    for m in manifests {
-        let BlobState::Present(_) = store.blob_state(&m.blob) else {
-            println!("{}: not present, nothing to verify", m.name);
-            continue;
-        };
-        // Hold the producer lock so a fetch does not race the quarantine.
-        let _l = lock::lock_waiting(&store.lock_path(&m.name), &|| false, &mut || {})
-            .map_err(|e| CliError::new(format!("{}: cannot take the store lock: {e}", m.name)))?;
-        let never = AtomicBool::new(false);
-        let rechecked = store
-            .recheck_blob(&m.blob, m.name.as_str(), "verify", &never, &mut |_| {})
-            .map_err(|e| CliError::new(format!("{}: cannot hash its blob: {e}", m.name)))?;
-        match rechecked {
-            Recheck::Matched(f) => {
-                let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-                println!("{}: ok ({size} bytes)", m.name);
-            }
-            Recheck::Absent => println!("{}: not present, nothing to verify", m.name),
-            Recheck::Mismatch {
+    for m in chosen_manifests(&store, &a.names)? {
+        match store
+            .verify_model(&m)
+            .map_err(|e| CliError::new(e.to_string()))?
+        {
+            Verified::NotPresent => println!("{}: not present, nothing to verify", m.name),
+            Verified::Ok { size } => println!("{}: ok ({size} bytes)", m.name),
+            Verified::Quarantined {
                 actual,
                 quarantined,
+                refetchable,
             } => {
-                let next = if m.source.fetch_url().is_some() {
+                let next = if refetchable {
                     "it will be fetched again on next open or pull"
                 } else {
                     "the model has no URL, so it stays pending: import the right file again \
@@ -85,4 +56,25 @@ pub fn run(g: &Globals, a: &VerifyArgs) -> Result<(), CliError> {
             bad.join(", ")
         )))
     }
+}
+
+/// The manifests of the named models, or every readable one.
+fn chosen_manifests(store: &Store, names: &[String]) -> Result<Vec<Manifest>, CliError> {
+    if names.is_empty() {
+        return Ok(store
+            .list_manifests()?
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect());
+    }
+    let mut v = Vec::new();
+    for n in names {
+        let name = parse_name(n)?;
+        v.push(
+            store
+                .read_manifest(&name)?
+                .ok_or_else(|| CliError::new(format!("{name}: no such model")))?,
+        );
+    }
+    Ok(v)
 }

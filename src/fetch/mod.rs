@@ -3,14 +3,17 @@
 //! `http` is the transport (TLS trust, redirects, credentials, proxies);
 //! `pipeline` is the locked fetch → verify → rename sequence built on it,
 //! `download` its HTTP attempts and retries, `stream` the hashing pipe from
-//! a body into the store's partial file (`store::partial`); `retry` and
-//! `progress` are its policy and its reporting. Nothing here
-//! knows about FUSE; nothing in `store` knows about HTTP.
+//! a body into the store's partial file (`store::partial`), `parallel` the
+//! same over several connections with byte ranges scheduled by `ranges`;
+//! `retry` and `progress` are its policy and its reporting; `pin` resolves
+//! a Hugging Face file to what a manifest pins. Nothing here knows about
+//! FUSE; nothing in `store` knows about HTTP.
 
 mod download;
 pub mod error;
 pub mod http;
 mod parallel;
+pub mod pin;
 pub mod pipeline;
 pub mod progress;
 mod ranges;

@@ -57,7 +57,6 @@ use super::http::Http;
 use super::progress::{Phase, ProgressSink, Reporter};
 use super::retry::RetryPolicy;
 use crate::digest::Sha256;
-use crate::store::lock::{self, LockWaitError};
 use crate::store::partial::{self, Partial};
 use crate::store::{BlobState, Manifest, Published, Source, Store};
 use crate::text::{human_bytes, redact_url};
@@ -226,16 +225,20 @@ impl Fetcher {
 
         // Phase 1: the producer lock, then a second look.
         let mut waited = false;
-        let _name_lock = lock::lock_waiting(&store.lock_path(&m.name), &cancelled, &mut || {
-            waited = true;
-            log::info!(
-                "{}: another process holds {}, waiting for it",
-                m.name,
-                store.lock_path(&m.name).display()
-            );
-            reporter.report(Phase::WaitingForLock, 0, m.size_bytes, 0);
-        })
-        .map_err(|e| fail(lock_error(store.lock_path(&m.name).as_path(), e)))?;
+        let name_lock = store
+            .lock_model(&m.name, &cancelled, &mut || {
+                waited = true;
+                log::info!(
+                    "{}: another process holds {}, waiting for it",
+                    m.name,
+                    store.lock_path(&m.name).display()
+                );
+                reporter.report(Phase::WaitingForLock, 0, m.size_bytes, 0);
+            })
+            .map_err(|e| fail(FetchErrorKind::Store(e)))?;
+        let Some(_name_lock) = name_lock else {
+            return Err(fail(FetchErrorKind::Cancelled));
+        };
         if let BlobState::Present(_) = store.blob_state(&m.blob) {
             self.write_manifest_if_asked(store, job).map_err(fail)?;
             return Ok(FetchOutcome::AlreadyPresent {
@@ -576,14 +579,6 @@ fn quarantined_copy(store: &Store, pair: &str) -> Option<PathBuf> {
         .flatten()
         .find(|e| e.file_name().to_string_lossy().contains(pair))
         .map(|e| e.path())
-}
-
-fn lock_error(path: &Path, e: LockWaitError) -> FetchErrorKind {
-    match e {
-        LockWaitError::Cancelled => FetchErrorKind::Cancelled,
-        // A symlink at the lock path is refused by name, not as a mystery ELOOP.
-        LockWaitError::Io(e) => FetchErrorKind::Store(crate::store::StoreError::walking(path, e)),
-    }
 }
 
 fn check_free_space(partial: &Path, needed: u64) -> Result<(), FetchErrorKind> {

@@ -5,13 +5,23 @@
 //! never leaves a stale lock behind. Waiting is done by polling with
 //! `LOCK_NB` so that a waiter can give up (shutdown, cancelled open) instead
 //! of sitting in an uninterruptible `flock`.
+//!
+//! Callers outside this module take the store's locks through the
+//! [`Store`] methods at the end of it, one per lock the convention has:
+//! [`Store::lock_model`] / [`Store::try_lock_model`] (`locks/<name>.lock`,
+//! the producer lock of a model name) and [`Store::try_lock_partial`] (the
+//! partial file itself; [`Store::partial_is_locked`] asks without taking
+//! it). The free functions are the primitive they share.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
+
+use super::{ModelName, Store, StoreError};
+use crate::digest::Sha256;
+use crate::sys::flock;
 
 /// How often a waiter re-tries a lock held by someone else.
 pub const LOCK_POLL: Duration = Duration::from_millis(100);
@@ -89,22 +99,6 @@ fn check_regular(file: &File) -> io::Result<()> {
     }
 }
 
-fn flock(file: &File, op: libc::c_int) -> io::Result<bool> {
-    loop {
-        // SAFETY: flock on a valid owned descriptor has no memory effects.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            _ => return Err(err),
-        }
-    }
-}
-
 /// Takes the lock if nobody holds it; `Ok(None)` if someone does.
 pub fn try_lock(path: &Path) -> io::Result<Option<LockGuard>> {
     let file = open_lock_file(path)?;
@@ -177,6 +171,73 @@ pub fn is_locked(path: &Path) -> io::Result<bool> {
     Ok(!flock(&file, libc::LOCK_SH | libc::LOCK_NB)?)
 }
 
+impl Store {
+    /// Takes the producer lock of model `name` (`locks/<name>.lock`),
+    /// waiting while another process holds it. `on_contended` is called
+    /// once, when the lock turns out to be held; `cancelled` is checked
+    /// between polls, and `Ok(None)` says it gave up. A lock path that is a
+    /// symlink is [`StoreError::Unsafe`], a FIFO or a device an error at
+    /// once.
+    pub fn lock_model(
+        &self,
+        name: &ModelName,
+        cancelled: &dyn Fn() -> bool,
+        on_contended: &mut dyn FnMut(),
+    ) -> Result<Option<LockGuard>, StoreError> {
+        let path = self.lock_path(name);
+        match lock_waiting(&path, cancelled, on_contended) {
+            Ok(g) => Ok(Some(g)),
+            Err(LockWaitError::Cancelled) => Ok(None),
+            // A symlink at the lock path is refused by name, not as a mystery ELOOP.
+            Err(LockWaitError::Io(e)) => Err(StoreError::walking(&path, e)),
+        }
+    }
+
+    /// [`Store::lock_model`] for a caller that never gives up (the
+    /// commands): waits as long as it takes.
+    pub fn lock_model_waiting(
+        &self,
+        name: &ModelName,
+        on_contended: &mut dyn FnMut(),
+    ) -> Result<LockGuard, StoreError> {
+        let never = || false;
+        Ok(self
+            .lock_model(name, &never, on_contended)?
+            .expect("a wait that is never cancelled ends with the lock"))
+    }
+
+    /// Takes the producer lock of `name` if nobody holds it; `Ok(None)` if
+    /// someone does.
+    pub fn try_lock_model(&self, name: &ModelName) -> Result<Option<LockGuard>, StoreError> {
+        let path = self.lock_path(name);
+        try_lock(&path).map_err(|e| StoreError::walking(&path, e))
+    }
+
+    /// Locks the partial file of `d` if nobody holds it: `Ok(None)` when a
+    /// download holds it. With `create`, a missing partial is created
+    /// (a producer); without, a missing one is an error (gc, which must
+    /// never create one). The guard's [`LockGuard::file`] is the partial.
+    pub fn try_lock_partial(
+        &self,
+        d: &Sha256,
+        create: bool,
+    ) -> Result<Option<LockGuard>, StoreError> {
+        let file = if create {
+            self.open_partial(d)?
+        } else {
+            self.open_existing_partial(d)?
+        };
+        try_lock_file(file).map_err(|e| StoreError::io(self.partial_path(d), e))
+    }
+
+    /// Whether some process holds the partial file of `d` locked right now
+    /// (a download is writing it); `false` when there is none or it cannot
+    /// be looked at.
+    pub fn partial_is_locked(&self, d: &Sha256) -> bool {
+        is_locked(&self.partial_path(d)).unwrap_or(false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,15 +283,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo.lock");
         let dev = dir.path().join("dev.lock");
-        let c = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
-        // SAFETY: valid C paths; a FIFO and a copy of /dev/null (1, 3).
-        unsafe {
-            assert_eq!(libc::mkfifo(c(&fifo).as_ptr(), 0o644), 0);
-            assert_eq!(
-                libc::mknod(c(&dev).as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(1, 3)),
-                0
-            );
-        }
+        // A FIFO and a copy of /dev/null (1, 3).
+        crate::sys::mkfifo(&fifo, 0o644).unwrap();
+        crate::sys::mknod_char(&dev, 0o644, 1, 3).unwrap();
         for p in [fifo, dev] {
             let q = p.clone();
             let e = within_10s(move || try_lock(&q).map(|g| g.is_some())).unwrap_err();
@@ -265,5 +320,27 @@ mod tests {
         std::os::unix::fs::symlink(&target, &link).unwrap();
         assert!(try_lock(&link).is_err());
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn the_stores_model_lock_gives_up_when_cancelled_and_refuses_a_symlink_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path()).unwrap();
+        let name = ModelName::parse("m").unwrap();
+        let _held = s.try_lock_model(&name).unwrap().expect("free lock");
+        assert!(s.try_lock_model(&name).unwrap().is_none());
+        let mut contended = false;
+        assert!(
+            s.lock_model(&name, &|| true, &mut || contended = true)
+                .unwrap()
+                .is_none()
+        );
+        assert!(contended);
+        let other = ModelName::parse("other").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), s.lock_path(&other)).unwrap();
+        assert!(matches!(
+            s.lock_model_waiting(&other, &mut || {}),
+            Err(StoreError::Unsafe { .. })
+        ));
     }
 }

@@ -50,6 +50,9 @@
 mod blobs;
 mod catalog;
 mod error;
+pub mod gc;
+pub mod import;
+pub mod import_check;
 mod layout;
 pub mod listing;
 pub mod lock;
@@ -62,6 +65,7 @@ pub mod staging;
 pub mod state;
 pub mod timestamp;
 pub mod verified;
+pub mod verify;
 pub mod watch;
 
 use std::fs::{self, File, OpenOptions};

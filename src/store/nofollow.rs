@@ -19,8 +19,10 @@
 use std::ffi::CString;
 use std::fs::{File, Metadata};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+
+use crate::sys;
 
 /// Mode of every folder the store creates.
 pub const DIR_MODE: libc::mode_t = 0o755;
@@ -39,24 +41,6 @@ fn cstr(name: &str) -> io::Result<CString> {
         ));
     }
     CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-}
-
-fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-/// Retries a syscall interrupted by a signal.
-fn retry(mut f: impl FnMut() -> libc::c_int) -> io::Result<libc::c_int> {
-    loop {
-        match check(f()) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
 }
 
 /// Whether an error means a symlink (or another non-folder) sat where the
@@ -86,27 +70,15 @@ impl Dir {
 
     /// The sub-folder `name`; a symlink there fails with `ELOOP`/`ENOTDIR`.
     pub fn sub(&self, name: &str) -> io::Result<Dir> {
-        let c = cstr(name)?;
-        // SAFETY: a valid dirfd and NUL-terminated name; the fd is owned below.
-        let fd = retry(|| unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        })?;
-        // SAFETY: a fresh descriptor we own.
-        Ok(Dir {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let fd = sys::openat(self.fd.as_fd(), &cstr(name)?, flags, 0)?;
+        Ok(Dir { fd })
     }
 
     /// The sub-folder `name`, created with [`DIR_MODE`] if missing.
     pub fn sub_or_create(&self, name: &str) -> io::Result<Dir> {
-        let c = cstr(name)?;
-        // SAFETY: a valid dirfd and NUL-terminated name.
-        match retry(|| unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), DIR_MODE) }) {
-            Ok(_) => {}
+        match sys::mkdirat(self.fd.as_fd(), &cstr(name)?, DIR_MODE) {
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
@@ -121,18 +93,8 @@ impl Dir {
         flags: libc::c_int,
         mode: libc::mode_t,
     ) -> io::Result<File> {
-        let c = cstr(name)?;
-        // SAFETY: a valid dirfd and NUL-terminated name; the fd is owned below.
-        let fd = retry(|| unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                libc::c_uint::from(mode),
-            )
-        })?;
-        // SAFETY: a fresh descriptor we own.
-        Ok(unsafe { File::from_raw_fd(fd) })
+        let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        Ok(sys::openat(self.fd.as_fd(), &cstr(name)?, flags, mode)?.into())
     }
 
     /// The metadata of `name` itself (a symlink is reported as one).
@@ -143,20 +105,11 @@ impl Dir {
     /// `fstatat(2)` of `name` itself (a symlink is reported as one): one
     /// system call and no descriptor, for watchers that stat many names.
     pub fn lstat(&self, name: &str) -> io::Result<libc::stat> {
-        let c = cstr(name)?;
-        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: a valid dirfd, a NUL-terminated name and a buffer of the
-        // type fstatat fills.
-        retry(|| unsafe {
-            libc::fstatat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                st.as_mut_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        })?;
-        // SAFETY: fstatat succeeded, so it filled the buffer.
-        Ok(unsafe { st.assume_init() })
+        sys::fstatat(
+            Some(self.fd.as_fd()),
+            &cstr(name)?,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
     }
 
     /// Renames `name` here to `to_name` in `to`; with `noreplace`, fails
@@ -164,49 +117,29 @@ impl Dir {
     pub fn rename(&self, name: &str, to: &Dir, to_name: &str, noreplace: bool) -> io::Result<()> {
         let (a, b) = (cstr(name)?, cstr(to_name)?);
         let flags = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
-        // SAFETY: valid dirfds and NUL-terminated names.
-        retry(|| unsafe {
-            libc::renameat2(
-                self.fd.as_raw_fd(),
-                a.as_ptr(),
-                to.fd.as_raw_fd(),
-                b.as_ptr(),
-                flags,
-            ) as libc::c_int
-        })
-        .map(|_| ())
+        sys::renameat2(Some(self.fd.as_fd()), &a, to.fd.as_fd(), &b, flags)
     }
 
     /// Removes the file `name` (a symlink there is removed, not followed).
     pub fn unlink(&self, name: &str) -> io::Result<()> {
-        let c = cstr(name)?;
-        // SAFETY: a valid dirfd and NUL-terminated name.
-        retry(|| unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) }).map(|_| ())
+        sys::unlinkat(self.fd.as_fd(), &cstr(name)?, 0)
     }
 
     /// Removes the empty folder `name`.
     pub fn rmdir(&self, name: &str) -> io::Result<()> {
-        let c = cstr(name)?;
-        // SAFETY: a valid dirfd and NUL-terminated name.
-        retry(|| unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
-            .map(|_| ())
+        sys::unlinkat(self.fd.as_fd(), &cstr(name)?, libc::AT_REMOVEDIR)
     }
 
     /// fsyncs the folder, so renames in it survive a crash.
     pub fn sync(&self) -> io::Result<()> {
-        // SAFETY: fsync on a valid descriptor.
-        retry(|| unsafe { libc::fsync(self.fd.as_raw_fd()) }).map(|_| ())
+        sys::fsync(self.fd.as_fd())
     }
 }
 
 /// Clears `O_NONBLOCK` on an open file (opened so to keep a FIFO from
 /// blocking the open, then found to be a regular file).
 pub fn set_blocking(file: &File) -> io::Result<()> {
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a valid descriptor with integer arguments only.
-    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
-    // SAFETY: as above.
-    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) }).map(|_| ())
+    sys::set_blocking(file.as_fd())
 }
 
 /// Why [`read_small_file`] returned no bytes.
@@ -294,17 +227,7 @@ pub fn rename_into(src: &Path, to: &Dir, to_name: &str) -> io::Result<()> {
     let a = CString::new(src.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let b = cstr(to_name)?;
-    // SAFETY: valid NUL-terminated paths and a valid dirfd.
-    retry(|| unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            to.fd.as_raw_fd(),
-            b.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        ) as libc::c_int
-    })
-    .map(|_| ())
+    sys::renameat2(None, &a, to.fd.as_fd(), &b, libc::RENAME_NOREPLACE)
 }
 
 #[cfg(test)]
@@ -338,12 +261,12 @@ mod tests {
     #[test]
     fn folders_are_0755_even_under_umask_000() {
         let dir = tempfile::tempdir().unwrap();
-        // SAFETY: umask is process-wide; this test restores it at once and
-        // the modes it checks are of folders it creates itself.
-        let old = unsafe { libc::umask(0) };
+        // umask is process-wide: this test restores it at once, and the
+        // modes it checks are of folders it creates itself.
+        let old = crate::sys::umask(0);
         let top = Dir::create(&dir.path().join("a/b"));
         let sub = top.as_ref().map(|t| t.sub_or_create("c"));
-        unsafe { libc::umask(old) };
+        crate::sys::umask(old);
         sub.unwrap().unwrap();
         for p in ["a", "a/b", "a/b/c"] {
             let mode = std::fs::metadata(dir.path().join(p))

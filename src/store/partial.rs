@@ -52,11 +52,10 @@ impl Partial {
         let path = store.partial_path(d);
         let mut waited = false;
         let lock = loop {
-            let file = store.open_partial(d)?;
-            match lock::try_lock_file(file) {
+            match store.try_lock_partial(d, true)? {
                 // gc deletes a partial while holding its lock: if ours is no
                 // longer the file at the path, open the new one instead.
-                Ok(Some(g)) if still_linked(g.file(), store, d) => {
+                Some(g) if still_linked(g.file(), store, d) => {
                     if refuse_shared_inode(&g, store, d, &path)? {
                         if cancelled() {
                             return Ok(None);
@@ -65,13 +64,12 @@ impl Partial {
                     }
                     break g;
                 }
-                Ok(Some(_)) => continue,
-                Ok(None) if cancelled() => return Ok(None),
-                Ok(None) => {
+                Some(_) => continue,
+                None if cancelled() => return Ok(None),
+                None => {
                     waited = true;
                     std::thread::sleep(lock::LOCK_POLL)
                 }
-                Err(e) => return Err(StoreError::io(&path, e)),
             }
         };
         let file = lock

@@ -14,7 +14,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::lock::{self, LockGuard};
+use super::lock::LockGuard;
 use super::nofollow::Dir;
 use super::{ModelName, Store, StoreError};
 
@@ -61,7 +61,7 @@ impl Store {
             if m.is_dir() {
                 continue;
             }
-            let Ok(Some(held)) = lock::try_lock(&self.lock_path(&name)) else {
+            let Ok(Some(held)) = self.try_lock_model(&name) else {
                 continue; // an import of this name is running
             };
             let freed = if m.is_file() && m.nlink() == 1 {
@@ -139,7 +139,8 @@ mod tests {
             fs::write(top.join(f), b"bytes").unwrap();
         }
         fs::create_dir(top.join(".import-4-folder")).unwrap();
-        let running = lock::try_lock(&s.lock_path(&ModelName::parse("running").unwrap()))
+        let running = s
+            .try_lock_model(&ModelName::parse("running").unwrap())
             .unwrap()
             .unwrap();
         let stale = s.stale_imports();

@@ -50,11 +50,7 @@ impl Store {
     pub fn disk_state(&self, d: &Sha256) -> (ModelState, u64) {
         match self.blob_state(d) {
             BlobState::Present(n) => (ModelState::Present, n),
-            BlobState::Partial(n)
-                if super::lock::is_locked(&self.partial_path(d)).unwrap_or(false) =>
-            {
-                (ModelState::Fetching, n)
-            }
+            BlobState::Partial(n) if self.partial_is_locked(d) => (ModelState::Fetching, n),
             BlobState::Partial(n) => (ModelState::Partial, n),
             BlobState::Absent => (ModelState::Pending, 0),
         }

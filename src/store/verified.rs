@@ -426,9 +426,7 @@ mod tests {
         std::os::unix::fs::symlink(&outside, &path).unwrap();
         assert_eq!(s.read_record(&d), Recorded::Unreadable);
         fs::remove_file(&path).unwrap();
-        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-        // SAFETY: a valid C path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        crate::sys::mkfifo(&path, 0o644).unwrap();
         assert_eq!(s.read_record(&d), Recorded::Unreadable);
         fs::remove_file(&path).unwrap();
         fs::write(&path, vec![b' '; 10_000]).unwrap();

@@ -1,38 +1,41 @@
-//! What `modelfs import` checks of a file before it hashes and places it:
-//! that its bytes are of the format the manifest will claim. A GGUF file
-//! starts with the four bytes `GGUF`; a file that does not (a safetensors
-//! file, a tarball, a download's HTML error page) is refused unless
-//! `--format` names another format, whose contents are not checked.
+//! What an import checks of a file before it hashes and places it: that
+//! its bytes are of the format the manifest will claim. A GGUF file starts
+//! with the four bytes `GGUF`; a file that does not (a safetensors file, a
+//! tarball, a download's HTML error page) is refused unless the format
+//! named is another one, whose contents are not checked.
 
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::Path;
-
-use crate::store::ModelName;
-
-use super::CliError;
 
 /// The first bytes of every GGUF file.
 pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
-/// Refuses `path` as model `name` of `format` when its first bytes say it
-/// is not of that format (checked for `gguf` only).
-pub fn check_magic(name: &ModelName, path: &Path, format: &str) -> Result<(), CliError> {
+/// Why `path` is not of the format claimed.
+#[derive(Debug)]
+pub enum MagicError {
+    /// Its first bytes could not be read.
+    Read(io::Error),
+    /// It does not start with [`GGUF_MAGIC`]; `head` describes what it
+    /// starts with instead.
+    NotGguf { head: String },
+}
+
+/// Refuses `path` as a model of `format` when its first bytes say it is
+/// not of that format (checked for `gguf` only).
+pub fn check_magic(path: &Path, format: &str) -> Result<(), MagicError> {
     if format != "gguf" {
         return Ok(());
     }
     let mut head = Vec::with_capacity(GGUF_MAGIC.len());
     std::fs::File::open(path)
         .and_then(|f| f.take(GGUF_MAGIC.len() as u64).read_to_end(&mut head))
-        .map_err(|e| CliError::new(format!("{name}: cannot read {}: {e}", path.display())))?;
+        .map_err(MagicError::Read)?;
     if head == GGUF_MAGIC {
         return Ok(());
     }
-    Err(CliError::new(format!(
-        "{name}: {} is not a GGUF file (it starts with {}, a GGUF file with \"GGUF\"); \
-         if it is a model of another format, say which with --format (for example --format safetensors)",
-        path.display(),
-        describe_head(&head)
-    )))
+    Err(MagicError::NotGguf {
+        head: describe_head(&head),
+    })
 }
 
 /// The first bytes as text when they are printable ASCII, else as hex.
