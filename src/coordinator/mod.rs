@@ -682,11 +682,10 @@ impl Coordinator {
         cancelled: &dyn Fn() -> bool,
         on_contended: &mut dyn FnMut(),
     ) -> Result<lock::LockGuard, FetchErrorKind> {
-        let path = self.store.lock_path(&m.name);
-        lock::lock_waiting(&path, cancelled, on_contended).map_err(|e| match e {
-            lock::LockWaitError::Cancelled => FetchErrorKind::Cancelled,
-            lock::LockWaitError::Io(e) => FetchErrorKind::Store(StoreError::walking(&path, e)),
-        })
+        self.store
+            .lock_model(&m.name, cancelled, on_contended)
+            .map_err(FetchErrorKind::Store)?
+            .ok_or(FetchErrorKind::Cancelled)
     }
 
     /// Answers every waiter with the verified file, and keeps it for the

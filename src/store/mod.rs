@@ -254,7 +254,6 @@ mod tests {
     use super::*;
     use crate::digest::Sha256;
     use std::io::Write;
-    use std::os::unix::ffi::OsStrExt;
 
     fn manifest(name: &str, data: &[u8]) -> Manifest {
         Manifest::new(
@@ -341,9 +340,7 @@ mod tests {
     }
 
     fn mkfifo(p: &Path) {
-        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid C path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        crate::sys::mkfifo(p, 0o644).unwrap();
     }
 
     #[test]
@@ -446,9 +443,7 @@ mod tests {
         let d = Sha256::of(b"x");
         let partial = s.partial_path(&d);
         fs::create_dir_all(partial.parent().unwrap()).unwrap();
-        let c = std::ffi::CString::new(partial.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid C path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        mkfifo(&partial);
         assert!(matches!(s.open_partial(&d), Err(StoreError::Unsafe { .. })));
         assert!(matches!(
             s.open_existing_partial(&d),
