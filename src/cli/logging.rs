@@ -159,9 +159,7 @@ pub fn init(g: &Globals, target: &LogTarget) -> Result<(), String> {
     Ok(())
 }
 
-/// The logger, with fuser's error for a reply to a dropped request at
-/// debug ([`reply_to_a_dropped_request`]) and the HTTP library's trace
-/// level cut off whatever
+/// The logger, with the HTTP library's trace level cut off whatever
 /// `RUST_LOG` says (`ureq=trace`, `ureq::util=trace`, `trace`): at trace,
 /// `ureq` logs each request's full path and query (a signed URL's
 /// signature) and the `Location` of each redirect, and `ureq_proto` dumps
@@ -170,23 +168,6 @@ pub fn init(g: &Globals, target: &LogTarget) -> Result<(), String> {
 /// answers `enabled` too, which is what `ureq` asks before it decides to
 /// print a path.
 struct NoWireSecrets(env_logger::Logger);
-
-/// fuser's error for a reply the kernel refused with ENOENT: the request
-/// is gone, as when the process waiting in `open` was killed or
-/// interrupted (the daemon answers the open later, when it notices). That
-/// is the normal end of an interrupted wait, so it is logged at debug, as
-/// is ENODEV (the connection was aborted: the mount is gone, and so is
-/// whoever waited). Any other failure to reply stays an error.
-fn reply_to_a_dropped_request(record: &log::Record<'_>) -> Option<String> {
-    if record.target() != "fuser::reply" || record.level() != log::Level::Error {
-        return None;
-    }
-    let msg = record.args().to_string();
-    [libc::ENOENT, libc::ENODEV]
-        .iter()
-        .any(|e| msg.ends_with(&std::io::Error::from_raw_os_error(*e).to_string()))
-        .then_some(msg)
-}
 
 /// Whether `target` is a module of the HTTP library.
 fn is_http_library(target: &str) -> bool {
@@ -204,23 +185,6 @@ impl log::Log for NoWireSecrets {
 
     fn log(&self, record: &log::Record<'_>) {
         if !self.enabled(record.metadata()) {
-            return;
-        }
-        if let Some(msg) = reply_to_a_dropped_request(record) {
-            let md = log::Metadata::builder()
-                .target(record.target())
-                .level(log::Level::Debug)
-                .build();
-            if self.0.enabled(&md) {
-                self.0.log(
-                    &log::Record::builder()
-                        .metadata(md)
-                        .args(format_args!(
-                            "{msg} (the request was interrupted or the mount is gone: no one waits for it)"
-                        ))
-                        .build(),
-                );
-            }
             return;
         }
         self.0.log(record);
@@ -323,52 +287,6 @@ mod tests {
         }
         assert!(l.enabled(&md("modelfs::fetch", log::Level::Trace)));
         assert!(l.enabled(&md("ureqish", log::Level::Trace)));
-    }
-
-    /// A logger at the default level writing into the returned buffer.
-    fn capturing() -> (NoWireSecrets, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
-        #[derive(Clone)]
-        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buf(Default::default());
-        let inner = env_logger::Builder::new()
-            .parse_filters("warn,fuser::session=error,modelfs=info")
-            .target(env_logger::Target::Pipe(Box::new(buf.clone())))
-            .build();
-        (NoWireSecrets(inner), buf.0)
-    }
-
-    #[test]
-    fn a_reply_to_a_request_the_kernel_dropped_is_not_an_error_other_reply_failures_are() {
-        use log::Log;
-        let (l, out) = capturing();
-        let reply_failed = |e: i32| {
-            let err = std::io::Error::from_raw_os_error(e);
-            l.log(
-                &log::Record::builder()
-                    .target("fuser::reply")
-                    .level(log::Level::Error)
-                    .args(format_args!("Failed to send FUSE reply: {err}"))
-                    .build(),
-            );
-        };
-        reply_failed(libc::ENOENT);
-        reply_failed(libc::ENODEV);
-        assert_eq!(String::from_utf8_lossy(&out.lock().unwrap()), "");
-        reply_failed(libc::EBADF);
-        let text = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
-        assert!(
-            text.contains("ERROR") && text.contains("Bad file descriptor"),
-            "{text}"
-        );
     }
 
     #[test]

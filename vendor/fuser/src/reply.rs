@@ -14,6 +14,7 @@ use std::time::Duration;
 #[cfg(target_os = "macos")]
 use std::time::SystemTime;
 
+use log::debug;
 use log::error;
 use log::warn;
 
@@ -134,7 +135,16 @@ impl ReplyRaw {
         let sender = self.sender.take().unwrap();
         let res = response.with_iovec(self.unique, |iov| sender.send(iov));
         if let Err(err) = res {
-            error!("Failed to send FUSE reply: {err}");
+            // modelfs: ENOENT means the kernel dropped the request (its
+            // caller was interrupted or killed), ENODEV that the connection
+            // is gone: no one waits for the reply, nothing failed here.
+            match err.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ENODEV) => debug!(
+                    "Failed to send FUSE reply: {err} (the request was interrupted or the \
+                     mount is gone: no one waits for it)"
+                ),
+                _ => error!("Failed to send FUSE reply: {err}"),
+            }
         }
     }
     pub(crate) fn send_ll(mut self, response: &impl Response) {
