@@ -44,23 +44,10 @@ impl Fetcher {
         d: &mut Download<'_>,
     ) -> Result<u64, (FetchErrorKind, u32)> {
         let policy: &RetryPolicy = self.policy();
-        let mut transferred = 0u64;
-        if self.connections() > 1 && d.partial.size() - d.partial.offset() >= PARALLEL_MIN {
-            match self.download_parallel(url, d)? {
-                Parallel::Done { received } => return Ok(received),
-                Parallel::Fallback { why, received } => {
-                    log::info!(
-                        "{}: {why}; downloading over one connection",
-                        redact_url(url)
-                    );
-                    transferred = received;
-                }
-            }
-        }
-        // One stream appends from the prefix: pieces beyond it are lost.
-        d.partial
-            .drop_pieces()
-            .map_err(|e| (FetchErrorKind::Store(e), 0))?;
+        let mut transferred = match self.in_ranges(url, d)? {
+            Parallel::Done { received } => return Ok(received),
+            Parallel::Fallback { received, .. } => received,
+        };
         let mut attempt = 0u32;
         let mut fruitless = 0u32;
         let mut furthest = d.partial.offset();
@@ -129,6 +116,37 @@ impl Fetcher {
                 return Err((FetchErrorKind::Cancelled, attempt));
             }
         }
+    }
+
+    /// The download in ranges over several connections when the rest is
+    /// large enough and more than one is allowed (see [`super::parallel`]);
+    /// otherwise, or when the origin cannot serve ranges, a fallback that
+    /// has prepared the partial for one stream.
+    fn in_ranges(
+        &self,
+        url: &str,
+        d: &mut Download<'_>,
+    ) -> Result<Parallel, (FetchErrorKind, u32)> {
+        let mut outcome = Parallel::Fallback {
+            why: String::new(),
+            received: 0,
+        };
+        if self.connections() > 1 && d.partial.size() - d.partial.offset() >= PARALLEL_MIN {
+            outcome = self.download_parallel(url, d)?;
+            if let Parallel::Fallback { why, .. } = &outcome {
+                log::info!(
+                    "{}: {why}; downloading over one connection",
+                    redact_url(url)
+                );
+            }
+        }
+        if matches!(outcome, Parallel::Fallback { .. }) {
+            // One stream appends from the prefix: pieces beyond it go.
+            d.partial
+                .drop_pieces()
+                .map_err(|e| (FetchErrorKind::Store(e), 0))?;
+        }
+        Ok(outcome)
     }
 
     /// One HTTP request, appending to the partial.

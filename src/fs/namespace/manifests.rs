@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::store::listing::ManifestFiles;
+use crate::store::listing::{IgnoredFile, ManifestFiles};
 use crate::store::watch::Stamp;
 use crate::store::{Manifest, ModelName, Store};
 
@@ -65,19 +65,38 @@ impl ManifestWatch {
         if unchanged {
             return delta;
         }
-        let ManifestFiles {
-            manifests: files,
-            ignored,
-        } = match store.list_manifest_files(now) {
+        let Some(ManifestFiles { manifests, ignored }) = self.list(store, now) else {
+            return delta;
+        };
+        self.note_ignored(store, ignored);
+        let mut parsed = HashMap::with_capacity(manifests.len());
+        for (stem, stamp) in manifests {
+            let manifest = self.parse_if_moved(store, &stem, &stamp, &mut delta);
+            parsed.insert(stem, Parsed { stamp, manifest });
+        }
+        // What was not listed again is gone.
+        delta.gone.extend(
+            self.parsed
+                .values()
+                .filter_map(|p| Some(p.manifest.as_ref()?.file_name())),
+        );
+        self.parsed = parsed;
+        delta
+    }
+
+    /// The store's listing of `manifests/`, or `None` when it cannot be
+    /// listed: then what we had stays shown, and the next pass lists
+    /// again instead of trusting the stamp.
+    fn list(&mut self, store: &Store, now: SystemTime) -> Option<ManifestFiles> {
+        match store.list_manifest_files(now) {
             Ok(listing) => {
                 if self.unlistable.take().is_some() {
                     log::info!("{} can be listed again", store.manifests_dir().display());
                 }
-                listing
+                Some(listing)
             }
             Err(e) => {
-                // Keep showing what we had (out of file descriptors, say),
-                // and list again next time instead of trusting the stamp.
+                // Out of file descriptors, say: logged once per reason.
                 let why = e.to_string();
                 if self.unlistable.as_ref() != Some(&why) {
                     log::warn!(
@@ -87,9 +106,13 @@ impl ManifestWatch {
                 }
                 self.unlistable = Some(why);
                 self.dir = None;
-                return delta;
+                None
             }
-        };
+        }
+    }
+
+    /// Logs each ignored file once per version of it.
+    fn note_ignored(&mut self, store: &Store, ignored: Vec<IgnoredFile>) {
         for i in &ignored {
             if !self
                 .ignored
@@ -107,44 +130,42 @@ impl ManifestWatch {
             .into_iter()
             .map(|i| (i.file_name, i.stamp))
             .collect();
-        let mut parsed = HashMap::with_capacity(files.len());
-        for (stem, stamp) in files {
-            let manifest = match self.parsed.remove(&stem) {
-                Some(before) if before.stamp.unchanged_at(&stamp) => before.manifest,
-                before => {
-                    // Parsed again on every pass until its stamp settles: log a
-                    // bad manifest once per version of the file.
-                    let log = !before.as_ref().is_some_and(|b| b.stamp.same(&stamp));
-                    let new = parse_one(store, &stem, log);
-                    self.parsed_now += 1;
-                    match (before.and_then(|b| b.manifest), new) {
-                        // The same Arc keeps its entry as it is.
-                        (Some(old), Some(new)) if *old == *new => Some(old),
-                        (old, new) => {
-                            let new_name = new.as_ref().map(|m| m.file_name());
-                            if let Some(old) = old.map(|m| m.file_name())
-                                && Some(&old) != new_name.as_ref()
-                            {
-                                delta.gone.push(old);
-                            }
-                            if new.is_some() {
-                                delta.stems.insert(stem.clone());
-                            }
-                            new
-                        }
-                    }
+    }
+
+    /// The manifest `stem` as last parsed if its stamp did not move, else
+    /// parsed again, with what that changed recorded in `delta`.
+    fn parse_if_moved(
+        &mut self,
+        store: &Store,
+        stem: &str,
+        stamp: &Stamp,
+        delta: &mut Delta,
+    ) -> Option<Arc<Manifest>> {
+        let before = match self.parsed.remove(stem) {
+            Some(before) if before.stamp.unchanged_at(stamp) => return before.manifest,
+            before => before,
+        };
+        // Parsed again on every pass until its stamp settles: log a bad
+        // manifest once per version of the file.
+        let log = !before.as_ref().is_some_and(|b| b.stamp.same(stamp));
+        let new = parse_one(store, stem, log);
+        self.parsed_now += 1;
+        match (before.and_then(|b| b.manifest), new) {
+            // The same Arc keeps its entry as it is.
+            (Some(old), Some(new)) if *old == *new => Some(old),
+            (old, new) => {
+                let new_name = new.as_ref().map(|m| m.file_name());
+                if let Some(old) = old.map(|m| m.file_name())
+                    && Some(&old) != new_name.as_ref()
+                {
+                    delta.gone.push(old);
                 }
-            };
-            parsed.insert(stem, Parsed { stamp, manifest });
+                if new.is_some() {
+                    delta.stems.insert(stem.to_string());
+                }
+                new
+            }
         }
-        // What was not listed again is gone.
-        delta.gone.extend(
-            self.parsed
-                .values()
-                .filter_map(|p| Some(p.manifest.as_ref()?.file_name())),
-        );
-        self.parsed = parsed;
-        delta
     }
 
     /// Every manifest that parsed, with its file's stem.
