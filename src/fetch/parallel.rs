@@ -542,7 +542,7 @@ fn fill(
             Ok(0) => return (n, Ok(true)),
             Ok(k) => {
                 n += k;
-                if let Err(e) = rate.add(k as u64) {
+                if let Err(e) = rate.add(k as u64, Instant::now()) {
                     return (n, Err(e));
                 }
             }

@@ -92,16 +92,22 @@ impl Reporter {
 
     /// Records `n` new bytes from the network.
     pub fn add(&mut self, n: u64) {
+        self.add_at(n, Instant::now());
+    }
+
+    /// [`Reporter::add`] with the clock already read (the stream reads it
+    /// once per network read for this and its rate floor).
+    pub fn add_at(&mut self, n: u64, now: Instant) {
         self.window_bytes += n;
-        let el = self.window_start.elapsed();
+        let el = now.saturating_duration_since(self.window_start);
         if el >= Duration::from_secs(1) {
-            let now = self.window_bytes as f64 / el.as_secs_f64();
+            let recent = self.window_bytes as f64 / el.as_secs_f64();
             self.rate = if self.rate == 0.0 {
-                now
+                recent
             } else {
-                0.5 * self.rate + 0.5 * now
+                0.5 * self.rate + 0.5 * recent
             };
-            self.window_start = Instant::now();
+            self.window_start = now;
             self.window_bytes = 0;
         }
     }

@@ -136,11 +136,12 @@ impl Stream<'_> {
                 Ok(k) => {
                     n += k;
                     *self.transferred += k as u64;
-                    self.reporter.add(k as u64);
+                    let now = Instant::now();
+                    self.reporter.add_at(k as u64, now);
                     let done = (p.offset() + n as u64).min(p.size());
                     self.reporter
                         .report(Phase::Downloading, done, p.size(), *self.transferred);
-                    if let Err(e) = rate.add(k as u64) {
+                    if let Err(e) = rate.add(k as u64, now) {
                         return (n, Err(e));
                     }
                 }
@@ -210,9 +211,10 @@ impl RateFloor {
         }
     }
 
-    pub(super) fn add(&mut self, n: u64) -> Result<(), FetchErrorKind> {
+    /// Counts `n` bytes that arrived at `now`.
+    pub(super) fn add(&mut self, n: u64, now: Instant) -> Result<(), FetchErrorKind> {
         self.bytes += n;
-        let elapsed = self.started.elapsed();
+        let elapsed = now.saturating_duration_since(self.started);
         if elapsed < self.window {
             return Ok(());
         }
@@ -224,7 +226,7 @@ impl RateFloor {
                 min_rate: self.min_rate,
             });
         }
-        self.started = Instant::now();
+        self.started = now;
         self.bytes = 0;
         Ok(())
     }
