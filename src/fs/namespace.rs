@@ -566,12 +566,7 @@ mod tests {
 
     /// Publishes `data` as its blob the way a fetch does.
     fn publish(store: &Store, data: &[u8]) -> Sha256 {
-        use std::io::Write;
-        let d = Sha256::of(data);
-        let mut f = store.open_partial(&d).unwrap();
-        f.write_all(data).unwrap();
-        store.publish_blob(&d, &f).unwrap();
-        d
+        store.publish_bytes(data)
     }
 
     /// What `ModelFs::open` does with a present blob: checks the inode,

@@ -128,6 +128,17 @@ impl Store {
     }
 
     /// Removes the partial file and its folder (the caller holds its lock).
+    /// Publishes `bytes` as their blob the way a fetch does (tests).
+    #[cfg(test)]
+    pub(crate) fn publish_bytes(&self, bytes: &[u8]) -> Sha256 {
+        use std::io::Write;
+        let d = Sha256::of(bytes);
+        let mut f = self.open_partial(&d).unwrap();
+        f.write_all(bytes).unwrap();
+        self.publish_blob(&d, &f).unwrap();
+        d
+    }
+
     pub fn remove_partial(&self, d: &Sha256) -> Result<(), StoreError> {
         let path = self.partial_path(d);
         let fan = self.fanout(d, false)?;

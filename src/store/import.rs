@@ -384,6 +384,17 @@ fn hash_with_progress(
 mod tests {
     use super::*;
 
+    /// Importing `file` as the GGUF model `name`, copied, not forced.
+    fn gguf_request<'a>(name: &'a ModelName, file: &'a Path) -> ImportRequest<'a> {
+        ImportRequest {
+            name,
+            path: file,
+            format: "gguf",
+            force: false,
+            link: false,
+        }
+    }
+
     #[test]
     fn an_imported_file_is_placed_under_its_digest_and_a_second_import_finds_it_there() {
         let dir = tempfile::tempdir().unwrap();
@@ -391,13 +402,7 @@ mod tests {
         let file = dir.path().join("m.gguf");
         fs::write(&file, b"GGUF and the rest").unwrap();
         let name = ModelName::parse("m").unwrap();
-        let req = ImportRequest {
-            name: &name,
-            path: &file,
-            format: "gguf",
-            force: false,
-            link: false,
-        };
+        let req = gguf_request(&name, &file);
         let first = s.import_file(&req, None).unwrap();
         assert!(matches!(first.placed, Some(Placed::Copy | Placed::Reflink)));
         let d = Sha256::of(b"GGUF and the rest");
@@ -415,13 +420,7 @@ mod tests {
         let file = dir.path().join("page.html");
         fs::write(&file, b"<html>").unwrap();
         let name = ModelName::parse("m").unwrap();
-        let req = ImportRequest {
-            name: &name,
-            path: &file,
-            format: "gguf",
-            force: false,
-            link: false,
-        };
+        let req = gguf_request(&name, &file);
         let e = s.import_file(&req, None).unwrap_err();
         assert!(e.to_string().contains("is not a GGUF file"), "{e}");
         assert!(s.read_manifest(&name).unwrap().is_none());

@@ -98,14 +98,10 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::Source;
-    use std::io::Write;
 
     fn store_with(dir: &std::path::Path, bytes: &[u8]) -> (Store, Manifest) {
         let s = Store::create(dir).unwrap();
-        let d = Sha256::of(bytes);
-        let mut f = s.open_partial(&d).unwrap();
-        f.write_all(bytes).unwrap();
-        s.publish_blob(&d, &f).unwrap();
+        let d = s.publish_bytes(bytes);
         let m = Manifest::new(
             ModelName::parse("m").unwrap(),
             "gguf",
