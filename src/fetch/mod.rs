@@ -11,6 +11,7 @@
 
 mod download;
 pub mod error;
+pub mod head;
 pub mod http;
 mod parallel;
 pub mod pin;

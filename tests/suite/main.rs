@@ -23,6 +23,7 @@ mod fault_shared_store;
 mod fault_store_files;
 mod fault_verified;
 mod fetch;
+mod fetch_head;
 mod fetch_ranges;
 mod mount_namespace;
 mod mount_open;
