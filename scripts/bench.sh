@@ -4,7 +4,7 @@
 # Builds modelfs (release), generates a GGUF of SIZE_MIB (default 2048; the
 # SIZE_MIB environment variable works too), serves it from nginx over HTTPS
 # on 127.0.0.1 (throwaway CA, own config and prefix in a temp dir), and
-# measures rows 1-10 of the issue's table (and 11 of issue 13), each several times (RUNS, default
+# measures rows 1-10 of the issue's table (and 11-12 of issue 13), each several times (RUNS, default
 # 5; 3 in smoke mode, i.e. SIZE_MIB < 512). Prints one table and writes
 # bench-results.json (OUT_JSON overrides the path). Everything it starts
 # (mounts, nginx, rclone, temp dirs) is cleaned up on exit, also on failure.
@@ -35,7 +35,7 @@ fi
 SMOKE=0
 [ "$SIZE_MIB" -lt 512 ] && SMOKE=1
 if [ "$SMOKE" = 1 ]; then RUNS=${RUNS:-3}; else RUNS=${RUNS:-5}; fi
-ROWS=${ROWS:-1 2 3 4 5 6 7 8 9 10 11}
+ROWS=${ROWS:-1 2 3 4 5 6 7 8 9 10 11 12}
 OUT_JSON=${OUT_JSON:-$ROOT/bench-results.json}
 MANIFESTS=${MANIFESTS:-10000}
 BIG_MANIFESTS=${BIG_MANIFESTS:-100000}
@@ -76,6 +76,7 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v python3 >/dev/null || need+=(python3)
 command -v pgrep >/dev/null || need+=(procps)
 if want_row 11 || want_row 12; then command -v aria2c >/dev/null || need+=(aria2); fi
+if want_row 12; then command -v tc >/dev/null || need+=(iproute2); fi
 if [ "${#need[@]}" -gt 0 ]; then
   info "installing: ${need[*]}"
   apt_install "${need[@]}" || die "apt-get install ${need[*]} failed"
@@ -116,6 +117,7 @@ declare -A MOUNT_PID=()
 BG_PIDS=()
 NGINX_CONF=""
 NMOUNT=0
+NETNS_MADE=() # row 12's network namespaces, deleted on exit
 # Free page reporting (virtio-balloon) hands freed memory back to the host,
 # and the next touch of it faults in the host: writing a file into such
 # pages costs up to twice the CPU. Which side of a comparison gets them is
@@ -142,6 +144,11 @@ cleanup() {
     kill "$(cat "$WORK/nginx/nginx.pid")" 2>/dev/null
     for _ in $(seq 50); do [ -s "$WORK/nginx/nginx.pid" ] || break; sleep 0.1; done
   fi
+  if [ -s "$WORK/nginx-wan/nginx.pid" ]; then
+    kill "$(cat "$WORK/nginx-wan/nginx.pid")" 2>/dev/null
+    for _ in $(seq 50); do [ -s "$WORK/nginx-wan/nginx.pid" ] || break; sleep 0.1; done
+  fi
+  for ns in "${NETNS_MADE[@]}"; do ip netns del "$ns" 2>/dev/null; done
   [ -n "$REPORTING_WAS" ] && echo "$REPORTING_WAS" >"$REPORTING"
   if grep -q " $WORK/" /proc/mounts; then
     echo "bench.sh: mounts under $WORK are still there; leaving $WORK" >&2
@@ -267,7 +274,10 @@ rclone_mount() {
 say "a ${SIZE_MIB} MiB GGUF behind nginx on 127.0.0.1 (TLS, throwaway CA)"
 python3 scripts/make_gguf.py "$WORK/origin/model.gguf" "$SIZE_BYTES" >/dev/null
 SHA=$(sha256sum "$WORK/origin/model.gguf" | cut -d' ' -f1)
-scripts/make_ca.sh "$WORK/tls"
+# Row 12's origin listens on WAN_ORIGIN_IP, in a namespace of its own.
+WAN_NET=10.213.13
+WAN_ORIGIN_IP=$WAN_NET.2
+scripts/make_ca.sh "$WORK/tls" "$WAN_ORIGIN_IP"
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # Throttled location for row 6: a download that lasts ~120 s whatever the size.
 SLOW_KIB=$((SIZE_MIB * 1024 / 120))
@@ -742,6 +752,64 @@ if want_row 11; then
   meta row11_cap_mib_per_request "$CAP_MIB"
   cat "$WORK/origin/model.gguf" >/dev/null # the origin's side is warm for everyone
   first_vs_downloaders 11 "$CAP_URL" "$WORK/nginx/access.log" curl
+fi
+
+# Row 12: the origin (its own nginx) in a network namespace the script makes,
+# the clients (the mount daemon, aria2c) in a second one, on a private /30.
+# The link is netem's `delay WAN_DELAY_MS loss WAN_LOSS_PCT%` on the
+# origin's side; this kernel has no netem (CONFIG_NET_SCH_NETEM is not set),
+# so scripts/bench/delay_line.py does it in user space between a TUN device
+# in each namespace. No traffic leaves these namespaces; the delay line is
+# killed and both namespaces are deleted on exit (cleanup).
+WAN_DELAY_MS=${WAN_DELAY_MS:-40}
+WAN_LOSS_PCT=${WAN_LOSS_PCT:-0.1}
+# Jumbo frames: at 1500 bytes the user-space delay line, not the link, was
+# the limit (about 45-75 MiB/s with no delay and no loss on 2 cores).
+WAN_MTU=${WAN_MTU:-9000}
+wan_setup() {
+  local o=mfsb$$o c=mfsb$$c conf=$WORK/nginx-wan/nginx.conf ready=$WORK/delay-line.ready i
+  NS_O=modelfs-bench-$$-origin
+  NS_C=modelfs-bench-$$-client
+  ip netns add "$NS_O" && NETNS_MADE+=("$NS_O")
+  ip netns add "$NS_C" && NETNS_MADE+=("$NS_C")
+  python3 scripts/bench/delay_line.py "$NS_C" "$c" "$NS_O" "$o" "$WAN_DELAY_MS" "$WAN_LOSS_PCT" \
+    "$ready" 2>"$WORK/logs/delay-line.log" &
+  BG_PIDS+=("$!")
+  for i in $(seq 50); do
+    [ -s "$ready" ] && break
+    [ "$i" = 50 ] && die "row 12: the delay line did not start (see $WORK/logs/delay-line.log)"
+    sleep 0.1
+  done
+  ip -n "$NS_C" addr add "$WAN_NET.1/30" dev "$c"
+  ip -n "$NS_O" addr add "$WAN_ORIGIN_IP/30" dev "$o"
+  ip -n "$NS_C" link set "$c" mtu "$WAN_MTU" up
+  ip -n "$NS_O" link set "$o" mtu "$WAN_MTU" up
+  ip -n "$NS_C" link set lo up
+  ip -n "$NS_O" link set lo up
+  meta row12_link "${WAN_DELAY_MS} ms, ${WAN_LOSS_PCT}% loss"
+  meta row12_method "origin -> client packets held ${WAN_DELAY_MS} ms and dropped with p = ${WAN_LOSS_PCT}% by delay_line.py between TUN devices (MTU $(ip -n "$NS_O" link show "$o" | sed -n "s/.* mtu \([0-9]*\).*/\1/p"))"
+  mkdir -p "$WORK/nginx-wan/tmp"
+  sed -e "s|$NGX/|$WORK/nginx-wan/|g" -e "s|listen 127.0.0.1:$PORT ssl;|listen $WAN_ORIGIN_IP:443 ssl;|" \
+    "$NGINX_CONF" >"$conf"
+  ip netns exec "$NS_O" nginx -p "$WORK/nginx-wan/" -c "$conf" -e "$WORK/nginx-wan/error.log" -t -q ||
+    die "row 12: nginx refused $conf"
+  ip netns exec "$NS_O" nginx -p "$WORK/nginx-wan/" -c "$conf" -e "$WORK/nginx-wan/error.log" ||
+    die "row 12: nginx did not start (see $WORK/nginx-wan/error.log)"
+  WAN_URL="https://$WAN_ORIGIN_IP/model.gguf"
+  NETNS_EXEC=(nsenter "--net=/run/netns/$NS_C" --)
+  for i in $(seq 50); do
+    "${NETNS_EXEC[@]}" curl -sS --fail --cacert "$WORK/tls/ca.pem" -o /dev/null -r 0-0 "$WAN_URL" 2>/dev/null && break
+    [ "$i" = 50 ] && die "row 12: nginx does not answer on $WAN_URL (see $WORK/nginx-wan/error.log)"
+    sleep 0.1
+  done
+}
+
+if want_row 12; then
+  say "row 12: WAN-like link (${WAN_DELAY_MS} ms, ${WAN_LOSS_PCT}% loss, namespaces): first open vs aria2c -x16"
+  wan_setup
+  info "origin: $WAN_URL in namespace $NS_O, clients in $NS_C"
+  first_vs_downloaders 12 "$WAN_URL" "$WORK/nginx-wan/access.log"
+  NETNS_EXEC=()
 fi
 
 # ---------------------------------------------------------------- report
