@@ -4,7 +4,7 @@
 # Builds modelfs (release), generates a GGUF of SIZE_MIB (default 2048; the
 # SIZE_MIB environment variable works too), serves it from nginx over HTTPS
 # on 127.0.0.1 (throwaway CA, own config and prefix in a temp dir), and
-# measures rows 1-10 of the issue's table, each several times (RUNS, default
+# measures rows 1-10 of the issue's table (and 11-12 of issue 13), each several times (RUNS, default
 # 5; 3 in smoke mode, i.e. SIZE_MIB < 512). Prints one table and writes
 # bench-results.json (OUT_JSON overrides the path). Everything it starts
 # (mounts, nginx, rclone, temp dirs) is cleaned up on exit, also on failure.
@@ -14,7 +14,7 @@
 #   ROWS="1 3" RUNS=2 scripts/bench.sh 256   # a subset, while working on one row
 #   MODELFS_BIN=/tmp/proto/target/release/modelfs scripts/bench.sh   # another build
 #
-# Needs root (drop_caches, FUSE passthrough). Installs nginx, rclone, curl,
+# Needs root (drop_caches, FUSE passthrough). Installs nginx, rclone, curl, aria2,
 # fuse3, attr, openssl and python3 with apt-get when they are missing. There
 # are no pass/fail thresholds: the exit status is non-zero only when
 # something could not be measured.
@@ -35,7 +35,7 @@ fi
 SMOKE=0
 [ "$SIZE_MIB" -lt 512 ] && SMOKE=1
 if [ "$SMOKE" = 1 ]; then RUNS=${RUNS:-3}; else RUNS=${RUNS:-5}; fi
-ROWS=${ROWS:-1 2 3 4 5 6 7 8 9 10}
+ROWS=${ROWS:-1 2 3 4 5 6 7 8 9 10 11 12}
 OUT_JSON=${OUT_JSON:-$ROOT/bench-results.json}
 MANIFESTS=${MANIFESTS:-10000}
 BIG_MANIFESTS=${BIG_MANIFESTS:-100000}
@@ -75,6 +75,8 @@ command -v getfattr >/dev/null || need+=(attr)
 command -v openssl >/dev/null || need+=(openssl)
 command -v python3 >/dev/null || need+=(python3)
 command -v pgrep >/dev/null || need+=(procps)
+if want_row 11 || want_row 12; then command -v aria2c >/dev/null || need+=(aria2); fi
+if want_row 12; then command -v tc >/dev/null || need+=(iproute2); fi
 if [ "${#need[@]}" -gt 0 ]; then
   info "installing: ${need[*]}"
   apt_install "${need[@]}" || die "apt-get install ${need[*]} failed"
@@ -115,6 +117,7 @@ declare -A MOUNT_PID=()
 BG_PIDS=()
 NGINX_CONF=""
 NMOUNT=0
+NETNS_MADE=() # row 12's network namespaces, deleted on exit
 # Free page reporting (virtio-balloon) hands freed memory back to the host,
 # and the next touch of it faults in the host: writing a file into such
 # pages costs up to twice the CPU. Which side of a comparison gets them is
@@ -141,6 +144,11 @@ cleanup() {
     kill "$(cat "$WORK/nginx/nginx.pid")" 2>/dev/null
     for _ in $(seq 50); do [ -s "$WORK/nginx/nginx.pid" ] || break; sleep 0.1; done
   fi
+  if [ -s "$WORK/nginx-wan/nginx.pid" ]; then
+    kill "$(cat "$WORK/nginx-wan/nginx.pid")" 2>/dev/null
+    for _ in $(seq 50); do [ -s "$WORK/nginx-wan/nginx.pid" ] || break; sleep 0.1; done
+  fi
+  for ns in "${NETNS_MADE[@]}"; do ip netns del "$ns" 2>/dev/null; done
   [ -n "$REPORTING_WAS" ] && echo "$REPORTING_WAS" >"$REPORTING"
   if grep -q " $WORK/" /proc/mounts; then
     echo "bench.sh: mounts under $WORK are still there; leaving $WORK" >&2
@@ -178,7 +186,20 @@ status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 # ticks_of PID...: clock ticks of CPU (user + system) the processes used so far.
 ticks_of() { awk '{ t += $14 + $15 } END { print t }' $(printf '/proc/%s/stat ' "$@"); }
 nginx_workers() { pgrep -P "$(cat "$WORK/nginx/nginx.pid")" | tr '\n' ' '; }
-gets_of() { grep -c "^GET $1 " "$WORK/nginx/access.log" || true; }
+gets_of() { grep -c "^GET $1 " "${2:-$WORK/nginx/access.log}" || true; }
+# sent_of URI [LOG]: the access log's body bytes sent for GETs of URI so far.
+sent_of() { awk -v u="$1" '$1 == "GET" && $2 == u { n += $4 } END { printf "%d\n", n }' "${2:-$WORK/nginx/access.log}"; }
+# aria2 URL OUT LOG [ARGS...]: aria2c -x16 -s16 -k1M downloading URL to OUT.
+# falloc: what aria2's manual advises on ext4 (its default writes zeros first).
+aria2() {
+  local url=$1 out=$2 log=$3
+  shift 3
+  "${NETNS_EXEC[@]}" aria2c -x16 -s16 -k1M --ca-certificate="$WORK/tls/ca.pem" \
+    --file-allocation=falloc --allow-overwrite=true --auto-file-renaming=false \
+    --summary-interval=0 --console-log-level=warn -d "$(dirname "$out")" -o "$(basename "$out")" \
+    "$@" "$url" >>"$log" 2>&1 || die "aria2c of $url failed (see $log)"
+}
+NETNS_EXEC=()
 
 # mfs_mount STORE MNT pt|off: mounts modelfs (daemon mode) and records its pid.
 mfs_mount() {
@@ -187,7 +208,7 @@ mfs_mount() {
   opts="ca_file=$WORK/tls/ca.pem,log_file=$WORK/logs/mount-$NMOUNT.log"
   [ "$mode" = off ] && opts+=",passthrough=off"
   mkdir -p "$mnt"
-  "$BIN" mount "$mnt" --store "$store" -o "$opts"
+  "${NETNS_EXEC[@]}" "$BIN" mount "$mnt" --store "$store" -o "$opts"
   MOUNTS+=("$mnt")
   MOUNT_PID[$mnt]=$(pgrep -n -f -- "modelfs mount $mnt --store") || die "cannot find the daemon of $mnt"
   MOUNT_LOG[$mnt]=$WORK/logs/mount-$NMOUNT.log
@@ -253,11 +274,15 @@ rclone_mount() {
 say "a ${SIZE_MIB} MiB GGUF behind nginx on 127.0.0.1 (TLS, throwaway CA)"
 python3 scripts/make_gguf.py "$WORK/origin/model.gguf" "$SIZE_BYTES" >/dev/null
 SHA=$(sha256sum "$WORK/origin/model.gguf" | cut -d' ' -f1)
-scripts/make_ca.sh "$WORK/tls"
+# Row 12's origin listens on WAN_ORIGIN_IP, in a namespace of its own.
+WAN_NET=10.213.13
+WAN_ORIGIN_IP=$WAN_NET.2
+scripts/make_ca.sh "$WORK/tls" "$WAN_ORIGIN_IP"
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # Throttled location for row 6: a download that lasts ~120 s whatever the size.
 SLOW_KIB=$((SIZE_MIB * 1024 / 120))
 [ "$SLOW_KIB" -lt 64 ] && SLOW_KIB=64
+CAP_MIB=16 # row 11: MiB/s per request
 NGX=$WORK/nginx
 mkdir -p "$NGX/tmp"
 temp_paths="client_body_temp_path $NGX/tmp/body;"
@@ -289,6 +314,12 @@ http {
       alias $WORK/origin/;
       limit_rate ${SLOW_KIB}k;
     }
+    # Row 11: an origin that caps each request (a CDN's per-connection
+    # limit); the link itself is not capped.
+    location /capped/ {
+      alias $WORK/origin/;
+      limit_rate ${CAP_MIB}m;
+    }
   }
 }
 EOF
@@ -296,6 +327,7 @@ nginx -p "$NGX/" -c "$NGINX_CONF" -e "$NGX/error.log" -t -q || die "nginx refuse
 nginx -p "$NGX/" -c "$NGINX_CONF" -e "$NGX/error.log" || die "nginx did not start (see $NGX/error.log)"
 URL="https://127.0.0.1:$PORT/model.gguf"
 SLOW_URL="https://127.0.0.1:$PORT/slow/model.gguf"
+CAP_URL="https://127.0.0.1:$PORT/capped/model.gguf"
 for i in $(seq 50); do
   curl -sS --fail --cacert "$WORK/tls/ca.pem" -o /dev/null -r 0-0 "$URL" 2>/dev/null && break
   [ "$i" = 50 ] && die "nginx does not answer on $URL (see $NGX/error.log)"
@@ -659,6 +691,125 @@ if want_row 10; then
   forget_mount "$T"
   unmount "$BMNT"
   rm -rf "$S"
+fi
+
+# ---------------------------------------------------------------- rows 11, 12: first open vs downloaders
+# first_vs_downloaders ROW URL LOG [curl]: RUNS times, each back to back:
+# the first open through a fresh store and mount (cold), then (with curl)
+# `curl -o`, `aria2c -x16` downloading alone, and aria2c with
+# --checksum=sha-256 (download + verify). LOG is the origin's access log,
+# read before and after each download for its GETs and body bytes sent.
+first_vs_downloaders() {
+  local row=$1 url=$2 log=$3 with_curl=${4:-} uri i S m c a v mnt=$WORK/mnt/first-$1
+  uri=/${url#https://*/}
+  S=$WORK/first-store-$row
+  for i in $(seq "$RUNS"); do
+    sync
+    pending_store "$S" "$url"
+    mfs_mount "$S" "$mnt" pt
+    rec "$row" - mount_gets_before "$i" "$(gets_of "$uri" "$log")"
+    rec "$row" - mount_sent_before "$i" "$(sent_of "$uri" "$log")"
+    m=$(tcat "$mnt/model.gguf")
+    rec "$row" - mount_hwm_kib "$i" "$(status_kib "${MOUNT_PID[$mnt]}" VmHWM)"
+    unmount "$mnt"
+    [ -f "$(blob_in "$S")" ] || die "row $row: the first open did not leave a verified blob"
+    rm -rf "$S"
+    # nginx logs a request when it ends; the daemon's connections closed with it.
+    sleep 0.5
+    rec "$row" - mount_gets_after "$i" "$(gets_of "$uri" "$log")"
+    rec "$row" - mount_sent_after "$i" "$(sent_of "$uri" "$log")"
+    rec "$row" - modelfs_ns "$i" "$m"
+    sync
+    if [ -n "$with_curl" ]; then
+      t0=$(now_ns)
+      "${NETNS_EXEC[@]}" curl -sS --fail --cacert "$WORK/tls/ca.pem" -o "$WORK/dl.out" "$url"
+      c=$(ns_since "$t0")
+      rm -f "$WORK/dl.out"
+      sync
+      rec "$row" - curl_ns "$i" "$c"
+    fi
+    rec "$row" - aria2_sent_before "$i" "$(sent_of "$uri" "$log")"
+    t0=$(now_ns)
+    aria2 "$url" "$WORK/dl.out" "$WORK/logs/aria2-$row.log"
+    a=$(ns_since "$t0")
+    sleep 0.5
+    rec "$row" - aria2_sent_after "$i" "$(sent_of "$uri" "$log")"
+    rm -f "$WORK/dl.out"
+    sync
+    t0=$(now_ns)
+    aria2 "$url" "$WORK/dl.out" "$WORK/logs/aria2-$row.log" --checksum="sha-256=$SHA"
+    v=$(ns_since "$t0")
+    rm -f "$WORK/dl.out"
+    sync
+    rec "$row" - aria2_ns "$i" "$a"
+    rec "$row" - aria2_checksum_ns "$i" "$v"
+    show "$row" - "$i"
+  done
+}
+
+if want_row 11; then
+  say "row 11: origin capped at $CAP_MIB MiB/s per request: first open vs curl -o vs aria2c -x16"
+  meta row11_cap_mib_per_request "$CAP_MIB"
+  cat "$WORK/origin/model.gguf" >/dev/null # the origin's side is warm for everyone
+  first_vs_downloaders 11 "$CAP_URL" "$WORK/nginx/access.log" curl
+fi
+
+# Row 12: the origin (its own nginx) in a network namespace the script makes,
+# the clients (the mount daemon, aria2c) in a second one, on a private /30.
+# The link is netem's `delay WAN_DELAY_MS loss WAN_LOSS_PCT%` on the
+# origin's side; this kernel has no netem (CONFIG_NET_SCH_NETEM is not set),
+# so scripts/bench/delay_line.py does it in user space between a TUN device
+# in each namespace. No traffic leaves these namespaces; the delay line is
+# killed and both namespaces are deleted on exit (cleanup).
+WAN_DELAY_MS=${WAN_DELAY_MS:-40}
+WAN_LOSS_PCT=${WAN_LOSS_PCT:-0.1}
+# Jumbo frames: at 1500 bytes the user-space delay line, not the link, was
+# the limit (about 45-75 MiB/s with no delay and no loss on 2 cores).
+WAN_MTU=${WAN_MTU:-9000}
+wan_setup() {
+  local o=mfsb$$o c=mfsb$$c conf=$WORK/nginx-wan/nginx.conf ready=$WORK/delay-line.ready i
+  NS_O=modelfs-bench-$$-origin
+  NS_C=modelfs-bench-$$-client
+  ip netns add "$NS_O" && NETNS_MADE+=("$NS_O")
+  ip netns add "$NS_C" && NETNS_MADE+=("$NS_C")
+  python3 scripts/bench/delay_line.py "$NS_C" "$c" "$NS_O" "$o" "$WAN_DELAY_MS" "$WAN_LOSS_PCT" \
+    "$ready" 2>"$WORK/logs/delay-line.log" &
+  BG_PIDS+=("$!")
+  for i in $(seq 50); do
+    [ -s "$ready" ] && break
+    [ "$i" = 50 ] && die "row 12: the delay line did not start (see $WORK/logs/delay-line.log)"
+    sleep 0.1
+  done
+  ip -n "$NS_C" addr add "$WAN_NET.1/30" dev "$c"
+  ip -n "$NS_O" addr add "$WAN_ORIGIN_IP/30" dev "$o"
+  ip -n "$NS_C" link set "$c" mtu "$WAN_MTU" up
+  ip -n "$NS_O" link set "$o" mtu "$WAN_MTU" up
+  ip -n "$NS_C" link set lo up
+  ip -n "$NS_O" link set lo up
+  meta row12_link "${WAN_DELAY_MS} ms, ${WAN_LOSS_PCT}% loss"
+  meta row12_method "origin -> client packets held ${WAN_DELAY_MS} ms and dropped with p = ${WAN_LOSS_PCT}% by delay_line.py between TUN devices (MTU $(ip -n "$NS_O" link show "$o" | sed -n "s/.* mtu \([0-9]*\).*/\1/p"))"
+  mkdir -p "$WORK/nginx-wan/tmp"
+  sed -e "s|$NGX/|$WORK/nginx-wan/|g" -e "s|listen 127.0.0.1:$PORT ssl;|listen $WAN_ORIGIN_IP:443 ssl;|" \
+    "$NGINX_CONF" >"$conf"
+  ip netns exec "$NS_O" nginx -p "$WORK/nginx-wan/" -c "$conf" -e "$WORK/nginx-wan/error.log" -t -q ||
+    die "row 12: nginx refused $conf"
+  ip netns exec "$NS_O" nginx -p "$WORK/nginx-wan/" -c "$conf" -e "$WORK/nginx-wan/error.log" ||
+    die "row 12: nginx did not start (see $WORK/nginx-wan/error.log)"
+  WAN_URL="https://$WAN_ORIGIN_IP/model.gguf"
+  NETNS_EXEC=(nsenter "--net=/run/netns/$NS_C" --)
+  for i in $(seq 50); do
+    "${NETNS_EXEC[@]}" curl -sS --fail --cacert "$WORK/tls/ca.pem" -o /dev/null -r 0-0 "$WAN_URL" 2>/dev/null && break
+    [ "$i" = 50 ] && die "row 12: nginx does not answer on $WAN_URL (see $WORK/nginx-wan/error.log)"
+    sleep 0.1
+  done
+}
+
+if want_row 12; then
+  say "row 12: WAN-like link (${WAN_DELAY_MS} ms, ${WAN_LOSS_PCT}% loss, namespaces): first open vs aria2c -x16"
+  wan_setup
+  info "origin: $WAN_URL in namespace $NS_O, clients in $NS_C"
+  first_vs_downloaders 12 "$WAN_URL" "$WORK/nginx-wan/access.log"
+  NETNS_EXEC=()
 fi
 
 # ---------------------------------------------------------------- report

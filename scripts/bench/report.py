@@ -65,7 +65,7 @@ def derive(samples, meta):
                 put(row, mode, metric[:-len("_touch_ns")] + "_ms", run, v / 1e6)
             elif metric.endswith("_ns"):
                 put(row, mode, metric[:-3] + "_s", run, v / 1e9)
-            elif metric.endswith("_kib") and row in ("7", "10"):
+            elif metric.endswith("_kib") and row in ("7", "10", "11", "12"):
                 put(row, mode, metric[:-4] + "_mib", run, round(v / 1024, 1))
 
     def get(row, mode, metric):
@@ -100,6 +100,13 @@ def derive(samples, meta):
     for run, vs in per_run.items():
         put("5", "-", "slowest_s", run, max(vs))
         put("5", "-", "fastest_s", run, min(vs))
+    # Rows 11 and 12: origin GETs and bytes sent (access log) per download,
+    # the bytes as a multiple of the model's size.
+    for row in ("11", "12"):
+        diff(row, "-", "mount_gets_before", "mount_gets_after", "modelfs_gets")
+        for side in ("mount", "aria2"):
+            diff(row, "-", f"{side}_sent_before", f"{side}_sent_after", f"{side}_sent_x",
+                 lambda d: d / size)
     # Row 10: the daemon's CPU over an idle window, in % of one core.
     window = float(meta.get("row10_idle_window_s", "20"))
     diff("10", "-", "idle_ticks_before", "idle_ticks_after", "idle_cpu_pct",
@@ -257,6 +264,42 @@ class Report:
                          ("100k", summary(list(tb.values()), "s")),
                          ("10k", summary(list(ts.values()), "s")), ratio,
                          "100k ÷ 10k time", "(none)", "lower", None)
+        # Rows 11 and 12: first open vs downloaders on a capped / WAN-like origin.
+        for num, where, vs_aria2_goal in (
+                ("11", f"origin capped at {self.meta.get('row11_cap_mib_per_request', '?')} MiB/s"
+                       " per connection", ("≤ 1.10", 1.10)),
+                ("12", "WAN-like link (" + self.meta.get("row12_link", "netem") + ")",
+                 ("< 1 (ahead)", 1.0))):
+            m = self.get(num, "-", "modelfs_s")
+            if not m:
+                if self.meta.get(f"row{num}_skipped"):
+                    self.add(num, where, "-", None, None, None, "", "", "lower", None,
+                             note="skipped: " + self.meta[f"row{num}_skipped"])
+                continue
+            sm = ("first open", summary(list(m.values()), "s"))
+            a = self.get(num, "-", "aria2_s")
+            ratio = summary(self.paired(m, a, lambda mv, av: mv / av), "x")
+            self.add(num, f"{where}: first open ÷ aria2c -x16 (download only)", "-", sm,
+                     ("aria2c -x16", summary(list(a.values()), "s")), ratio,
+                     "first open ÷ aria2c time", vs_aria2_goal[0], "lower", vs_aria2_goal[1])
+            c = self.get(num, "-", "curl_s")
+            if c:
+                ratio = summary(self.paired(m, c, lambda mv, cv: cv / mv), "x")
+                self.add(num, f"{where}: curl -o ÷ first open", "-", sm,
+                         ("curl -o", summary(list(c.values()), "s")), ratio,
+                         "curl ÷ first open time", "≥ 10", "higher", 10.0)
+            v = self.get(num, "-", "aria2_checksum_s")
+            ratio = summary(self.paired(m, v, lambda mv, vv: mv / vv), "x")
+            self.add(num, f"{where}: first open ÷ aria2c --checksum=sha-256", "-", sm,
+                     ("aria2c + checksum", summary(list(v.values()), "s")), ratio,
+                     "first open ÷ aria2c time", "(information)", "lower", None)
+            sent = summary(list(self.get(num, "-", "mount_sent_x").values()), "x")
+            if sent:
+                self.add(num, f"{where}: bytes the origin sent for the first open ÷ size", "-",
+                         ("first open", sent),
+                         ("aria2c -x16", summary(list(self.get(num, "-", "aria2_sent_x").values()),
+                                                 "x")),
+                         sent, "origin bytes ÷ size", "≤ 1.02", "lower", 1.02)
         # Row 7: peak RSS.
         h = self.get("7", "-", "hwm_mib")
         if h:
@@ -373,6 +416,14 @@ def show(samples, meta, row, mode, run, suffix):
         if v("tmpfs_big_ls_s") is not None:
             line += (f"; tmpfs: 100k {v('tmpfs_big_ls_s'):.3f} s,"
                      f" 10k {v('tmpfs_small_ls_s'):.3f} s")
+    elif row in ("11", "12"):
+        line = f"run {run}: first open {v('modelfs_s'):.3f} s"
+        if v("curl_s") is not None:
+            line += f", curl -o {v('curl_s'):.3f} s"
+        line += (f", aria2c -x16 {v('aria2_s'):.3f} s, with --checksum {v('aria2_checksum_s'):.3f} s;"
+                 f" origin sent {v('mount_sent_x'):.4f} x size in {v('modelfs_gets'):.0f} GETs"
+                 f" for the first open ({v('aria2_sent_x'):.4f} x for aria2c),"
+                 f" daemon VmHWM {v('mount_hwm_mib'):.0f} MiB")
     elif row == "8":
         line = (f"{mode} run {run}: Cached grew by {v('mount_growth'):.4f} x the model size"
                 f" through the mount, {v('direct_growth'):.4f} x reading the blob")
