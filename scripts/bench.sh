@@ -12,6 +12,7 @@
 #   scripts/bench.sh                 # 2 GiB model, the numbers in BENCHMARKS.md
 #   SIZE_MIB=64 scripts/bench.sh     # smoke run (CI)
 #   ROWS="1 3" RUNS=2 scripts/bench.sh 256   # a subset, while working on one row
+#   MOUNT_OPTS=connections=1 ROWS=4 scripts/bench.sh   # extra -o options for every mount
 #   MODELFS_BIN=/tmp/proto/target/release/modelfs scripts/bench.sh   # another build
 #
 # Needs root (drop_caches, FUSE passthrough). Installs nginx, rclone, curl, aria2,
@@ -207,6 +208,7 @@ mfs_mount() {
   NMOUNT=$((NMOUNT + 1))
   opts="ca_file=$WORK/tls/ca.pem,log_file=$WORK/logs/mount-$NMOUNT.log"
   [ "$mode" = off ] && opts+=",passthrough=off"
+  opts+="${MOUNT_OPTS:+,$MOUNT_OPTS}"
   mkdir -p "$mnt"
   "${NETNS_EXEC[@]}" "$BIN" mount "$mnt" --store "$store" -o "$opts"
   MOUNTS+=("$mnt")

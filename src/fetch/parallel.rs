@@ -90,6 +90,9 @@ struct Shared<'a> {
     received: AtomicU64,
     /// How far the hashing thread has hashed.
     hashed: AtomicU64,
+    /// How far beyond `hashed` a worker may write (see
+    /// [`Shared::wait_for_the_hasher`]).
+    ahead: u64,
     stop: AtomicBool,
     workers_done: AtomicBool,
     end: Mutex<Option<End>>,
@@ -110,6 +113,23 @@ impl Shared<'_> {
         }
         self.stop.store(true, Ordering::SeqCst);
         self.wake.notify_all();
+    }
+
+    /// Holds a worker about to write at `pos` while that is more than
+    /// `ahead` bytes past what is hashed: on a fast origin the hasher then
+    /// keeps pace with the download, as on one stream, instead of hashing
+    /// most of the blob after its last byte (and reading it back from the
+    /// page cache long after it was written). The worker of the lowest
+    /// range never waits: it writes at most a range past the frontier,
+    /// and `ahead` is larger than two ranges.
+    fn wait_for_the_hasher(&self, pos: u64) {
+        while pos > self.hashed.load(Ordering::Relaxed) + self.ahead && !self.stopped() {
+            let mut r = self.ranges.lock();
+            if pos <= self.hashed.load(Ordering::Relaxed) + self.ahead {
+                break;
+            }
+            self.wake.wait_for(&mut r, TICK);
+        }
     }
 
     fn stopped(&self) -> bool {
@@ -167,6 +187,7 @@ impl Fetcher {
             cancel: d.cancel,
             received: AtomicU64::new(0),
             hashed: AtomicU64::new(start),
+            ahead: 2 * chunk + (32 << 20),
             stop: AtomicBool::new(false),
             workers_done: AtomicBool::new(false),
             end: Mutex::new(None),
@@ -437,6 +458,7 @@ impl Fetcher {
             if sh.stopped() {
                 return Err((RangeError::Kind(FetchErrorKind::Cancelled), pos - r.start));
             }
+            sh.wait_for_the_hasher(pos);
             let want = buf.len().min((end - pos) as usize);
             let (n, step) = fill(&mut resp, &mut buf[..want], &mut rate);
             if n > 0 {
@@ -595,6 +617,7 @@ fn hash_prefix(sh: &Shared<'_>, file: File, mut hasher: Hasher, mut hashed: u64)
                     hasher.update(&buf[..k]);
                     hashed += k as u64;
                     sh.hashed.store(hashed, Ordering::Relaxed);
+                    sh.wake.notify_all();
                 }
                 Err(e) => {
                     sh.finish(End::Failed(FetchErrorKind::Store(
