@@ -10,7 +10,11 @@
 //!   starts. When the prefix ends before the tensor infos are complete it
 //!   returns [`GgufError::NeedMore`] with the smallest prefix length that can
 //!   make progress; the caller fetches at least that much (one Range request)
-//!   and calls again. [`parse_file`] is the same for a file whose length is
+//!   and calls again. `at_least` is a lower bound (the end of the item that
+//!   did not fit plus the least size of every item still announced), so a
+//!   remote caller should fetch generously past it (e.g. start with 1 MiB
+//!   and at least double) to stay within a few round trips; following it
+//!   exactly still converges in a few dozen parses. [`parse_file`] is the same for a file whose length is
 //!   known: running past its end is [`GgufError::Truncated`], not `NeedMore`.
 //! - Versions 2 and 3, little-endian only (a big-endian file is named as such
 //!   in the error). Unknown ggml tensor types are kept as their number.

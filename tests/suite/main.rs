@@ -24,6 +24,7 @@ mod fault_store_files;
 mod fault_verified;
 mod fetch;
 mod fetch_ranges;
+mod gguf_facts;
 mod mount_namespace;
 mod mount_open;
 mod mount_system;
