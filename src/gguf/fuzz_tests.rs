@@ -1,8 +1,87 @@
 //! Property test: thousands of mutated and truncated headers per run, each
 //! parsed without a panic and within an allocation bound.
+//!
+//! The bound is measured, not inferred: this test binary's global allocator
+//! counts the bytes live on a thread while that thread asks it to (and only
+//! then), so a parse that reserves room for a hostile count fails here even
+//! when it then gives up with an error.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 
 use super::test_build::*;
 use super::*;
+
+/// The system allocator, plus per-thread live/peak byte counts while
+/// `TRACKING` is set on that thread.
+struct Counting;
+
+thread_local! {
+    static TRACKING: Cell<bool> = const { Cell::new(false) };
+    static LIVE: Cell<usize> = const { Cell::new(0) };
+    static PEAK: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note(grown: usize, shrunk: usize) {
+    // try_with: the allocator also runs while thread locals are torn down.
+    let _ = TRACKING.try_with(|t| {
+        if t.get() {
+            let live = LIVE.with(|l| {
+                let live = l.get().saturating_sub(shrunk).saturating_add(grown);
+                l.set(live);
+                live
+            });
+            PEAK.with(|p| p.set(p.get().max(live)));
+        }
+    });
+}
+
+// SAFETY: every call is forwarded to `System` unchanged; the counting
+// touches only const-initialised thread locals, which do not allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            note(layout.size(), 0);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            note(layout.size(), 0);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded; the caller guarantees ptr came from us.
+        unsafe { System.dealloc(ptr, layout) };
+        note(0, layout.size());
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded; the caller guarantees ptr and layout.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            note(new_size, layout.size());
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+/// Runs `f` and returns its result with the most bytes it had live at once.
+pub(super) fn peak_bytes<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    LIVE.with(|l| l.set(0));
+    PEAK.with(|p| p.set(0));
+    TRACKING.with(|t| t.set(true));
+    let out = f();
+    TRACKING.with(|t| t.set(false));
+    (out, PEAK.with(Cell::get))
+}
 
 /// Marsaglia's xorshift64: deterministic, so a failure names its seed.
 struct XorShift(u64);
@@ -74,15 +153,24 @@ fn mutate(rng: &mut XorShift, input: &mut Vec<u8>) {
 /// Retained bytes allowed per input byte: the worst case is a kept array of
 /// one-byte values, each a `Value` in memory.
 const RETAINED_PER_INPUT_BYTE: usize = std::mem::size_of::<Value>() + 8;
+/// Peak bytes allowed per input byte while parsing: the retained header plus
+/// the sets that find duplicate keys and names.
+const PEAK_PER_INPUT_BYTE: usize = 2 * RETAINED_PER_INPUT_BYTE;
 
 /// Parses one input, asserting no panic and the bound; returns the outcome
 /// kind (0 ok, 1 need more, 2 other error) so that a test can show it reached
 /// every kind.
 fn check(input: &[u8], case: &str) -> usize {
-    let result = std::panic::catch_unwind(|| parse(input));
+    let (result, peak) = peak_bytes(|| std::panic::catch_unwind(|| parse(input)));
     let Ok(result) = result else {
         panic!("parse panicked on {case}: {input:02x?}");
     };
+    let peak_bound = PEAK_PER_INPUT_BYTE * input.len() + 4096;
+    assert!(
+        peak <= peak_bound,
+        "{case}: parsing {} bytes had {peak} bytes allocated at once ({result:?})",
+        input.len()
+    );
     if let Ok(h) = &result {
         let bound = RETAINED_PER_INPUT_BYTE * input.len() + 1024;
         assert!(
@@ -145,4 +233,13 @@ fn a_kept_array_of_bytes_is_the_worst_case_and_stays_within_the_bound() {
     g.key("k", T_ARRAY).u32(T_U8).u64(MAX_KEPT_ARRAY_LEN);
     g.raw(&vec![1; MAX_KEPT_ARRAY_LEN as usize]);
     assert_eq!(check(&g.bytes, "kept u8 array"), 0);
+}
+
+#[test]
+fn the_allocation_counter_sees_what_a_thread_allocates() {
+    let (v, peak) = peak_bytes(|| vec![7u8; 100_000]);
+    assert!(peak >= 100_000, "{peak}");
+    drop(v);
+    let (_, peak) = peak_bytes(|| Gguf::header(3, u64::MAX, u64::MAX).bytes.len());
+    assert!(peak < 1024, "{peak}");
 }

@@ -243,10 +243,12 @@ fn bad_magic_and_unsupported_versions_are_refused() {
 #[test]
 fn huge_counts_ask_for_more_without_allocating_for_them() {
     let g = Gguf::header(3, u64::MAX, u64::MAX);
-    match parse(&g.bytes) {
+    let (result, peak) = super::fuzz_tests::peak_bytes(|| parse(&g.bytes));
+    match result {
         Err(GgufError::NeedMore { at_least }) => assert_eq!(at_least, u64::MAX),
         other => panic!("{other:?}"),
     }
+    assert!(peak < 1024, "{peak} bytes allocated");
     let g = Gguf::header(3, u64::MAX, 0);
     assert!(matches!(parse(&g.bytes), Err(GgufError::NeedMore { .. })));
     let mut v = Gguf::default();
