@@ -56,8 +56,8 @@ impl fmt::Display for GgufError {
             ),
             GgufError::BadMagic { found } => write!(
                 f,
-                "not a GGUF file: it starts with {:02x?}, not \"GGUF\"",
-                found
+                "not a GGUF file: it starts with bytes {:02x} {:02x} {:02x} {:02x}, not \"GGUF\"",
+                found[0], found[1], found[2], found[3]
             ),
             GgufError::UnsupportedVersion { version } => write!(
                 f,

@@ -186,7 +186,7 @@ fn alignment_of(metadata: &[(String, Value)]) -> Result<u64, GgufError> {
         None => Ok(DEFAULT_ALIGNMENT),
         Some((_, Value::U32(a))) if a.is_power_of_two() => Ok(u64::from(*a)),
         Some((_, v)) => Err(GgufError::BadAlignment {
-            found: format!("{v:?}"),
+            found: format!("{v} ({})", v.value_type().name()),
         }),
     }
 }

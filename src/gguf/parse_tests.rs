@@ -85,6 +85,8 @@ fn long_arrays_are_skipped_keeping_only_type_and_length() {
     let tokens = h.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap();
     assert_eq!((tokens.element_type, tokens.len), (ValueType::String, n));
     assert!(tokens.items.is_none());
+    let shown = h.get("tokenizer.ggml.tokens").unwrap().to_string();
+    assert_eq!(shown, "[150000 × string]");
     let scores = h.get("scores").unwrap().as_array().unwrap();
     assert_eq!(
         (scores.element_type, scores.len, &scores.items),
@@ -384,6 +386,12 @@ fn errors_say_what_failed_in_words() {
         limit: 4,
     };
     assert!(e.to_string().contains("\"blk.0\" has 9 dimensions"), "{e}");
+    let e = GgufError::BadMagic { found: *b"GGML" };
+    assert!(e.to_string().contains("bytes 47 47 4d 4c"), "{e}");
+    let mut g = Gguf::header(3, 0, 1);
+    g.kv_u64("general.alignment", 48);
+    let e = parse(&g.bytes).unwrap_err();
+    assert!(e.to_string().contains("alignment is 48 (u64)"), "{e}");
     let e = GgufError::UnsupportedVersion { version: 1 };
     assert!(e.to_string().contains("version 1 is not supported"), "{e}");
 }

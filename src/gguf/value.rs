@@ -41,6 +41,26 @@ impl ValueType {
         })
     }
 
+    /// The type's name in the GGUF specification's terms ("u32", "string").
+    pub fn name(self) -> &'static str {
+        use ValueType::*;
+        match self {
+            U8 => "u8",
+            I8 => "i8",
+            U16 => "u16",
+            I16 => "i16",
+            U32 => "u32",
+            I32 => "i32",
+            F32 => "f32",
+            Bool => "bool",
+            String => "string",
+            Array => "array",
+            U64 => "u64",
+            I64 => "i64",
+            F64 => "f64",
+        }
+    }
+
     /// The GGUF type id.
     pub fn id(self) -> u32 {
         self as u32
@@ -87,6 +107,28 @@ pub enum Value {
     U64(u64),
     I64(i64),
     F64(f64),
+}
+
+/// A value as a user reads it: numbers and booleans as written, strings as
+/// they are, arrays as `[N × type]`.
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::U8(v) => write!(f, "{v}"),
+            Value::I8(v) => write!(f, "{v}"),
+            Value::U16(v) => write!(f, "{v}"),
+            Value::I16(v) => write!(f, "{v}"),
+            Value::U32(v) => write!(f, "{v}"),
+            Value::I32(v) => write!(f, "{v}"),
+            Value::F32(v) => write!(f, "{v}"),
+            Value::Bool(v) => write!(f, "{v}"),
+            Value::String(v) => f.write_str(v),
+            Value::Array(a) => write!(f, "[{} × {}]", a.len, a.element_type.name()),
+            Value::U64(v) => write!(f, "{v}"),
+            Value::I64(v) => write!(f, "{v}"),
+            Value::F64(v) => write!(f, "{v}"),
+        }
+    }
 }
 
 /// An array value: its element type and length always, its elements only
