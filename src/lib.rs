@@ -15,6 +15,7 @@ pub mod digest;
 pub mod fetch;
 pub mod fs;
 pub mod fuse;
+pub mod gguf;
 pub mod store;
 pub mod sys;
 pub mod text;

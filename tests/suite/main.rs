@@ -25,6 +25,7 @@ mod fault_verified;
 mod fetch;
 mod fetch_head;
 mod fetch_ranges;
+mod gguf_facts;
 mod mount_namespace;
 mod mount_open;
 mod mount_system;
