@@ -38,3 +38,13 @@ pub fn human_bytes(n: u64) -> String {
         format!("{v:.1} {}", UNITS[i])
     }
 }
+
+/// A count the way model sizes are said: `8.0 B`, `135.0 M`, `7 K`.
+pub fn human_count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.1} B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1} M", n as f64 / 1e6),
+        n if n >= 10_000 => format!("{} K", n / 1000),
+        n => n.to_string(),
+    }
+}

@@ -5,9 +5,10 @@
 use crate::digest::Sha256;
 use crate::fetch::Fetcher;
 use crate::fetch::pin::{Pin, PinError, url_source};
+use crate::gguf::Facts;
 use crate::store::manifest::{MAX_SIZE_BYTES, validate_format};
 use crate::store::{BlobState, Manifest, ModelName, Store};
-use crate::text::{human_bytes, redact_url};
+use crate::text::{human_bytes, human_count, redact_url};
 
 use super::{CliError, Globals, parse_name};
 
@@ -37,6 +38,10 @@ pub struct AddArgs {
     /// Repoint an existing name at another blob
     #[arg(long)]
     pub force: bool,
+    /// Do not read the GGUF header (architecture, parameters, quantization,
+    /// context length) with a few Range requests
+    #[arg(long)]
+    pub no_facts: bool,
 }
 
 /// Writes a pending manifest for a URL or a Hugging Face file.
@@ -47,7 +52,46 @@ pub fn run(g: &Globals, a: &AddArgs) -> Result<(), CliError> {
     let fetcher = g.fetcher()?;
     let pin = resolve(&fetcher, a, &name)?;
     check_pin(&store, a, &name, &pin)?;
-    write_pin(&store, a, &name, pin)
+    let facts = read_facts(&fetcher, a, &name, &pin);
+    write_pin(&store, a, &name, pin, facts)
+}
+
+/// The model's facts from its GGUF header, read by Range requests; `None`
+/// (said on stderr, and the model is added anyway) when they cannot be.
+fn read_facts(fetcher: &Fetcher, a: &AddArgs, name: &ModelName, pin: &Pin) -> Option<Facts> {
+    if a.no_facts || a.format != "gguf" {
+        return None;
+    }
+    let url = fetcher.source_url(&pin.source)?;
+    match fetcher.gguf_facts(&url, pin.size) {
+        Ok(f) => {
+            eprintln!("{name}: {}", facts_line(&f));
+            Some(f)
+        }
+        Err(e) => {
+            eprintln!("note: {name}: no model facts ({e}); added without them");
+            None
+        }
+    }
+}
+
+/// `llama, 8.0 B parameters, Q4_K_M, context 8192`.
+fn facts_line(f: &Facts) -> String {
+    let mut parts = vec![
+        f.architecture
+            .clone()
+            .unwrap_or_else(|| "unknown architecture".into()),
+    ];
+    if let Some(p) = f.parameters {
+        parts.push(format!("{} parameters", human_count(p)));
+    }
+    if let Some(t) = &f.file_type {
+        parts.push(t.clone());
+    }
+    if let Some(c) = f.context_length {
+        parts.push(format!("context {c}"));
+    }
+    parts.join(", ")
 }
 
 /// What the origin option names: a Hub file asked of the Hub, or a URL
@@ -121,7 +165,13 @@ fn check_pin(store: &Store, a: &AddArgs, name: &ModelName, pin: &Pin) -> Result<
 
 /// Writes the manifest under the name's lock, unless the name pins that
 /// blob already, or another one and `--force` was not given.
-fn write_pin(store: &Store, a: &AddArgs, name: &ModelName, pin: Pin) -> Result<(), CliError> {
+fn write_pin(
+    store: &Store,
+    a: &AddArgs,
+    name: &ModelName,
+    pin: Pin,
+    facts: Option<Facts>,
+) -> Result<(), CliError> {
     let (blob, size) = (pin.blob, pin.size);
     let _lock = store
         .lock_model_waiting(name, &mut || {
@@ -130,6 +180,7 @@ fn write_pin(store: &Store, a: &AddArgs, name: &ModelName, pin: Pin) -> Result<(
         .map_err(|e| CliError::new(format!("{name}: cannot take the store lock: {e}")))?;
     let mut manifest = Manifest::new(name.clone(), &a.format, blob, size, pin.source);
     manifest.license = a.license.clone();
+    manifest.gguf = facts.map(std::sync::Arc::new);
     if let Some(old) = store.read_manifest(name)? {
         if old.blob == blob {
             println!("{name} already pins {}; nothing to do", blob.short());

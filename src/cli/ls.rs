@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use crate::store::{Manifest, ModelState, Store};
-use crate::text::{human_bytes, redact_url};
+use crate::text::{human_bytes, human_count, redact_url};
 
 use super::{CliError, Globals};
 
@@ -49,6 +49,7 @@ pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
                     "name": m.name.as_str(), "format": m.format, "file": m.file_name(),
                     "size_bytes": m.size_bytes, "state": state.word(), "bytes_on_disk": on_disk,
                     "blob": m.blob.to_blob_ref(), "url": m.fetch_url().map(|u| redact_url(&u)),
+                    "gguf": m.gguf.as_ref().map(|f| f.to_json()),
                 })
             })
             .collect();
@@ -59,19 +60,25 @@ pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "{:<40} {:<8} {:>10} {:<9} {:>4} DIGEST",
-        "NAME", "FORMAT", "SIZE", "STATE", "DONE"
+        "{:<40} {:<8} {:>10} {:<9} {:>4} {:<12} {:<14} {:>8} {:<8} {:>7}",
+        "NAME", "FORMAT", "SIZE", "STATE", "DONE", "DIGEST", "ARCH", "PARAMS", "QUANT", "CTX"
     );
     for m in &rows {
         let (state, _, done) = state_of(&store, m);
+        let f = m.gguf.as_deref();
+        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         println!(
-            "{:<40} {:<8} {:>10} {:<9} {:>4} {}",
+            "{:<40} {:<8} {:>10} {:<9} {:>4} {:<12} {:<14} {:>8} {:<8} {:>7}",
             m.name.as_str(),
             m.format,
             human_bytes(m.size_bytes),
             state.word(),
             done,
-            m.blob.short()
+            m.blob.short(),
+            or_dash(f.and_then(|f| f.architecture.clone())),
+            or_dash(f.and_then(|f| f.parameters).map(human_count)),
+            or_dash(f.and_then(|f| f.file_type.clone())),
+            or_dash(f.and_then(|f| f.context_length).map(|c| c.to_string())),
         );
     }
     Ok(())

@@ -121,3 +121,17 @@ impl Fetcher {
         Ok(())
     }
 }
+
+impl Fetcher {
+    /// The facts of the remote GGUF at `url` (`size` bytes), from its
+    /// header alone; see the module doc for the bounds.
+    pub fn gguf_facts(&self, url: &str, size: u64) -> Result<crate::gguf::Facts, HeadError> {
+        use crate::gguf::{Facts, GgufError, parse_file};
+        self.read_head(url, Some(size), |bytes| match parse_file(bytes, size) {
+            Ok(header) => HeadStep::Done(Facts::from_header(&header)),
+            // A lower bound: ask for a good deal more (see read_head).
+            Err(GgufError::NeedMore { at_least }) => HeadStep::NeedMore(at_least),
+            Err(e) => HeadStep::Invalid(e.to_string()),
+        })
+    }
+}

@@ -435,6 +435,12 @@ impl ModelFs {
             self.entry(ino)?;
             return Err(FsError::XattrUnsupported);
         }
+        if let Some(key) = name.strip_prefix(xattr::GGUF_PREFIX) {
+            let e = self.entry(ino)?;
+            return xattr::gguf_fact(&e, key)
+                .map(String::into_bytes)
+                .ok_or(FsError::NoAttr);
+        }
         if !matches!(
             name,
             xattr::SHA256
@@ -473,6 +479,7 @@ impl ModelFs {
         let e = self.entry(ino)?;
         let has_url = self.coordinator.url_for(&e.manifest).is_some();
         Ok(xattr::list(
+            &e,
             &self.coordinator.activity(&e.manifest.blob),
             has_url,
         ))

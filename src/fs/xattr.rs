@@ -9,6 +9,7 @@
 //! | `user.modelfs.url` | where it is fetched from (query string dropped); absent for an imported model |
 //! | `user.modelfs.error` | the last failure; absent when there is none |
 //! | `user.modelfs.connections` | connections the running download uses; absent when none runs |
+//! | `user.modelfs.gguf.<fact>` | what the GGUF header says (`architecture`, `parameters`, `file_type`, `context_length`, …), read when the model was added; absent without facts |
 //!
 //! Values are computed from memory only. URLs are redacted because signed
 //! URLs carry credentials in their query.
@@ -25,6 +26,27 @@ pub const PROGRESS: &str = "user.modelfs.progress";
 pub const URL: &str = "user.modelfs.url";
 pub const ERROR: &str = "user.modelfs.error";
 pub const CONNECTIONS: &str = "user.modelfs.connections";
+/// Followed by a fact's name, as in the manifest's `gguf` object.
+pub const GGUF_PREFIX: &str = "user.modelfs.gguf.";
+
+/// The GGUF fact `key` of an entry, as text.
+pub fn gguf_fact(e: &Entry, key: &str) -> Option<String> {
+    let facts = e.manifest.gguf.as_ref()?.to_json();
+    match facts.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        v => Some(v.to_string()),
+    }
+}
+
+/// The xattr names of an entry's GGUF facts.
+fn gguf_names(e: &Entry) -> Vec<String> {
+    match e.manifest.gguf.as_ref().map(|f| f.to_json()) {
+        Some(serde_json::Value::Object(m)) => {
+            m.keys().map(|k| format!("{GGUF_PREFIX}{k}")).collect()
+        }
+        _ => Vec::new(),
+    }
+}
 
 /// Connections of the download running now, if one is.
 fn connections(a: &BlobActivity) -> Option<u16> {
@@ -84,7 +106,8 @@ pub fn value(
 /// The attribute names an entry has now, NUL-separated as listxattr wants.
 /// `has_url`: whether the entry has a source to fetch from (an imported
 /// model has none, and so no `user.modelfs.url`, not an empty one).
-pub fn list(a: &BlobActivity, has_url: bool) -> Vec<u8> {
+pub fn list(e: &Entry, a: &BlobActivity, has_url: bool) -> Vec<u8> {
+    let facts = gguf_names(e);
     let mut names = vec![SHA256, STATE, PROGRESS];
     if has_url {
         names.push(URL);
@@ -95,6 +118,7 @@ pub fn list(a: &BlobActivity, has_url: bool) -> Vec<u8> {
     if connections(a).is_some() {
         names.push(CONNECTIONS);
     }
+    names.extend(facts.iter().map(String::as_str));
     names
         .iter()
         .flat_map(|n| n.bytes().chain(std::iter::once(0)))

@@ -70,6 +70,9 @@ pub struct Manifest {
     pub source: Source,
     pub produced_by: String,
     pub produced_at: String,
+    /// What the GGUF header says about the model (`gguf`, an object other
+    /// tools keep), read when it was added, without downloading it.
+    pub gguf: Option<std::sync::Arc<crate::gguf::Facts>>,
     /// Every field as read, known or not (known ones are overwritten on
     /// write), kept only when the manifest has fields modelfs does not
     /// know: a mount holds every manifest, and a copy of each as JSON
@@ -78,7 +81,7 @@ pub struct Manifest {
 }
 
 /// The fields of schema v1, at the top and in `source`.
-const KNOWN: [&str; 9] = [
+const KNOWN: [&str; 10] = [
     "schema_version",
     "name",
     "format",
@@ -88,6 +91,7 @@ const KNOWN: [&str; 9] = [
     "source",
     "produced_by",
     "produced_at",
+    "gguf",
 ];
 const KNOWN_SOURCE: [&str; 5] = ["registry", "repo", "revision", "filename", "url"];
 
@@ -184,6 +188,7 @@ impl Manifest {
             source,
             produced_by: format!("modelfs/{}", env!("CARGO_PKG_VERSION")),
             produced_at: crate::store::timestamp::format_rfc3339(std::time::SystemTime::now()),
+            gguf: None,
             raw: None,
         }
     }
@@ -231,6 +236,11 @@ impl Manifest {
             source,
             produced_by: string(&raw, "produced_by")?,
             produced_at: string(&raw, "produced_at")?,
+            // Facts of another shape (a newer modelfs) read as what fits.
+            gguf: raw
+                .get("gguf")
+                .filter(|v| v.is_object())
+                .map(|v| std::sync::Arc::new(crate::gguf::Facts::from_json(v))),
             raw: has_unknown_fields(&raw).then(|| Box::new(raw)),
         })
     }
@@ -264,6 +274,9 @@ impl Manifest {
         obj.insert("source".into(), Value::Object(src));
         obj.insert("produced_by".into(), self.produced_by.as_str().into());
         obj.insert("produced_at".into(), self.produced_at.as_str().into());
+        if let Some(f) = &self.gguf {
+            obj.insert("gguf".into(), f.to_json());
+        }
         let mut out =
             serde_json::to_vec_pretty(&Value::Object(obj)).expect("a JSON value always serialises");
         out.push(b'\n');

@@ -122,8 +122,12 @@ fn add_with_url_and_sha256_writes_a_pending_manifest_and_downloads_nothing() {
 
     assert!(out.stdout.contains("llama.gguf"), "{}", out.stdout);
     let st = origin.stats("files/llama.gguf");
-    assert_eq!(st.gets, 0, "add downloads nothing");
     assert_eq!(st.heads, 1, "one HEAD learns the size");
+    // One Range request for the GGUF header (these bytes are not one:
+    // the model is added without facts), never the model.
+    assert_eq!((st.gets, st.range_gets), (1, 1), "add reads only a header");
+    assert!(st.bytes_sent <= 1 << 20, "{} bytes read", st.bytes_sent);
+    assert!(out.stderr.contains("no model facts"), "{}", out.stderr);
     let m = manifest_json(&ts, "llama");
     assert_eq!(m["schema_version"], 1);
     assert_eq!(m["name"], "llama");
@@ -161,11 +165,16 @@ fn add_with_url_and_sha256_writes_a_pending_manifest_and_downloads_nothing() {
             &hex(&bytes),
             "--size",
             &bytes.len().to_string(),
+            "--no-facts",
         ],
     )
     .ok();
     let st = origin.stats("files/llama.gguf");
-    assert_eq!((st.gets, st.heads), (0, 1));
+    assert_eq!(
+        (st.gets, st.heads),
+        (1, 1),
+        "no HEAD, and with --no-facts no header read"
+    );
 }
 
 #[test]
@@ -239,10 +248,14 @@ fn add_hf_pins_the_digest_and_size_the_hub_announces_and_pull_fetches_it() {
     assert_eq!(m["source"]["filename"], "model.gguf");
     assert!(m["source"].get("url").is_none(), "{m}");
     let st = origin.stats(resolve);
-    assert_eq!((st.heads, st.gets), (1, 0), "add only asks HEAD");
+    assert_eq!(
+        (st.heads, st.gets),
+        (1, 1),
+        "add asks HEAD, then one Range request for the header"
+    );
     assert_eq!(
         st.authorization_headers,
-        vec![Some("Bearer hf_tok".to_string())]
+        vec![Some("Bearer hf_tok".to_string()); 2]
     );
 
     let out = cli_env(
@@ -1209,7 +1222,8 @@ fn the_token_stays_out_of_the_log_even_at_trace_level() {
     );
     assert_eq!(
         origin.stats(resolve).authorization_headers,
-        vec![Some(format!("Bearer {token}"))]
+        vec![Some(format!("Bearer {token}")); 2],
+        "the HEAD and the header's Range request"
     );
 }
 

@@ -332,3 +332,89 @@ fn each_shard_of_a_split_model_agrees_with_gguf_py_and_carries_the_split_info() 
         300 * 64 * 2 + 64 + 64 * 64 + 2 * 3 * 4 * 256 + 8
     );
 }
+
+/// `modelfs add` reads a remote model's facts from its header alone and
+/// records them in the manifest; the mount shows them as xattrs.
+#[test]
+fn add_records_the_header_facts_without_downloading_the_model_and_the_mount_shows_them() {
+    use crate::common::{Mount, Origin, TestStore, hex, sys::getxattr};
+    let dir = tempfile::tempdir().unwrap();
+    let (single, _) = write_models(dir.path());
+    let big = dir.path().join("big.gguf");
+    let made = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/make_gguf.py"))
+        .arg(&big)
+        .arg((32 << 20).to_string())
+        .status()
+        .unwrap();
+    assert!(made.success(), "make_gguf.py failed");
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    for (name, file) in [("rich", &single), ("big", &big)] {
+        let bytes = std::fs::read(file).unwrap();
+        origin.put_file(&format!("{name}.gguf"), file);
+        let out = ts
+            .cli(origin.ca_pem_path())
+            .args(["add", name, "--url", &origin.url(&format!("{name}.gguf"))])
+            .args(["--sha256", &hex(&bytes)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want = Facts::from_header(&gguf::parse(&bytes).unwrap()).to_json();
+        let m: Json = serde_json::from_slice(
+            &std::fs::read(ts.root.join(format!("manifests/{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            m["gguf"], want,
+            "{name}: the manifest holds the header's facts"
+        );
+    }
+    let st = origin.stats("big.gguf");
+    assert!(
+        st.bytes_sent <= 1 << 20,
+        "32 MiB model: {} bytes read for its facts",
+        st.bytes_sent
+    );
+    assert_eq!(st.gets, st.range_gets, "only ranges");
+
+    let ls = ts.cli(origin.ca_pem_path()).arg("ls").output().unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
+    let line = ls
+        .lines()
+        .find(|l| l.starts_with("rich "))
+        .expect("a line for rich");
+    assert!(line.contains("Q8_0") && line.contains("2048"), "{ls}");
+
+    let mount = Mount::start(&ts, origin.ca_pem_path(), &[]);
+    let rich = mount.path("rich.gguf");
+    assert_eq!(
+        getxattr(&rich, "user.modelfs.gguf.file_type").unwrap(),
+        "Q8_0"
+    );
+    assert_eq!(
+        getxattr(&rich, "user.modelfs.gguf.context_length").unwrap(),
+        "2048"
+    );
+    assert_eq!(
+        getxattr(&rich, "user.modelfs.gguf.chat_template").unwrap(),
+        "true"
+    );
+    assert_eq!(
+        getxattr(&mount.path("big.gguf"), "user.modelfs.gguf.architecture").unwrap(),
+        "modelfs-demo"
+    );
+    assert_eq!(
+        getxattr(&rich, "user.modelfs.gguf.nothing").unwrap_err(),
+        libc::ENODATA
+    );
+    assert_eq!(
+        getxattr(&rich, "user.modelfs.state").unwrap(),
+        "pending",
+        "nothing was fetched"
+    );
+}
