@@ -41,6 +41,8 @@ pub enum GgufError {
     DimsOverflow { tensor: String },
     /// `general.alignment` is not a non-zero power of two of type u32.
     BadAlignment { found: String },
+    /// The local file could not be read (`facts_of_file`).
+    Io(String),
 }
 
 impl fmt::Display for GgufError {
@@ -104,6 +106,7 @@ impl fmt::Display for GgufError {
                 f,
                 "GGUF tensor {tensor:?} has more elements than fit in 63 bits: the file is damaged or hostile"
             ),
+            GgufError::Io(e) => write!(f, "cannot read the GGUF header: {e}"),
             GgufError::BadAlignment { found } => write!(
                 f,
                 "GGUF general.alignment is {found}, not a non-zero power of two (u32): the file is damaged"

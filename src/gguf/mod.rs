@@ -42,7 +42,7 @@ mod fuzz_tests;
 #[cfg(test)]
 mod parse_tests;
 #[cfg(test)]
-mod test_build;
+pub(crate) mod test_build;
 
 pub use error::GgufError;
 pub use facts::{Facts, MemoryEstimate};
@@ -52,3 +52,40 @@ pub use parse::{
     parse_file,
 };
 pub use value::{ArrayValue, Value, ValueType};
+
+/// The most of a local file [`facts_of_file`] reads: a header is rarely
+/// more than a few MiB (the tokenizer), and never worth reading a model.
+pub const MAX_LOCAL_HEAD: u64 = 16 << 20;
+
+/// The facts of the GGUF file at `file` (of `len` bytes), from its header
+/// alone: reads 1 MiB, then twice what the parser says it still needs, up
+/// to [`MAX_LOCAL_HEAD`].
+pub fn facts_of_file(file: &std::fs::File, len: u64) -> Result<Facts, GgufError> {
+    use std::os::unix::fs::FileExt;
+    let mut want = (1u64 << 20).min(len);
+    let mut bytes = Vec::new();
+    loop {
+        let have = bytes.len() as u64;
+        bytes.resize(want as usize, 0);
+        let mut at = have;
+        while at < want {
+            match file.read_at(&mut bytes[at as usize..], at) {
+                Ok(0) => break,
+                Ok(n) => at += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(GgufError::Io(e.to_string())),
+            }
+        }
+        bytes.truncate(at as usize);
+        match parse_file(&bytes, len) {
+            Ok(header) => return Ok(Facts::from_header(&header)),
+            Err(GgufError::NeedMore { at_least }) if at_least <= MAX_LOCAL_HEAD && at == want => {
+                want = at_least
+                    .saturating_mul(2)
+                    .clamp(at_least, MAX_LOCAL_HEAD)
+                    .min(len);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

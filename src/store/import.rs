@@ -231,9 +231,31 @@ impl Store {
             filename,
             ..Source::default()
         };
-        let manifest = Manifest::new(req.name.clone(), req.format, digest, meta.len(), source);
+        let mut manifest = Manifest::new(req.name.clone(), req.format, digest, meta.len(), source);
+        manifest.gguf = self.local_facts(req, &digest, meta.len());
         self.write_manifest(&manifest).map_err(ImportError::Store)?;
         Ok(Imported { manifest, placed })
+    }
+
+    /// The facts of an imported GGUF from its header (read from the blob
+    /// now in place); `None`, logged, when it does not parse.
+    fn local_facts(
+        &self,
+        req: &ImportRequest,
+        d: &Sha256,
+        len: u64,
+    ) -> Option<std::sync::Arc<crate::gguf::Facts>> {
+        if req.format != "gguf" {
+            return None;
+        }
+        let file = self.open_blob(d).ok()?;
+        match crate::gguf::facts_of_file(&file, len) {
+            Ok(f) => Some(std::sync::Arc::new(f)),
+            Err(e) => {
+                log::info!("{}: no model facts ({e})", req.name);
+                None
+            }
+        }
     }
 
     /// Moves the staged file under its digest, refusing to repoint an
@@ -411,6 +433,28 @@ mod tests {
         assert_eq!(s.read_manifest(&name).unwrap().unwrap().blob, d);
         assert!(s.import_file(&req, None).unwrap().placed.is_none());
         assert!(s.stale_imports().is_empty(), "no staging file left");
+    }
+
+    #[test]
+    fn an_imported_gguf_gets_the_facts_of_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path().join("store")).unwrap();
+        let file = dir.path().join("tiny.gguf");
+        // The header, then tensor data (what follows is never read).
+        let mut bytes = crate::gguf::test_build::sample();
+        bytes.resize(bytes.len() + 8192, 7);
+        fs::write(&file, &bytes).unwrap();
+        let name = ModelName::parse("tiny").unwrap();
+        let done = s.import_file(&gguf_request(&name, &file), None).unwrap();
+        let facts = done.manifest.gguf.expect("facts");
+        assert_eq!(facts.architecture.as_deref(), Some("llama"));
+        assert_eq!(facts.context_length, Some(4096));
+        let again = s.read_manifest(&name).unwrap().unwrap();
+        assert_eq!(
+            again.gguf.as_deref(),
+            Some(&*facts),
+            "written to the manifest"
+        );
     }
 
     #[test]
