@@ -23,6 +23,8 @@ enum Command {
     Pull(cli::pull::PullArgs),
     /// List the models in the store and their state
     Ls(cli::ls::LsArgs),
+    /// What a model's GGUF header says and the memory it needs (no download)
+    Info(cli::info::InfoArgs),
     /// Re-hash present blobs; quarantine corrupt ones
     Verify(cli::verify::VerifyArgs),
     /// Place a model file you already have into the store (a reflink or a copy; --link hard-links it)
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Add(a) => cli::add::run(g, a),
         Command::Pull(a) => cli::pull::run(g, a),
         Command::Ls(a) => cli::ls::run(g, a),
+        Command::Info(a) => cli::info::run(g, a),
         Command::Verify(a) => cli::verify::run(g, a),
         Command::Import(a) => cli::import::run(g, a),
         Command::Rm(a) => cli::rm::run(g, a),

@@ -390,6 +390,34 @@ fn add_records_the_header_facts_without_downloading_the_model_and_the_mount_show
         .expect("a line for rich");
     assert!(line.contains("Q8_0") && line.contains("2048"), "{ls}");
 
+    let info = ts
+        .cli(origin.ca_pem_path())
+        .args(["info", "rich", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let info: Json = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["gguf"]["file_type"], "Q8_0");
+    let memory = &info["memory"];
+    assert!(
+        memory["total_bytes"].as_u64().unwrap() > memory["weights_bytes"].as_u64().unwrap(),
+        "weights plus a KV cache: {memory}"
+    );
+    let text = ts
+        .cli(origin.ca_pem_path())
+        .args(["info", "rich"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.contains("context_length") && text.contains("memory:"),
+        "{text}"
+    );
+
     let mount = Mount::start(&ts, origin.ca_pem_path(), &[]);
     let rich = mount.path("rich.gguf");
     assert_eq!(
