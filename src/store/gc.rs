@@ -172,6 +172,10 @@ impl Store {
         self.collect_partials(&referenced, opts, report, &mut sum)?;
         self.collect_stale_imports(opts.dry_run, report, &mut sum)?;
         self.collect_quarantine(opts, report, &mut sum)?;
+        if !opts.dry_run {
+            // Bookkeeping of modelfs's own, not a user's file: not reported.
+            self.remove_orphan_records();
+        }
         Ok(sum)
     }
 
@@ -364,6 +368,25 @@ mod tests {
         );
         s.write_manifest(&m).unwrap();
         (s, kept, loose)
+    }
+
+    #[test]
+    fn the_verification_record_of_a_blob_deleted_by_hand_goes_with_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, kept, _) = store_with_two_blobs(dir.path());
+        s.record_verified(&kept, fs::metadata(s.blob_path(&kept)), "test");
+        let record = s.records_dir().join(kept.to_hex());
+        assert!(record.exists());
+        s.collect_garbage(&opts(false, Duration::ZERO), &mut |_| {})
+            .unwrap();
+        assert!(record.exists(), "its blob is there: kept");
+        fs::remove_file(s.blob_path(&kept)).unwrap();
+        s.collect_garbage(&opts(true, Duration::ZERO), &mut |_| {})
+            .unwrap();
+        assert!(record.exists(), "a dry run deletes nothing");
+        s.collect_garbage(&opts(false, Duration::ZERO), &mut |_| {})
+            .unwrap();
+        assert!(!record.exists(), "no blob: no record");
     }
 
     #[test]

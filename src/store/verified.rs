@@ -249,6 +249,26 @@ impl Store {
         }
     }
 
+    /// Removes the records of blobs that are no longer in the store (a
+    /// blob deleted by hand or by another tool); returns how many.
+    pub fn remove_orphan_records(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.records_dir()) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(d) = name.to_str().and_then(|n| Sha256::from_hex(n).ok()) else {
+                continue;
+            };
+            if self.stat_blob(&d).is_none() && self.stat_partial(&d).is_none() {
+                self.remove_record(&d);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Removes the record of `d`, if any (its blob went).
     pub fn remove_record(&self, d: &Sha256) {
         if let Ok(dir) = self.records_folder(false) {
