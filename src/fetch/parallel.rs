@@ -153,9 +153,11 @@ impl Fetcher {
         for &(a, b) in d.partial.kept_pieces() {
             ranges.mark_done(a, b);
         }
-        let first = ranges
-            .take()
-            .expect("a blob with bytes left has a first range");
+        let Some(first) = ranges.take() else {
+            // A run killed with every range written but its hasher behind
+            // recorded the rest as one piece: nothing is left to fetch.
+            return hash_kept(d).map_err(|e| (FetchErrorKind::Store(e), 0));
+        };
         let fallback = |why: String| Ok(Parallel::Fallback { why, received: 0 });
         let probe = match self.http().get_range(url, first.start, first.end, None) {
             Ok(r) => r,
@@ -487,6 +489,36 @@ impl Fetcher {
             }
         }
     }
+}
+
+/// Hashes the partial from its prefix to its end, every byte of which an
+/// earlier run recorded as written; the final digest still decides.
+fn hash_kept(d: &mut Download<'_>) -> Result<Parallel, crate::store::StoreError> {
+    let (start, size) = (d.partial.offset(), d.partial.size());
+    let mut hasher = d.partial.take_hasher();
+    let file = d.partial.reader()?;
+    let io = |e| crate::store::StoreError::io("partial file", e);
+    let mut buf = vec![0u8; HASH_BUF];
+    let mut at = start;
+    while at < size {
+        let want = buf.len().min((size - at) as usize);
+        match file.read_at(&mut buf[..want], at).map_err(io)? {
+            0 => break,
+            k => {
+                hasher.update(&buf[..k]);
+                at += k as u64;
+            }
+        }
+    }
+    // A file shorter than its record keeps what was really there.
+    d.partial.hashed_to(at, hasher)?;
+    if at < size {
+        return Ok(Parallel::Fallback {
+            why: format!("the partial file ends at byte {at}, before its recorded pieces"),
+            received: 0,
+        });
+    }
+    Ok(Parallel::Done { received: 0 })
 }
 
 /// Whether the probe's answer lets the rest be fetched in ranges.

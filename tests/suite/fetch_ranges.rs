@@ -280,3 +280,33 @@ fn many_openers_of_a_large_model_share_one_parallel_download() {
     assert_eq!(st.bytes_sent, SIZE as u64, "every byte sent once");
     assert!(st.range_gets >= 4, "over several connections");
 }
+
+/// Leaves the partial a killed parallel download would: `file` as the
+/// partial's bytes and `record` as its prefix record.
+fn leave_partial(
+    ts: &crate::common::TestStore,
+    m: &modelfs::store::Manifest,
+    file: &[u8],
+    record: &str,
+) {
+    let s = ts.store();
+    fs::create_dir_all(s.partial_path(&m.blob).parent().unwrap()).unwrap();
+    fs::write(s.partial_path(&m.blob), file).unwrap();
+    fs::write(s.prefix_record_path(&m.blob), record).unwrap();
+}
+
+#[test]
+fn a_run_killed_after_its_last_range_but_before_hashing_caught_up_is_finished_without_a_request() {
+    // The steering loop records the piece from the hashed prefix to the
+    // frontier; killed with every range written but the hasher behind,
+    // the record covers the whole rest of the blob.
+    let (origin, ts, bytes, m) = pending("allkept", SIZE, 80, vec![]);
+    leave_partial(&ts, &m, &bytes, &format!("0\n0 {SIZE}\n"));
+
+    fetch(&fetcher(&origin), &ts, &m).expect("the kept bytes are hashed and published");
+
+    assert_present(&ts, &m, &bytes);
+    let st = origin.stats(&path_of("allkept"));
+    assert_eq!(st.bytes_sent, 0, "every byte was already written");
+    ts.assert_consistent();
+}
