@@ -145,6 +145,8 @@ impl Store {
         let name = Self::partial_dir_name(d);
         if let Ok(dir) = fan.sub(&name) {
             let _ = dir.unlink(super::layout::PREFIX_RECORD);
+            // Left by a run killed while it rewrote the record.
+            let _ = dir.unlink(&format!("{}.tmp", super::layout::PREFIX_RECORD));
         }
         match fan.sub(&name).and_then(|dir| dir.unlink(PARTIAL_FILE)) {
             Ok(()) => {}

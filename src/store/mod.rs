@@ -387,6 +387,23 @@ mod tests {
     }
 
     #[test]
+    fn removing_a_partial_removes_its_prefix_record_and_a_half_written_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path()).unwrap();
+        let d = Sha256::of(b"hello");
+        let mut f = s.open_partial(&d).unwrap();
+        f.write_all(b"he").unwrap();
+        let record = s.prefix_record_path(&d);
+        fs::write(&record, b"2\n").unwrap();
+        fs::write(record.with_extension("prefix.tmp"), b"2").unwrap();
+        s.remove_partial(&d).unwrap();
+        assert!(
+            !record.parent().unwrap().exists(),
+            "the partial folder is gone"
+        );
+    }
+
+    #[test]
     fn publishing_a_partial_makes_the_blob_present_and_removes_the_partial() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::create(dir.path()).unwrap();

@@ -211,7 +211,9 @@ impl Partial {
     /// no space) leaves the model pending instead of looking like a started
     /// download. Safe because we hold the partial's lock, as gc does.
     pub fn discard_if_empty(&self, store: &Store, d: &Sha256) {
-        if self.offset == 0 && still_linked(&self.file, store, d) {
+        // Pieces written out of order are finished work, even before a
+        // byte of the prefix is hashed.
+        if self.offset == 0 && self.pieces.is_empty() && still_linked(&self.file, store, d) {
             let _ = store.remove_partial(d);
         }
     }
