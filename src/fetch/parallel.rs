@@ -121,7 +121,9 @@ impl Shared<'_> {
     /// most of the blob after its last byte (and reading it back from the
     /// page cache long after it was written). The worker of the lowest
     /// range never waits: it writes at most a range past the frontier,
-    /// and `ahead` is larger than two ranges.
+    /// and `ahead` is more than a range per connection (smaller, it held
+    /// back the connections working further out: 9.2 s instead of about
+    /// 5 for 1 GiB at 16 MiB/s per connection).
     fn wait_for_the_hasher(&self, pos: u64) {
         while pos > self.hashed.load(Ordering::Relaxed) + self.ahead && !self.stopped() {
             let mut r = self.ranges.lock();
@@ -189,7 +191,7 @@ impl Fetcher {
             cancel: d.cancel,
             received: AtomicU64::new(0),
             hashed: AtomicU64::new(start),
-            ahead: 2 * chunk + (32 << 20),
+            ahead: (max as u64 + 2) * chunk + (32 << 20),
             stop: AtomicBool::new(false),
             workers_done: AtomicBool::new(false),
             end: Mutex::new(None),
