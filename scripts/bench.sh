@@ -244,7 +244,7 @@ unmount() {
 # pending_store DIR [URL]: a store whose only manifest is the pending `model`.
 pending_store() {
   rm -rf "$1"
-  "$BIN" add model --url "${2:-$URL}" --sha256 "$SHA" --size "$SIZE_BYTES" \
+  "$BIN" add model --url "${2:-$URL}" --sha256 "$SHA" --size "$SIZE_BYTES" --no-facts \
     --store "$1" --ca-file "$WORK/tls/ca.pem" -q >/dev/null
 }
 
@@ -599,7 +599,7 @@ if want_row 6; then
   say "row 6: ls -l and stat with $MANIFESTS manifests, idle and during a download"
   S=$WORK/many-store
   python3 scripts/bench/gen_manifests.py "$S" "$MANIFESTS" "https://127.0.0.1:$PORT"
-  "$BIN" add slow --url "$SLOW_URL" --sha256 "$SHA" --size "$SIZE_BYTES" \
+  "$BIN" add slow --url "$SLOW_URL" --sha256 "$SHA" --size "$SIZE_BYTES" --no-facts \
     --store "$S" --ca-file "$WORK/tls/ca.pem" -q >/dev/null
   MMNT=$WORK/mnt/many
   mfs_mount "$S" "$MMNT" pt
