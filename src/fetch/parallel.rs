@@ -441,9 +441,19 @@ impl Fetcher {
             Some(x) => x,
             None => {
                 let url = sh.url.lock().clone();
-                self.http()
+                let resp = self
+                    .http()
                     .get_range(&url, r.start, r.end, Some(&sh.validator))
-                    .map_err(|e| (RangeError::Kind(e), 0))?
+                    .map_err(|e| (RangeError::Kind(e), 0))?;
+                if resp.final_url != url {
+                    // Asked again at the original URL after its redirect
+                    // target expired: the new target serves the rest.
+                    let mut now = sh.url.lock();
+                    if *now == url {
+                        *now = resp.final_url.clone();
+                    }
+                }
+                resp
             }
         };
         check_range(&resp, r, sh).map_err(|e| (e, 0))?;
@@ -452,10 +462,10 @@ impl Fetcher {
         let mut buf = vec![0u8; READ_BUF];
         let mut pos = r.start;
         let fail = |e, at: u64| (RangeError::Kind(e), at - r.start);
+        let Some(mut end) = sh.ranges.lock().end_of(r.id) else {
+            return Ok(());
+        };
         loop {
-            let Some(end) = sh.ranges.lock().end_of(r.id) else {
-                return Ok(());
-            };
             if pos >= end {
                 return Ok(());
             }
@@ -471,10 +481,14 @@ impl Fetcher {
                     .write_at(pos, &buf[..n])
                     .map_err(|e| fail(no_space(sh.partial, e), pos))?;
                 pos += n as u64;
-                let finished = sh.ranges.lock().wrote(r.id, pos);
+                // A split moved `end` down since the last write at most by
+                // this one buffer, whose bytes are the other range's own
+                // (one version: If-Range and the validator saw to that).
+                let now = sh.ranges.lock().wrote(r.id, pos);
                 sh.wake.notify_all();
-                if finished {
-                    return Ok(());
+                match now {
+                    Some(e) => end = e,
+                    None => return Ok(()),
                 }
             }
             match step {

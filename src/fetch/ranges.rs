@@ -137,21 +137,21 @@ impl Ranges {
 
     /// Range `id` wrote `[pos, to)`, `pos` being where it had got to.
     /// Bytes past its current end are not counted (after a split they
-    /// belong to another range). Returns whether the range is finished.
-    pub fn wrote(&mut self, id: u64, to: u64) -> bool {
-        let Some(&(pos, end)) = self.active.get(&id) else {
-            return true;
-        };
+    /// belong to another range). Returns where the range ends now (a split
+    /// moves it down), or `None` once it is finished: the worker learns
+    /// both from the one lock it takes per write.
+    pub fn wrote(&mut self, id: u64, to: u64) -> Option<u64> {
+        let &(pos, end) = self.active.get(&id)?;
         let to = to.min(end);
         if to > pos {
             self.add_done(pos, to);
         }
         if to >= end {
             self.active.remove(&id);
-            true
+            None
         } else {
             self.active.insert(id, (to.max(pos), end));
-            false
+            Some(end)
         }
     }
 
@@ -230,11 +230,11 @@ mod tests {
             (a.start, a.end, b.start, c.start, c.end),
             (0, 4 * M, 4 * M, 8 * M, 10 * M)
         );
-        assert!(r.wrote(b.id, 8 * M));
+        assert_eq!(r.wrote(b.id, 8 * M), None);
         assert_eq!(r.frontier(), 0, "a hole before b");
         r.wrote(a.id, M);
         assert_eq!(r.frontier(), M);
-        assert!(r.wrote(a.id, 4 * M));
+        assert_eq!(r.wrote(a.id, 4 * M), None);
         assert_eq!(r.frontier(), 8 * M, "a joins b");
         assert!(!r.complete());
         r.wrote(c.id, 10 * M);
@@ -253,7 +253,7 @@ mod tests {
         assert_eq!((again.start, again.end), (3 * M, 4 * M));
         assert_eq!(r.end_of(a.id), None);
         // A late write of the failed range counts for nothing.
-        assert!(r.wrote(a.id, 4 * M));
+        assert_eq!(r.wrote(a.id, 4 * M), None);
         assert_eq!(r.frontier(), 3 * M);
     }
 
@@ -262,15 +262,15 @@ mod tests {
         let mut r = Ranges::new(16 * M, 0, 8 * M);
         let a = r.take().unwrap();
         let b = r.take().unwrap();
-        assert!(r.wrote(b.id, 16 * M));
+        assert_eq!(r.wrote(b.id, 16 * M), None);
         r.wrote(a.id, 2 * M);
         let s = r.take().unwrap();
         assert_eq!((s.start, s.end), (5 * M, 8 * M));
         assert_eq!(r.end_of(a.id), Some(5 * M), "the straggler stops halfway");
         // The straggler's bytes past its new end are not its own.
-        assert!(r.wrote(a.id, 6 * M));
+        assert_eq!(r.wrote(a.id, 6 * M), None);
         assert_eq!(r.frontier(), 5 * M);
-        assert!(r.wrote(s.id, 8 * M));
+        assert_eq!(r.wrote(s.id, 8 * M), None);
         assert!(r.complete());
     }
 

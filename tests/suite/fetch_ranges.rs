@@ -310,3 +310,151 @@ fn a_run_killed_after_its_last_range_but_before_hashing_caught_up_is_finished_wi
     assert_eq!(st.bytes_sent, 0, "every byte was already written");
     ts.assert_consistent();
 }
+
+#[test]
+fn a_stalled_range_is_asked_again_from_where_it_stopped_and_the_rest_goes_on() {
+    // The stall outlasts any test: only giving up on that connection ends
+    // the fetch.
+    let stall = Fault::StallAt(MIB as u64, Duration::from_secs(3600));
+    let (origin, ts, bytes, m) = pending("stall", SIZE, 81, vec![none(), stall]);
+
+    fetch(&fetcher(&origin), &ts, &m).expect("the stalled range is fetched again");
+
+    assert_present(&ts, &m, &bytes);
+    let st = origin.stats_now(&path_of("stall"));
+    let asked = ranges_asked(&st.range_headers);
+    let stalled = asked[1];
+    assert!(
+        asked[2..].iter().any(|r| r.0 == stalled.0 + MIB as u64),
+        "the rest of the stalled range was asked for from its first missing byte: {asked:?}"
+    );
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_slow_range_is_split_so_the_tail_does_not_wait_for_it() {
+    // Two connections, so ranges are large enough to split; the second
+    // range crawls for the whole fetch.
+    const BIG: usize = 64 * MIB;
+    let slow = Fault::Throttle(256 << 10);
+    let (origin, ts, bytes, m) = pending("slow", BIG, 82, vec![none(), slow]);
+    let mut f = fetcher(&origin);
+    f.set_connections(2);
+
+    fetch(&f, &ts, &m).expect("fetch");
+
+    assert_present(&ts, &m, &bytes);
+    let st = origin.stats_now(&path_of("slow"));
+    let asked = ranges_asked(&st.range_headers);
+    let slow = asked[1];
+    assert!(
+        asked[2..].iter().any(|r| r.0 > slow.0 && r.0 < slow.1),
+        "another connection took over part of the slow range: {asked:?}"
+    );
+    let extra = st.bytes_sent.saturating_sub(BIG as u64);
+    assert!(
+        extra <= 2 * MIB as u64,
+        "{extra} bytes sent twice for one slow range"
+    );
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_range_answered_with_another_range_is_never_written_where_it_was_asked() {
+    let shifted = Fault::ShiftRange(MIB as u64);
+    let (origin, ts, bytes, m) = pending("shifted", SIZE, 83, vec![none(), shifted]);
+
+    fetch(&fetcher(&origin), &ts, &m).expect("the fetch starts over on one stream");
+
+    assert_present(&ts, &m, &bytes);
+    assert!(ts.quarantined().is_empty(), "no wrong byte was hashed");
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_range_that_is_not_found_fails_the_fetch_once_with_the_answer_and_keeps_the_prefix() {
+    let (origin, ts, _bytes, m) = pending("gone", SIZE, 84, vec![none(), Fault::Status(404)]);
+    let mut f = fetcher(&origin);
+    f.set_connections(2);
+
+    let err = fetch(&f, &ts, &m).expect_err("a 404 is not retried");
+
+    assert!(
+        matches!(err.kind, FetchErrorKind::Status { code: 404, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("404"), "{err}");
+    assert_still_pending(&ts, &m);
+    let st = origin.stats_now(&path_of("gone"));
+    assert_eq!(
+        st.statuses.iter().filter(|&&c| c == 404).count(),
+        1,
+        "asked once: {:?}",
+        st.statuses
+    );
+    ts.assert_consistent();
+}
+
+#[test]
+fn an_expired_signed_url_is_resolved_again_at_the_hub_and_the_token_never_goes_to_the_cdn() {
+    const TOKEN: &str = "hf_ranges0token0for0the0hub";
+    let hub = crate::common::Origin::start();
+    let cdn = crate::common::Origin::start_with_ca(hub.ca());
+    let ts = crate::common::TestStore::new();
+    let bytes = crate::common::random_bytes(SIZE, 85);
+    let m = crate::common::hf::write_manifest(&ts, "signed", "signed.gguf", &bytes);
+    cdn.put("blob/signed.gguf", bytes.clone());
+    let resolve = "org/repo/resolve/main/signed.gguf";
+    hub.set_persistent_fault(
+        resolve,
+        Some(Fault::RedirectTo(format!(
+            "{}?X-Amz-Expires=1",
+            cdn.url("blob/signed.gguf")
+        ))),
+    );
+    // The signed URL serves the probe and two ranges, then has expired.
+    for f in [none(), none(), none(), Fault::Status(403)] {
+        cdn.push_fault("blob/signed.gguf", f);
+    }
+    let mut cfg = crate::fetch::config(&hub);
+    cfg.hf_endpoint = crate::common::hf::endpoint(&hub);
+    cfg.hf_token = Some(TOKEN.into());
+    let mut f = crate::fetch::fetcher_with(cfg);
+    f.set_connections(2);
+
+    fetch(&f, &ts, &m).expect("the hub hands out a fresh URL");
+
+    assert_present(&ts, &m, &bytes);
+    let hub_st = hub.stats_now(resolve);
+    assert!(
+        hub_st.gets >= 2,
+        "asked the hub again: {} GETs",
+        hub_st.gets
+    );
+    let bearer = format!("Bearer {TOKEN}");
+    assert!(
+        hub_st
+            .authorization_headers
+            .iter()
+            .all(|h| h.as_deref() == Some(bearer.as_str())),
+        "{:?}",
+        hub_st.authorization_headers
+    );
+    let cdn_st = cdn.stats_now("blob/signed.gguf");
+    assert!(
+        cdn_st
+            .request_headers
+            .iter()
+            .flatten()
+            .all(|(_, v)| !v.contains(TOKEN)),
+        "no header to the CDN carries the token"
+    );
+    // Once per connection at most: the fresh URL serves the rest.
+    assert!(
+        hub_st.gets <= 3,
+        "ranges go to the fresh CDN URL, not through the hub each time: hub {}, cdn {}",
+        hub_st.gets,
+        cdn_st.gets
+    );
+    ts.assert_consistent();
+}

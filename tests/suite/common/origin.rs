@@ -247,6 +247,9 @@ pub enum Fault {
     /// Answer a Range request with 206 and the range's bytes, but without
     /// a `Content-Range` header.
     NoContentRange,
+    /// Answer a Range request with 206 and the bytes of another range: the
+    /// one asked for moved this many bytes on (`Content-Range` says so).
+    ShiftRange(u64),
     /// Add this many extra headers of about 100 bytes each to the response
     /// head (a broken proxy: too many headers, or a head too large).
     ExtraHeaders(usize),
@@ -844,6 +847,7 @@ struct Plan {
     truncate: Option<u64>,
     throttle: Option<u64>,
     no_content_range: bool,
+    shift_range: u64,
     extra_headers: usize,
     keep_alive_then_close: bool,
 }
@@ -878,6 +882,7 @@ impl Plan {
             Fault::Truncate(n) => self.truncate = min_opt(self.truncate, *n),
             Fault::Throttle(bps) => self.throttle = min_opt(self.throttle, (*bps).max(1)),
             Fault::NoContentRange => self.no_content_range = true,
+            Fault::ShiftRange(n) => self.shift_range += n,
             Fault::ExtraHeaders(n) => self.extra_headers += n,
             Fault::KeepAliveThenClose => self.keep_alive_then_close = true,
             Fault::Multi(v) => {
@@ -1089,7 +1094,11 @@ fn handle(shared: &Shared, mut stream: Stream) {
                     stream.close_clean();
                     return;
                 }
-                RangeSpec::Range(a, b) => range = Some((a, b)),
+                RangeSpec::Range(a, b) => {
+                    let last = total.saturating_sub(1);
+                    let shift = plan.shift_range;
+                    range = Some(((a + shift).min(last), (b + shift).min(last)));
+                }
             }
         }
     }
