@@ -47,6 +47,7 @@ impl Fetcher {
         let mut transferred = match self.in_ranges(url, d)? {
             Parallel::Done { received } => return Ok(received),
             Parallel::Fallback { received, .. } => received,
+            Parallel::NotTried => 0,
         };
         let mut attempt = 0u32;
         let mut fruitless = 0u32;
@@ -127,21 +128,21 @@ impl Fetcher {
         url: &str,
         d: &mut Download<'_>,
     ) -> Result<Parallel, (FetchErrorKind, u32)> {
-        let mut outcome = Parallel::Fallback {
-            why: String::new(),
-            received: 0,
-        };
-        if self.connections() > 1 && d.partial.size() - d.partial.offset() >= PARALLEL_MIN {
-            outcome = self.download_parallel(url, d)?;
-            if let Parallel::Fallback { why, .. } = &outcome {
-                log::info!(
-                    "{}: {why}; downloading over one connection",
-                    redact_url(url)
-                );
-            }
+        let outcome =
+            if self.connections() > 1 && d.partial.size() - d.partial.offset() >= PARALLEL_MIN {
+                self.download_parallel(url, d)?
+            } else {
+                Parallel::NotTried
+            };
+        if let Parallel::Fallback { why, .. } = &outcome {
+            log::info!(
+                "{}: {why}; downloading over one connection",
+                redact_url(url)
+            );
         }
-        if matches!(outcome, Parallel::Fallback { .. }) {
-            // One stream appends from the prefix: pieces beyond it go.
+        if !matches!(outcome, Parallel::Done { .. }) {
+            // One stream appends from the prefix: pieces an earlier
+            // parallel run kept beyond it go.
             d.partial
                 .drop_pieces()
                 .map_err(|e| (FetchErrorKind::Store(e), 0))?;

@@ -39,9 +39,9 @@ use super::download::Download;
 use super::error::FetchErrorKind;
 use super::http::Fetched;
 use super::pipeline::Fetcher;
-use super::progress::Phase;
+use super::progress::{Phase, Reporter};
 use super::ranges::{Range, Ranges};
-use super::stream::RateFloor;
+use super::stream::{Filled, RateFloor, fill, no_space};
 use crate::digest::Hasher;
 use crate::store::partial::Partial;
 use crate::text::redact_url;
@@ -63,6 +63,9 @@ pub(super) enum Parallel {
     /// Ranges cannot be used for this blob here (`why`); the partial holds
     /// what it held before, or nothing if the object changed under us.
     Fallback { why: String, received: u64 },
+    /// Ranges were not tried: the rest is small, or one connection is
+    /// allowed. The partial is as it was.
+    NotTried,
 }
 
 enum End {
@@ -147,9 +150,8 @@ impl Fetcher {
         url: &str,
         d: &mut Download<'_>,
     ) -> Result<Parallel, (FetchErrorKind, u32)> {
-        let size = d.partial.size();
-        let start = d.partial.offset();
-        let max = self.connections();
+        let store_err = |e| (FetchErrorKind::Store(e), 0);
+        let (size, start, max) = (d.partial.size(), d.partial.offset(), self.connections());
         let chunk = ((size - start) / (4 * max as u64)).clamp(2 << 20, 64 << 20);
         let mut ranges = Ranges::new(size, start, chunk);
         for &(a, b) in d.partial.kept_pieces() {
@@ -158,28 +160,16 @@ impl Fetcher {
         let Some(first) = ranges.take() else {
             // A run killed with every range written but its hasher behind
             // recorded the rest as one piece: nothing is left to fetch.
-            return hash_kept(d).map_err(|e| (FetchErrorKind::Store(e), 0));
+            return hash_kept(d).map_err(store_err);
         };
-        let fallback = |why: String| Ok(Parallel::Fallback { why, received: 0 });
-        let probe = match self.http().get_range(url, first.start, first.end, None) {
-            Ok(r) => r,
-            Err(e) => return fallback(format!("the first range failed ({e})")),
-        };
-        if let Err(why) = usable_probe(&probe, first, size) {
-            return fallback(why);
-        }
-        let Some(validator) = probe.validator() else {
-            return fallback("the origin names no version (no ETag or Last-Modified)".into());
+        let (probe, validator) = match self.probe(url, first, size) {
+            Ok(p) => p,
+            Err(why) => return Ok(Parallel::Fallback { why, received: 0 }),
         };
         let kept = d.partial.kept_pieces().to_vec();
-        if let Err(e) = d.partial.record_prefix(start, &kept) {
-            return Err((FetchErrorKind::Store(e), 0));
-        }
+        d.partial.record_prefix(start, &kept).map_err(store_err)?;
         let hasher = d.partial.take_hasher();
-        let reader = match d.partial.reader() {
-            Ok(f) => f,
-            Err(e) => return Err((FetchErrorKind::Store(e), 0)),
-        };
+        let reader = d.partial.reader().map_err(store_err)?;
         let sh = Shared {
             ranges: Mutex::new(ranges),
             wake: Condvar::new(),
@@ -216,27 +206,22 @@ impl Fetcher {
             (h, n, last_byte.elapsed())
         });
         d.hash_tail = tail;
-        let received = sh.received.load(Ordering::Relaxed);
-        let failures = sh.failures.load(Ordering::Relaxed);
-        let complete = sh.ranges.lock().complete();
-        let pieces = sh.ranges.lock().written_beyond(hashed);
-        let end = sh.end.lock().take();
-        drop(sh);
-        let kept = match &end {
-            Some(End::Fallback { changed: true, .. }) => d.partial.hashed_to(0, Hasher::new()),
-            _ => d.partial.keep_written(hashed, hasher, pieces),
-        };
-        kept.map_err(|e| (FetchErrorKind::Store(e), failures))?;
-        match end {
-            None if complete && hashed == size => Ok(Parallel::Done { received }),
-            None if d.cancel.load(Ordering::Relaxed) => Err((FetchErrorKind::Cancelled, failures)),
-            None => Err((
-                FetchErrorKind::Network(format!("the download stopped at byte {hashed} of {size}")),
-                failures,
-            )),
-            Some(End::Failed(kind)) => Err((kind, failures)),
-            Some(End::Fallback { why, .. }) => Ok(Parallel::Fallback { why, received }),
-        }
+        let ended = sh.ended(hashed);
+        settle(ended, d, hasher, hashed)
+    }
+
+    /// Asks for the first range; the answer and the object's validator
+    /// when the rest can be fetched in ranges, otherwise why not.
+    fn probe(&self, url: &str, first: Range, size: u64) -> Result<(Fetched, String), String> {
+        let probe = self
+            .http()
+            .get_range(url, first.start, first.end, None)
+            .map_err(|e| format!("the first range failed ({e})"))?;
+        usable_probe(&probe, first, size)?;
+        let validator = probe
+            .validator()
+            .ok_or("the origin names no version (no ETag or Last-Modified)")?;
+        Ok((probe, validator))
     }
 
     /// The steering loop: keeps `target` workers running while there is
@@ -246,15 +231,13 @@ impl Fetcher {
         &'s self,
         sh: &'s Shared<'a>,
         scope: &'s std::thread::Scope<'s, 'env>,
-        reporter: &mut super::progress::Reporter,
+        reporter: &mut Reporter,
         first: (Range, Fetched),
         max: usize,
     ) {
         let mut slots: Vec<Option<ScopedJoinHandle<'s, ()>>> = Vec::new();
         let mut first = Some(first);
-        let mut reported = 0u64;
-        let mut recorded = (0u64, 0u64);
-        let (mut window, mut window_bytes, mut level_rate) = (Instant::now(), 0u64, 0.0f64);
+        let mut watch = Watch::new();
         loop {
             let target = sh.target.load(Ordering::Relaxed);
             let can_take = !sh.stopped() && sh.ranges.lock().can_take();
@@ -276,8 +259,8 @@ impl Fetcher {
                 .all(|s| s.as_ref().is_none_or(|h| h.is_finished()))
                 && first.is_none()
             {
-                let done = sh.ranges.lock().complete();
-                if done || sh.stopped() || !sh.ranges.lock().can_take() {
+                let r = sh.ranges.lock();
+                if r.complete() || sh.stopped() || !r.can_take() {
                     break;
                 }
             }
@@ -285,46 +268,7 @@ impl Fetcher {
                 let mut r = sh.ranges.lock();
                 sh.wake.wait_for(&mut r, TICK);
             }
-            let received = sh.received.load(Ordering::Relaxed);
-            reporter.add(received - reported);
-            reported = received;
-            let (written, in_flight) = {
-                let r = sh.ranges.lock();
-                (r.written(), r.in_flight())
-            };
-            reporter.set_connections(in_flight);
-            reporter.report(Phase::Downloading, written, sh.size, received);
-            let hashed = sh.hashed.load(Ordering::Relaxed);
-            if (hashed, written) != recorded {
-                // Only for a resume after a crash: a failure to write it
-                // costs that resume some bytes, nothing else.
-                let pieces = sh.ranges.lock().written_beyond(hashed);
-                match sh.partial.record_prefix(hashed, &pieces) {
-                    Ok(()) => recorded = (hashed, written),
-                    Err(e) => log::debug!("{e}"),
-                }
-            }
-            if sh.cancel.load(Ordering::Relaxed) {
-                sh.finish(End::Failed(FetchErrorKind::Cancelled));
-            }
-            if sh.last_progress.lock().elapsed() >= self.policy().retry_for
-                && let Some(e) = sh.last_error.lock().take()
-            {
-                sh.finish(End::Failed(e));
-            }
-            if window.elapsed() >= ADAPT_EVERY {
-                let rate = (received - window_bytes) as f64 / window.elapsed().as_secs_f64();
-                (window, window_bytes) = (Instant::now(), received);
-                let quiet = sh
-                    .throttled_at
-                    .lock()
-                    .is_none_or(|t| t.elapsed() >= THROTTLE_QUIET);
-                let t = sh.target.load(Ordering::Relaxed);
-                if quiet && t < max && rate > level_rate * 1.1 {
-                    level_rate = rate;
-                    sh.target.store((t * 2).min(max), Ordering::Relaxed);
-                }
-            }
+            watch.tick(self, sh, reporter, max);
         }
         for h in slots.into_iter().flatten() {
             let _ = h.join();
@@ -474,7 +418,7 @@ impl Fetcher {
             }
             sh.wait_for_the_hasher(pos);
             let want = buf.len().min((end - pos) as usize);
-            let (n, step) = fill(&mut resp, &mut buf[..want], &mut rate);
+            let (n, step) = fill(&mut resp, &mut buf[..want], &mut rate, |_, _| {});
             if n > 0 {
                 sh.received.fetch_add(n as u64, Ordering::Relaxed);
                 sh.partial
@@ -492,8 +436,8 @@ impl Fetcher {
                 }
             }
             match step {
-                Ok(false) => {}
-                Ok(true) => {
+                Ok(Filled::Full) => {}
+                Ok(Filled::Ended) => {
                     let e = FetchErrorKind::Network(format!(
                         "connection closed at byte {pos} in the range {}-{}",
                         r.start,
@@ -504,6 +448,138 @@ impl Fetcher {
                 Err(e) => return Err(fail(e, pos)),
             }
         }
+    }
+}
+
+/// What the steering loop keeps between its ticks: what it reported and
+/// recorded last, and the rate window that decides the connection count.
+struct Watch {
+    reported: u64,
+    recorded: (u64, u64),
+    window: Instant,
+    window_bytes: u64,
+    level_rate: f64,
+}
+
+impl Watch {
+    fn new() -> Self {
+        Self {
+            reported: 0,
+            recorded: (0, 0),
+            window: Instant::now(),
+            window_bytes: 0,
+            level_rate: 0.0,
+        }
+    }
+
+    /// One look at the download: progress to the reporter, the resume
+    /// record, cancellation, the time budget, and the connection count.
+    fn tick(&mut self, f: &Fetcher, sh: &Shared<'_>, reporter: &mut Reporter, max: usize) {
+        let received = sh.received.load(Ordering::Relaxed);
+        reporter.add(received - self.reported);
+        self.reported = received;
+        let (written, in_flight) = {
+            let r = sh.ranges.lock();
+            (r.written(), r.in_flight())
+        };
+        reporter.set_connections(in_flight);
+        reporter.report(Phase::Downloading, written, sh.size, received);
+        let hashed = sh.hashed.load(Ordering::Relaxed);
+        if (hashed, written) != self.recorded {
+            // Only for a resume after a crash: a failure to write it
+            // costs that resume some bytes, nothing else.
+            let pieces = sh.ranges.lock().written_beyond(hashed);
+            match sh.partial.record_prefix(hashed, &pieces) {
+                Ok(()) => self.recorded = (hashed, written),
+                Err(e) => log::debug!("{e}"),
+            }
+        }
+        if sh.cancel.load(Ordering::Relaxed) {
+            sh.finish(End::Failed(FetchErrorKind::Cancelled));
+        }
+        if sh.last_progress.lock().elapsed() >= f.policy().retry_for
+            && let Some(e) = sh.last_error.lock().take()
+        {
+            sh.finish(End::Failed(e));
+        }
+        if self.window.elapsed() >= ADAPT_EVERY {
+            self.adapt(sh, received, max);
+        }
+    }
+
+    /// Doubles the connection count while the rate grows by a tenth, unless
+    /// the origin throttled lately.
+    fn adapt(&mut self, sh: &Shared<'_>, received: u64, max: usize) {
+        let rate = (received - self.window_bytes) as f64 / self.window.elapsed().as_secs_f64();
+        (self.window, self.window_bytes) = (Instant::now(), received);
+        let quiet = sh
+            .throttled_at
+            .lock()
+            .is_none_or(|t| t.elapsed() >= THROTTLE_QUIET);
+        let t = sh.target.load(Ordering::Relaxed);
+        if quiet && t < max && rate > self.level_rate * 1.1 {
+            self.level_rate = rate;
+            sh.target.store((t * 2).min(max), Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a parallel download left, read off its shared state once every
+/// thread ended.
+struct Ended {
+    received: u64,
+    failures: u32,
+    complete: bool,
+    /// Pieces written beyond the hashed prefix.
+    pieces: Vec<(u64, u64)>,
+    end: Option<End>,
+}
+
+impl Shared<'_> {
+    fn ended(self, hashed: u64) -> Ended {
+        let r = self.ranges.lock();
+        Ended {
+            received: self.received.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            complete: r.complete(),
+            pieces: r.written_beyond(hashed),
+            end: self.end.lock().take(),
+        }
+    }
+}
+
+/// Keeps in the partial what the next run may resume from, and says how
+/// the download ended.
+fn settle(
+    ended: Ended,
+    d: &mut Download<'_>,
+    hasher: Hasher,
+    hashed: u64,
+) -> Result<Parallel, (FetchErrorKind, u32)> {
+    let Ended {
+        received,
+        failures,
+        complete,
+        pieces,
+        end,
+    } = ended;
+    let kept = match &end {
+        Some(End::Fallback { changed: true, .. }) => d.partial.hashed_to(0, Hasher::new()),
+        _ => d.partial.keep_written(hashed, hasher, pieces),
+    };
+    kept.map_err(|e| (FetchErrorKind::Store(e), failures))?;
+    match end {
+        None if complete && hashed == d.partial.size() => Ok(Parallel::Done { received }),
+        None if d.cancel.load(Ordering::Relaxed) => Err((FetchErrorKind::Cancelled, failures)),
+        None => Err((
+            FetchErrorKind::Network(format!(
+                "the download stopped at byte {hashed} of {}",
+                d.partial.size()
+            )),
+            failures,
+        )),
+        Some(End::Failed(kind)) => Err((kind, failures)),
+        Some(End::Fallback { why, .. }) => Ok(Parallel::Fallback { why, received }),
     }
 }
 
@@ -595,41 +671,6 @@ fn check_range(resp: &Fetched, r: Range, sh: &Shared<'_>) -> Result<(), RangeErr
             r.start,
             r.end - 1
         ))),
-    }
-}
-
-/// Reads into `buf` until it is full, the body ends (`Ok(true)`) or an
-/// error; every read counts towards the rate floor, so a trickle fails
-/// within its window even when it never fills a buffer.
-fn fill(
-    resp: &mut Fetched,
-    buf: &mut [u8],
-    rate: &mut RateFloor,
-) -> (usize, Result<bool, FetchErrorKind>) {
-    let mut n = 0;
-    while n < buf.len() {
-        match resp.read(&mut buf[n..]) {
-            Ok(0) => return (n, Ok(true)),
-            Ok(k) => {
-                n += k;
-                if let Err(e) = rate.add(k as u64, Instant::now()) {
-                    return (n, Err(e));
-                }
-            }
-            Err(e) => return (n, Err(e)),
-        }
-    }
-    (n, Ok(false))
-}
-
-fn no_space(p: &Partial, e: crate::store::StoreError) -> FetchErrorKind {
-    if e.raw_os_error() == Some(libc::ENOSPC) {
-        FetchErrorKind::NoSpace {
-            needed: p.size() - p.offset(),
-            available: p.free_bytes().unwrap_or(0),
-        }
-    } else {
-        FetchErrorKind::Store(e)
     }
 }
 

@@ -16,6 +16,7 @@ use super::error::FetchErrorKind;
 use super::http::Fetched;
 use super::progress::{Phase, Reporter};
 use crate::digest::Hasher;
+use crate::store::StoreError;
 use crate::store::partial::Partial;
 
 /// One handover to the hashing thread (small enough to stay in cache), and
@@ -98,7 +99,20 @@ impl Stream<'_> {
             // write(2) per TLS record (16 KiB) cost a third more CPU.
             let mut buf = free_rx.recv().unwrap_or_else(|_| vec![0u8; PIPE_CHUNK]);
             let room = PIPE_CHUNK.min((p.size() - p.offset()) as usize + 1);
-            let (n, mut step) = self.fill(resp, p, &mut buf[..room], &mut rate);
+            let (n, mut step) = {
+                let (reporter, transferred) = (&mut *self.reporter, &mut *self.transferred);
+                let (from, size) = (p.offset(), p.size());
+                let mut got = 0u64;
+                // Progress after every read, counting bytes received: a
+                // stall never hides bytes that arrived before it.
+                fill(resp, &mut buf[..room], &mut rate, |k, now| {
+                    got += k;
+                    *transferred += k;
+                    reporter.add_at(k, now);
+                    let done = (from + got).min(size);
+                    reporter.report(Phase::Downloading, done, size, *transferred);
+                })
+            };
             // The server sent more than the blob's size.
             let keep = n.min((p.size() - p.offset()) as usize);
             if keep < n {
@@ -109,46 +123,14 @@ impl Stream<'_> {
                 let _ = full_tx.send((buf, keep));
             }
             match step {
-                Ok(true) if self.cancel.load(Ordering::Relaxed) => {
+                Ok(Filled::Full) if self.cancel.load(Ordering::Relaxed) => {
                     return Err(FetchErrorKind::Cancelled);
                 }
-                Ok(true) => {}
-                Ok(false) => return Ok(()), // end of the body
+                Ok(Filled::Full) => {}
+                Ok(Filled::Ended) => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Reads into `buf` until it is full, the body ends (`Ok(false)`) or
-    /// an error. Progress is reported after every read and counts the
-    /// bytes received, so a stall never hides bytes that arrived before it.
-    fn fill(
-        &mut self,
-        resp: &mut Fetched,
-        p: &Partial,
-        buf: &mut [u8],
-        rate: &mut RateFloor,
-    ) -> (usize, Result<bool, FetchErrorKind>) {
-        let mut n = 0;
-        while n < buf.len() {
-            match resp.read(&mut buf[n..]) {
-                Ok(0) => return (n, Ok(false)),
-                Ok(k) => {
-                    n += k;
-                    *self.transferred += k as u64;
-                    let now = Instant::now();
-                    self.reporter.add_at(k as u64, now);
-                    let done = (p.offset() + n as u64).min(p.size());
-                    self.reporter
-                        .report(Phase::Downloading, done, p.size(), *self.transferred);
-                    if let Err(e) = rate.add(k as u64, now) {
-                        return (n, Err(e));
-                    }
-                }
-                Err(e) => return (n, Err(e)),
-            }
-        }
-        (n, Ok(true))
     }
 }
 
@@ -179,16 +161,56 @@ fn hash_chunks(
 
 /// Appends to the partial; a full disk is told as such, with the free space.
 fn append(p: &mut Partial, bytes: &[u8]) -> Result<(), FetchErrorKind> {
-    p.append_unhashed(bytes).map_err(|e| {
-        if e.raw_os_error() == Some(libc::ENOSPC) {
-            FetchErrorKind::NoSpace {
-                needed: p.size() - p.offset(),
-                available: p.free_bytes().unwrap_or(0),
-            }
-        } else {
-            FetchErrorKind::Store(e)
+    p.append_unhashed(bytes).map_err(|e| no_space(p, e))
+}
+
+/// A write error of the partial as the fetch tells it: a full disk with
+/// the space needed and free, anything else as the store's error.
+pub(super) fn no_space(p: &Partial, e: StoreError) -> FetchErrorKind {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        FetchErrorKind::NoSpace {
+            needed: p.size() - p.offset(),
+            available: p.free_bytes().unwrap_or(0),
         }
-    })
+    } else {
+        FetchErrorKind::Store(e)
+    }
+}
+
+/// How [`fill`] ended, when no read failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Filled {
+    Full,
+    /// The body ended (the buffer may hold bytes before its end).
+    Ended,
+}
+
+/// Reads into `buf` until it is full, the body ends or a read fails;
+/// `on_read` sees each read's byte count and time. Every read counts
+/// towards the rate floor, so a trickle fails within its window even when
+/// it never fills a buffer.
+pub(super) fn fill(
+    resp: &mut Fetched,
+    buf: &mut [u8],
+    rate: &mut RateFloor,
+    mut on_read: impl FnMut(u64, Instant),
+) -> (usize, Result<Filled, FetchErrorKind>) {
+    let mut n = 0;
+    while n < buf.len() {
+        match resp.read(&mut buf[n..]) {
+            Ok(0) => return (n, Ok(Filled::Ended)),
+            Ok(k) => {
+                n += k;
+                let now = Instant::now();
+                on_read(k as u64, now);
+                if let Err(e) = rate.add(k as u64, now) {
+                    return (n, Err(e));
+                }
+            }
+            Err(e) => return (n, Err(e)),
+        }
+    }
+    (n, Ok(Filled::Full))
 }
 
 /// Fails an attempt whose source sends fewer than `min_rate` bytes per
