@@ -189,7 +189,7 @@ ticks_of() { awk '{ t += $14 + $15 } END { print t }' $(printf '/proc/%s/stat ' 
 nginx_workers() { pgrep -P "$(cat "$WORK/nginx/nginx.pid")" | tr '\n' ' '; }
 gets_of() { grep -c "^GET $1 " "${2:-$WORK/nginx/access.log}" || true; }
 # sent_of URI [LOG]: the access log's body bytes sent for GETs of URI so far.
-sent_of() { awk -v u="$1" '$1 == "GET" && $2 == u { n += $4 } END { printf "%d\n", n }' "${2:-$WORK/nginx/access.log}"; }
+sent_of() { awk -v u="$1" '$1 == "GET" && $2 == u { n += $4 } END { printf "%.0f\n", n }' "${2:-$WORK/nginx/access.log}"; }
 # aria2 URL OUT LOG [ARGS...]: aria2c -x16 -s16 -k1M downloading URL to OUT.
 # falloc: what aria2's manual advises on ext4 (its default writes zeros first).
 aria2() {
