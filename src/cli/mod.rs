@@ -23,7 +23,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::fetch::{FetchError, Fetcher, Http, HttpConfig, RetryPolicy};
+use crate::fetch::{FetchError, Fetcher, Http, HttpConfig, Mirror, RetryPolicy};
 use crate::store::{self, ModelName, NameError, Store, StoreError};
 
 /// Options every subcommand accepts, before or after its name. `--help`
@@ -74,20 +74,35 @@ impl Globals {
     }
 
     pub fn fetcher(&self) -> Result<Fetcher, CliError> {
-        fetcher_with(self.http_config(), None)
+        fetcher_with(self.http_config(), None, Vec::new())
     }
 }
 
-/// A fetcher with an optional stall timeout override.
+/// A fetcher with an optional stall timeout override, asking `mirrors`
+/// and then those of `MODELFS_MIRRORS` before each manifest's source.
 pub fn fetcher_with(
     mut cfg: HttpConfig,
     stall_timeout: Option<Duration>,
+    mut mirrors: Vec<Mirror>,
 ) -> Result<Fetcher, CliError> {
     if let Some(t) = stall_timeout {
         cfg.stall_timeout = t;
     }
-    let http = Http::new(cfg).map_err(|e| CliError::new(format!("cannot set up HTTPS: {e}")))?;
-    Ok(Fetcher::new(http, RetryPolicy::default()))
+    if let Ok(list) = std::env::var("MODELFS_MIRRORS") {
+        let from_env = Mirror::parse_list(&list)
+            .map_err(|e| CliError::new(format!("MODELFS_MIRRORS: {e}")))?;
+        for m in from_env {
+            if !mirrors.contains(&m) {
+                mirrors.push(m);
+            }
+        }
+    }
+    let https = |e| CliError::new(format!("cannot set up HTTPS: {e}"));
+    let mut fetcher = Fetcher::new(Http::new(cfg).map_err(https)?, RetryPolicy::default());
+    if !mirrors.is_empty() {
+        fetcher.set_mirrors(mirrors).map_err(https)?;
+    }
+    Ok(fetcher)
 }
 
 /// Parses a model name given on the command line.

@@ -316,7 +316,7 @@ fn build_fs(
     if opts.ca_file.is_some() {
         http.ca_file = opts.ca_file.clone();
     }
-    let mut fetcher = super::fetcher_with(http, opts.stall_timeout)?;
+    let mut fetcher = super::fetcher_with(http, opts.stall_timeout, opts.mirrors.clone())?;
     if let Some(d) = opts.retry_for {
         fetcher.set_retry_for(d);
     }

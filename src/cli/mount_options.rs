@@ -13,6 +13,8 @@
 //! character. `mount.fuse3` passes such options through unchanged.
 
 use std::path::PathBuf;
+
+use crate::fetch::Mirror;
 use std::time::Duration;
 
 /// Parsed mount options.
@@ -39,6 +41,9 @@ pub struct MountOptions {
     pub threads: usize,
     /// Connections one download may use at most (1: one stream).
     pub connections: usize,
+    /// Digest-addressed mirrors asked before each manifest's source, in
+    /// order (`mirror=URL`, repeatable).
+    pub mirrors: Vec<Mirror>,
     pub log_file: Option<PathBuf>,
 }
 
@@ -59,6 +64,7 @@ impl Default for MountOptions {
             fetch_threads: 4,
             threads: 4,
             connections: crate::fetch::pipeline::DEFAULT_CONNECTIONS,
+            mirrors: Vec::new(),
             log_file: None,
         }
     }
@@ -153,6 +159,9 @@ impl MountOptions {
                 "fetch_threads" => o.fetch_threads = parse_in(key, need(key, value)?, THREADS)?,
                 "threads" => o.threads = parse_in(key, need(key, value)?, THREADS)?,
                 "connections" => o.connections = parse_in(key, need(key, value)?, THREADS)?,
+                "mirror" => o
+                    .mirrors
+                    .push(Mirror::parse(need(key, value)?).map_err(|e| e.to_string())?),
                 // mount.fuse3 and fstab conventions handled elsewhere or not at all.
                 "subtype" | "comment" => {}
                 k if k.starts_with("x-") || IGNORED.contains(&k) => {}
@@ -271,6 +280,9 @@ Mount options (-o, comma-separated; also the fstab options column):
   threads=N              threads serving kernel requests (default 4, 1 to 64)
   connections=N          connections one download of 8 MiB or more may use for byte ranges
                          at once (default up to 16, adapting to the origin; 1: one stream)
+  mirror=URL             a digest-addressed mirror (https://HOST[/PATH] serving a store directory,
+                         e.g. `modelfs serve`), asked before each model's own source; repeatable,
+                         in order; also MODELFS_MIRRORS (comma-separated), after these
   log_file=PATH          log file, also with -f (default with -f: stderr; as a daemon: syslog,
                          or /var/log/modelfs/<mountpoint>.log where nothing listens on /dev/log)
 A comma inside a value is written \\, and a backslash \\\\ (log_file=/var/log/a\\,b.log).
@@ -318,6 +330,14 @@ mod tests {
             1
         );
         assert!(MountOptions::parse(&["connections=0"]).is_err());
+        let o =
+            MountOptions::parse(&["mirror=https://peer-a/store,mirror=https://peer-b"]).unwrap();
+        assert_eq!(
+            o.mirrors.iter().map(|m| m.base()).collect::<Vec<_>>(),
+            ["https://peer-a/store", "https://peer-b"]
+        );
+        let e = MountOptions::parse(&["mirror=http://peer-a"]).unwrap_err();
+        assert!(e.contains("only https://"), "{e}");
         assert!(MountOptions::parse(&["connections=65"]).is_err());
     }
 

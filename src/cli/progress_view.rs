@@ -151,6 +151,7 @@ mod tests {
             rate,
             transferred: 0,
             connections: 1,
+            source: 0,
         }
     }
 

@@ -39,6 +39,9 @@ pub struct ModelStatus {
     /// Connections the running download uses (a mount knows; the store
     /// alone does not).
     pub connections: Option<u16>,
+    /// Where the running download takes the bytes from, or where the
+    /// mount's last fetch got them (a mount knows).
+    pub source: Option<String>,
 }
 
 /// Prints the state of every model; with `--watch`, until all downloads end.
@@ -198,6 +201,7 @@ fn from_mount(mp: &Path) -> Result<Vec<ModelStatus>, CliError> {
             sha256: get_xattr(&path, xattr::SHA256).unwrap_or_default(),
             error: get_xattr(&path, xattr::ERROR),
             connections: get_xattr(&path, xattr::CONNECTIONS).and_then(|v| v.parse().ok()),
+            source: get_xattr(&path, xattr::SOURCE),
         });
     }
     rows.sort_by(|a, b| a.file.cmp(&b.file));
@@ -224,6 +228,7 @@ fn from_store(g: &Globals) -> Result<Vec<ModelStatus>, CliError> {
             sha256: m.blob.to_hex(),
             error: None,
             connections: None,
+            source: None,
         });
     }
     Ok(rows)
@@ -238,7 +243,8 @@ fn to_json(rows: &[ModelStatus]) -> serde_json::Value {
     rows.iter()
         .map(|r| {
             json!({"file": r.file, "state": r.state, "bytes_done": r.done, "bytes_total": r.total,
-                   "sha256": r.sha256, "error": r.error, "connections": r.connections})
+                   "sha256": r.sha256, "error": r.error, "connections": r.connections,
+                   "source": r.source})
         })
         .collect()
 }
@@ -261,6 +267,14 @@ fn print_table(rows: &[ModelStatus]) {
             progress,
             r.sha256.get(..12).unwrap_or("")
         );
+        if let Some(src) = &r.source {
+            let word = if r.state == "fetching" {
+                "from"
+            } else {
+                "fetched from"
+            };
+            println!("    {word} {src}");
+        }
         if let Some(e) = &r.error {
             println!("    last error: {e}");
         }

@@ -91,10 +91,10 @@ impl Source for Scripted {
     }
 
     fn candidates(&self, primary: &Manifest, _others: &[Manifest]) -> Vec<Candidate> {
-        vec![Candidate {
-            model: primary.name.to_string(),
-            url: "https://scripted.invalid/".into(),
-        }]
+        vec![Candidate::pinned(
+            primary.name.as_str(),
+            "https://scripted.invalid/".into(),
+        )]
     }
 
     fn url_for(&self, _m: &Manifest) -> Option<String> {

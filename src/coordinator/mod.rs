@@ -74,6 +74,7 @@ use crate::digest::Sha256;
 use crate::fetch::{FetchError, FetchErrorKind, FetchJob, Fetcher, Phase, Progress, ProgressSink};
 use crate::store::verified::{Recheck, Record, Recorded};
 use crate::store::{BlobState, Manifest, Store, StoreError, lock};
+use crate::text::redact_url;
 
 /// How long opens of a blob fail at once after its bytes did not match.
 pub const DEFAULT_MISMATCH_BACKOFF: Duration = Duration::from_secs(600);
@@ -133,6 +134,9 @@ pub struct BlobActivity {
     pub verified: bool,
     /// The last failure, until a fetch succeeds.
     pub last_error: Option<String>,
+    /// Where the running fetch takes the bytes from, or where the last
+    /// fetch in this process got them (URL, query dropped).
+    pub source: Option<String>,
 }
 
 /// Who waits: the task (watched in `/proc`) and the kernel's id of its
@@ -190,6 +194,9 @@ struct Shared {
     progress: Arc<Mutex<Option<Progress>>>,
     /// "retrying (3/8): connection refused" while the fetch waits to retry.
     note: Arc<Mutex<Option<String>>>,
+    /// The fetch's sources in order (URLs, query dropped), which
+    /// [`Progress::source`] indexes.
+    sources: Arc<Mutex<Vec<String>>>,
 }
 
 /// A queued job, as a worker runs it.
@@ -215,6 +222,8 @@ pub struct Coordinator {
     source: Arc<dyn Source>,
     jobs: Mutex<HashMap<Sha256, Job>>,
     last_errors: Mutex<HashMap<Sha256, String>>,
+    /// Where each blob fetched by this process came from.
+    served_by: Mutex<HashMap<Sha256, String>>,
     mismatches: Mutex<HashMap<Sha256, Mismatch>>,
     mismatch_backoff: Mutex<Duration>,
     shutting_down: AtomicBool,
@@ -250,6 +259,7 @@ impl Coordinator {
                 source,
                 jobs: Mutex::new(HashMap::new()),
                 last_errors: Mutex::new(HashMap::new()),
+                served_by: Mutex::new(HashMap::new()),
                 mismatches: Mutex::new(HashMap::new()),
                 mismatch_backoff: Mutex::new(DEFAULT_MISMATCH_BACKOFF),
                 shutting_down: AtomicBool::new(false),
@@ -385,6 +395,7 @@ impl Coordinator {
     pub fn activity(&self, d: &Sha256) -> BlobActivity {
         let mut a = BlobActivity {
             last_error: self.last_errors.lock().get(d).cloned(),
+            source: self.served_by.lock().get(d).cloned(),
             ..BlobActivity::default()
         };
         // The jobs lock is not held across the look at the disk.
@@ -399,6 +410,11 @@ impl Coordinator {
             a.waiters = job.waiters.len();
             a.verified = job.verified.is_some();
             a.progress = *job.shared.progress.lock();
+            if let Some(p) = a.progress
+                && let Some(url) = job.shared.sources.lock().get(usize::from(p.source))
+            {
+                a.source = Some(url.clone());
+            }
             if let Some(note) = job.shared.note.lock().clone() {
                 a.last_error = Some(note);
             }
@@ -518,13 +534,9 @@ impl Coordinator {
             manifest: m,
             others,
             kind,
-            shared:
-                Shared {
-                    cancel,
-                    progress,
-                    note,
-                },
+            shared,
         } = q;
+        let (cancel, progress) = (&shared.cancel, &shared.progress);
         // Cancelled while queued (the mount is stopping): nothing to start.
         if cancel.load(Ordering::Relaxed) {
             let e = FetchError::new(m.name.as_str(), None, FetchErrorKind::Cancelled);
@@ -532,15 +544,11 @@ impl Coordinator {
         }
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
             if kind == JobKind::Recheck
-                && let Some(rechecked) = self.recheck(&m, &cancel, &progress)
+                && let Some(rechecked) = self.recheck(&m, cancel, progress)
             {
                 return rechecked;
             }
-            let sink = ProgressSink::Watched {
-                latest: progress.clone(),
-                note: note.clone(),
-            };
-            self.fetch(&m, &others, &cancel, sink)
+            self.fetch(&m, &others, &shared)
         }));
         let result = match outcome {
             Ok(r) => r,
@@ -574,21 +582,34 @@ impl Coordinator {
         &self,
         m: &Manifest,
         others: &[Manifest],
-        cancel: &AtomicBool,
-        sink: ProgressSink,
+        shared: &Shared,
     ) -> Result<Ready, WaitError> {
+        let Shared {
+            cancel,
+            progress: latest,
+            note,
+            sources,
+        } = shared;
         let job = FetchJob {
             manifest: m,
             sources: self.source.candidates(m, others),
             write_manifest: false,
-            progress: Some(sink),
+            progress: Some(ProgressSink::Watched {
+                latest: latest.clone(),
+                note: note.clone(),
+            }),
             cancel,
         };
+        *sources.lock() = job.sources.iter().map(|c| redact_url(&c.url)).collect();
         match self
             .source
             .fetch(&self.store, &job, &mut |file| self.hand_over(&m.blob, file))
         {
             Ok(_) => {
+                let i = latest.lock().map_or(0, |p| usize::from(p.source));
+                if let Some(url) = sources.lock().get(i) {
+                    self.served_by.lock().insert(m.blob, url.clone());
+                }
                 self.note_published(&m.blob);
                 Ok(Ready::Published)
             }
@@ -619,6 +640,7 @@ impl Coordinator {
                 rate: 0.0,
                 transferred: 0,
                 connections: 0,
+                source: 0,
             })
         };
         let cancelled = || cancel.load(Ordering::Relaxed);

@@ -6,13 +6,15 @@
 //! a body into the store's partial file (`store::partial`), `parallel` the
 //! same over several connections with byte ranges scheduled by `ranges`;
 //! `retry` and `progress` are its policy and its reporting; `pin` resolves
-//! a Hugging Face file to what a manifest pins. Nothing here knows about
+//! a Hugging Face file to what a manifest pins; `mirrors` are the
+//! digest-addressed servers asked before a manifest's own source. Nothing here knows about
 //! FUSE; nothing in `store` knows about HTTP.
 
 mod download;
 pub mod error;
 pub mod head;
 pub mod http;
+pub mod mirrors;
 mod parallel;
 pub mod pin;
 pub mod pipeline;
@@ -23,6 +25,7 @@ mod stream;
 
 pub use error::{FetchError, FetchErrorKind};
 pub use http::{Http, HttpConfig};
+pub use mirrors::{Mirror, MirrorError};
 pub use pipeline::{Candidate, FetchJob, FetchOutcome, Fetcher};
 pub use progress::{Phase, Progress, ProgressSink};
 pub use retry::RetryPolicy;

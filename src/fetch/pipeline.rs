@@ -48,12 +48,14 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::download::Download;
 use super::error::{FetchError, FetchErrorKind};
 use super::http::Http;
+use super::mirrors::{MIRROR_CONNECT_TIMEOUT, MIRROR_STALL_TIMEOUT, Mirror, Mirrors};
 use super::progress::{Phase, ProgressSink, Reporter};
 use super::retry::RetryPolicy;
 use crate::digest::Sha256;
@@ -77,6 +79,20 @@ pub enum FetchOutcome {
 pub struct Candidate {
     pub model: String,
     pub url: String,
+    /// The configured mirror this is (its index), or `None` for a URL a
+    /// manifest pins.
+    pub mirror: Option<usize>,
+}
+
+impl Candidate {
+    /// A URL a manifest pins.
+    pub fn pinned(model: &str, url: String) -> Self {
+        Self {
+            model: model.to_string(),
+            url,
+            mirror: None,
+        }
+    }
 }
 
 /// What to fetch and how to report.
@@ -102,6 +118,9 @@ pub struct Fetcher {
     http: Http,
     policy: RetryPolicy,
     connections: usize,
+    mirrors: Arc<Mirrors>,
+    /// Asks the mirrors: short timeouts and few retries of its own.
+    for_mirrors: Option<Box<Fetcher>>,
 }
 
 /// Connections one fetch may use at most, unless configured.
@@ -113,12 +132,37 @@ impl Fetcher {
             http,
             policy,
             connections: DEFAULT_CONNECTIONS,
+            mirrors: Arc::new(Mirrors::default()),
+            for_mirrors: None,
         }
+    }
+
+    /// Asks `mirrors` for every blob before its manifest's own source (see
+    /// [`super::mirrors`]).
+    pub fn set_mirrors(&mut self, mirrors: Vec<Mirror>) -> Result<(), FetchErrorKind> {
+        let mut cfg = self.http.config().clone();
+        cfg.connect_timeout = cfg.connect_timeout.min(MIRROR_CONNECT_TIMEOUT);
+        cfg.stall_timeout = cfg.stall_timeout.min(MIRROR_STALL_TIMEOUT);
+        // Nothing of the Hub's goes to a mirror.
+        cfg.hf_token = None;
+        let mut f = Fetcher::new(Http::new(cfg)?, mirror_policy(&self.policy));
+        f.connections = self.connections;
+        self.for_mirrors = Some(Box::new(f));
+        self.mirrors = Arc::new(Mirrors::new(mirrors));
+        Ok(())
+    }
+
+    /// The configured mirrors.
+    pub fn mirrors(&self) -> &[Mirror] {
+        self.mirrors.list()
     }
 
     /// At most `n` connections per fetch (1: one stream, never ranges).
     pub fn set_connections(&mut self, n: usize) {
         self.connections = n.max(1);
+        if let Some(f) = &mut self.for_mirrors {
+            f.connections = self.connections;
+        }
     }
 
     pub(super) fn connections(&self) -> usize {
@@ -136,6 +180,9 @@ impl Fetcher {
     /// How long a fetch retries without progress (see [`RetryPolicy`]).
     pub fn set_retry_for(&mut self, d: Duration) {
         self.policy.retry_for = d;
+        if let Some(f) = &mut self.for_mirrors {
+            f.policy.retry_for = d.min(MIRROR_STALL_TIMEOUT);
+        }
     }
 
     /// The URL a manifest is fetched from (honouring `HF_ENDPOINT`).
@@ -153,21 +200,28 @@ impl Fetcher {
         Some(url)
     }
 
-    /// The sources of a blob: `primary`'s own, then those of `others` that
-    /// pin the same digest and size, in their order, each URL once.
+    /// The sources of a blob: the mirrors not left out, then `primary`'s
+    /// own, then those of `others` that pin the same digest and size, in
+    /// their order, each URL once.
     pub fn candidates(&self, primary: &Manifest, others: &[Manifest]) -> Vec<Candidate> {
         let same_blob = |o: &&Manifest| {
             o.blob == primary.blob && o.size_bytes == primary.size_bytes && o.name != primary.name
         };
-        let mut out: Vec<Candidate> = Vec::new();
+        let mut out: Vec<Candidate> = self
+            .mirrors
+            .usable_for(&primary.blob, Instant::now())
+            .into_iter()
+            .map(|(i, m)| Candidate {
+                model: primary.name.to_string(),
+                url: m.blob_url(&primary.blob),
+                mirror: Some(i),
+            })
+            .collect();
         for m in std::iter::once(primary).chain(others.iter().filter(same_blob)) {
             if let Some(url) = self.url_for(m)
                 && !out.iter().any(|c| c.url == url)
             {
-                out.push(Candidate {
-                    model: m.name.to_string(),
-                    url,
-                });
+                out.push(Candidate::pinned(m.name.as_str(), url));
             }
         }
         out
@@ -252,7 +306,16 @@ impl Fetcher {
         // Phases 2-7 for each source in turn, while the failures are the
         // source's.
         for (i, source) in sources.iter().enumerate() {
-            match self.fetch_from(store, job, source, &mut reporter, &mut on_verified, waited) {
+            let by = match source.mirror {
+                Some(_) => self.for_mirrors.as_deref().unwrap_or(self),
+                None => self,
+            };
+            reporter.set_source(i);
+            let result = by.fetch_from(store, job, source, &mut reporter, &mut on_verified, waited);
+            if let (Err(e), Some(k)) = (&result, source.mirror) {
+                self.mirrors.failed(k, &m.blob, &e.kind, Instant::now());
+            }
+            match result {
                 Err(e) if e.kind.is_source_error() && i + 1 < sources.len() => {
                     let next = &sources[i + 1];
                     log::warn!(
@@ -586,5 +649,16 @@ fn check_free_space(partial: &Path, needed: u64) -> Result<(), FetchErrorKind> {
     match partial::free_bytes(dir) {
         Some(available) if available < needed => Err(FetchErrorKind::NoSpace { needed, available }),
         _ => Ok(()),
+    }
+}
+
+/// The retry policy for mirrors: `base`'s, with few attempts and a short
+/// time without progress, as the next source is there.
+fn mirror_policy(base: &RetryPolicy) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: base.max_attempts.min(2),
+        max_total_attempts: base.max_total_attempts.min(8),
+        retry_for: base.retry_for.min(MIRROR_STALL_TIMEOUT),
+        ..base.clone()
     }
 }

@@ -64,6 +64,9 @@ pub struct Progress {
     pub transferred: u64,
     /// Connections the download uses now (0 outside downloading).
     pub connections: u16,
+    /// Which of the job's sources ([`super::FetchJob::sources`], in
+    /// order) the fetch uses now.
+    pub source: u8,
 }
 
 /// Sends throttled progress events and keeps a moving rate.
@@ -76,6 +79,7 @@ pub struct Reporter {
     /// does not take the note's lock to clear it.
     noted: bool,
     connections: u16,
+    source: u8,
 }
 
 impl Reporter {
@@ -87,6 +91,7 @@ impl Reporter {
             rate: 0.0,
             noted: false,
             connections: 1,
+            source: 0,
         }
     }
 
@@ -117,6 +122,11 @@ impl Reporter {
         self.connections = n.clamp(1, u16::MAX as usize) as u16;
     }
 
+    /// The fetch goes on from the job's source number `i`.
+    pub fn set_source(&mut self, i: usize) {
+        self.source = i.min(u8::MAX as usize) as u8;
+    }
+
     /// Sends an event (never blocks; drops it if the channel is full).
     pub fn report(&mut self, phase: Phase, done: u64, total: u64, transferred: u64) {
         let p = Progress {
@@ -130,6 +140,7 @@ impl Reporter {
             } else {
                 0
             },
+            source: self.source,
         };
         match &self.tx {
             Some(ProgressSink::Channel(tx)) => {

@@ -9,6 +9,7 @@
 //! | `user.modelfs.url` | where it is fetched from (query string dropped); absent for an imported model |
 //! | `user.modelfs.error` | the last failure; absent when there is none |
 //! | `user.modelfs.connections` | connections the running download uses; absent when none runs |
+//! | `user.modelfs.source` | where the running fetch takes the bytes from (a mirror or the pinned URL), or where this mount's last fetch got them; absent otherwise |
 //! | `user.modelfs.gguf.<fact>` | what the GGUF header says (`architecture`, `parameters`, `file_type`, `context_length`, …), read when the model was added; absent without facts |
 //!
 //! Values are computed from memory only. URLs are redacted because signed
@@ -26,6 +27,7 @@ pub const PROGRESS: &str = "user.modelfs.progress";
 pub const URL: &str = "user.modelfs.url";
 pub const ERROR: &str = "user.modelfs.error";
 pub const CONNECTIONS: &str = "user.modelfs.connections";
+pub const SOURCE: &str = "user.modelfs.source";
 /// Followed by a fact's name, as in the manifest's `gguf` object.
 pub const GGUF_PREFIX: &str = "user.modelfs.gguf.";
 
@@ -99,6 +101,7 @@ pub fn value(
         URL => url.map(|u| redact_url(&u)),
         ERROR => a.last_error.clone(),
         CONNECTIONS => connections(a).map(|n| n.to_string()),
+        SOURCE => a.source.clone(),
         _ => None,
     }
 }
@@ -117,6 +120,9 @@ pub fn list(e: &Entry, a: &BlobActivity, has_url: bool) -> Vec<u8> {
     }
     if connections(a).is_some() {
         names.push(CONNECTIONS);
+    }
+    if a.source.is_some() {
+        names.push(SOURCE);
     }
     names.extend(facts.iter().map(String::as_str));
     names
