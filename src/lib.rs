@@ -2,7 +2,8 @@
 //! mount that shows every model as a file and fetches it on first open.
 //!
 //! Dependencies point one way: `store` ← `fetch` ← `coordinator` ← `fs` ←
-//! `fuse` ← `cli`. Nothing below `fuse` knows fuser exists; nothing below
+//! `fuse` ← `cli`, with `serve` (the HTTPS mirror server) beside `fs` on
+//! the coordinator. Nothing below `fuse` knows fuser exists; nothing below
 //! `fetch` knows HTTP exists.
 
 // Errors carry the model, URL and digests a user needs to act; they are
@@ -16,6 +17,7 @@ pub mod fetch;
 pub mod fs;
 pub mod fuse;
 pub mod gguf;
+pub mod serve;
 pub mod store;
 pub mod sys;
 pub mod text;

@@ -37,6 +37,8 @@ enum Command {
     Status(cli::status::StatusArgs),
     /// Mount the store: every model appears as NAME.FORMAT and is fetched on first open
     Mount(cli::mount::MountArgs),
+    /// Serve this store's verified blobs over HTTPS, as a mirror for other hosts
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Gc(a) => cli::gc::run(g, a),
         Command::Mount(a) => cli::mount::run(g, a),
         Command::Status(a) => cli::status::run(g, a),
+        Command::Serve(a) => cli::serve::run(g, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,6 +15,7 @@ pub mod mountpoint;
 pub mod progress_view;
 pub mod pull;
 pub mod rm;
+pub mod serve;
 pub mod status;
 pub mod store_changes;
 pub mod verify;

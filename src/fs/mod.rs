@@ -449,6 +449,7 @@ impl ModelFs {
                 | xattr::URL
                 | xattr::ERROR
                 | xattr::CONNECTIONS
+                | xattr::SOURCE
         ) {
             self.entry(ino)?;
             return Err(FsError::NoAttr);

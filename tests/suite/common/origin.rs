@@ -131,6 +131,23 @@ impl TestCa {
     /// Issue a server (leaf) certificate for `names` (DNS names or IP
     /// addresses), signed by this CA. Returns the chain (leaf, CA) and the key.
     pub fn issue(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let (leaf, key) = self.leaf(names);
+        let chain = vec![leaf.der().clone(), self.der()];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        (chain, key)
+    }
+
+    /// [`TestCa::issue`] as PEM files in `dir`: `(chain, key)` paths, for
+    /// a server started as a program (`modelfs serve --cert --key`).
+    pub fn issue_pem_files(&self, names: &[&str], dir: &Path) -> (PathBuf, PathBuf) {
+        let (leaf, key) = self.leaf(names);
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, format!("{}{}", leaf.pem(), self.pem())).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
+    fn leaf(&self, names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
         let key = rcgen::KeyPair::generate().expect("generate leaf key");
         let sans: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = rcgen::CertificateParams::new(sans).expect("leaf params");
@@ -150,9 +167,7 @@ impl TestCa {
         let leaf = params
             .signed_by(&key, &self.inner.cert, &self.inner.key)
             .expect("sign leaf");
-        let chain = vec![leaf.der().clone(), self.der()];
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        (chain, key)
+        (leaf, key)
     }
 
     /// A rustls server config presenting a leaf for `names` signed by this CA.
