@@ -198,8 +198,16 @@ impl Store {
         let placed = self
             .place_staged(&ireq, digest, &staging)?
             .then_some(placed);
-        let manifest = Box::new(self.write_adopted(req, digest, meta.len())?);
-        Ok(Adopted::Added { manifest, placed })
+        let manifest = match existing {
+            // A pending manifest of these bytes (`modelfs add`) is kept as
+            // it is: its source says where to fetch them again.
+            Some(m) if m.blob == digest => m,
+            _ => self.write_adopted(req, digest, meta.len())?,
+        };
+        Ok(Adopted::Added {
+            manifest: Box::new(manifest),
+            placed,
+        })
     }
 
     /// Why the name pins the file's blob already, if it does: the blob is
@@ -391,6 +399,35 @@ mod tests {
             s.adopt_file(&sized, None).unwrap_err(),
             AdoptFileError::WrongSize { actual: 16, .. }
         ));
+    }
+
+    #[test]
+    fn a_pending_manifest_of_the_same_bytes_gets_its_blob_and_keeps_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path().join("store")).unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, b"GGUF pinned").unwrap();
+        let d = Sha256::of(b"GGUF pinned");
+        let name = ModelName::parse("m").unwrap();
+        let pinned = Source {
+            url: Some("https://example.org/m.gguf".into()),
+            ..Source::default()
+        };
+        s.write_manifest(&Manifest::new(name.clone(), "gguf", d, 11, pinned.clone()))
+            .unwrap();
+        let local = Source {
+            registry: "local".into(),
+            ..Source::default()
+        };
+        let Adopted::Added { placed, .. } = s
+            .adopt_file(&req(&name, &file, None, &local), None)
+            .unwrap()
+        else {
+            panic!("added");
+        };
+        assert!(placed.is_some());
+        assert_eq!(s.blob_state(&d), BlobState::Present(11));
+        assert_eq!(s.read_manifest(&name).unwrap().unwrap().source, pinned);
     }
 
     #[test]
