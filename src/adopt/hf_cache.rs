@@ -56,6 +56,7 @@ pub fn walk(root: &Path, repos: &[String]) -> Result<Walk, AdoptError> {
                         tool: TOOL,
                         wanted: want.clone(),
                         path: root.to_path_buf(),
+                        hint: None,
                     });
                 }
             }

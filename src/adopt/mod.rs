@@ -92,6 +92,8 @@ pub enum AdoptError {
         tool: &'static str,
         wanted: String,
         path: PathBuf,
+        /// What there is instead (`it has the tags 1b, 3b`), if known.
+        hint: Option<String>,
     },
     /// A selector on the command line is malformed.
     BadSelector { wanted: String, why: &'static str },
@@ -105,11 +107,22 @@ impl fmt::Display for AdoptError {
                 "cannot read the {tool} folder {}: {source} (say where it is with --path)",
                 path.display()
             ),
-            Self::NotFound { tool, wanted, path } => write!(
-                f,
-                "{wanted}: no such model in the {tool} folder {} (check the name, or --path)",
-                path.display()
-            ),
+            Self::NotFound {
+                tool,
+                wanted,
+                path,
+                hint,
+            } => {
+                write!(
+                    f,
+                    "{wanted}: no such model in the {tool} folder {}",
+                    path.display()
+                )?;
+                match hint {
+                    Some(h) => write!(f, " ({h})"),
+                    None => f.write_str(" (check the name, or --path)"),
+                }
+            }
             Self::BadSelector { wanted, why } => write!(f, "{wanted:?}: {why}"),
         }
     }

@@ -111,6 +111,18 @@ impl OllamaRef {
         }
     }
 
+    /// "it has the tags 1b, 3b" when the model is there with other tags.
+    fn other_tags(&self, root: &Path) -> Option<String> {
+        let dir = self.manifest_path(root);
+        let mut tags: Vec<String> = fs::read_dir(dir.parent()?)
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect();
+        tags.sort();
+        (!tags.is_empty()).then(|| format!("it has the tags {}", tags.join(", ")))
+    }
+
     fn manifest_path(&self, root: &Path) -> PathBuf {
         root.join("manifests")
             .join(&self.registry)
@@ -144,6 +156,7 @@ pub fn walk(root: &Path, wanted: &Wanted) -> Result<Walk, AdoptError> {
                     tool: TOOL,
                     wanted: w.clone(),
                     path: root.to_path_buf(),
+                    hint: r.other_tags(root),
                 });
             }
             refs.push(r);
@@ -373,8 +386,9 @@ mod tests {
             models: vec!["llava:13b".into()],
             projector: false,
         };
-        let e = walk(root, &missing).unwrap_err();
-        assert!(e.to_string().contains("llava:13b: no such model"), "{e}");
+        let e = walk(root, &missing).unwrap_err().to_string();
+        assert!(e.contains("llava:13b: no such model"), "{e}");
+        assert!(e.contains("(it has the tags 7b)"), "{e}");
     }
 
     #[test]

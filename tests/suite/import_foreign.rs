@@ -415,7 +415,8 @@ fn ollama_models_are_named_from_model_and_tag_keep_their_provenance_and_a_second
     let missing = import(&ts.root, "ollama", Some(&ollama.root), &["llama3.2:70b"]);
     assert_ne!(missing.code, 0);
     assert!(
-        missing.stderr.contains("llama3.2:70b: no such model"),
+        missing.stderr.contains("llama3.2:70b: no such model")
+            && missing.stderr.contains("it has the tags 3b, latest"),
         "{}",
         missing.stderr
     );
