@@ -32,9 +32,20 @@ const PROJECTOR_LAYER: &str = "application/vnd.ollama.image.projector";
 /// Ollama's manifests are a few KiB.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
-/// `$OLLAMA_MODELS`, else `~/.ollama/models`.
+/// Where Linux's install script puts the store of its `ollama` service.
+const SERVICE_ROOT: &str = "/usr/share/ollama/.ollama/models";
+
+/// `$OLLAMA_MODELS`, else `~/.ollama/models`, else (when that is missing)
+/// the Linux service's [`SERVICE_ROOT`] if it exists.
 pub fn default_root() -> Option<PathBuf> {
-    env_path("OLLAMA_MODELS").or_else(|| env_path("HOME").map(|h| h.join(".ollama/models")))
+    if let Some(p) = env_path("OLLAMA_MODELS") {
+        return Some(p);
+    }
+    let home = env_path("HOME").map(|h| h.join(".ollama/models"));
+    match home {
+        Some(h) if h.is_dir() || !Path::new(SERVICE_ROOT).is_dir() => Some(h),
+        _ => Some(PathBuf::from(SERVICE_ROOT)),
+    }
 }
 
 /// A model as Ollama names it: `[registry/][namespace/]model[:tag]`.

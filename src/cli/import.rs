@@ -1,6 +1,7 @@
 //! `modelfs import`: put a model file you already have into the store
 //! ([`crate::store::Store::import_file`] does it, see `store::import`; this parses the
-//! arguments and shows progress and the result).
+//! arguments and shows progress and the result). `--from` hands over to
+//! [`super::import_from`].
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,7 +26,8 @@ pub struct ImportArgs {
     /// to it is caught and never served), else copied; and hashed once
     #[arg(long, value_name = "TOOL|DIR")]
     pub from: Option<String>,
-    /// The tool's folder (default: $OLLAMA_MODELS or ~/.ollama/models;
+    /// The tool's folder (default: $OLLAMA_MODELS or ~/.ollama/models, else
+    /// /usr/share/ollama/.ollama/models;
     /// $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub;
     /// ~/.lmstudio/models)
     #[arg(long, value_name = "DIR", requires = "from")]
