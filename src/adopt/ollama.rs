@@ -403,6 +403,16 @@ mod tests {
     }
 
     #[test]
+    fn a_model_of_several_weight_layers_gets_the_names_of_a_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let layers: [(&str, &[u8]); 2] = [(MODEL_LAYER, b"GGUF 1"), (MODEL_LAYER, b"GGUF 2")];
+        put(dir.path(), "registry.ollama.ai/library/big/q4", &layers);
+        let w = walk(dir.path(), &Wanted::default()).unwrap();
+        let names: Vec<_> = w.candidates.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["big-q4-00001-of-00002", "big-q4-00002-of-00002"]);
+    }
+
+    #[test]
     fn a_manifest_that_is_not_json_is_passed_over_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir
