@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deps.sh [--test]: installs what modelfs needs on Debian/Ubuntu when it is
 # missing: fuse3 (fusermount3, mount.fuse3), attr (getfattr), openssl, python3
-# and curl; with --test also strace and the Python gguf reader the tests use.
+# and curl; with --test also strace, mkfs.xfs and mkfs.ext4 (the import tests'
+# loop-mounted images) and the Python gguf reader the tests use.
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -14,6 +15,8 @@ command -v curl >/dev/null || need+=(curl)
 command -v umount >/dev/null || need+=(mount)
 if [ "${1:-}" = "--test" ]; then
   command -v strace >/dev/null || need+=(strace)
+  command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+  command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"

@@ -10,6 +10,7 @@
 // built only on failure, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod adopt;
 pub mod cli;
 pub mod coordinator;
 pub mod digest;

@@ -27,7 +27,7 @@ enum Command {
     Info(cli::info::InfoArgs),
     /// Re-hash present blobs; quarantine corrupt ones
     Verify(cli::verify::VerifyArgs),
-    /// Place a model file you already have into the store (a reflink or a copy; --link hard-links it)
+    /// Place a model file you already have into the store (a reflink or a copy; --link hard-links it), or (--from) the GGUFs of Ollama, the Hugging Face cache, LM Studio or a folder
     Import(cli::import::ImportArgs),
     /// Remove models' manifests (blobs stay until gc)
     Rm(cli::rm::RmArgs),

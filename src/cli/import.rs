@@ -1,6 +1,7 @@
 //! `modelfs import`: put a model file you already have into the store
 //! ([`crate::store::Store::import_file`] does it, see `store::import`; this parses the
-//! arguments and shows progress and the result).
+//! arguments and shows progress and the result). `--from` hands over to
+//! [`super::import_from`].
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -12,12 +13,28 @@ use crate::text::human_bytes;
 use super::{CliError, Globals, parse_name, progress_view};
 
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = super::import_from::NAMING_HELP)]
 pub struct ImportArgs {
-    /// The model file to import
-    pub path: PathBuf,
-    /// Model name to give it
+    /// The model file to import; with --from, the models (Ollama
+    /// MODEL[:TAG]) or repositories (Hugging Face ORG/REPO) to take, all
+    /// if none
+    #[arg(value_name = "PATH | MODEL")]
+    pub items: Vec<PathBuf>,
+    /// Take the GGUFs of another tool's store: `ollama`, `hf-cache`,
+    /// `lmstudio`, or a folder's path. Each file is reflinked where the
+    /// filesystem can, else hard-linked (same filesystem; a later change
+    /// to it is caught and never served), else copied; and hashed once
+    #[arg(long, value_name = "TOOL|DIR")]
+    pub from: Option<String>,
+    /// The tool's folder (default: $OLLAMA_MODELS or ~/.ollama/models, else
+    /// /usr/share/ollama/.ollama/models;
+    /// $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub;
+    /// ~/.lmstudio/models)
+    #[arg(long, value_name = "DIR", requires = "from")]
+    pub path: Option<PathBuf>,
+    /// Model name to give it (with --from: to the one model found)
     #[arg(long)]
-    pub name: String,
+    pub name: Option<String>,
     /// File format, also the extension in the mount
     #[arg(long, default_value = "gguf")]
     pub format: String,
@@ -29,12 +46,16 @@ pub struct ImportArgs {
     /// in-place edit of it is caught before the next open (the blob is
     /// hashed again and quarantined if it changed), but a program that has
     /// the model open already may read the edited bytes.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "from")]
     pub link: bool,
+    /// With --from ollama: also import each model's projector layer (a
+    /// vision model's image encoder) as NAME-mmproj
+    #[arg(long, requires = "from")]
+    pub projector: bool,
 }
 
 /// How the bytes reached the store, in words.
-fn placed_word(p: Option<Placed>) -> &'static str {
+pub(super) fn placed_word(p: Option<Placed>) -> &'static str {
     match p {
         Some(Placed::Reflink) => "reflink, a copy-on-write copy",
         Some(Placed::Copy) => "copy",
@@ -45,28 +66,39 @@ fn placed_word(p: Option<Placed>) -> &'static str {
 
 /// Hashes `path`, places it in the store, writes its manifest.
 pub fn run(g: &Globals, a: &ImportArgs) -> Result<(), CliError> {
-    let name = parse_name(&a.name)?;
+    if let Some(from) = &a.from {
+        return super::import_from::run(g, a, from);
+    }
+    let [path] = &a.items[..] else {
+        return Err(CliError::new(
+            "import takes one file (PATH --name NAME), or --from TOOL|DIR",
+        ));
+    };
+    let Some(name) = &a.name else {
+        return Err(CliError::new(format!(
+            "{}: say which name to give it with --name",
+            path.display()
+        )));
+    };
+    let name = parse_name(name)?;
     validate_format(&a.format).map_err(|p| CliError::new(format!("--format {p}")))?;
     let store = g.store_for_writing()?;
     let req = ImportRequest {
         name: &name,
-        path: &a.path,
+        path,
         format: &a.format,
         force: a.force,
         link: a.link,
     };
     // Progress on stderr, unless -q.
-    let mut shown = (!g.quiet).then(|| Progress {
-        label: name.to_string(),
-        shown: None,
-    });
+    let mut shown = (!g.quiet).then(|| Progress::new(name.as_str()));
     let progress = shown.as_mut().map(|p| p as &mut dyn ImportProgress);
     let imported = store
         .import_file(&req, progress)
         .map_err(|e| CliError::new(e.to_string()))?;
     println!(
         "imported {} as {} ({}, {})",
-        a.path.display(),
+        path.display(),
         imported.manifest.file_name(),
         imported.manifest.blob.short(),
         placed_word(imported.placed)
@@ -75,9 +107,18 @@ pub fn run(g: &Globals, a: &ImportArgs) -> Result<(), CliError> {
 }
 
 /// The import's progress on stderr: one [`Shown`] per hashing pass.
-struct Progress {
+pub(super) struct Progress {
     label: String,
     shown: Option<Shown>,
+}
+
+impl Progress {
+    pub(super) fn new(label: &str) -> Self {
+        Self {
+            label: label.to_string(),
+            shown: None,
+        }
+    }
 }
 
 impl ImportProgress for Progress {

@@ -5,6 +5,7 @@ use serde_json::json;
 use crate::store::{Manifest, ModelState, Store};
 use crate::text::{human_bytes, human_count, redact_url};
 
+use super::import_from::source_label;
 use super::{CliError, Globals};
 
 #[derive(Debug, clap::Args)]
@@ -50,6 +51,7 @@ pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
                     "size_bytes": m.size_bytes, "state": state.word(), "bytes_on_disk": on_disk,
                     "blob": m.blob.to_blob_ref(), "url": m.fetch_url().map(|u| redact_url(&u)),
                     "gguf": m.gguf.as_ref().map(|f| f.to_json()),
+                    "from": source_label(&m.source),
                 })
             })
             .collect();
@@ -60,7 +62,7 @@ pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "{:<40} {:<8} {:>10} {:<9} {:>4} {:<12} {:<14} {:>8} {:<8} {:>7}",
+        "{:<40} {:<8} {:>10} {:<9} {:>4} {:<12} {:<14} {:>8} {:<8} {:>7} FROM",
         "NAME", "FORMAT", "SIZE", "STATE", "DONE", "DIGEST", "ARCH", "PARAMS", "QUANT", "CTX"
     );
     for m in &rows {
@@ -68,7 +70,7 @@ pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
         let f = m.gguf.as_deref();
         let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         println!(
-            "{:<40} {:<8} {:>10} {:<9} {:>4} {:<12} {:<14} {:>8} {:<8} {:>7}",
+            "{:<40} {:<8} {:>10} {:<9} {:>4} {:<12} {:<14} {:>8} {:<8} {:>7} {}",
             m.name.as_str(),
             m.format,
             human_bytes(m.size_bytes),
@@ -79,6 +81,7 @@ pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
             or_dash(f.and_then(|f| f.parameters).map(human_count)),
             or_dash(f.and_then(|f| f.file_type.clone())),
             or_dash(f.and_then(|f| f.context_length).map(|c| c.to_string())),
+            source_label(&m.source),
         );
     }
     Ok(())

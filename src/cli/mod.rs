@@ -6,6 +6,7 @@ pub mod add;
 pub mod daemon_limits;
 pub mod gc;
 pub mod import;
+pub mod import_from;
 pub mod info;
 pub mod logging;
 pub mod ls;

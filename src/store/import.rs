@@ -148,7 +148,7 @@ impl fmt::Display for ImportError {
 impl std::error::Error for ImportError {}
 
 impl ImportRequest<'_> {
-    fn file_error(&self, what: &'static str, source: io::Error) -> ImportError {
+    pub(super) fn file_error(&self, what: &'static str, source: io::Error) -> ImportError {
         ImportError::File {
             model: self.name.clone(),
             what,
@@ -158,7 +158,7 @@ impl ImportRequest<'_> {
     }
 
     /// Checks the file is a regular file of its format; its metadata.
-    fn check_file(&self) -> Result<fs::Metadata, ImportError> {
+    pub(super) fn check_file(&self) -> Result<fs::Metadata, ImportError> {
         let meta = fs::metadata(self.path).map_err(|e| self.file_error("cannot read", e))?;
         if !meta.is_file() {
             return Err(ImportError::NotRegular {
@@ -239,7 +239,7 @@ impl Store {
 
     /// The facts of an imported GGUF from its header (read from the blob
     /// now in place); `None`, logged, when it does not parse.
-    fn local_facts(
+    pub(super) fn local_facts(
         &self,
         req: &ImportRequest,
         d: &Sha256,
@@ -261,7 +261,7 @@ impl Store {
     /// Moves the staged file under its digest, refusing to repoint an
     /// existing name without `force`; `false` if that blob was there
     /// already (the staged file is dropped).
-    fn place_staged(
+    pub(super) fn place_staged(
         &self,
         req: &ImportRequest,
         digest: Sha256,
@@ -312,6 +312,15 @@ fn link_hashing(
             e
         }
     })?;
+    hash_linked(dst, progress).map(|d| (d, Placed::HardLink))
+}
+
+/// Hashes the hard link `dst`. Refuses a file whose bytes changed while it
+/// was hashed (its size or mtime moved).
+pub(super) fn hash_linked(
+    dst: &Path,
+    progress: Option<&mut dyn ImportProgress>,
+) -> io::Result<Sha256> {
     let file = File::open(dst)?;
     let before = file.metadata()?;
     let digest = hash_with_progress(&file, None, before.len(), progress, "hashing")?;
@@ -323,7 +332,7 @@ fn link_hashing(
             "the file changed while it was being hashed; import it again once nothing writes it",
         ));
     }
-    Ok((digest, Placed::HardLink))
+    Ok(digest)
 }
 
 /// Creates `dst` as a copy of `src`: a reflink where the filesystem can
@@ -358,7 +367,7 @@ fn copy_hashing(
 
 /// Whether a failed `FICLONE` means "this filesystem (pair) cannot clone",
 /// so a plain copy is the answer.
-fn reflink_unsupported(e: &io::Error) -> bool {
+pub(super) fn reflink_unsupported(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL | libc::ENOTTY | libc::ENOSYS)
@@ -367,7 +376,7 @@ fn reflink_unsupported(e: &io::Error) -> bool {
 
 /// Reads `file` from its start to its end, hashing, and writes every byte
 /// to `copy_to` if given; tells `progress` if given.
-fn hash_with_progress(
+pub(super) fn hash_with_progress(
     mut file: &File,
     mut copy_to: Option<&File>,
     total: u64,

@@ -47,6 +47,7 @@
 //! once and `gc` can tell an abandoned one), and publishes it with a rename
 //! that never replaces a blob another producer placed first.
 
+pub mod adopt_place;
 mod blobs;
 mod catalog;
 mod error;

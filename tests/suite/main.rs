@@ -26,6 +26,7 @@ mod fetch;
 mod fetch_head;
 mod fetch_ranges;
 mod gguf_facts;
+mod import_foreign;
 mod mirrors;
 mod mount_namespace;
 mod mount_open;
