@@ -4,7 +4,7 @@
 # Builds modelfs (release), generates a GGUF of SIZE_MIB (default 2048; the
 # SIZE_MIB environment variable works too), serves it from nginx over HTTPS
 # on 127.0.0.1 (throwaway CA, own config and prefix in a temp dir), and
-# measures rows 1-10 of the issue's table (and 11-12 of issue 13), each several times (RUNS, default
+# measures rows 1-10 of the issue's table (11-12 of issue 13, 16 of issue 16), each several times (RUNS, default
 # 5; 3 in smoke mode, i.e. SIZE_MIB < 512). Prints one table and writes
 # bench-results.json (OUT_JSON overrides the path). Everything it starts
 # (mounts, nginx, rclone, temp dirs) is cleaned up on exit, also on failure.
@@ -36,7 +36,7 @@ fi
 SMOKE=0
 [ "$SIZE_MIB" -lt 512 ] && SMOKE=1
 if [ "$SMOKE" = 1 ]; then RUNS=${RUNS:-3}; else RUNS=${RUNS:-5}; fi
-ROWS=${ROWS:-1 2 3 4 5 6 7 8 9 10 11 12}
+ROWS=${ROWS:-1 2 3 4 5 6 7 8 9 10 11 12 16}
 OUT_JSON=${OUT_JSON:-$ROOT/bench-results.json}
 MANIFESTS=${MANIFESTS:-10000}
 BIG_MANIFESTS=${BIG_MANIFESTS:-100000}
@@ -812,6 +812,70 @@ if want_row 12; then
   info "origin: $WAN_URL in namespace $NS_O, clients in $NS_C"
   first_vs_downloaders 12 "$WAN_URL" "$WORK/nginx-wan/access.log"
   NETNS_EXEC=()
+fi
+
+# ---------------------------------------------------------------- row 16: a fleet sharing one download
+# Row 16: FLEET hosts (own store and mount each, on this machine) list one
+# host's `modelfs serve` as their mirror and open the same pending model at
+# once; host A's server fetches it from the capped origin once (pull-through)
+# and serves them all. Then one host alone opens it from the origin. Records
+# each host's open time and the bytes the origin sent.
+FLEET=${FLEET:-4}
+serve_start() {
+  local store=$1 out=$WORK/serve.out i
+  : >"$out"
+  "$BIN" serve --store "$store" --ca-file "$WORK/tls/ca.pem" --listen 127.0.0.1:0 \
+    --cert "$WORK/tls/cert.pem" --key "$WORK/tls/key.pem" >"$out" 2>>"$WORK/logs/serve.log" &
+  SERVE_PID=$!
+  BG_PIDS+=("$SERVE_PID")
+  for i in $(seq 100); do
+    [ -s "$out" ] && break
+    [ "$i" = 100 ] && die "row 16: modelfs serve did not start (see $WORK/logs/serve.log)"
+    sleep 0.1
+  done
+  SERVE_URL=$(head -n1 "$out")
+}
+fleet_row() {
+  local uri=/${CAP_URL#https://*/} i j mirror pids t
+  for i in $(seq "$RUNS"); do
+    sync
+    pending_store "$WORK/fleet-a" "$CAP_URL"
+    serve_start "$WORK/fleet-a"
+    for j in $(seq "$FLEET"); do
+      pending_store "$WORK/fleet-$j" "$CAP_URL"
+      MOUNT_OPTS="mirror=$SERVE_URL${MOUNT_OPTS:+,$MOUNT_OPTS}" mfs_mount "$WORK/fleet-$j" "$WORK/mnt/fleet-$j" pt
+    done
+    rec 16 - fleet_sent_before "$i" "$(sent_of "$uri")"
+    pids=()
+    for j in $(seq "$FLEET"); do
+      (tcat "$WORK/mnt/fleet-$j/model.gguf" >"$WORK/fleet-t-$j") &
+      pids+=("$!")
+    done
+    for j in "${pids[@]}"; do wait "$j" || die "row 16: an open through the fleet's mirror failed"; done
+    for j in $(seq "$FLEET"); do
+      rec 16 - host_ns "$i.$j" "$(cat "$WORK/fleet-t-$j")"
+      unmount "$WORK/mnt/fleet-$j"
+      rm -rf "$WORK/fleet-$j"
+    done
+    kill "$SERVE_PID" 2>/dev/null
+    wait "$SERVE_PID" 2>/dev/null || true
+    rm -rf "$WORK/fleet-a"
+    sleep 0.5
+    rec 16 - fleet_sent_after "$i" "$(sent_of "$uri")"
+    sync
+    pending_store "$WORK/fleet-lone" "$CAP_URL"
+    mfs_mount "$WORK/fleet-lone" "$WORK/mnt/fleet-lone" pt
+    t=$(tcat "$WORK/mnt/fleet-lone/model.gguf")
+    unmount "$WORK/mnt/fleet-lone"
+    rm -rf "$WORK/fleet-lone"
+    rec 16 - lone_ns "$i" "$t"
+    show 16 - "$i"
+  done
+}
+if want_row 16; then
+  say "row 16: $FLEET hosts open one pending model at once through one host's modelfs serve, vs one host alone"
+  meta row16_hosts "$FLEET"
+  fleet_row
 fi
 
 # ---------------------------------------------------------------- report

@@ -107,6 +107,14 @@ def derive(samples, meta):
         for side in ("mount", "aria2"):
             diff(row, "-", f"{side}_sent_before", f"{side}_sent_after", f"{side}_sent_x",
                  lambda d: d / size)
+    # Row 16: each run's slowest fleet host ("RUN.K"), and the origin's bytes
+    # for the whole fleet as a multiple of the size.
+    per_run = defaultdict(list)
+    for run, v in out.get(("16", "-", "host_s"), {}).items():
+        per_run[run.split(".")[0]].append(v)
+    for run, vs in per_run.items():
+        put("16", "-", "slowest_s", run, max(vs))
+    diff("16", "-", "fleet_sent_before", "fleet_sent_after", "fleet_sent_x", lambda d: d / size)
     # Row 10: the daemon's CPU over an idle window, in % of one core.
     window = float(meta.get("row10_idle_window_s", "20"))
     diff("10", "-", "idle_ticks_before", "idle_ticks_after", "idle_cpu_pct",
@@ -344,6 +352,22 @@ class Report:
                          ("modelfs", summary(list(mf.values()), unit)),
                          ("rclone", summary(list(r.values()), unit)), ratio,
                          "modelfs ÷ rclone time", "< 1 (ahead)", "lower", 1.0)
+        self.fleet()
+
+    def fleet(self):
+        """Row 16: a fleet sharing one host's server as mirror."""
+        slow, lone = self.get("16", "-", "slowest_s"), self.get("16", "-", "lone_s")
+        if not slow:
+            return
+        hosts = self.meta.get("row16_hosts", "?")
+        ratio = summary(self.paired(slow, lone, lambda s_, l_: s_ / l_), "x")
+        self.add("16", f"{hosts} hosts at once via one modelfs serve: slowest ÷ one host alone", "-",
+                 ("slowest host", summary(list(slow.values()), "s")),
+                 ("one host alone", summary(list(lone.values()), "s")), ratio,
+                 "slowest ÷ lone time", "≤ 1.5", "lower", 1.5)
+        sent = summary(list(self.get("16", "-", "fleet_sent_x").values()), "x")
+        self.add("16", f"{hosts} hosts at once: bytes the origin sent ÷ size", "-",
+                 ("fleet", sent), None, sent, "origin bytes ÷ size", "1.0", "lower", 1.02)
 
     def table(self):
         hdr = ["#", "what", "mode", "modelfs / measured, median [min-max]", "reference",
@@ -424,6 +448,9 @@ def show(samples, meta, row, mode, run, suffix):
                  f" origin sent {v('mount_sent_x'):.4f} x size in {v('modelfs_gets'):.0f} GETs"
                  f" for the first open ({v('aria2_sent_x'):.4f} x for aria2c),"
                  f" daemon VmHWM {v('mount_hwm_mib'):.0f} MiB")
+    elif row == "16":
+        line = (f"run {run}: slowest of the fleet {v('slowest_s'):.3f} s, one host alone"
+                f" {v('lone_s'):.3f} s; origin sent {v('fleet_sent_x'):.4f} x size for the fleet")
     elif row == "8":
         line = (f"{mode} run {run}: Cached grew by {v('mount_growth'):.4f} x the model size"
                 f" through the mount, {v('direct_growth'):.4f} x reading the blob")

@@ -12,9 +12,12 @@
 //! of this process, so a dead mirror costs one fetch a few seconds and the
 //! others nothing; a mirror whose bytes failed a digest is never asked for
 //! that blob again in this process (its bytes went to quarantine like any
-//! mismatch). Mirrors are asked with short timeouts of their own
-//! ([`MIRROR_CONNECT_TIMEOUT`], [`MIRROR_STALL_TIMEOUT`]) and few retries:
-//! the origin is always there as the last resort.
+//! mismatch). Mirrors are asked with a short connect timeout of their own
+//! ([`MIRROR_CONNECT_TIMEOUT`], TLS handshake included, so a dead, silent
+//! or unreachable mirror costs at most that) and few retries: the origin
+//! is always there as the last resort. A mirror that did connect has the
+//! usual stall timeout to answer, since a pull-through mirror (`modelfs
+//! serve`) fetches and verifies a pinned blob before its first byte.
 //!
 //! Credentials: none. A mirror gets no `Authorization` header (the Hugging
 //! Face token goes only to the Hub's host, [`super::http`]).
@@ -31,11 +34,10 @@ use crate::text::redact_url;
 
 /// How long a failed mirror is left out.
 pub const BAD_FOR: Duration = Duration::from_secs(60);
-/// Connecting to a mirror gives up after this long.
+/// Connecting to a mirror (TCP and TLS) gives up after this long.
 pub const MIRROR_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// A mirror that sends no byte for this long (first byte included) is
-/// stalled.
-pub const MIRROR_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A fetch from a mirror retries without progress for at most this long.
+pub const MIRROR_RETRY_FOR: Duration = Duration::from_secs(5);
 
 /// A mirror as configured: `-o mirror=URL`, `MODELFS_MIRRORS`, the store's
 /// settings.

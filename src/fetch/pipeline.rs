@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 use super::download::Download;
 use super::error::{FetchError, FetchErrorKind};
 use super::http::Http;
-use super::mirrors::{MIRROR_CONNECT_TIMEOUT, MIRROR_STALL_TIMEOUT, Mirror, Mirrors};
+use super::mirrors::{MIRROR_CONNECT_TIMEOUT, MIRROR_RETRY_FOR, Mirror, Mirrors};
 use super::progress::{Phase, ProgressSink, Reporter};
 use super::retry::RetryPolicy;
 use crate::digest::Sha256;
@@ -142,7 +142,6 @@ impl Fetcher {
     pub fn set_mirrors(&mut self, mirrors: Vec<Mirror>) -> Result<(), FetchErrorKind> {
         let mut cfg = self.http.config().clone();
         cfg.connect_timeout = cfg.connect_timeout.min(MIRROR_CONNECT_TIMEOUT);
-        cfg.stall_timeout = cfg.stall_timeout.min(MIRROR_STALL_TIMEOUT);
         // Nothing of the Hub's goes to a mirror.
         cfg.hf_token = None;
         let mut f = Fetcher::new(Http::new(cfg)?, mirror_policy(&self.policy));
@@ -181,7 +180,7 @@ impl Fetcher {
     pub fn set_retry_for(&mut self, d: Duration) {
         self.policy.retry_for = d;
         if let Some(f) = &mut self.for_mirrors {
-            f.policy.retry_for = d.min(MIRROR_STALL_TIMEOUT);
+            f.policy.retry_for = d.min(MIRROR_RETRY_FOR);
         }
     }
 
@@ -658,7 +657,7 @@ fn mirror_policy(base: &RetryPolicy) -> RetryPolicy {
     RetryPolicy {
         max_attempts: base.max_attempts.min(2),
         max_total_attempts: base.max_total_attempts.min(8),
-        retry_for: base.retry_for.min(MIRROR_STALL_TIMEOUT),
+        retry_for: base.retry_for.min(MIRROR_RETRY_FOR),
         ..base.clone()
     }
 }
