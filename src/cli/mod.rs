@@ -3,6 +3,7 @@
 //! opening the store, building the fetcher, and the CLI's error type.
 
 pub mod add;
+mod add_set;
 pub mod daemon_limits;
 pub mod gc;
 pub mod import;
