@@ -19,7 +19,10 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value as Json;
 
-use crate::common::{Origin, TestStore, hex, hf};
+use std::time::Duration;
+
+use crate::common::sys::getxattr;
+use crate::common::{Mount, Origin, TestStore, hex, hf, wait_until};
 
 /// Shards of the set written by [`write_split`].
 const SHARDS: usize = 4;
@@ -249,5 +252,54 @@ fn add_url_of_shard_1_with_a_digest_per_shard_pins_the_set_from_rebuilt_urls() {
             "{}",
             out.stdout
         );
+    }
+}
+
+/// Serves the shards at `d/split-0000k-of-0000N.gguf` and adds them as the
+/// set `m` with `add --url` of shard 1; the origin paths in shard order.
+fn add_by_url(ts: &TestStore, origin: &Origin, shards: &[PathBuf]) -> Vec<String> {
+    let paths: Vec<String> = (1..=shards.len())
+        .map(|k| format!("d/{}", shard_file("split", k, shards.len())))
+        .collect();
+    let digests: Vec<String> = shards
+        .iter()
+        .map(|f| hex(&std::fs::read(f).unwrap()))
+        .collect();
+    for (p, f) in paths.iter().zip(shards) {
+        origin.put_file(p, f);
+    }
+    let url = origin.url(&paths[0]);
+    let mut args = vec!["add", "m", "--url", &url];
+    for d in &digests {
+        args.extend(["--sha256", d.as_str()]);
+    }
+    ok(cli(ts, origin, &[], &args));
+    origin.reset_stats();
+    paths
+}
+
+/// Through a real mount: reading shard 1 alone fetches every shard.
+#[test]
+fn reading_one_shard_through_the_mount_fetches_all_its_siblings() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = write_split(dir.path());
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let paths = add_by_url(&ts, &origin, &shards);
+    let mount = Mount::start(&ts, origin.ca_pem_path(), &[]);
+    let first = std::fs::read(mount.path(&shard_file("m", 1, SHARDS))).unwrap();
+    assert!(first == std::fs::read(&shards[0]).unwrap());
+    for (k, p) in paths.iter().enumerate() {
+        let file = mount.path(&shard_file("m", k + 1, SHARDS));
+        assert!(
+            wait_until(Duration::from_secs(20), || getxattr(
+                &file,
+                "user.modelfs.state"
+            )
+            .is_ok_and(|s| s == "present")),
+            "shard {} is fetched without an open of its own",
+            k + 1
+        );
+        assert!(origin.stats(p).gets >= 1, "{p}");
     }
 }
