@@ -17,6 +17,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use super::ModelState;
+
 /// Most shards a set can have: llama.cpp stores `split.count` as a `u16`.
 pub const MAX_SHARDS: u32 = u16::MAX as u32;
 
@@ -166,9 +168,101 @@ pub fn group<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Grouped> {
     out.into_iter().map(|(_, g)| g).collect()
 }
 
+/// The manifest names a name given to `pull`, `rm` or `verify` means:
+/// the model of that name if there is one; else, for `PREFIX-*-of-%05d`
+/// (what `ls` shows), every present shard of that set; else every shard
+/// whose prefix is the name, of any count (in name order). Empty when
+/// none matches.
+pub fn members<'a>(given: &str, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let names: Vec<&str> = names.into_iter().collect();
+    if names.contains(&given) {
+        return vec![given.to_string()];
+    }
+    let wanted = |s: &ShardName| match given.rsplit_once("-*-of-") {
+        Some((prefix, count)) => s.prefix == prefix && format!("{:05}", s.count) == count,
+        None => s.prefix == given,
+    };
+    let mut out: Vec<String> = names
+        .iter()
+        .filter(|n| ShardName::parse(n).is_some_and(|s| wanted(&s)))
+        .map(|n| n.to_string())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// One state for a set, from its shards': a failure or a download running
+/// shows first; present when all are; pending when none has bytes on disk;
+/// else partial.
+pub fn set_state(states: impl IntoIterator<Item = ModelState>) -> ModelState {
+    let states: Vec<ModelState> = states.into_iter().collect();
+    let any = |s| states.contains(&s);
+    let all = |s| states.iter().all(|x| *x == s);
+    if any(ModelState::Failed) {
+        ModelState::Failed
+    } else if any(ModelState::Fetching) {
+        ModelState::Fetching
+    } else if all(ModelState::Present) {
+        ModelState::Present
+    } else if all(ModelState::Pending) {
+        ModelState::Pending
+    } else {
+        ModelState::Partial
+    }
+}
+
+/// The state a word names (see [`ModelState::word`]).
+pub fn state_of_word(word: &str) -> Option<ModelState> {
+    [
+        ModelState::Present,
+        ModelState::Fetching,
+        ModelState::Partial,
+        ModelState::Pending,
+        ModelState::Failed,
+    ]
+    .into_iter()
+    .find(|s| s.word() == word)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_means_its_model_else_every_shard_of_its_set() {
+        let names = [
+            "m-00001-of-00002",
+            "m-00002-of-00002",
+            "m-00001-of-00003",
+            "x",
+            "x-00001-of-00002",
+        ];
+        assert_eq!(members("x", names), ["x"]);
+        assert_eq!(
+            members("m", names),
+            ["m-00001-of-00002", "m-00001-of-00003", "m-00002-of-00002"]
+        );
+        assert_eq!(
+            members("m-*-of-00002", names),
+            ["m-00001-of-00002", "m-00002-of-00002"]
+        );
+        assert_eq!(members("m-00001-of-00003", names), ["m-00001-of-00003"]);
+        assert!(members("m-*-of-2", names).is_empty());
+        assert!(members("nothing", names).is_empty());
+    }
+
+    #[test]
+    fn a_sets_state_is_its_busiest_shards() {
+        use ModelState::*;
+        assert_eq!(set_state([Present, Present]), Present);
+        assert_eq!(set_state([Pending, Pending]), Pending);
+        assert_eq!(set_state([Present, Pending]), Partial);
+        assert_eq!(set_state([Present, Fetching, Pending]), Fetching);
+        assert_eq!(set_state([Fetching, Failed]), Failed);
+        assert_eq!(state_of_word("partial"), Some(Partial));
+        assert_eq!(state_of_word("nonsense"), None);
+    }
 
     #[test]
     fn shard_names_are_printed_as_llama_split_path_prints_them() {

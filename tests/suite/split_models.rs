@@ -257,7 +257,7 @@ fn add_url_of_shard_1_with_a_digest_per_shard_pins_the_set_from_rebuilt_urls() {
 
 /// Serves the shards at `d/split-0000k-of-0000N.gguf` and adds them as the
 /// set `m` with `add --url` of shard 1; the origin paths in shard order.
-fn add_by_url(ts: &TestStore, origin: &Origin, shards: &[PathBuf]) -> Vec<String> {
+fn add_by_url(ts: &TestStore, origin: &Origin, shards: &[PathBuf], extra: &[&str]) -> Vec<String> {
     let paths: Vec<String> = (1..=shards.len())
         .map(|k| format!("d/{}", shard_file("split", k, shards.len())))
         .collect();
@@ -270,6 +270,7 @@ fn add_by_url(ts: &TestStore, origin: &Origin, shards: &[PathBuf]) -> Vec<String
     }
     let url = origin.url(&paths[0]);
     let mut args = vec!["add", "m", "--url", &url];
+    args.extend(extra);
     for d in &digests {
         args.extend(["--sha256", d.as_str()]);
     }
@@ -285,7 +286,7 @@ fn reading_one_shard_through_the_mount_fetches_all_its_siblings() {
     let shards = write_split(dir.path());
     let origin = Origin::start();
     let ts = TestStore::new();
-    let paths = add_by_url(&ts, &origin, &shards);
+    let paths = add_by_url(&ts, &origin, &shards, &[]);
     let mount = Mount::start(&ts, origin.ca_pem_path(), &[]);
     let first = std::fs::read(mount.path(&shard_file("m", 1, SHARDS))).unwrap();
     assert!(first == std::fs::read(&shards[0]).unwrap());
@@ -302,4 +303,69 @@ fn reading_one_shard_through_the_mount_fetches_all_its_siblings() {
         );
         assert!(origin.stats(p).gets >= 1, "{p}");
     }
+}
+
+/// `ls`, `status`, `pull`, `verify` and `rm` treat the set as one model;
+/// `pull` records the facts `add --no-facts` left out, from the local files.
+#[test]
+fn the_cli_treats_a_set_as_one_model_and_pull_fills_its_facts() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = write_split(dir.path());
+    let total: u64 = shards.iter().map(|f| f.metadata().unwrap().len()).sum();
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    add_by_url(&ts, &origin, &shards, &["--no-facts"]);
+    let run = |args: &[&str]| ok(cli(&ts, &origin, &[], args)).stdout;
+
+    let ls = run(&["ls"]);
+    let lines: Vec<&str> = ls.lines().skip(1).collect();
+    assert_eq!(lines.len(), 1, "{ls}");
+    assert!(
+        lines[0].starts_with("m-*-of-00004 ") && lines[0].contains("pending"),
+        "{ls}"
+    );
+    assert!(lines[0].contains("4 shards"), "{ls}");
+    assert_eq!(run(&["ls", "--shards"]).lines().count(), 1 + SHARDS);
+    let json: Json = serde_json::from_str(&run(&["ls", "--json"])).unwrap();
+    assert_eq!(json[0]["size_bytes"], total, "{json}");
+    assert_eq!(json[0]["shards"].as_array().unwrap().len(), SHARDS);
+
+    let pulled = run(&["pull", "m"]);
+    assert_eq!(
+        pulled.matches("fetched and verified").count(),
+        SHARDS,
+        "{pulled}"
+    );
+    for (i, name) in set_names("m").iter().enumerate() {
+        let m = manifest_json(&ts, name);
+        assert_eq!(
+            m["gguf"]["split_no"], i as u64,
+            "pull filled {name}'s facts"
+        );
+    }
+    let ls = run(&["ls"]);
+    assert!(ls.contains("present") && ls.contains("llama"), "{ls}");
+    let status = run(&["status"]);
+    let rows: Vec<&str> = status.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{status}");
+    assert!(
+        rows[0].starts_with("m-*-of-00004.gguf") && rows[0].contains("present"),
+        "{status}"
+    );
+    let verified = run(&["verify", "m-*-of-00004"]);
+    assert_eq!(verified.matches(": ok (").count(), SHARDS, "{verified}");
+    run(&["rm", "m"]);
+    assert!(
+        std::fs::read_dir(ts.root.join("manifests"))
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().ends_with(".json")),
+        "every shard removed"
+    );
+    let gone = cli(&ts, &origin, &[], &["pull", "m"]);
+    assert!(
+        !gone.ok && gone.stderr.contains("no such model"),
+        "{}",
+        gone.stderr
+    );
 }
