@@ -369,3 +369,116 @@ fn the_cli_treats_a_set_as_one_model_and_pull_fills_its_facts() {
         gone.stderr
     );
 }
+
+/// A llama.cpp-style loader: opens the file given (shard 1), reads
+/// `split.no` and `split.count` from its header with gguf-py, derives the
+/// prefix as `llama_split_prefix` does and rebuilds each sibling's name as
+/// `llama_split_path` does (`%s-%05d-of-%05d.gguf`), then opens and reads
+/// every shard in order. Right after shard 1's open returns (before any
+/// sibling is opened) it notes each sibling's `user.modelfs.state`. Prints
+/// JSON: the states then, and each shard's path, SHA-256 and tensor names.
+const LOAD: &str = r#"
+import sys, os, json, hashlib
+from gguf import GGUFReader
+
+path = sys.argv[1]
+fd = os.open(path, os.O_RDONLY)
+os.close(fd)
+r = GGUFReader(path)
+n = int(r.fields["split.count"].contents())
+no = int(r.fields["split.no"].contents())
+assert no == 0, f"model must be loaded with the first split, got split.no {no}"
+postfix = "-%05d-of-%05d.gguf" % (no + 1, n)
+assert path.endswith(postfix) and len(path) > len(postfix), "invalid split file name"
+prefix = path[: -len(postfix)]
+names = ["%s-%05d-of-%05d.gguf" % (prefix, i + 1, n) for i in range(n)]
+states = [os.getxattr(p, "user.modelfs.state").decode() for p in names[1:]]
+shards = []
+for i, p in enumerate(names):
+    rr = r if i == 0 else GGUFReader(p)
+    assert int(rr.fields["split.no"].contents()) == i
+    with open(p, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    shards.append({"path": p, "sha256": digest, "tensors": [t.name for t in rr.tensors]})
+print(json.dumps({"sibling_states_after_first_open": states, "shards": shards}))
+"#;
+
+/// A split model loads through the mount from shard 1, llama.cpp's way,
+/// with every shard fetched on demand: nothing is on disk before, every
+/// sibling's download started when shard 1 was opened, each shard was
+/// fetched once, and the bytes are the shards gguf-py wrote.
+#[test]
+fn a_llama_cpp_style_loader_loads_a_split_model_through_the_mount_fetched_lazily() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = write_split(dir.path());
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let paths = add_by_url(&ts, &origin, &shards, &[]);
+    let mount = Mount::start(&ts, origin.ca_pem_path(), &[]);
+    for k in 1..=SHARDS {
+        let file = mount.path(&shard_file("m", k, SHARDS));
+        assert_eq!(getxattr(&file, "user.modelfs.state").unwrap(), "pending");
+    }
+    assert_eq!(
+        origin.total_requests(),
+        0,
+        "nothing fetched before the load"
+    );
+    let out = python(LOAD, &[&mount.path(&shard_file("m", 1, SHARDS))]);
+    let load: Json = serde_json::from_slice(&out.stdout).unwrap();
+    for s in load["sibling_states_after_first_open"].as_array().unwrap() {
+        assert!(
+            s == "fetching" || s == "present",
+            "every sibling's download started with shard 1's open: {load}"
+        );
+    }
+    let loaded = load["shards"].as_array().unwrap();
+    assert_eq!(loaded.len(), SHARDS);
+    for (k, (shard, p)) in loaded.iter().zip(&paths).enumerate() {
+        assert_eq!(
+            shard["sha256"],
+            hex(&std::fs::read(&shards[k]).unwrap()),
+            "shard {} reads as gguf-py wrote it",
+            k + 1
+        );
+        assert_eq!(shard["tensors"].as_array().unwrap().len(), 2);
+        assert_eq!(origin.stats(p).gets, 1, "{p} fetched once");
+    }
+}
+
+/// With every request held at the origin for a while, the siblings'
+/// downloads run alongside shard 1's: all of them were asked of the origin
+/// before shard 1's open returned, and reading them afterwards fetches
+/// nothing more.
+#[test]
+fn the_siblings_downloads_overlap_the_first_shards_on_a_slow_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = write_split(dir.path());
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let paths = add_by_url(&ts, &origin, &shards, &["--no-facts"]);
+    for p in &paths {
+        origin.set_persistent_fault(
+            p,
+            Some(crate::common::Fault::StallHeaders(Duration::from_millis(
+                500,
+            ))),
+        );
+    }
+    let mount = Mount::start(&ts, origin.ca_pem_path(), &[]);
+    let first = std::fs::File::open(mount.path(&shard_file("m", 1, SHARDS))).unwrap();
+    let asked: Vec<u64> = paths
+        .iter()
+        .map(|p| origin.stats_now(p).request_headers.len() as u64)
+        .collect();
+    assert!(
+        asked.iter().all(|&n| n == 1),
+        "requests per shard when shard 1's open returned: {asked:?}"
+    );
+    drop(first);
+    for (k, p) in paths.iter().enumerate() {
+        let bytes = std::fs::read(mount.path(&shard_file("m", k + 1, SHARDS))).unwrap();
+        assert!(bytes == std::fs::read(&shards[k]).unwrap());
+        assert_eq!(origin.stats(p).gets, 1, "{p}");
+    }
+}
