@@ -1,6 +1,7 @@
 //! `modelfs add`: pin a model by writing a pending manifest. Downloads
 //! nothing but, at most, one `HEAD` to learn the size or the digest
-//! (asked by `fetch::pin`).
+//! (asked by `fetch::pin`). A shard of a split model
+//! (`X-0000k-of-0000N.gguf`) pins its whole set instead (`add_set`).
 
 use crate::digest::Sha256;
 use crate::fetch::Fetcher;
