@@ -305,7 +305,7 @@ fn reading_one_shard_through_the_mount_fetches_all_its_siblings() {
     }
 }
 
-/// `ls`, `status`, `pull`, `verify` and `rm` treat the set as one model;
+/// `ls`, `status`, `pull`, `info`, `verify` and `rm` treat the set as one model;
 /// `pull` records the facts `add --no-facts` left out, from the local files.
 #[test]
 fn the_cli_treats_a_set_as_one_model_and_pull_fills_its_facts() {
@@ -352,6 +352,15 @@ fn the_cli_treats_a_set_as_one_model_and_pull_fills_its_facts() {
         rows[0].starts_with("m-*-of-00004.gguf") && rows[0].contains("present"),
         "{status}"
     );
+    let info: Json = serde_json::from_str(&run(&["info", "m", "--json"])).unwrap();
+    assert_eq!(info["name"], "m-*-of-00004");
+    assert_eq!(info["size_bytes"], total);
+    assert_eq!(
+        info["gguf"]["parameters"],
+        8 * 65536,
+        "every shard's tensors: {info}"
+    );
+    assert_eq!(info["gguf"]["split_count"], SHARDS as u64);
     let verified = run(&["verify", "m-*-of-00004"]);
     assert_eq!(verified.matches(": ok (").count(), SHARDS, "{verified}");
     run(&["rm", "m"]);
