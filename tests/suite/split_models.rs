@@ -491,3 +491,39 @@ fn the_siblings_downloads_overlap_the_first_shards_on_a_slow_origin() {
         assert_eq!(origin.stats(p).gets, 1, "{p}");
     }
 }
+
+/// A set with a shard the Hub does not have adds nothing: every shard is
+/// asked before any manifest is written.
+#[test]
+fn add_hf_of_a_set_with_a_missing_shard_adds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = write_split(dir.path());
+    let hub = Origin::start();
+    serve_on_hub(&hub, &shards, 1);
+    hub.remove(&format!(
+        "{}/resolve/{COMMIT}/Q4/{}",
+        hf::REPO,
+        shard_file("split", 3, SHARDS)
+    ));
+    let ts = TestStore::new();
+    let endpoint = hf::endpoint(&hub);
+    let spec = format!("{}/Q4/{}", hf::REPO, shard_file("split", 1, SHARDS));
+    let out = cli(
+        &ts,
+        &hub,
+        &[("HF_ENDPOINT", &endpoint)],
+        &["add", "m", "--hf", &spec],
+    );
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("m-00003-of-00004") && out.stderr.contains("nothing was added"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_dir(ts.root.join("manifests"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
