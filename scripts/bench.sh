@@ -4,7 +4,7 @@
 # Builds modelfs (release), generates a GGUF of SIZE_MIB (default 2048; the
 # SIZE_MIB environment variable works too), serves it from nginx over HTTPS
 # on 127.0.0.1 (throwaway CA, own config and prefix in a temp dir), and
-# measures rows 1-10 of the issue's table (11-12 of issue 13, 16 of issue 16), each several times (RUNS, default
+# measures rows 1-10 of the issue's table (11-12 of issue 13, 13-14 of issue 14, 16 of issue 16), each several times (RUNS, default
 # 5; 3 in smoke mode, i.e. SIZE_MIB < 512). Prints one table and writes
 # bench-results.json (OUT_JSON overrides the path). Everything it starts
 # (mounts, nginx, rclone, temp dirs) is cleaned up on exit, also on failure.
@@ -36,7 +36,7 @@ fi
 SMOKE=0
 [ "$SIZE_MIB" -lt 512 ] && SMOKE=1
 if [ "$SMOKE" = 1 ]; then RUNS=${RUNS:-3}; else RUNS=${RUNS:-5}; fi
-ROWS=${ROWS:-1 2 3 4 5 6 7 8 9 10 11 12 16}
+ROWS=${ROWS:-1 2 3 4 5 6 7 8 9 10 11 12 13 14 16}
 OUT_JSON=${OUT_JSON:-$ROOT/bench-results.json}
 MANIFESTS=${MANIFESTS:-10000}
 BIG_MANIFESTS=${BIG_MANIFESTS:-100000}
@@ -876,6 +876,71 @@ if want_row 16; then
   say "row 16: $FLEET hosts open one pending model at once through one host's modelfs serve, vs one host alone"
   meta row16_hosts "$FLEET"
   fleet_row
+fi
+
+# ---------------------------------------------------------------- rows 13, 14: GGUF facts, split models (issue 14)
+# Row 13: `modelfs add` of the remote model with its facts read from the
+# header (Range requests): wall time of the add, and what nginx sent for it.
+if want_row 13; then
+  say "row 13: facts of a remote ${SIZE_MIB} MiB GGUF (modelfs add without --no-facts)"
+  S=$WORK/facts-store
+  for i in $(seq "$RUNS"); do
+    rm -rf "$S"
+    rec 13 - gets_before "$i" "$(gets_of /model.gguf)"
+    rec 13 - sent_before "$i" "$(sent_of /model.gguf)"
+    t0=$(now_ns)
+    "$BIN" add model --url "$URL" --sha256 "$SHA" --size "$SIZE_BYTES" \
+      --store "$S" --ca-file "$WORK/tls/ca.pem" -q >/dev/null
+    t=$(ns_since "$t0")
+    grep -q '"gguf"' "$S/manifests/model.json" || die "row 13: add recorded no facts"
+    sleep 0.5 # nginx logs a request when it ends
+    rec 13 - gets_after "$i" "$(gets_of /model.gguf)"
+    rec 13 - sent_after "$i" "$(sent_of /model.gguf)"
+    rec 13 - add_ns "$i" "$t"
+    show 13 - "$i"
+  done
+  rm -rf "$S"
+fi
+
+# Row 14: a cold llama.cpp-style load (scripts/bench/split_load.py: shard
+# 1's header, then every shard read in sequence) of a 4-shard model through
+# the mount, against the single-file model of about the same size, both from
+# the capped origin (row 11's /capped/), back to back in each run.
+SPLIT_N=4
+if want_row 14; then
+  say "row 14: cold llama.cpp-style load, $SPLIT_N shards vs one file, origin capped at $CAP_MIB MiB/s per request"
+  meta row14_shards "$SPLIT_N"
+  mapfile -t SPLIT_SHAS < <(python3 scripts/bench/split_gguf.py "$WORK/origin" split "$SIZE_BYTES" "$SPLIT_N" | cut -d' ' -f2)
+  [ "${#SPLIT_SHAS[@]}" = "$SPLIT_N" ] || die "row 14: split_gguf.py did not write $SPLIT_N shards"
+  meta row14_set_bytes "$(cat "$WORK"/origin/split-*-of-*.gguf | wc -c)"
+  cat "$WORK"/origin/split-*-of-*.gguf "$WORK/origin/model.gguf" >/dev/null # the origin's side warm
+  S=$WORK/split-store
+  mnt=$WORK/mnt/split
+  for i in $(seq "$RUNS"); do
+    sync
+    pending_store "$S" "$CAP_URL"
+    mfs_mount "$S" "$mnt" pt
+    t0=$(now_ns)
+    python3 scripts/bench/split_load.py "$mnt/model.gguf" >/dev/null || die "row 14: the single-file load failed"
+    one=$(ns_since "$t0")
+    unmount "$mnt"
+    rm -rf "$S"
+    sync
+    args=()
+    for sha in "${SPLIT_SHAS[@]}"; do args+=(--sha256 "$sha"); done
+    "$BIN" add split --url "https://127.0.0.1:$PORT/capped/$(printf 'split-%05d-of-%05d.gguf' 1 "$SPLIT_N")" \
+      "${args[@]}" --no-facts --store "$S" --ca-file "$WORK/tls/ca.pem" -q >/dev/null
+    mfs_mount "$S" "$mnt" pt
+    t0=$(now_ns)
+    python3 scripts/bench/split_load.py "$mnt/$(printf 'split-%05d-of-%05d.gguf' 1 "$SPLIT_N")" >/dev/null ||
+      die "row 14: the split load failed"
+    set_ns=$(ns_since "$t0")
+    unmount "$mnt"
+    rm -rf "$S"
+    rec 14 - single_ns "$i" "$one"
+    rec 14 - split_ns "$i" "$set_ns"
+    show 14 - "$i"
+  done
 fi
 
 # ---------------------------------------------------------------- report

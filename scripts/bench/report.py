@@ -115,6 +115,9 @@ def derive(samples, meta):
     for run, vs in per_run.items():
         put("16", "-", "slowest_s", run, max(vs))
     diff("16", "-", "fleet_sent_before", "fleet_sent_after", "fleet_sent_x", lambda d: d / size)
+    # Row 13: origin GETs and MiB sent for the facts of one `add`.
+    diff("13", "-", "gets_before", "gets_after", "facts_gets")
+    diff("13", "-", "sent_before", "sent_after", "facts_sent_mib", lambda d: d / 1048576)
     # Row 10: the daemon's CPU over an idle window, in % of one core.
     window = float(meta.get("row10_idle_window_s", "20"))
     diff("10", "-", "idle_ticks_before", "idle_ticks_after", "idle_cpu_pct",
@@ -308,6 +311,22 @@ class Report:
                          ("aria2c -x16", summary(list(self.get(num, "-", "aria2_sent_x").values()),
                                                  "x")),
                          sent, "origin bytes ÷ size", "≤ 1.02", "lower", 1.02)
+        # Row 13: facts of a remote GGUF; row 14: a split model's cold load.
+        sent = summary(list(self.get("13", "-", "facts_sent_mib").values()), "MiB")
+        if sent:
+            self.add("13", f"facts of a remote {size:.0f} MiB GGUF: bytes the origin sent", "-",
+                     ("origin", sent), None, sent, "MiB", "≤ 8 MiB", "lower", 8.0)
+            t = summary(list(self.get("13", "-", "add_s").values()), "s")
+            self.add("13", "facts: wall time of `modelfs add` (loopback)", "-", ("add", t), None,
+                     t, "seconds", "< 1 s", "lower", 1.0)
+        one, split = self.get("14", "-", "single_s"), self.get("14", "-", "split_s")
+        if split:
+            n = self.meta.get("row14_shards", "?")
+            ratio = summary(self.paired(split, one, lambda sv, ov: sv / ov), "x")
+            self.add("14", f"cold llama.cpp-style load, {n} shards ÷ one file, capped origin", "-",
+                     (f"{n} shards", summary(list(split.values()), "s")),
+                     ("one file", summary(list(one.values()), "s")), ratio,
+                     "set ÷ single time", "≤ 1.05", "lower", 1.05)
         # Row 7: peak RSS.
         h = self.get("7", "-", "hwm_mib")
         if h:
@@ -451,6 +470,12 @@ def show(samples, meta, row, mode, run, suffix):
     elif row == "16":
         line = (f"run {run}: slowest of the fleet {v('slowest_s'):.3f} s, one host alone"
                 f" {v('lone_s'):.3f} s; origin sent {v('fleet_sent_x'):.4f} x size for the fleet")
+    elif row == "13":
+        line = (f"run {run}: add with facts {v('add_s'):.3f} s, origin sent"
+                f" {v('facts_sent_mib'):.3f} MiB in {v('facts_gets'):.0f} GETs")
+    elif row == "14":
+        line = (f"run {run}: {meta.get('row14_shards', '?')} shards {v('split_s'):.3f} s,"
+                f" one file {v('single_s'):.3f} s")
     elif row == "8":
         line = (f"{mode} run {run}: Cached grew by {v('mount_growth'):.4f} x the model size"
                 f" through the mount, {v('direct_growth'):.4f} x reading the blob")

@@ -1,6 +1,7 @@
 //! `modelfs add`: pin a model by writing a pending manifest. Downloads
 //! nothing but, at most, one `HEAD` to learn the size or the digest
-//! (asked by `fetch::pin`).
+//! (asked by `fetch::pin`). A shard of a split model
+//! (`X-0000k-of-0000N.gguf`) pins its whole set instead (`add_set`).
 
 use crate::digest::Sha256;
 use crate::fetch::Fetcher;
@@ -20,9 +21,10 @@ pub struct AddArgs {
     /// https:// URL of the file
     #[arg(long, requires = "sha256")]
     pub url: Option<String>,
-    /// Expected SHA-256 of the file (64 lowercase hex characters)
+    /// Expected SHA-256 of the file (64 lowercase hex characters); for a
+    /// shard of a split model, once per shard, in shard order
     #[arg(long, value_name = "HEX")]
-    pub sha256: Option<String>,
+    pub sha256: Vec<String>,
     /// Size in bytes (without it, a HEAD request asks the server)
     #[arg(long, value_name = "BYTES")]
     pub size: Option<u64>,
@@ -47,7 +49,13 @@ pub struct AddArgs {
 /// Writes a pending manifest for a URL or a Hugging Face file.
 pub fn run(g: &Globals, a: &AddArgs) -> Result<(), CliError> {
     validate_format(&a.format).map_err(|p| CliError::new(format!("--format {p}")))?;
-    let name = parse_name(model_name(&a.name, &a.format))?;
+    let given = model_name(&a.name, &a.format);
+    if a.format == "gguf"
+        && let Some(shard) = super::add_set::shard_of(a)
+    {
+        return super::add_set::run(g, a, given, shard);
+    }
+    let name = parse_name(given)?;
     let store = g.store_for_writing()?;
     let fetcher = g.fetcher()?;
     let pin = resolve(&fetcher, a, &name)?;
@@ -58,7 +66,12 @@ pub fn run(g: &Globals, a: &AddArgs) -> Result<(), CliError> {
 
 /// The model's facts from its GGUF header, read by Range requests; `None`
 /// (said on stderr, and the model is added anyway) when they cannot be.
-fn read_facts(fetcher: &Fetcher, a: &AddArgs, name: &ModelName, pin: &Pin) -> Option<Facts> {
+pub(super) fn read_facts(
+    fetcher: &Fetcher,
+    a: &AddArgs,
+    name: &ModelName,
+    pin: &Pin,
+) -> Option<Facts> {
     if a.no_facts || a.format != "gguf" {
         return None;
     }
@@ -107,9 +120,15 @@ fn resolve(fetcher: &Fetcher, a: &AddArgs, name: &ModelName) -> Result<Pin, CliE
             Ok(pin)
         }
         (None, Some(url)) => {
-            let hex = a.sha256.as_deref().unwrap_or_default();
-            let blob = Sha256::from_hex(&hex.to_ascii_lowercase())
-                .map_err(|e| CliError::new(format!("--sha256 for {name}: {e}")))?;
+            if a.sha256.len() > 1 {
+                return Err(CliError::new(format!(
+                    "{name}: --sha256 given {} times; only a shard of a split model \
+                     (X-00001-of-0000N.gguf) takes one per shard",
+                    a.sha256.len()
+                )));
+            }
+            let hex = a.sha256.first().map(String::as_str).unwrap_or_default();
+            let blob = parse_digest(hex, name)?;
             let size = match a.size {
                 Some(s) => s,
                 None => fetcher.head_size(url, &model).map_err(pin_error)?,
@@ -125,13 +144,24 @@ fn resolve(fetcher: &Fetcher, a: &AddArgs, name: &ModelName) -> Result<Pin, CliE
     }
 }
 
-fn pin_error(e: PinError) -> CliError {
+pub(super) fn pin_error(e: PinError) -> CliError {
     CliError::new(e.to_string())
+}
+
+/// The digest `--sha256` gave for `name`.
+pub(super) fn parse_digest(hex: &str, name: &ModelName) -> Result<Sha256, CliError> {
+    Sha256::from_hex(&hex.to_ascii_lowercase())
+        .map_err(|e| CliError::new(format!("--sha256 for {name}: {e}")))
 }
 
 /// Refuses a pin no file can match: an impossible size, a URL that is not
 /// https, or a size other than the one the store's blob of that digest has.
-fn check_pin(store: &Store, a: &AddArgs, name: &ModelName, pin: &Pin) -> Result<(), CliError> {
+pub(super) fn check_pin(
+    store: &Store,
+    a: &AddArgs,
+    name: &ModelName,
+    pin: &Pin,
+) -> Result<(), CliError> {
     let (blob, size) = (pin.blob, pin.size);
     if size > MAX_SIZE_BYTES {
         return Err(CliError::new(format!(
@@ -165,7 +195,7 @@ fn check_pin(store: &Store, a: &AddArgs, name: &ModelName, pin: &Pin) -> Result<
 
 /// Writes the manifest under the name's lock, unless the name pins that
 /// blob already, or another one and `--force` was not given.
-fn write_pin(
+pub(super) fn write_pin(
     store: &Store,
     a: &AddArgs,
     name: &ModelName,

@@ -1,5 +1,7 @@
 //! `modelfs info NAME`: what a model's GGUF header says, and the memory it
-//! needs, without downloading it.
+//! needs, without downloading it. For a split model (`NAME`, or the
+//! `NAME-*-of-0000N` that `ls` shows) the set's facts are shard 1's, with
+//! the parameters, tensors and tensor bytes summed over every shard.
 
 use serde_json::json;
 
@@ -19,13 +21,20 @@ pub struct InfoArgs {
 /// Prints the model's facts and memory estimate; a model without facts is
 /// not an error (exit 0), but the output says why there are none.
 pub fn run(g: &Globals, a: &InfoArgs) -> Result<(), CliError> {
-    let name = parse_name(&a.name)?;
     let store = g.store_for_reading()?;
-    let Some(m) = store.read_manifest(&name)? else {
-        return Err(CliError::new(format!(
-            "{name}: no such model in {}; see `modelfs ls`",
-            store.root().display()
-        )));
+    let (m, shown) = match super::sets::set_summary(&store, &a.name)? {
+        Some((set, pattern)) => (set, pattern),
+        None => {
+            let name = parse_name(&a.name)?;
+            let m = store.read_manifest(&name)?.ok_or_else(|| {
+                CliError::new(format!(
+                    "{name}: no such model in {}; see `modelfs ls`",
+                    store.root().display()
+                ))
+            })?;
+            let name = m.name.to_string();
+            (m, name)
+        }
     };
     let estimate = m
         .gguf
@@ -33,7 +42,7 @@ pub fn run(g: &Globals, a: &InfoArgs) -> Result<(), CliError> {
         .and_then(|f| f.memory_estimate(Some(m.size_bytes)));
     if a.json {
         let out = json!({
-            "name": m.name.as_str(), "file": m.file_name(), "size_bytes": m.size_bytes,
+            "name": shown, "file": m.file_name(), "size_bytes": m.size_bytes,
             "gguf": m.gguf.as_ref().map(|f| f.to_json()),
             "memory": estimate.map(|e| json!({
                 "weights_bytes": e.weights, "kv_cache_bytes": e.kv_cache, "total_bytes": e.total,
@@ -45,7 +54,12 @@ pub fn run(g: &Globals, a: &InfoArgs) -> Result<(), CliError> {
         );
         return Ok(());
     }
-    println!("{}: {}", m.file_name(), human_bytes(m.size_bytes));
+    let file = if shown == m.name.as_str() {
+        m.file_name()
+    } else {
+        format!("{shown} (from {})", m.file_name())
+    };
+    println!("{file}: {}", human_bytes(m.size_bytes));
     let Some(facts) = &m.gguf else {
         println!(
             "no model facts recorded: it was added with --no-facts, is not a GGUF, or its \

@@ -3,6 +3,7 @@
 //! opening the store, building the fetcher, and the CLI's error type.
 
 pub mod add;
+mod add_set;
 pub mod daemon_limits;
 pub mod gc;
 pub mod import;
@@ -10,6 +11,7 @@ pub mod import_from;
 pub mod info;
 pub mod logging;
 pub mod ls;
+mod ls_sets;
 pub mod mount;
 pub mod mount_options;
 pub mod mountpoint;
@@ -17,6 +19,7 @@ pub mod progress_view;
 pub mod pull;
 pub mod rm;
 pub mod serve;
+mod sets;
 pub mod status;
 pub mod store_changes;
 pub mod verify;

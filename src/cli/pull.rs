@@ -3,6 +3,7 @@
 use std::sync::atomic::AtomicBool;
 
 use crate::fetch::{FetchJob, FetchOutcome};
+use crate::store::{Manifest, Store};
 
 use super::{CliError, Globals, parse_name, progress_view};
 
@@ -26,12 +27,12 @@ pub struct PullArgs {
 /// Fails (exit 1) if any of them fails; the others are still fetched. A
 /// mount's back-off after wrong bytes does not apply here.
 pub fn run(g: &Globals, a: &PullArgs) -> Result<(), CliError> {
-    let names = a
-        .names
-        .iter()
-        .map(|n| parse_name(n))
-        .collect::<Result<Vec<_>, _>>()?;
+    for n in a.names.iter().filter(|n| !n.contains("-*-of-")) {
+        parse_name(n)?;
+    }
     let store = g.store_for_writing()?;
+    // A split model's name pulls every shard.
+    let names = super::sets::expand(&store, &a.names)?;
     let mut fetcher = g.fetcher()?;
     if let Some(secs) = a.retry_for {
         fetcher.set_retry_for(std::time::Duration::from_secs(secs));
@@ -73,7 +74,10 @@ pub fn run(g: &Globals, a: &PullArgs) -> Result<(), CliError> {
         drop(job);
         let _ = view.join();
         match result {
-            Ok(FetchOutcome::AlreadyPresent { .. }) => println!("{name}: present"),
+            Ok(FetchOutcome::AlreadyPresent { .. }) => {
+                println!("{name}: present");
+                fill_facts(&store, &manifest);
+            }
             Ok(FetchOutcome::Downloaded {
                 transferred,
                 resumed_from,
@@ -88,6 +92,7 @@ pub fn run(g: &Globals, a: &PullArgs) -> Result<(), CliError> {
                     manifest.blob.short(),
                     crate::text::human_bytes(transferred)
                 );
+                fill_facts(&store, &manifest);
             }
             Err(e) => {
                 eprintln!("modelfs: {e}");
@@ -102,5 +107,39 @@ pub fn run(g: &Globals, a: &PullArgs) -> Result<(), CliError> {
             "could not fetch: {}",
             failed.join(", ")
         )))
+    }
+}
+
+/// Records the GGUF facts of a pulled model read from its local file, when
+/// its manifest has none (added with `--no-facts`, or its header could not
+/// be read remotely), as `import` does. Only a note when that fails: the
+/// pull itself succeeded.
+fn fill_facts(store: &Store, m: &Manifest) {
+    if m.format != "gguf" || m.gguf.is_some() {
+        return;
+    }
+    let name = &m.name;
+    let facts = store
+        .open_blob(&m.blob)
+        .map_err(|e| e.to_string())
+        .and_then(|f| crate::gguf::facts_of_file(&f, m.size_bytes).map_err(|e| e.to_string()));
+    let facts = match facts {
+        Ok(f) => f,
+        Err(e) => return eprintln!("note: {name}: no model facts from the local file ({e})"),
+    };
+    let written = store
+        .lock_model_waiting(name, &mut || {})
+        .map_err(|e| e.to_string())
+        .and_then(|_lock| match store.read_manifest(name) {
+            // Still the manifest that was pulled, still without facts.
+            Ok(Some(mut now)) if now.blob == m.blob && now.gguf.is_none() => {
+                now.gguf = Some(std::sync::Arc::new(facts));
+                store.write_manifest(&now).map_err(|e| e.to_string())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        });
+    if let Err(e) = written {
+        eprintln!("note: {name}: could not record its model facts ({e})");
     }
 }

@@ -1,6 +1,6 @@
 //! `modelfs rm`: drop a manifest. The blob stays until `modelfs gc`.
 
-use super::{CliError, Globals, parse_name};
+use super::{CliError, Globals};
 
 #[derive(Debug, clap::Args)]
 pub struct RmArgs {
@@ -9,11 +9,12 @@ pub struct RmArgs {
     pub names: Vec<String>,
 }
 
-/// Removes each named manifest; fails if one does not exist.
+/// Removes each named manifest (every shard of a named split model);
+/// fails if one does not exist.
 pub fn run(g: &Globals, a: &RmArgs) -> Result<(), CliError> {
     let store = g.store_for_reading()?;
-    for n in &a.names {
-        let name = parse_name(n)?;
+    // A split model's name removes every shard.
+    for name in super::sets::expand(&store, &a.names)? {
         let _l = store
             .lock_model_waiting(&name, &mut || {
                 eprintln!("waiting for another process that holds the lock on {name}...")

@@ -2,7 +2,7 @@
 //! extended attributes (live download progress of that mount) or, without a
 //! mountpoint, from the store (partial files show downloads by any process).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::fs::xattr;
 use crate::store::ModelState;
+use crate::store::set::{ShardName, set_state, state_of_word};
 use crate::text::human_bytes;
 
 use super::{CliError, Globals, progress_view};
@@ -25,6 +26,9 @@ pub struct StatusArgs {
     /// Keep updating until no download is in progress
     #[arg(long, short)]
     pub watch: bool,
+    /// One row per shard of a split model, not one per set
+    #[arg(long)]
+    pub shards: bool,
 }
 
 /// One model's state.
@@ -47,10 +51,11 @@ pub struct ModelStatus {
 /// Prints the state of every model; with `--watch`, until all downloads end.
 pub fn run(g: &Globals, a: &StatusArgs) -> Result<(), CliError> {
     let read = || -> Result<Vec<ModelStatus>, CliError> {
-        match &a.mountpoint {
-            Some(mp) => from_mount(mp),
-            None => from_store(g),
-        }
+        let rows = match &a.mountpoint {
+            Some(mp) => from_mount(mp)?,
+            None => from_store(g)?,
+        };
+        Ok(if a.shards { rows } else { grouped(rows) })
     };
     if !a.watch {
         let rows = read()?;
@@ -232,6 +237,39 @@ fn from_store(g: &Globals) -> Result<Vec<ModelStatus>, CliError> {
         });
     }
     Ok(rows)
+}
+
+/// Split sets as one row each (DESIGN §8): `NAME-*-of-0000N.gguf`, with
+/// the shards' bytes summed, the busiest shard's state
+/// (`store::set::set_state`), the first error and the connections of all.
+fn grouped(rows: Vec<ModelStatus>) -> Vec<ModelStatus> {
+    let mut out = Vec::new();
+    let mut sets: BTreeMap<(String, u32, String), Vec<ModelStatus>> = BTreeMap::new();
+    for r in rows {
+        let shard = r.file.rsplit_once('.').and_then(|(stem, ext)| {
+            ShardName::parse(stem).map(|s| (s.prefix, s.count, ext.to_string()))
+        });
+        match shard {
+            Some(key) => sets.entry(key).or_default().push(r),
+            None => out.push(r),
+        }
+    }
+    for ((prefix, count, ext), shards) in sets {
+        let state = set_state(shards.iter().filter_map(|r| state_of_word(&r.state)));
+        let connections: u16 = shards.iter().filter_map(|r| r.connections).sum();
+        out.push(ModelStatus {
+            file: format!("{prefix}-*-of-{count:05}.{ext}"),
+            state: state.word().into(),
+            done: shards.iter().map(|r| r.done).sum(),
+            total: shards.iter().map(|r| r.total).sum(),
+            sha256: String::new(),
+            error: shards.iter().find_map(|r| r.error.clone()),
+            connections: (connections > 0).then_some(connections),
+            source: shards.iter().find_map(|r| r.source.clone()),
+        });
+    }
+    out.sort_by(|a, b| a.file.cmp(&b.file));
+    out
 }
 
 /// The xattr `name` of `path` as text, if it has one of at most 4 KiB.

@@ -4,7 +4,7 @@
 use crate::store::verify::Verified;
 use crate::store::{Manifest, Store};
 
-use super::{CliError, Globals, parse_name};
+use super::{CliError, Globals};
 
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
@@ -68,8 +68,8 @@ fn chosen_manifests(store: &Store, names: &[String]) -> Result<Vec<Manifest>, Cl
             .collect());
     }
     let mut v = Vec::new();
-    for n in names {
-        let name = parse_name(n)?;
+    // A split model's name verifies every shard.
+    for name in super::sets::expand(store, names)? {
         v.push(
             store
                 .read_manifest(&name)?

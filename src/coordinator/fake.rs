@@ -29,6 +29,9 @@ pub enum Script {
     Fail,
     /// Fail as if the bytes hashed to another digest.
     WrongBytes,
+    /// Serve, for each blob, the bytes of that digest; a blob
+    /// [`Scripted::hold`] holds waits before its hand-over until released.
+    Each(Arc<Vec<Vec<u8>>>),
 }
 
 /// A source that follows a script, counts its calls and how many run at
@@ -39,6 +42,9 @@ pub struct Scripted {
     pub running: AtomicUsize,
     pub most_running: AtomicUsize,
     gate: (Mutex<u32>, Condvar),
+    /// The models asked for, in order.
+    pub asked: Mutex<Vec<String>>,
+    held: (Mutex<Vec<Sha256>>, Condvar),
 }
 
 impl Scripted {
@@ -49,6 +55,8 @@ impl Scripted {
             running: AtomicUsize::new(0),
             most_running: AtomicUsize::new(0),
             gate: (Mutex::new(0), Condvar::new()),
+            asked: Mutex::new(Vec::new()),
+            held: (Mutex::new(Vec::new()), Condvar::new()),
         })
     }
 
@@ -70,6 +78,28 @@ impl Scripted {
         true
     }
 
+    /// Holds fetches of `d` (under [`Script::Each`]) before the hand-over.
+    pub fn hold(&self, d: Sha256) {
+        self.held.0.lock().push(d);
+    }
+
+    /// Lets held fetches of `d` go on.
+    pub fn release(&self, d: &Sha256) {
+        self.held.0.lock().retain(|h| h != d);
+        self.held.1.notify_all();
+    }
+
+    fn wait_while_held(&self, d: &Sha256, cancel: &AtomicBool) -> bool {
+        let mut held = self.held.0.lock();
+        while held.contains(d) {
+            if cancel.load(Ordering::Relaxed) {
+                return false;
+            }
+            self.held.1.wait_for(&mut held, Duration::from_millis(10));
+        }
+        true
+    }
+
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }
@@ -83,6 +113,7 @@ impl Source for Scripted {
         on_verified: &mut dyn FnMut(File),
     ) -> Result<FetchOutcome, FetchError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.asked.lock().push(job.manifest.name.to_string());
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_running.fetch_max(now, Ordering::SeqCst);
         let result = self.run(store, job, on_verified);
@@ -117,6 +148,14 @@ impl Scripted {
             Script::Fail => {
                 self.pass_gate(job.cancel);
                 return fail(FetchErrorKind::Network("refused".into()));
+            }
+            Script::Each(all) => {
+                let bytes = all.iter().find(|b| Sha256::of(b) == m.blob).cloned();
+                let bytes = bytes.expect("Script::Each has the bytes of every blob asked for");
+                if !self.wait_while_held(&m.blob, job.cancel) {
+                    return fail(FetchErrorKind::Cancelled);
+                }
+                (bytes, false)
             }
             Script::WrongBytes => {
                 return fail(FetchErrorKind::DigestMismatch {

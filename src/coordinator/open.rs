@@ -129,6 +129,16 @@ impl Coordinator {
         self.wait(m, kind, want.caller, want.pinned_by, done);
     }
 
+    /// Starts fetching `m`'s blob for nobody in particular (the sibling
+    /// shards of an opened one) when it is absent: queued with the other
+    /// jobs, so within the fetch concurrency, and joined by any later open.
+    /// Never waits; a blob backed off after wrong bytes is left alone.
+    pub fn prefetch(self: &Arc<Self>, m: &Manifest, pinned_by: &dyn Fn() -> Vec<Manifest>) {
+        if self.store.stat_blob(&m.blob).is_none() {
+            self.start(m, JobKind::Fetch, pinned_by);
+        }
+    }
+
     /// The blobs this coordinator published since the last call, oldest
     /// first. An open answered before publication learns of it no other
     /// way; the mount takes them to note the entries as present.

@@ -19,10 +19,13 @@
 //! - Blobs the coordinator published after their opens were answered
 //!   (`Coordinator::take_published`) are noted as present before a refresh
 //!   and before any `user.modelfs.*` attribute is read.
+//! - An open of a shard of a split model starts fetching its missing
+//!   siblings (see `siblings`); it waits only for its own shard.
 //! - Anything that writes fails with `EROFS`.
 
 pub mod error;
 pub mod namespace;
+mod siblings;
 pub mod xattr;
 
 #[cfg(test)]
@@ -315,6 +318,8 @@ impl ModelFs {
         };
         let answer = self.when_answered(e.clone(), done);
         self.coordinator.open(found, want, answer);
+        // After the shard's own job, so that it is queued first.
+        self.start_siblings(&e.manifest);
     }
 
     /// The completion of an open of `e`: a handle on the coordinator's

@@ -190,3 +190,99 @@ fn an_inode_whose_blob_file_was_replaced_fails_estale_without_a_fetch() {
     let rx = open(&w, new, libc::O_RDONLY);
     assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap().is_ok());
 }
+
+/// A world serving each of `shards` (bytes per shard) under its own digest,
+/// the shards pinned as the set `m-0000k-of-0000N`; their inodes.
+fn pin_set(shards: &[Vec<u8>]) -> (World, Vec<u64>) {
+    let w = world(Script::Each(Arc::new(shards.to_vec())));
+    let n = shards.len() as u32;
+    let inos = (1..=n)
+        .zip(shards)
+        .map(|(k, b)| pin(&w, &crate::store::set::ShardName::format("m", k, n), b))
+        .collect();
+    (w, inos)
+}
+
+fn shard_bytes(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|k| format!("shard {k}").into_bytes()).collect()
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+#[test]
+fn opening_one_shard_fetches_its_missing_siblings_but_waits_only_for_its_own() {
+    let shards = shard_bytes(3);
+    let (w, inos) = pin_set(&shards);
+    // Shard 2 is on disk already: nothing fetches it again.
+    w.store.publish_bytes(&shards[1]);
+    w.source.hold(Sha256::of(&shards[2]));
+    let rx = open(&w, inos[0], libc::O_RDONLY);
+    let o = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!(read_all(&w, &o, shards[0].len()), shards[0]);
+    assert!(
+        wait_for(|| w.source.calls() == 2),
+        "{:?}",
+        w.source.asked.lock()
+    );
+    assert_eq!(
+        w.source.asked.lock()[0],
+        "m-00001-of-00003",
+        "its own first"
+    );
+    assert_eq!(state(&w, inos[2]), "fetching", "shard 3 is held");
+    w.source.release(&Sha256::of(&shards[2]));
+    assert!(wait_for(|| state(&w, inos[2]) == "present"));
+    let o3 = open(&w, inos[2], libc::O_RDONLY)
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    assert_eq!(read_all(&w, &o3, shards[2].len()), shards[2]);
+    assert_eq!(w.source.calls(), 2, "the open found shard 3 fetched");
+}
+
+#[test]
+fn the_siblings_of_a_large_set_queue_within_the_fetch_concurrency() {
+    let shards = shard_bytes(6);
+    let (w, inos) = pin_set(&shards);
+    for s in &shards {
+        w.source.hold(Sha256::of(s));
+    }
+    let rx = open(&w, inos[3], libc::O_RDONLY);
+    // Two workers and the one kept for small blobs.
+    assert!(wait_for(|| w.source.running.load(Ordering::SeqCst) == 3));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(w.source.calls(), 3, "the others wait in the queue");
+    assert!(rx.try_recv().is_err(), "shard 4 is held");
+    for s in &shards {
+        w.source.release(&Sha256::of(s));
+    }
+    rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    assert!(wait_for(|| w.source.calls() == 6));
+    assert!(w.source.most_running.load(Ordering::SeqCst) <= 3);
+    assert_eq!(w.source.asked.lock()[0], "m-00004-of-00006");
+}
+
+#[test]
+fn only_shards_of_the_same_set_are_siblings() {
+    let bytes = shard_bytes(4);
+    let w = world(Script::Each(Arc::new(bytes.clone())));
+    let one = pin(&w, "m-00001-of-00002", &bytes[0]);
+    pin(&w, "m-00002-of-00003", &bytes[1]);
+    pin(&w, "m", &bytes[2]);
+    pin(&w, "n-00002-of-00002", &bytes[3]);
+    open(&w, one, libc::O_RDONLY)
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(*w.source.asked.lock(), ["m-00001-of-00002"]);
+}

@@ -62,6 +62,7 @@ pub mod name;
 pub mod nofollow;
 pub mod partial;
 mod quarantine;
+pub mod set;
 pub mod staging;
 pub mod state;
 pub mod timestamp;

@@ -33,3 +33,4 @@ mod mount_open;
 mod mount_system;
 mod origin_selftest;
 mod serve;
+mod split_models;
