@@ -372,7 +372,7 @@ impl Mount {
             .stderr(fs::File::create(&log).unwrap());
         adjust(&mut cmd);
         let mut child = cmd.spawn().expect("spawn modelfs mount");
-        let up = wait_until(Duration::from_secs(15), || {
+        let up = wait_until(Duration::from_secs(30), || {
             is_mounted(&mountpoint) || child.try_wait().map(|s| s.is_some()).unwrap_or(true)
         });
         if !up || !is_mounted(&mountpoint) {
