@@ -33,7 +33,7 @@ fn with_mirrors(mut f: Fetcher, mirrors: Vec<Mirror>) -> Fetcher {
 }
 
 /// An address where nothing listens: connections are refused.
-fn refused() -> Mirror {
+pub(crate) fn refused() -> Mirror {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -7,7 +7,6 @@
 #![allow(clippy::result_large_err)]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Stdio};
 
 use crate::common::sys::open_and_read;
@@ -221,16 +220,6 @@ fn stores_using_one_hosts_server_as_mirror_share_its_single_download() {
     assert_eq!(st.bytes_sent, size as u64, "the origin sent the model once");
 }
 
-/// An address where nothing listens.
-fn dead_mirror() -> String {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("https://127.0.0.1:{port}/store")
-}
-
 fn blob_path(base: &str, d: &Sha256) -> String {
     let hex = d.to_hex();
     format!("{base}/blobs/sha256/{}/{hex}/data", &hex[..2])
@@ -247,7 +236,11 @@ fn a_fleet_of_mounts_gets_the_model_once_from_the_origin_past_a_dead_and_a_lying
     let s = Serve::start(&host_a, &origin, &[]);
     let liar = Origin::start_with_ca(origin.ca());
     liar.put(&blob_path("store", &m.blob), random_bytes(size, 116));
-    let mirrors = [dead_mirror(), liar.url("store"), s.url.clone()];
+    let mirrors = [
+        crate::mirrors::refused().base().to_string(),
+        liar.url("store"),
+        s.url.clone(),
+    ];
     let opts: Vec<String> = mirrors.iter().map(|u| format!("mirror={u}")).collect();
     let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
     let hosts: Vec<TestStore> = (0..3).map(|_| TestStore::new()).collect();
