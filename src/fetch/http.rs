@@ -169,6 +169,12 @@ impl Http {
             .timeout_per_read(Some(config.stall_timeout))
             .timeout_recv_response(Some(config.stall_timeout))
             .user_agent(format!("modelfs/{}", env!("CARGO_PKG_VERSION")))
+            // A parallel download keeps up to 64 connections to one host
+            // busy; ureq's default keeps 3 of them when a range ends, and
+            // every other range then paid a TCP and TLS handshake and a
+            // fresh slow start (three round trips on a WAN).
+            .max_idle_connections(128)
+            .max_idle_connections_per_host(64)
             .build()
             .into();
         let hf_origin = origin_of(&config.hf_endpoint);
