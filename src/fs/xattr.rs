@@ -33,21 +33,17 @@ pub const GGUF_PREFIX: &str = "user.modelfs.gguf.";
 
 /// The GGUF fact `key` of an entry, as text.
 pub fn gguf_fact(e: &Entry, key: &str) -> Option<String> {
-    let facts = e.manifest.gguf.as_ref()?.to_json();
-    match facts.get(key)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        v => Some(v.to_string()),
-    }
+    e.manifest.gguf.as_ref()?.fact(key)
 }
 
 /// The xattr names of an entry's GGUF facts.
 fn gguf_names(e: &Entry) -> Vec<String> {
-    match e.manifest.gguf.as_ref().map(|f| f.to_json()) {
-        Some(serde_json::Value::Object(m)) => {
-            m.keys().map(|k| format!("{GGUF_PREFIX}{k}")).collect()
-        }
-        _ => Vec::new(),
-    }
+    e.manifest.gguf.as_ref().map_or_else(Vec::new, |f| {
+        f.names()
+            .into_iter()
+            .map(|k| format!("{GGUF_PREFIX}{k}"))
+            .collect()
+    })
 }
 
 /// Connections of the download running now, if one is.

@@ -179,14 +179,58 @@ impl Facts {
         s("name", &self.name);
         s("file_type", &self.file_type);
         s("tokenizer", &self.tokenizer);
-        let mut numbers = self.clone();
-        for (k, v) in NUMBER_NAMES.iter().zip(numbers.numbers_mut()) {
-            if let Some(v) = *v {
+        for (k, v) in NUMBER_NAMES.iter().zip(self.numbers()) {
+            if let Some(v) = v {
                 m.insert((*k).into(), Json::from(v));
             }
         }
         m.insert("chat_template".into(), Json::from(self.chat_template));
         Json::Object(m)
+    }
+
+    /// One fact as text, by its name in [`Facts::to_json`]'s object,
+    /// without building the object (the mount answers a getxattr with it).
+    pub fn fact(&self, key: &str) -> Option<String> {
+        match key {
+            "architecture" => self.architecture.clone(),
+            "name" => self.name.clone(),
+            "file_type" => self.file_type.clone(),
+            "tokenizer" => self.tokenizer.clone(),
+            "chat_template" => Some(self.chat_template.to_string()),
+            k => {
+                let i = NUMBER_NAMES.iter().position(|n| *n == k)?;
+                self.numbers()[i].map(|v| v.to_string())
+            }
+        }
+    }
+
+    /// The names of the facts present, in [`Facts::to_json`]'s order.
+    pub fn names(&self) -> Vec<&'static str> {
+        let strings = [
+            ("architecture", &self.architecture),
+            ("name", &self.name),
+            ("file_type", &self.file_type),
+            ("tokenizer", &self.tokenizer),
+        ];
+        let mut out: Vec<&'static str> = strings
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        out.extend(
+            NUMBER_NAMES
+                .iter()
+                .zip(self.numbers())
+                .filter(|(_, v)| v.is_some())
+                .map(|(k, _)| *k),
+        );
+        out.push("chat_template");
+        out
+    }
+
+    fn numbers(&self) -> [Option<u64>; 15] {
+        let mut copy = self.clone();
+        copy.numbers_mut().map(|v| *v)
     }
 
     /// Facts read back from [`Facts::to_json`]'s object; members that are
