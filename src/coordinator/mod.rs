@@ -51,6 +51,7 @@
 pub mod interrupt;
 pub mod open;
 pub mod pool;
+pub mod quota;
 pub mod source;
 
 pub use open::{Answer, Blob, Found, Published, Want};
@@ -227,6 +228,8 @@ pub struct Coordinator {
     /// The verification records of the blobs opened so far, as read from
     /// or written to the store (see [`Coordinator::verified_now`]).
     records: Mutex<HashMap<Sha256, Record>>,
+    /// Open locks, last opens and room for downloads (see [`quota`]).
+    quota: quota::Quota,
 }
 
 impl Coordinator {
@@ -257,6 +260,7 @@ impl Coordinator {
                 workers: pool::Pool::new(max_fetches, Arc::new(run)),
                 published: Mutex::new(Vec::new()),
                 records: Mutex::new(HashMap::new()),
+                quota: quota::Quota::default(),
             }
         });
         let weak = Arc::downgrade(&c);
@@ -540,6 +544,10 @@ impl Coordinator {
                 latest: progress.clone(),
                 note: note.clone(),
             };
+            // Before the first byte: evict to fit it, or fail with ENOSPC.
+            let _room = self
+                .make_room(&m)
+                .map_err(|e| WaitError::Failed(Arc::new(e)))?;
             self.fetch(&m, &others, &cancel, sink)
         }));
         let result = match outcome {

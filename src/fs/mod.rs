@@ -43,6 +43,7 @@ pub use namespace::{Changes, Entry, Namespace, ROOT_INO};
 
 pub use crate::coordinator::Caller;
 use crate::coordinator::{Answer, Blob, Coordinator, Interrupted, WaitError, Want};
+use crate::store::openlock::OpenHold;
 
 /// What kind of node an inode is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +107,9 @@ pub struct ModelFs {
     coordinator: Arc<Coordinator>,
     namespace: Arc<Namespace>,
     handles: Mutex<HashMap<u64, Arc<File>>>,
+    /// Each handle's share of its blob's open lock (`store::openlock`),
+    /// released with the handle.
+    holds: Mutex<HashMap<u64, OpenHold>>,
     /// Held while publications are taken from the coordinator and noted,
     /// so that a reader who finds none taken is never ahead of one being
     /// noted.
@@ -126,6 +130,7 @@ impl ModelFs {
             coordinator,
             namespace,
             handles: Mutex::new(HashMap::new()),
+            holds: Mutex::new(HashMap::new()),
             noting_published: Mutex::new(()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -290,6 +295,12 @@ impl ModelFs {
             Ok(e) => e,
             Err(err) => return done(Err(err)),
         };
+        // Before the blob is opened: an eviction that deletes it must
+        // have finished, so this open finds it gone and fetches it.
+        let hold = match self.coordinator.hold_open(&e.manifest.blob) {
+            Ok(hold) => hold,
+            Err(err) => return done(Err(FsError::Store(Arc::new(err)))),
+        };
         let found = match self.coordinator.find(&e.manifest.blob) {
             Ok(found) => found,
             Err(err) => return done(Err(FsError::Store(Arc::new(err)))),
@@ -313,17 +324,17 @@ impl ModelFs {
             nonblocking: flags & libc::O_NONBLOCK != 0,
             pinned_by: &pinned_by,
         };
-        let answer = self.when_answered(e.clone(), done);
+        let answer = self.when_answered(e.clone(), hold, done);
         self.coordinator.open(found, want, answer);
     }
 
     /// The completion of an open of `e`: a handle on the coordinator's
     /// answer, unless the inode served another file before.
-    fn when_answered(self: &Arc<Self>, e: Arc<Entry>, done: OpenDone) -> Answer {
+    fn when_answered(self: &Arc<Self>, e: Arc<Entry>, hold: OpenHold, done: OpenDone) -> Answer {
         let this = self.clone();
         Box::new(move |answer| {
             let opened = match answer {
-                Ok(blob) => this.serve(&e, blob),
+                Ok(blob) => this.serve(&e, blob, hold),
                 // Published by another process while this open waited for
                 // its lock, and changed since it was verified: on ESTALE
                 // the kernel opens again, and that open hashes it.
@@ -340,7 +351,7 @@ impl ModelFs {
     /// A handle on `blob` for `e`'s inode, noted as what it serves; `Stale`
     /// if the inode served another file before (whose bytes changed, and
     /// were quarantined): never this one.
-    fn serve(&self, e: &Entry, blob: Blob) -> Result<Opened, FsError> {
+    fn serve(&self, e: &Entry, blob: Blob, hold: OpenHold) -> Result<Opened, FsError> {
         let id = blob.file_id();
         if self.namespace.is_stale(e, Some(id)) {
             return Err(FsError::Stale);
@@ -355,7 +366,7 @@ impl ModelFs {
             // passthrough backing file).
             self.namespace.note_verified(e.ino, id);
         }
-        Ok(self.add_handle(blob.file, id))
+        Ok(self.add_handle(blob.file, id, hold))
     }
 
     /// The kernel interrupted request `request` (FUSE_INTERRUPT); `false`
@@ -366,9 +377,10 @@ impl ModelFs {
     }
 
     /// A new handle on `file`.
-    fn add_handle(&self, file: Arc<File>, file_id: (u64, u64)) -> Opened {
+    fn add_handle(&self, file: Arc<File>, file_id: (u64, u64), hold: OpenHold) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, file.clone());
+        self.holds.lock().insert(fh, hold);
         Opened { fh, file, file_id }
     }
 
@@ -398,6 +410,9 @@ impl ModelFs {
 
     pub fn release(&self, fh: u64) {
         self.handles.lock().remove(&fh);
+        // After the file: the lock goes once nothing here can read it.
+        let hold = self.holds.lock().remove(&fh);
+        drop(hold);
     }
 
     /// Open handles now (tests and status).
