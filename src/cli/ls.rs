@@ -33,6 +33,9 @@ pub fn state_of(store: &Store, m: &Manifest) -> (ModelState, u64, String) {
 /// Lists every manifest; broken manifests are reported on stderr.
 pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
     let store = g.store_for_reading()?;
+    let pins = store
+        .read_pins()
+        .map_err(|e| CliError::new(e.to_string()))?;
     let mut rows = Vec::new();
     for entry in store.list_manifests()? {
         match entry {
@@ -50,6 +53,7 @@ pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
                     "size_bytes": m.size_bytes, "state": state.word(), "bytes_on_disk": on_disk,
                     "blob": m.blob.to_blob_ref(), "url": m.fetch_url().map(|u| redact_url(&u)),
                     "gguf": m.gguf.as_ref().map(|f| f.to_json()),
+                    "pinned": pins.contains(&m.name),
                 })
             })
             .collect();
@@ -60,7 +64,7 @@ pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "{:<40} {:<8} {:>10} {:<9} {:>4} {:<12} {:<14} {:>8} {:<8} {:>7}",
+        "{:<40} {:<8} {:>10} {:<9} {:>4} {:<12} {:<14} {:>8} {:<8} {:>7} PIN",
         "NAME", "FORMAT", "SIZE", "STATE", "DONE", "DIGEST", "ARCH", "PARAMS", "QUANT", "CTX"
     );
     for m in &rows {
@@ -68,7 +72,7 @@ pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
         let f = m.gguf.as_deref();
         let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         println!(
-            "{:<40} {:<8} {:>10} {:<9} {:>4} {:<12} {:<14} {:>8} {:<8} {:>7}",
+            "{:<40} {:<8} {:>10} {:<9} {:>4} {:<12} {:<14} {:>8} {:<8} {:>7} {}",
             m.name.as_str(),
             m.format,
             human_bytes(m.size_bytes),
@@ -79,6 +83,11 @@ pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
             or_dash(f.and_then(|f| f.parameters).map(human_count)),
             or_dash(f.and_then(|f| f.file_type.clone())),
             or_dash(f.and_then(|f| f.context_length).map(|c| c.to_string())),
+            if pins.contains(&m.name) {
+                "pinned"
+            } else {
+                "-"
+            },
         );
     }
     Ok(())

@@ -4,6 +4,7 @@
 
 pub mod add;
 pub mod daemon_limits;
+pub mod du;
 pub mod gc;
 pub mod import;
 pub mod info;
@@ -12,9 +13,11 @@ pub mod ls;
 pub mod mount;
 pub mod mount_options;
 pub mod mountpoint;
+pub mod pin;
 pub mod progress_view;
 pub mod pull;
 pub mod rm;
+pub mod settings;
 pub mod status;
 pub mod store_changes;
 pub mod verify;
