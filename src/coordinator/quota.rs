@@ -92,9 +92,7 @@ impl Coordinator {
     pub(super) fn make_room(&self, m: &Manifest) -> Result<Room<'_>, FetchError> {
         let settings = self.settings();
         let mut in_flight = self.quota.in_flight.lock();
-        let remaining = |d: &Sha256, size: u64| {
-            size.saturating_sub(self.store.stat_partial(d).map_or(0, |p| p.len()))
-        };
+        let remaining = |d: &Sha256, size: u64| self.still_to_write(d, size);
         let incoming = remaining(&m.blob, m.size_bytes);
         let reserved: u64 = in_flight
             .iter()
@@ -121,6 +119,17 @@ impl Coordinator {
         }
     }
 
+    /// Bytes a download of `d` (of `size` bytes) has still to write: none
+    /// once its blob is published (a download answers its opens before it
+    /// publishes, and then still counts as in flight for a moment).
+    fn still_to_write(&self, d: &Sha256, size: u64) -> u64 {
+        match self.store.stat_partial(d) {
+            Some(p) => size.saturating_sub(p.len()),
+            None if self.store.stat_blob(d).is_some() => 0,
+            None => size,
+        }
+    }
+
     /// One pass of the quota thread: evicts what is over the limits now,
     /// and writes the last-open times when they are due (`force`: now).
     pub fn keep_quota(&self, force_flush: bool) {
@@ -131,7 +140,7 @@ impl Coordinator {
         let in_flight = self.quota.in_flight.lock();
         let reserved: u64 = in_flight
             .iter()
-            .map(|(d, s)| s.saturating_sub(self.store.stat_partial(d).map_or(0, |p| p.len())))
+            .map(|(d, s)| self.still_to_write(d, *s))
             .sum();
         let recent = self.quota.last_open.unflushed();
         match self

@@ -41,7 +41,7 @@ use crate::text::human_bytes;
 pub struct Entry {
     pub blob: Sha256,
     pub size: u64,
-    /// Unix seconds of its last open (or of its placement, never opened).
+    /// Unix milliseconds of its last open (or of its placement, never opened).
     pub last_open: u64,
     pub pinned: bool,
 }
@@ -252,7 +252,11 @@ impl Store {
         let mut entries = Vec::new();
         for (d, size) in blobs {
             let Some(of) = names.get(&d) else { continue };
-            let placed = || self.stat_blob(&d).map_or(0, |m| m.ctime().max(0) as u64);
+            let placed = || {
+                self.stat_blob(&d).map_or(0, |m| {
+                    (m.ctime().max(0) as u64) * 1000 + m.ctime_nsec().max(0) as u64 / 1_000_000
+                })
+            };
             let last_open = match (times.get(&d), recent.get(&d)) {
                 (Some(&a), Some(&b)) => a.max(b),
                 (Some(&t), None) | (None, Some(&t)) => t,
@@ -346,7 +350,8 @@ impl Store {
     /// [`Limits::need`]), evicting as needed. `reserved` bytes are counted
     /// as used besides what is on disk (other downloads of the caller,
     /// still to be written); `recent` are last-open times not yet in the
-    /// store. [`NoRoom`] when it cannot fit.
+    /// store. [`NoRoom`] when it cannot fit; then nothing is deleted
+    /// (unless an open closed between the look and the deletions).
     pub fn make_room(
         &self,
         settings: &Settings,
@@ -365,10 +370,18 @@ impl Store {
         if need == 0 {
             return Ok(Ok(Evicted::default()));
         }
-        let done = self.evict(&view, need, false, report)?;
+        // A dry run first: evicting what cannot make room anyway would
+        // only cost the next opens a download.
+        let probe = self.evict(&view, need, true, &mut |_| {})?;
+        let done = if probe.short == 0 {
+            self.evict(&view, need, false, report)?
+        } else {
+            probe
+        };
         if done.short == 0 {
             return Ok(Ok(done));
         }
+        let done = Evicted { freed: 0, ..done };
         Ok(Err(NoRoom {
             incoming,
             short: done.short,

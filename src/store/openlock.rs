@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! $MODELS_HOME/locks/blobs/<hex>.lock      shared flock held while a served open lives
-//! $MODELS_HOME/.modelfs/last-open.json     {"<hex>": <unix seconds>, …}
+//! $MODELS_HOME/.modelfs/last-open.json     {"<hex>": <unix milliseconds>, …}
 //! $MODELS_HOME/.modelfs/last-open.lock     flock held while the times are merged
 //! ```
 //!
@@ -136,18 +136,18 @@ pub struct LastOpen {
     flushed: Mutex<Option<Instant>>,
 }
 
-/// Seconds since the epoch now.
-pub fn now_secs() -> u64 {
+/// Milliseconds since the epoch now.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .as_secs()
+        .as_millis() as u64
 }
 
 impl LastOpen {
     /// Notes that `d` was opened now. Memory only.
     pub fn touch(&self, d: &Sha256) {
-        self.times.lock().insert(*d, now_secs());
+        self.times.lock().insert(*d, now_ms());
     }
 
     /// The times noted since the last flush (tests, and an eviction in
@@ -203,7 +203,7 @@ impl Store {
         self.root().join(".modelfs/last-open.json")
     }
 
-    /// The recorded last-open times (unix seconds) by blob. An unreadable
+    /// The recorded last-open times (unix milliseconds) by blob. An unreadable
     /// file reads as no times (logged): it only orders eviction.
     pub fn read_last_open(&self) -> HashMap<Sha256, u64> {
         let path = self.last_open_path();
@@ -291,7 +291,7 @@ mod tests {
         lo.touch(&a);
         lo.flush(&s, false).unwrap();
         assert!(lo.unflushed().is_empty());
-        assert!(s.read_last_open()[&a] >= now_secs() - 5);
+        assert!(s.read_last_open()[&a] >= now_ms() - 5000);
         lo.touch(&b);
         lo.flush(&s, false).unwrap();
         assert_eq!(lo.unflushed().len(), 1, "flushed at most every 30 s");
