@@ -30,3 +30,4 @@ mod mount_namespace;
 mod mount_open;
 mod mount_system;
 mod origin_selftest;
+mod quota;
