@@ -186,8 +186,8 @@ impl fmt::Display for NoRoom {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "not enough disk space in the model cache: {} to download, {} missing after evicting \
-             every blob that is neither pinned nor open (the store holds {}",
+            "not enough disk space in the model cache: {} more needed, {} missing after \
+             evicting every blob that is neither pinned nor open (the store holds {}",
             human_bytes(self.incoming),
             human_bytes(self.short),
             human_bytes(self.usage)
@@ -273,6 +273,16 @@ impl Store {
             entries,
             names,
             usage,
+        })
+    }
+
+    /// What the store's blobs and partial downloads take now (a walk of
+    /// the blob folders; no manifest is read).
+    pub fn usage(&self) -> Result<Usage, StoreError> {
+        let (blobs, partials) = self.scan_blob_dirs()?;
+        Ok(Usage {
+            blob_bytes: blobs.iter().map(|(_, s)| s).sum(),
+            partial_bytes: partials.iter().map(|(_, s)| s).sum(),
         })
     }
 
@@ -364,12 +374,17 @@ impl Store {
             return Ok(Ok(Evicted::default()));
         }
         let limits = Limits::of(self, settings);
-        let view = self.cache_view(recent)?;
-        let usage = view.usage.total() + reserved;
+        // The blob folders only, first: the manifests, pins and times are
+        // read when something must go (a mount asks every few seconds,
+        // and a store may have 100,000 manifests).
+        let usage = self.usage()?.total() + reserved;
         let need = limits.need(usage, incoming);
         if need == 0 {
             return Ok(Ok(Evicted::default()));
         }
+        let view = self.cache_view(recent)?;
+        let usage = view.usage.total() + reserved;
+        let need = limits.need(usage, incoming);
         // A dry run first: evicting what cannot make room anyway would
         // only cost the next opens a download.
         let probe = self.evict(&view, need, true, &mut |_| {})?;
