@@ -17,6 +17,7 @@ pub mod pin;
 pub mod progress_view;
 pub mod pull;
 pub mod rm;
+pub mod room;
 pub mod settings;
 pub mod status;
 pub mod store_changes;

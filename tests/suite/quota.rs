@@ -369,8 +369,20 @@ fn two_mounts_pull_gc_opens_and_pins_at_random_never_evict_an_open_or_pinned_blo
                 kept.remove(i);
             }
             Op::Pull(i) => {
-                // May fail for room only in the mounts; pull itself fetches.
-                cli(&store, &origin, &["pull", &format!("m{i}")]);
+                // Pull makes room as a mount does, and may fail for it.
+                let out = store
+                    .cli(origin.ca_pem_path())
+                    .args(["pull", &format!("m{i}")])
+                    .output()
+                    .unwrap();
+                let err = String::from_utf8_lossy(&out.stderr);
+                if !out.status.success() {
+                    assert!(
+                        err.contains("in the model cache"),
+                        "step {step} {op:?}: {err}"
+                    );
+                    enospc += 1;
+                }
             }
             Op::Gc => {
                 cli(&store, &origin, &["gc"]);
