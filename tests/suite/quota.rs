@@ -422,3 +422,84 @@ fn two_mounts_pull_gc_opens_and_pins_at_random_never_evict_an_open_or_pinned_blo
     }
     store.assert_consistent();
 }
+
+/// Runs `modelfs ARGS`; (exit code, stdout, stderr).
+fn run(store: &TestStore, origin: &Origin, args: &[&str]) -> (i32, String, String) {
+    let out = store
+        .cli(origin.ca_pem_path())
+        .env("MODELFS_GC_GRACE_SECS", "0")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+#[test]
+fn the_commands_pin_a_set_as_one_evict_by_hand_with_a_dry_run_and_keep_settings() {
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let shards: Vec<Vec<u8>> = (0..2).map(|i| random_bytes(1000, 500 + i)).collect();
+    for (k, b) in shards.iter().enumerate() {
+        let name = format!("big-{:05}-of-00002", k + 1);
+        store.write_manifest(&name, &origin.url("none"), b);
+        store.put_blob(b);
+    }
+    let old = random_bytes(3000, 510);
+    store.write_manifest("old", &origin.url("none"), &old);
+    store.put_blob(&old);
+    let s = store.store();
+
+    let (code, out, _) = run(&store, &origin, &["pin", "big"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("pinned big-00001-of-00002") && out.contains("pinned big-00002-of-00002"),
+        "{out}"
+    );
+    let (code, _, err) = run(&store, &origin, &["pin", "nosuch"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no model \"nosuch\""), "{err}");
+
+    let (code, out, _) = run(&store, &origin, &["gc", "--evict-to", "0", "--dry-run"]);
+    assert_eq!(code, 1, "the pinned set stays over 0: {out}");
+    assert!(out.contains("would evict old"), "{out}");
+    assert!(present(&s, &old), "a dry run deletes nothing");
+    let (code, out, err) = run(&store, &origin, &["gc", "--evict-to", "2000"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!present(&s, &old) && shards.iter().all(|b| present(&s, b)));
+    let (_, ls, _) = run(&store, &origin, &["ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("old ") && l.contains("pending")),
+        "{ls}"
+    );
+
+    let (code, _, _) = run(&store, &origin, &["settings", "set", "cache_max", "300G"]);
+    assert_eq!(code, 0);
+    let (_, got, _) = run(&store, &origin, &["settings", "get", "cache_max"]);
+    assert_eq!(got.trim(), "300G");
+    let (_, got, _) = run(&store, &origin, &["settings", "get", "min_free"]);
+    assert_eq!(got.trim(), "5% (default)");
+    let (code, _, err) = run(&store, &origin, &["settings", "set", "cache_max", "lots"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cache_max") && err.contains("not a size"),
+        "{err}"
+    );
+    let (_, du, _) = run(&store, &origin, &["du"]);
+    assert!(
+        du.contains("cache_max 300.0 GiB") && du.contains("pinned    2.0 KiB"),
+        "{du}"
+    );
+    run(&store, &origin, &["unpin", "big-00002-of-00002"]);
+    let (_, ls, _) = run(&store, &origin, &["ls", "--json"]);
+    let ls: serde_json::Value = serde_json::from_str(&ls).unwrap();
+    assert!(
+        ls.as_array().unwrap().iter().all(|r| r["pinned"] == false),
+        "{ls}"
+    );
+}
