@@ -217,6 +217,12 @@ impl Settings {
         self
     }
 
+    /// A key of the file as written, for settings this module does not
+    /// parse itself (a later `mirrors` or `ca_file` reads its own key here).
+    pub fn value(&self, key: &str) -> Option<&Value> {
+        self.raw.get(key)
+    }
+
     /// The free-space floor in effect.
     pub fn min_free_or_default(&self) -> Amount {
         self.min_free.unwrap_or(DEFAULT_MIN_FREE)
@@ -374,6 +380,7 @@ mod tests {
         );
         assert_eq!(v["cache_max"], "300M");
         assert_eq!(v["zeta"]["a"], 1);
+        assert_eq!(got.value("mirrors").unwrap()[0], "https://m.example");
         let again = s.read_settings().unwrap();
         assert_eq!(again.min_free, Some(Amount::Bytes(0)));
         assert!(again.min_free_or_default().is_zero());
