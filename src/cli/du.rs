@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use crate::store::evict::{self, Limits};
+use crate::digest::Sha256;
+use crate::store::Store;
+use crate::store::evict::{self, Limits, Usage};
 use crate::text::human_bytes;
 
 use super::{CliError, Globals};
@@ -49,6 +51,17 @@ fn bench_plan(n: usize) {
     println!("plan_ns {ns} victims {} blobs {n}", victims.len());
 }
 
+/// What `du` shows, gathered once.
+struct Report {
+    usage: Usage,
+    limits: Limits,
+    pinned: u64,
+    /// Open and not pinned.
+    open: u64,
+    /// The next victims: names, blob, size, last open.
+    next: Vec<(String, Sha256, u64, u64)>,
+}
+
 /// Prints usage, limits, pinned and open bytes, and the next victims.
 pub fn run(g: &Globals, a: &DuArgs) -> Result<(), CliError> {
     if let Some(n) = a.bench_plan {
@@ -56,92 +69,105 @@ pub fn run(g: &Globals, a: &DuArgs) -> Result<(), CliError> {
         return Ok(());
     }
     let store = g.store_for_reading()?;
+    let r = look(&store)?;
+    if a.json {
+        print_json(&r);
+    } else {
+        print_text(&r);
+    }
+    Ok(())
+}
+
+/// Reads the store's cache: the blobs open now are those whose open lock
+/// cannot be taken (it is let go at once).
+fn look(store: &Store) -> Result<Report, CliError> {
     let settings = store
         .read_settings()
         .map_err(|e| CliError::new(e.to_string()))?;
-    let limits = Limits::of(&store, &settings);
+    let limits = Limits::of(store, &settings);
     let view = store.cache_view(&HashMap::new())?;
-    let open: Vec<bool> = view
-        .entries
+    let e = &view.entries;
+    let open: Vec<bool> = e
         .iter()
         .map(|e| matches!(store.try_evict_lock(&e.blob), Ok(None)))
         .collect();
     let sum = |f: &dyn Fn(usize) -> bool| -> u64 {
-        (0..view.entries.len())
-            .filter(|&i| f(i))
-            .map(|i| view.entries[i].size)
-            .sum()
+        (0..e.len()).filter(|&i| f(i)).map(|i| e[i].size).sum()
     };
-    let pinned = sum(&|i| view.entries[i].pinned);
-    let open_bytes = sum(&|i| open[i] && !view.entries[i].pinned);
-    let usage = view.usage.total();
-    let next: Vec<usize> = evict::order(&view.entries)
-        .into_iter()
-        .filter(|&i| !open[i])
-        .take(NEXT_SHOWN)
-        .collect();
     let names = |i: usize| {
         view.names
-            .get(&view.entries[i].blob)
+            .get(&e[i].blob)
             .map(|n| n.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "))
             .unwrap_or_default()
     };
-    if a.json {
-        let next: Vec<_> = next
-            .iter()
-            .map(|&i| {
-                let e = view.entries[i];
-                json!({"names": names(i), "blob": e.blob.to_blob_ref(), "size_bytes": e.size,
-                       "last_open": e.last_open})
-            })
-            .collect();
-        let out = json!({
-            "blob_bytes": view.usage.blob_bytes, "partial_bytes": view.usage.partial_bytes,
-            "cache_max": limits.cache_max, "min_free": limits.min_free,
-            "available": limits.available, "over_by": limits.need(usage, 0),
-            "pinned_bytes": pinned, "open_bytes": open_bytes, "next": next,
-        });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).expect("JSON serialises")
-        );
-        return Ok(());
-    }
-    let max = limits
+    let next = evict::order(e)
+        .into_iter()
+        .filter(|&i| !open[i])
+        .take(NEXT_SHOWN)
+        .map(|i| (names(i), e[i].blob, e[i].size, e[i].last_open))
+        .collect();
+    Ok(Report {
+        usage: view.usage,
+        limits,
+        pinned: sum(&|i| e[i].pinned),
+        open: sum(&|i| open[i] && !e[i].pinned),
+        next,
+    })
+}
+
+fn print_json(r: &Report) {
+    let next: Vec<_> = r
+        .next
+        .iter()
+        .map(|(names, blob, size, last_open)| {
+            json!({"names": names, "blob": blob.to_blob_ref(), "size_bytes": size,
+                   "last_open": last_open})
+        })
+        .collect();
+    let out = json!({
+        "blob_bytes": r.usage.blob_bytes, "partial_bytes": r.usage.partial_bytes,
+        "cache_max": r.limits.cache_max, "min_free": r.limits.min_free,
+        "available": r.limits.available, "over_by": r.limits.need(r.usage.total(), 0),
+        "pinned_bytes": r.pinned, "open_bytes": r.open, "next": next,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).expect("JSON serialises")
+    );
+}
+
+fn print_text(r: &Report) {
+    let max = r
+        .limits
         .cache_max
         .map_or_else(|| "no limit".into(), human_bytes);
     println!(
         "used      {} ({} in blobs, {} in partial downloads)",
-        human_bytes(usage),
-        human_bytes(view.usage.blob_bytes),
-        human_bytes(view.usage.partial_bytes)
+        human_bytes(r.usage.total()),
+        human_bytes(r.usage.blob_bytes),
+        human_bytes(r.usage.partial_bytes)
     );
     println!("cache_max {max}");
     println!(
         "min_free  {} ({} free now)",
-        human_bytes(limits.min_free),
-        human_bytes(limits.available)
+        human_bytes(r.limits.min_free),
+        human_bytes(r.limits.available)
     );
-    println!("pinned    {}", human_bytes(pinned));
-    println!("open      {} (not pinned)", human_bytes(open_bytes));
-    let over = limits.need(usage, 0);
+    println!("pinned    {}", human_bytes(r.pinned));
+    println!("open      {} (not pinned)", human_bytes(r.open));
+    let over = r.limits.need(r.usage.total(), 0);
     if over > 0 {
         println!(
-            "over by   {} (the next mount pass evicts it)",
+            "over by   {} (a mount evicts it within 5 s)",
             human_bytes(over)
         );
     }
-    if next.is_empty() {
+    if r.next.is_empty() {
         println!("nothing can be evicted");
-    } else {
-        println!("evicted next, first to go first:");
-        for i in next {
-            println!(
-                "  {:<40} {:>10}",
-                names(i),
-                human_bytes(view.entries[i].size)
-            );
-        }
+        return;
     }
-    Ok(())
+    println!("evicted next, first to go first:");
+    for (names, _, size, _) in &r.next {
+        println!("  {names:<40} {:>10}", human_bytes(*size));
+    }
 }

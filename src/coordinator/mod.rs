@@ -44,6 +44,11 @@
 //! small model waiting, and thousands of pending opens are thousands of
 //! queued jobs, not threads.
 //!
+//! Before a fetch downloads its first byte, it makes room for it under
+//! the store's limits ([`quota`]): it evicts least recently opened blobs
+//! that are neither pinned nor open anywhere, or fails with
+//! `FetchErrorKind::NoRoom` (ENOSPC) and nothing evicted.
+//!
 //! Invariants: every callback is called exactly once; no lock of ours is
 //! held while a callback runs or while the network or disk is used; a
 //! failure is logged once here, not by each waiter.

@@ -16,6 +16,10 @@
 //!   later; an `O_NONBLOCK` open of either starts the fetch (or the hash)
 //!   and fails with `EAGAIN` at once. Every opened handle reads the
 //!   verified blob file it opened, whatever happens to the manifest later.
+//! - Every open first takes a share of its blob's open lock
+//!   (`store::openlock`, through the coordinator), before the blob is
+//!   opened, and its handle keeps it until `release`: eviction, in any
+//!   process, never deletes a blob a handle of this mount serves.
 //! - Blobs the coordinator published after their opens were answered
 //!   (`Coordinator::take_published`) are noted as present before a refresh
 //!   and before any `user.modelfs.*` attribute is read.
