@@ -80,7 +80,8 @@ impl Coordinator {
 
     /// A share of `d`'s open lock for a handle about to be served (see
     /// `store::openlock`), and the open noted as the blob's last.
-    pub fn hold_open(&self, d: &Sha256) -> Result<OpenHold, StoreError> {
+    /// `None` when the store cannot hold lock files (see `OpenLocks::hold`).
+    pub fn hold_open(&self, d: &Sha256) -> Result<Option<OpenHold>, StoreError> {
         let hold = self.quota.locks.hold(&self.store, d)?;
         self.quota.last_open.touch(d);
         Ok(hold)

@@ -113,7 +113,7 @@ pub struct ModelFs {
     handles: Mutex<HashMap<u64, Arc<File>>>,
     /// Each handle's share of its blob's open lock (`store::openlock`),
     /// released with the handle.
-    holds: Mutex<HashMap<u64, OpenHold>>,
+    holds: Mutex<HashMap<u64, Option<OpenHold>>>,
     /// Held while publications are taken from the coordinator and noted,
     /// so that a reader who finds none taken is never ahead of one being
     /// noted.
@@ -334,7 +334,12 @@ impl ModelFs {
 
     /// The completion of an open of `e`: a handle on the coordinator's
     /// answer, unless the inode served another file before.
-    fn when_answered(self: &Arc<Self>, e: Arc<Entry>, hold: OpenHold, done: OpenDone) -> Answer {
+    fn when_answered(
+        self: &Arc<Self>,
+        e: Arc<Entry>,
+        hold: Option<OpenHold>,
+        done: OpenDone,
+    ) -> Answer {
         let this = self.clone();
         Box::new(move |answer| {
             let opened = match answer {
@@ -355,7 +360,7 @@ impl ModelFs {
     /// A handle on `blob` for `e`'s inode, noted as what it serves; `Stale`
     /// if the inode served another file before (whose bytes changed, and
     /// were quarantined): never this one.
-    fn serve(&self, e: &Entry, blob: Blob, hold: OpenHold) -> Result<Opened, FsError> {
+    fn serve(&self, e: &Entry, blob: Blob, hold: Option<OpenHold>) -> Result<Opened, FsError> {
         let id = blob.file_id();
         if self.namespace.is_stale(e, Some(id)) {
             return Err(FsError::Stale);
@@ -381,7 +386,7 @@ impl ModelFs {
     }
 
     /// A new handle on `file`.
-    fn add_handle(&self, file: Arc<File>, file_id: (u64, u64), hold: OpenHold) -> Opened {
+    fn add_handle(&self, file: Arc<File>, file_id: (u64, u64), hold: Option<OpenHold>) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, file.clone());
         self.holds.lock().insert(fh, hold);

@@ -377,7 +377,11 @@ impl Store {
         // The blob folders only, first: the manifests, pins and times are
         // read when something must go (a mount asks every few seconds,
         // and a store may have 100,000 manifests).
-        let usage = self.usage()?.total() + reserved;
+        // Without cache_max only the free space counts: no walk at all.
+        let usage = match limits.cache_max {
+            Some(_) => self.usage()?.total() + reserved,
+            None => 0,
+        };
         let need = limits.need(usage, incoming);
         if need == 0 {
             return Ok(Ok(Evicted::default()));
@@ -509,7 +513,7 @@ mod tests {
         s.change_pins(&[ModelName::parse("pinned").unwrap()], true)
             .unwrap();
         let locks = std::sync::Arc::new(super::super::openlock::OpenLocks::default());
-        let _held = locks.hold(&s, &open).unwrap();
+        let _held = locks.hold(&s, &open).unwrap().unwrap();
         let _producer = s
             .try_lock_model(&ModelName::parse("busy").unwrap())
             .unwrap();

@@ -56,6 +56,8 @@ const EVICTION_WAIT: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub struct OpenLocks {
     held: Mutex<HashMap<Sha256, (Arc<File>, usize)>>,
+    /// Whether a store without write access was logged.
+    warned: std::sync::atomic::AtomicBool,
 }
 
 /// One open's share of its blob's lock; dropping it gives the share back.
@@ -92,7 +94,36 @@ impl OpenLocks {
     /// A share of the shared lock of `d`'s blob, taking it if this process
     /// holds none yet. An eviction holding it exclusively is waited for
     /// (polling, up to [`EVICTION_WAIT`]); it holds it only across an unlink.
-    pub fn hold(self: &Arc<Self>, store: &Store, d: &Sha256) -> Result<OpenHold, StoreError> {
+    ///
+    /// A store this process may not write (a read-only filesystem, a
+    /// folder it has no write permission on) cannot hold lock files:
+    /// `Ok(None)`, logged once. Nobody can evict from such a store through
+    /// this process either; another process that can is not kept out.
+    pub fn hold(
+        self: &Arc<Self>,
+        store: &Store,
+        d: &Sha256,
+    ) -> Result<Option<OpenHold>, StoreError> {
+        match self.hold_or_fail(store, d) {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EACCES | libc::EROFS | libc::EPERM)
+                ) =>
+            {
+                if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    log::warn!(
+                        "{e}: opens hold no open lock in this store, so an eviction by another \
+                         process with write access could delete a blob this mount serves"
+                    );
+                }
+                Ok(None)
+            }
+            r => r.map(Some),
+        }
+    }
+
+    fn hold_or_fail(self: &Arc<Self>, store: &Store, d: &Sha256) -> Result<OpenHold, StoreError> {
         let hold = || OpenHold {
             locks: self.clone(),
             digest: *d,
@@ -259,8 +290,8 @@ mod tests {
         let s = Store::create(dir.path()).unwrap();
         let d = s.publish_bytes(b"model");
         let locks = Arc::new(OpenLocks::default());
-        let a = locks.hold(&s, &d).unwrap();
-        let b = locks.hold(&s, &d).unwrap();
+        let a = locks.hold(&s, &d).unwrap().unwrap();
+        let b = locks.hold(&s, &d).unwrap().unwrap();
         assert!(s.try_evict_lock(&d).unwrap().is_none(), "held open");
         drop(a);
         assert!(s.try_evict_lock(&d).unwrap().is_none(), "one handle left");
