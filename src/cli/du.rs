@@ -85,7 +85,7 @@ fn look(store: &Store) -> Result<Report, CliError> {
         .read_settings()
         .map_err(|e| CliError::new(e.to_string()))?;
     let limits = Limits::of(store, &settings);
-    let view = store.cache_view(&HashMap::new())?;
+    let view = store.cache_view(&HashMap::new(), None)?;
     let e = &view.entries;
     let open: Vec<bool> = e
         .iter()

@@ -60,7 +60,7 @@ fn evict_to(store: &crate::store::Store, size: &str, dry_run: bool) -> Result<()
         }
         Err(e) => return Err(CliError::new(format!("gc --evict-to: {e}"))),
     };
-    let view = store.cache_view(&HashMap::new())?;
+    let view = store.cache_view(&HashMap::new(), None)?;
     let need = view.usage.total().saturating_sub(target);
     let verb = if dry_run { "would evict" } else { "evicting" };
     let done = store.evict(&view, need, dry_run, &mut |e| match e {

@@ -16,7 +16,7 @@ pub fn make_room(store: &Store, m: &Manifest) -> Result<(), String> {
     let written = store.stat_partial(&m.blob).map_or(0, |p| p.len());
     let incoming = m.size_bytes.saturating_sub(written);
     let made = store
-        .make_room(&settings, incoming, 0, &HashMap::new(), &mut |e| {
+        .make_room(&settings, incoming, 0, &HashMap::new(), None, &mut |e| {
             if let crate::store::evict::EvictEvent::Evicted { names, size, .. } = e {
                 let names: Vec<_> = names.iter().map(|n| n.as_str()).collect();
                 eprintln!(

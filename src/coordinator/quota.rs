@@ -26,10 +26,10 @@ use std::time::Duration;
 use super::Coordinator;
 use crate::digest::Sha256;
 use crate::fetch::{FetchError, FetchErrorKind};
-use crate::store::evict::EvictEvent;
+use crate::store::evict::{EvictEvent, Names};
 use crate::store::openlock::{LastOpen, OpenHold, OpenLocks};
 use crate::store::settings::{Amount, Settings};
-use crate::store::{Manifest, StoreError};
+use crate::store::{Manifest, ModelName, StoreError};
 use crate::text::human_bytes;
 
 /// How often the quota thread checks the limits and flushes open times.
@@ -45,7 +45,13 @@ pub struct Quota {
     /// Downloads this coordinator runs (blob → size); its lock also keeps
     /// evictions of this process one at a time.
     in_flight: parking_lot::Mutex<HashMap<Sha256, u64>>,
+    /// The names of each blob's manifests as the mount has them parsed
+    /// (see [`Coordinator::set_manifest_names`]).
+    names: parking_lot::Mutex<Option<NamesFn>>,
 }
+
+/// Gives the names of each blob's manifests.
+pub type NamesFn = Arc<dyn Fn() -> HashMap<Sha256, Vec<ModelName>> + Send + Sync>;
 
 /// A download's place among those in flight; dropping it ends it.
 pub struct Room<'a> {
@@ -62,6 +68,32 @@ impl Drop for Room<'_> {
 }
 
 impl Coordinator {
+    /// Where eviction gets the names of each blob's manifests: the mount's
+    /// directory, which has them parsed (else eviction parses every
+    /// manifest of the store, 100 ms at 10,000).
+    pub fn set_manifest_names(&self, f: NamesFn) {
+        *self.quota.names.lock() = Some(f);
+    }
+
+    /// [`Store::make_room`] with this coordinator's names and last opens.
+    fn room_for(
+        &self,
+        settings: &Settings,
+        incoming: u64,
+        reserved: u64,
+        why: &str,
+    ) -> Result<Result<crate::store::evict::Evicted, crate::store::evict::NoRoom>, StoreError> {
+        let recent = self.quota.last_open.unflushed();
+        let names = self.quota.names.lock().clone();
+        let names: Names<'_> = names
+            .as_deref()
+            .map(|f| f as &dyn Fn() -> HashMap<Sha256, Vec<ModelName>>);
+        self.store
+            .make_room(settings, incoming, reserved, &recent, names, &mut |e| {
+                log_event(why, &e)
+            })
+    }
+
     /// Sets the mount's overrides of the store's settings.
     pub fn set_quota_overrides(&self, cache_max: Option<Amount>, min_free: Option<Amount>) {
         *self.quota.overrides.lock() = (cache_max, min_free);
@@ -100,12 +132,7 @@ impl Coordinator {
             .filter(|(d, _)| **d != m.blob)
             .map(|(d, s)| remaining(d, *s))
             .sum();
-        let recent = self.quota.last_open.unflushed();
-        let made = self
-            .store
-            .make_room(&settings, incoming, reserved, &recent, &mut |e| {
-                log_event(m.name.as_str(), &e)
-            });
+        let made = self.room_for(&settings, incoming, reserved, m.name.as_str());
         let fail = |kind| FetchError::new(m.name.as_str(), self.url_for(m).as_deref(), kind);
         match made {
             Ok(Ok(_)) => {
@@ -143,12 +170,7 @@ impl Coordinator {
             .iter()
             .map(|(d, s)| self.still_to_write(d, *s))
             .sum();
-        let recent = self.quota.last_open.unflushed();
-        match self
-            .store
-            .make_room(&settings, 0, reserved, &recent, &mut |e| {
-                log_event("the cache limit", &e)
-            }) {
+        match self.room_for(&settings, 0, reserved, "the cache limit") {
             Ok(Ok(_)) => {}
             Ok(Err(no_room)) => log::warn!("the store is over its limits: {no_room}"),
             Err(e) => log::warn!("cannot check the store's limits: {e}"),

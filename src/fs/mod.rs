@@ -130,6 +130,21 @@ impl ModelFs {
     /// before mounting and then periodically.
     pub fn new(coordinator: Arc<Coordinator>, uid: u32, gid: u32) -> Self {
         let namespace = Arc::new(Namespace::new());
+        let shown = Arc::downgrade(&namespace);
+        // Eviction names blobs from what the directory shows (one pass
+        // over memory); a blob it does not show is never evicted.
+        coordinator.set_manifest_names(Arc::new(move || {
+            let mut by_blob: HashMap<_, Vec<_>> = HashMap::new();
+            if let Some(ns) = shown.upgrade() {
+                for e in ns.entries().iter() {
+                    by_blob
+                        .entry(e.manifest.blob)
+                        .or_default()
+                        .push(e.manifest.name.clone());
+                }
+            }
+            by_blob
+        }));
         Self {
             coordinator,
             namespace,
