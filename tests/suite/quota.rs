@@ -503,3 +503,38 @@ fn the_commands_pin_a_set_as_one_evict_by_hand_with_a_dry_run_and_keep_settings(
         "{ls}"
     );
 }
+
+#[test]
+fn a_limit_lowered_while_mounted_is_kept_within_seconds_without_touching_the_open_model() {
+    require_fuse();
+    let origin = Origin::start();
+    let store = TestStore::new();
+    let data: Vec<Vec<u8>> = (0..3).map(|i| random_bytes(MIB, 600 + i)).collect();
+    for (i, d) in data.iter().enumerate() {
+        store.add_pending(&format!("l{i}"), &origin, d);
+    }
+    let mount = Mount::start(&store, origin.ca_pem_path(), &["min_free=0"]);
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(
+            &open_and_read(&mount.path(&format!("l{i}.gguf"))).unwrap(),
+            d
+        );
+    }
+    // The oldest is held open: the next two go instead.
+    let held = File::open(mount.path("l0.gguf")).unwrap();
+    let s = store.store();
+    cli(&store, &origin, &["settings", "set", "cache_max", "1M"]);
+    assert!(
+        wait_until(Duration::from_secs(15), || usage(&s) <= MIB as u64),
+        "the mount kept the new limit: {} bytes, log:\n{}",
+        usage(&s),
+        mount.log()
+    );
+    assert!(present(&s, &data[0]), "the open model stays");
+    assert!(mount.log().contains("evicting l1"), "{}", mount.log());
+    // Nothing else fits while it is open.
+    let got = open_and_read(&mount.path("l2.gguf"));
+    assert_eq!(got.as_ref().err(), Some(&libc::ENOSPC), "{}", mount.log());
+    drop(held);
+    mount.stop();
+}
