@@ -36,7 +36,7 @@ fi
 SMOKE=0
 [ "$SIZE_MIB" -lt 512 ] && SMOKE=1
 if [ "$SMOKE" = 1 ]; then RUNS=${RUNS:-3}; else RUNS=${RUNS:-5}; fi
-ROWS=${ROWS:-1 2 3 4 5 6 7 8 9 10 11 12 13 14 16}
+ROWS=${ROWS:-1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16}
 OUT_JSON=${OUT_JSON:-$ROOT/bench-results.json}
 MANIFESTS=${MANIFESTS:-10000}
 BIG_MANIFESTS=${BIG_MANIFESTS:-100000}
@@ -940,6 +940,17 @@ if want_row 14; then
     rec 14 - single_ns "$i" "$one"
     rec 14 - split_ns "$i" "$set_ns"
     show 14 - "$i"
+  done
+fi
+
+# Row 15: choosing what to evict among 10,000 blobs (the pure plan of
+# store::evict over made-up records; goal < 100 ms), `modelfs du --bench-plan`.
+if want_row 15; then
+  say "row 15: choosing eviction victims among 10,000 blobs"
+  for i in $(seq 1 "$RUNS"); do
+    ns=$("$BIN" du --bench-plan 10000 | awk '{print $2}')
+    rec 15 - plan_ms "$i" "$(python3 -c "print($ns / 1e6)")"
+    info "run $i: $(python3 -c "print(f'{$ns / 1e6:.3f}')") ms"
   done
 fi
 

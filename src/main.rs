@@ -33,6 +33,14 @@ enum Command {
     Rm(cli::rm::RmArgs),
     /// Delete blobs no manifest names and abandoned partial downloads
     Gc(cli::gc::GcArgs),
+    /// Keep models from eviction (a split set as one)
+    Pin(cli::pin::PinArgs),
+    /// Let models be evicted again
+    Unpin(cli::pin::PinArgs),
+    /// What the store's blobs take, its limits, what is pinned or open, what is evicted next
+    Du(cli::du::DuArgs),
+    /// Show or change the store's settings (cache_max, min_free)
+    Settings(cli::settings::SettingsArgs),
     /// Show every model's state and download progress (of a mount, or of the store)
     Status(cli::status::StatusArgs),
     /// Mount the store: every model appears as NAME.FORMAT and is fetched on first open
@@ -71,6 +79,10 @@ fn main() -> ExitCode {
         Command::Mount(a) => cli::mount::run(g, a),
         Command::Status(a) => cli::status::run(g, a),
         Command::Serve(a) => cli::serve::run(g, a),
+        Command::Pin(a) => cli::pin::run_pin(g, a),
+        Command::Unpin(a) => cli::pin::run_unpin(g, a),
+        Command::Du(a) => cli::du::run(g, a),
+        Command::Settings(a) => cli::settings::run(g, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

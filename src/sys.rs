@@ -49,6 +49,20 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Free bytes for an unprivileged writer and the size, in bytes, of the
+/// filesystem holding `path`.
+pub fn fs_space(path: &Path) -> Option<(u64, u64)> {
+    let c = c_path(path).ok()?;
+    // SAFETY: an all-zero statvfs is valid; statvfs fills it in.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and a zeroed out-struct of the right type.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let f = st.f_frsize as u64;
+    Some((st.f_bavail as u64 * f, st.f_blocks as u64 * f))
+}
+
 /// umount2(2) of `mp` with `flags` (0, or `MNT_DETACH` for a lazy one).
 pub fn umount2(mp: &Path, flags: i32) -> io::Result<()> {
     let target = CString::new(mp.as_os_str().as_bytes())

@@ -3,7 +3,11 @@
 //! did). The `MODELFS_GC_GRACE_SECS` environment variable overrides the
 //! grace period ([`gc::GRACE`]).
 
+use std::collections::HashMap;
+
+use crate::store::evict::EvictEvent;
 use crate::store::gc::{self, GcEvent, GcOptions};
+use crate::store::settings::Amount;
 use crate::text::human_bytes;
 
 use super::{CliError, Globals};
@@ -16,6 +20,9 @@ pub struct GcArgs {
     /// Keep the files in quarantine (bytes that failed verification)
     #[arg(long)]
     pub keep_quarantine: bool,
+    /// Then evict least recently opened models, neither pinned nor open, until the blobs take at most SIZE (300G, 512M)
+    #[arg(long, value_name = "SIZE")]
+    pub evict_to: Option<String>,
 }
 
 /// Deletes unreferenced blobs and orphaned partials; prints bytes freed.
@@ -35,7 +42,57 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<(), CliError> {
         human_bytes(sum.freed_bytes),
         sum.files
     );
+    match &a.evict_to {
+        Some(size) => evict_to(&store, size, a.dry_run),
+        None => Ok(()),
+    }
+}
+
+/// `--evict-to SIZE`: evicts by the store's rules (`store::evict`) until
+/// blobs and partials take at most `size`.
+fn evict_to(store: &crate::store::Store, size: &str, dry_run: bool) -> Result<(), CliError> {
+    let target = match Amount::parse(size) {
+        Ok(Amount::Bytes(b)) => b,
+        Ok(Amount::Percent(_)) => {
+            return Err(CliError::new(format!(
+                "gc --evict-to {size}: give a size (300G, 512M), not a percentage"
+            )));
+        }
+        Err(e) => return Err(CliError::new(format!("gc --evict-to: {e}"))),
+    };
+    let view = store.cache_view(&HashMap::new(), None)?;
+    let need = view.usage.total().saturating_sub(target);
+    let verb = if dry_run { "would evict" } else { "evicting" };
+    let done = store.evict(&view, need, dry_run, &mut |e| match e {
+        EvictEvent::Evicted { size, names, .. } => {
+            println!("{verb} {} ({})", join(&names), human_bytes(size))
+        }
+        EvictEvent::Open { names, .. } => println!("keeping {} (open)", join(&names)),
+        EvictEvent::Busy { names, .. } => {
+            println!("keeping {} (a producer holds its lock)", join(&names))
+        }
+    })?;
+    let verb = if dry_run { "would evict" } else { "evicted" };
+    println!("{verb} {}", human_bytes(done.freed));
+    if done.short > 0 {
+        let pinned: u64 = done.pinned.iter().map(|(_, s)| s).sum();
+        return Err(CliError::new(format!(
+            "gc --evict-to {size}: {} still over after evicting everything evictable \
+             (pinned: {}; open: {} model(s)); unpin or close models",
+            human_bytes(done.short),
+            human_bytes(pinned),
+            done.open.len()
+        )));
+    }
     Ok(())
+}
+
+fn join(names: &[crate::store::ModelName]) -> String {
+    names
+        .iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One line for one file gc considered.

@@ -4,6 +4,7 @@
 
 use serde_json::json;
 
+use crate::store::pins::Pins;
 use crate::store::{Manifest, ModelState, Store};
 use crate::text::{human_bytes, human_count, redact_url};
 
@@ -42,6 +43,9 @@ pub fn done_word(state: ModelState, on_disk: u64, size: u64) -> String {
 /// Lists every manifest; broken manifests are reported on stderr.
 pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
     let store = g.store_for_reading()?;
+    let pins = store
+        .read_pins()
+        .map_err(|e| CliError::new(e.to_string()))?;
     let mut rows = Vec::new();
     for entry in store.list_manifests()? {
         match entry {
@@ -51,7 +55,7 @@ pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
     }
     let lines = lines(&store, &rows, !a.shards);
     if a.json {
-        let out: Vec<_> = lines.iter().map(line_json).collect();
+        let out: Vec<_> = lines.iter().map(|l| line_json(l, &pins)).collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&out).expect("JSON values serialise")
@@ -59,14 +63,24 @@ pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "{:<40} {:<8} {:>10} {:<9} {:>4} {:<12} {:<14} {:>8} {:<8} {:>7} FROM",
-        "NAME", "FORMAT", "SIZE", "STATE", "DONE", "DIGEST", "ARCH", "PARAMS", "QUANT", "CTX"
+        "{:<40} {:<8} {:>10} {:<9} {:>4} {:<12} {:<14} {:>8} {:<8} {:>7} {:<6} FROM",
+        "NAME",
+        "FORMAT",
+        "SIZE",
+        "STATE",
+        "DONE",
+        "DIGEST",
+        "ARCH",
+        "PARAMS",
+        "QUANT",
+        "CTX",
+        "PIN"
     );
     for l in &lines {
         let f = l.first.gguf.as_deref();
         let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         println!(
-            "{:<40} {:<8} {:>10} {:<9} {:>4} {:<12} {:<14} {:>8} {:<8} {:>7} {}",
+            "{:<40} {:<8} {:>10} {:<9} {:>4} {:<12} {:<14} {:>8} {:<8} {:>7} {:<6} {}",
             l.name,
             l.first.format,
             human_bytes(l.size),
@@ -77,13 +91,18 @@ pub fn run(g: &Globals, a: &LsArgs) -> Result<(), CliError> {
             or_dash(l.parameters.map(human_count)),
             or_dash(f.and_then(|f| f.file_type.clone())),
             or_dash(f.and_then(|f| f.context_length).map(|c| c.to_string())),
+            if pins.contains(&l.first.name) {
+                "pinned"
+            } else {
+                "-"
+            },
             source_label(&l.first.source),
         );
     }
     Ok(())
 }
 
-fn line_json(l: &Line) -> serde_json::Value {
+fn line_json(l: &Line, pins: &Pins) -> serde_json::Value {
     let m = l.first;
     let mut v = json!({
         "name": l.name, "format": m.format, "file": m.file_name(),
@@ -91,6 +110,7 @@ fn line_json(l: &Line) -> serde_json::Value {
         "blob": m.blob.to_blob_ref(), "url": m.fetch_url().map(|u| redact_url(&u)),
         "gguf": m.gguf.as_ref().map(|f| f.to_json()),
         "from": source_label(&m.source),
+        "pinned": pins.contains(&m.name),
     });
     if let Some(set) = &l.set {
         v["shards"] = json!(set.shards);

@@ -325,6 +325,7 @@ fn build_fs(
     if let Some(d) = opts.mismatch_backoff {
         coordinator.set_mismatch_backoff(d);
     }
+    coordinator.set_quota_overrides(opts.cache_max, opts.min_free);
     let (uid, gid) = crate::sys::ids();
     let fs = Arc::new(ModelFs::new(
         coordinator.clone(),
@@ -385,6 +386,7 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
     );
     report_ready();
 
+    coordinator.spawn_quota_keeper();
     let (tx, rx) = crossbeam_channel::unbounded();
     let stop_refresh = Arc::new(AtomicBool::new(false));
     spawn_refresher(fs.clone(), stop_refresh.clone());
@@ -408,6 +410,8 @@ fn serve(g: &Globals, a: &MountArgs, opts: &MountOptions, store: Store) -> Resul
 
     let result = wait_for_the_end(&rx, &coordinator, &mut unmounter, &mountpoint);
     stop_refresh.store(true, Ordering::Relaxed);
+    // A remount orders eviction by what this mount saw opened.
+    coordinator.flush_last_open();
     result
 }
 

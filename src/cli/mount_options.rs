@@ -17,6 +17,8 @@ use std::path::PathBuf;
 use crate::fetch::Mirror;
 use std::time::Duration;
 
+use crate::store::settings::Amount;
+
 /// Parsed mount options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MountOptions {
@@ -45,6 +47,10 @@ pub struct MountOptions {
     /// order (`mirror=URL`, repeatable).
     pub mirrors: Vec<Mirror>,
     pub log_file: Option<PathBuf>,
+    /// `cache_max=SIZE|PCT`: overrides the store's settings for this mount.
+    pub cache_max: Option<Amount>,
+    /// `min_free=SIZE|PCT` (`0` off): overrides the store's settings.
+    pub min_free: Option<Amount>,
 }
 
 impl Default for MountOptions {
@@ -66,6 +72,8 @@ impl Default for MountOptions {
             connections: crate::fetch::pipeline::DEFAULT_CONNECTIONS,
             mirrors: Vec::new(),
             log_file: None,
+            cache_max: None,
+            min_free: None,
         }
     }
 }
@@ -156,6 +164,8 @@ impl MountOptions {
                 "mismatch_backoff" => {
                     o.mismatch_backoff = Some(parse_secs(key, need(key, value)?)?)
                 }
+                "cache_max" => o.cache_max = Some(parse_amount(key, need(key, value)?)?),
+                "min_free" => o.min_free = Some(parse_amount(key, need(key, value)?)?),
                 "fetch_threads" => o.fetch_threads = parse_in(key, need(key, value)?, THREADS)?,
                 "threads" => o.threads = parse_in(key, need(key, value)?, THREADS)?,
                 "connections" => o.connections = parse_in(key, need(key, value)?, THREADS)?,
@@ -223,6 +233,11 @@ where
     parse_num(key, v)
 }
 
+/// A size (`300G`) or a share of the filesystem (`5%`).
+fn parse_amount(key: &str, v: &str) -> Result<Amount, String> {
+    Amount::parse(v).map_err(|e| format!("mount option {key}={v}: {e}"))
+}
+
 /// A user or group id; 4294967295 is `(uid_t)-1`, which chown(2) and the
 /// kernel read as "no id".
 fn parse_id(key: &str, v: &str) -> Result<u32, String> {
@@ -283,6 +298,9 @@ Mount options (-o, comma-separated; also the fstab options column):
   mirror=URL             a digest-addressed mirror (https://HOST[/PATH] serving a store directory,
                          e.g. `modelfs serve`), asked before each model's own source; repeatable,
                          in order; also MODELFS_MIRRORS (comma-separated), after these
+  cache_max=SIZE         most bytes the store's blobs may take (300G, 512M, 10%); least recently
+                         opened models not pinned or open are evicted (default: the store's settings)
+  min_free=SIZE|PCT      free space to keep on the store's filesystem (default 5%; 0: off)
   log_file=PATH          log file, also with -f (default with -f: stderr; as a daemon: syslog,
                          or /var/log/modelfs/<mountpoint>.log where nothing listens on /dev/log)
 A comma inside a value is written \\, and a backslash \\\\ (log_file=/var/log/a\\,b.log).
@@ -339,6 +357,15 @@ mod tests {
         let e = MountOptions::parse(&["mirror=http://peer-a"]).unwrap_err();
         assert!(e.contains("only https://"), "{e}");
         assert!(MountOptions::parse(&["connections=65"]).is_err());
+    }
+
+    #[test]
+    fn cache_limits_are_sizes_or_percentages() {
+        let o = MountOptions::parse(&["cache_max=300G,min_free=5%"]).unwrap();
+        assert_eq!(o.cache_max, Some(Amount::Bytes(300 << 30)));
+        assert_eq!(o.min_free, Some(Amount::Percent(500)));
+        let e = MountOptions::parse(&["cache_max=lots"]).unwrap_err();
+        assert!(e.contains("cache_max=lots"), "{e}");
     }
 
     #[test]

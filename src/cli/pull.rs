@@ -57,6 +57,11 @@ pub fn run(g: &Globals, a: &PullArgs) -> Result<(), CliError> {
             failed.push(name.to_string());
             continue;
         };
+        if let Err(e) = super::room::make_room(&store, &manifest) {
+            eprintln!("modelfs: {e}");
+            failed.push(name.to_string());
+            continue;
+        }
         let (tx, rx) = crossbeam_channel::bounded(1024);
         let label = name.to_string();
         let view = std::thread::Builder::new()

@@ -44,6 +44,11 @@
 //! small model waiting, and thousands of pending opens are thousands of
 //! queued jobs, not threads.
 //!
+//! Before a fetch downloads its first byte, it makes room for it under
+//! the store's limits ([`quota`]): it evicts least recently opened blobs
+//! that are neither pinned nor open anywhere, or fails with
+//! `FetchErrorKind::NoRoom` (ENOSPC) and nothing evicted.
+//!
 //! Invariants: every callback is called exactly once; no lock of ours is
 //! held while a callback runs or while the network or disk is used; a
 //! failure is logged once here, not by each waiter.
@@ -51,6 +56,7 @@
 pub mod interrupt;
 pub mod open;
 pub mod pool;
+pub mod quota;
 pub mod source;
 
 pub use open::{Answer, Blob, Found, Published, Want};
@@ -236,6 +242,8 @@ pub struct Coordinator {
     /// The verification records of the blobs opened so far, as read from
     /// or written to the store (see [`Coordinator::verified_now`]).
     records: Mutex<HashMap<Sha256, Record>>,
+    /// Open locks, last opens and room for downloads (see [`quota`]).
+    quota: quota::Quota,
 }
 
 impl Coordinator {
@@ -267,6 +275,7 @@ impl Coordinator {
                 workers: pool::Pool::new(max_fetches, Arc::new(run)),
                 published: Mutex::new(Vec::new()),
                 records: Mutex::new(HashMap::new()),
+                quota: quota::Quota::default(),
             }
         });
         let weak = Arc::downgrade(&c);
@@ -548,6 +557,10 @@ impl Coordinator {
             {
                 return rechecked;
             }
+            // Before the first byte: evict to fit it, or fail with ENOSPC.
+            let _room = self
+                .make_room(&m)
+                .map_err(|e| WaitError::Failed(Arc::new(e)))?;
             self.fetch(&m, &others, &shared)
         }));
         let result = match outcome {

@@ -71,6 +71,9 @@ pub enum FetchErrorKind {
     },
     /// Not enough free space for the rest of the file.
     NoSpace { needed: u64, available: u64 },
+    /// The model cache cannot make room for the blob even after evicting
+    /// everything evictable (what holds the space is in it).
+    NoRoom(crate::store::evict::NoRoom),
     /// Reading or writing the store failed.
     Store(StoreError),
     /// The caller gave up (shutdown, every waiter left).
@@ -113,6 +116,7 @@ impl FetchErrorKind {
             | Self::DigestMismatch { .. }
             | Self::ChangedOnDisk { .. }
             | Self::NoSpace { .. }
+            | Self::NoRoom(_)
             | Self::Store(_)
             | Self::Cancelled => false,
         }
@@ -141,6 +145,7 @@ impl FetchErrorKind {
             | Self::DigestMismatch { .. } => true,
             Self::NoSource
             | Self::NoSpace { .. }
+            | Self::NoRoom(_)
             | Self::Store(_)
             | Self::ChangedOnDisk { .. }
             | Self::Cancelled => false,
@@ -165,7 +170,7 @@ impl FetchErrorKind {
     /// The OS error behind a store failure (ENOSPC, EACCES, …).
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            Self::NoSpace { .. } => Some(libc::ENOSPC),
+            Self::NoSpace { .. } | Self::NoRoom(_) => Some(libc::ENOSPC),
             Self::Store(e) => e.raw_os_error(),
             _ => None,
         }
@@ -239,6 +244,7 @@ impl fmt::Display for FetchErrorKind {
                 human_bytes(*needed),
                 human_bytes(*available)
             ),
+            Self::NoRoom(e) => write!(f, "{e}"),
             Self::Store(e) => write!(f, "store error: {e}"),
             Self::Cancelled => f.write_str("cancelled"),
         }
@@ -308,6 +314,10 @@ impl FetchError {
                 "the model is pending and has no URL to fetch it from: import the right file again (`modelfs import PATH --name NAME`) or re-add it with `modelfs add NAME --url URL --sha256 HEX`"
             }
             FetchErrorKind::NoSpace { .. } => "free disk space in the store and try again",
+            FetchErrorKind::NoRoom(_) => {
+                "unpin models (`modelfs unpin`), close open ones, raise cache_max or lower min_free \
+                 (`modelfs settings`), or free disk space, and open it again"
+            }
             FetchErrorKind::Store(StoreError::Unsafe { .. }) => {
                 "remove what sits on that path; the next open or `modelfs pull` fetches the blob anew"
             }

@@ -208,6 +208,24 @@ mod tests {
     }
 
     #[test]
+    fn a_download_the_cache_cannot_make_room_for_is_enospc() {
+        let no_room = crate::store::evict::NoRoom {
+            incoming: 10,
+            short: 5,
+            limits: crate::store::evict::Limits {
+                cache_max: Some(10),
+                min_free: 0,
+                available: 100,
+            },
+            usage: 5,
+            open: Vec::new(),
+            pinned: Vec::new(),
+        };
+        let e = FetchError::new("m", None, FetchErrorKind::NoRoom(no_room));
+        assert_eq!(FsError::FetchFailed(Arc::new(e)).errno(), libc::ENOSPC);
+    }
+
+    #[test]
     fn executing_is_eacces_and_ioctls_are_enotty() {
         assert_eq!(FsError::Denied.errno(), libc::EACCES);
         assert_eq!(FsError::NoIoctl.errno(), libc::ENOTTY);

@@ -16,6 +16,10 @@
 //!   later; an `O_NONBLOCK` open of either starts the fetch (or the hash)
 //!   and fails with `EAGAIN` at once. Every opened handle reads the
 //!   verified blob file it opened, whatever happens to the manifest later.
+//! - Every open first takes a share of its blob's open lock
+//!   (`store::openlock`, through the coordinator), before the blob is
+//!   opened, and its handle keeps it until `release`: eviction, in any
+//!   process, never deletes a blob a handle of this mount serves.
 //! - Blobs the coordinator published after their opens were answered
 //!   (`Coordinator::take_published`) are noted as present before a refresh
 //!   and before any `user.modelfs.*` attribute is read.
@@ -46,6 +50,7 @@ pub use namespace::{Changes, Entry, Namespace, ROOT_INO};
 
 pub use crate::coordinator::Caller;
 use crate::coordinator::{Answer, Blob, Coordinator, Interrupted, WaitError, Want};
+use crate::store::openlock::OpenHold;
 
 /// What kind of node an inode is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +114,9 @@ pub struct ModelFs {
     coordinator: Arc<Coordinator>,
     namespace: Arc<Namespace>,
     handles: Mutex<HashMap<u64, Arc<File>>>,
+    /// Each handle's share of its blob's open lock (`store::openlock`),
+    /// released with the handle.
+    holds: Mutex<HashMap<u64, Option<OpenHold>>>,
     /// Held while publications are taken from the coordinator and noted,
     /// so that a reader who finds none taken is never ahead of one being
     /// noted.
@@ -125,10 +133,26 @@ impl ModelFs {
     /// before mounting and then periodically.
     pub fn new(coordinator: Arc<Coordinator>, uid: u32, gid: u32) -> Self {
         let namespace = Arc::new(Namespace::new());
+        let shown = Arc::downgrade(&namespace);
+        // Eviction names blobs from what the directory shows (one pass
+        // over memory); a blob it does not show is never evicted.
+        coordinator.set_manifest_names(Arc::new(move || {
+            let mut by_blob: HashMap<_, Vec<_>> = HashMap::new();
+            if let Some(ns) = shown.upgrade() {
+                for e in ns.entries().iter() {
+                    by_blob
+                        .entry(e.manifest.blob)
+                        .or_default()
+                        .push(e.manifest.name.clone());
+                }
+            }
+            by_blob
+        }));
         Self {
             coordinator,
             namespace,
             handles: Mutex::new(HashMap::new()),
+            holds: Mutex::new(HashMap::new()),
             noting_published: Mutex::new(()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -293,6 +317,12 @@ impl ModelFs {
             Ok(e) => e,
             Err(err) => return done(Err(err)),
         };
+        // Before the blob is opened: an eviction that deletes it must
+        // have finished, so this open finds it gone and fetches it.
+        let hold = match self.coordinator.hold_open(&e.manifest.blob) {
+            Ok(hold) => hold,
+            Err(err) => return done(Err(FsError::Store(Arc::new(err)))),
+        };
         let found = match self.coordinator.find(&e.manifest.blob) {
             Ok(found) => found,
             Err(err) => return done(Err(FsError::Store(Arc::new(err)))),
@@ -316,7 +346,7 @@ impl ModelFs {
             nonblocking: flags & libc::O_NONBLOCK != 0,
             pinned_by: &pinned_by,
         };
-        let answer = self.when_answered(e.clone(), done);
+        let answer = self.when_answered(e.clone(), hold, done);
         self.coordinator.open(found, want, answer);
         // After the shard's own job, so that it is queued first.
         self.start_siblings(&e.manifest);
@@ -324,11 +354,16 @@ impl ModelFs {
 
     /// The completion of an open of `e`: a handle on the coordinator's
     /// answer, unless the inode served another file before.
-    fn when_answered(self: &Arc<Self>, e: Arc<Entry>, done: OpenDone) -> Answer {
+    fn when_answered(
+        self: &Arc<Self>,
+        e: Arc<Entry>,
+        hold: Option<OpenHold>,
+        done: OpenDone,
+    ) -> Answer {
         let this = self.clone();
         Box::new(move |answer| {
             let opened = match answer {
-                Ok(blob) => this.serve(&e, blob),
+                Ok(blob) => this.serve(&e, blob, hold),
                 // Published by another process while this open waited for
                 // its lock, and changed since it was verified: on ESTALE
                 // the kernel opens again, and that open hashes it.
@@ -345,7 +380,7 @@ impl ModelFs {
     /// A handle on `blob` for `e`'s inode, noted as what it serves; `Stale`
     /// if the inode served another file before (whose bytes changed, and
     /// were quarantined): never this one.
-    fn serve(&self, e: &Entry, blob: Blob) -> Result<Opened, FsError> {
+    fn serve(&self, e: &Entry, blob: Blob, hold: Option<OpenHold>) -> Result<Opened, FsError> {
         let id = blob.file_id();
         if self.namespace.is_stale(e, Some(id)) {
             return Err(FsError::Stale);
@@ -360,7 +395,7 @@ impl ModelFs {
             // passthrough backing file).
             self.namespace.note_verified(e.ino, id);
         }
-        Ok(self.add_handle(blob.file, id))
+        Ok(self.add_handle(blob.file, id, hold))
     }
 
     /// The kernel interrupted request `request` (FUSE_INTERRUPT); `false`
@@ -371,9 +406,10 @@ impl ModelFs {
     }
 
     /// A new handle on `file`.
-    fn add_handle(&self, file: Arc<File>, file_id: (u64, u64)) -> Opened {
+    fn add_handle(&self, file: Arc<File>, file_id: (u64, u64), hold: Option<OpenHold>) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, file.clone());
+        self.holds.lock().insert(fh, hold);
         Opened { fh, file, file_id }
     }
 
@@ -403,6 +439,9 @@ impl ModelFs {
 
     pub fn release(&self, fh: u64) {
         self.handles.lock().remove(&fh);
+        // After the file: the lock goes once nothing here can read it.
+        let hold = self.holds.lock().remove(&fh);
+        drop(hold);
     }
 
     /// Open handles now (tests and status).

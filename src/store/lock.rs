@@ -43,7 +43,7 @@ impl LockGuard {
 /// someone removed it), so a fetch does not fail for it. Anything but a
 /// regular file there (a FIFO, a device) is refused without blocking: it is
 /// `lstat`ed before it is opened, and opened `O_NONBLOCK`.
-fn open_lock_file(path: &Path) -> io::Result<File> {
+pub(super) fn open_lock_file(path: &Path) -> io::Result<File> {
     refuse_special(path)?;
     let open = || {
         OpenOptions::new()

@@ -9,6 +9,9 @@
 //!   locks/<name>.lock                           advisory flock held by a producer
 //!   locks/quarantine/<timestamp>-<reason>.bin   bytes that failed verification
 //!   .modelfs/verified/<hex>                     modelfs's own: what it verified
+//!   .modelfs/pins.json, last-open.json          modelfs's own: pins, last opens
+//!   locks/blobs/<hex>.lock                      shared flock of every served open
+//!   modelfs.settings.json                       modelfs's own: cache limits
 //! ```
 //!
 //! This module owns every path under the root and the file-level rules:
@@ -51,6 +54,7 @@ pub mod adopt_place;
 mod blobs;
 mod catalog;
 mod error;
+pub mod evict;
 pub mod gc;
 pub mod import;
 pub mod import_check;
@@ -60,9 +64,12 @@ pub mod lock;
 pub mod manifest;
 pub mod name;
 pub mod nofollow;
+pub mod openlock;
 pub mod partial;
+pub mod pins;
 mod quarantine;
 pub mod set;
+pub mod settings;
 pub mod staging;
 pub mod state;
 pub mod timestamp;

@@ -32,5 +32,6 @@ mod mount_namespace;
 mod mount_open;
 mod mount_system;
 mod origin_selftest;
+mod quota;
 mod serve;
 mod split_models;
