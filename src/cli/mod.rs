@@ -82,9 +82,33 @@ impl Globals {
         HttpConfig::from_env(self.ca_file.clone())
     }
 
+    /// A fetcher for a command on this store: mirrors from the store's
+    /// settings, then `MODELFS_MIRRORS`.
     pub fn fetcher(&self) -> Result<Fetcher, CliError> {
-        fetcher_with(self.http_config(), None, Vec::new())
+        let mirrors = match Store::open(self.store_root()?) {
+            Ok(store) => settings_mirrors(&store)?,
+            // A command that creates the store has no settings yet.
+            Err(_) => Vec::new(),
+        };
+        fetcher_with(self.http_config(), None, mirrors)
     }
+}
+
+/// The mirrors the store's settings file lists (`store::settings`).
+pub fn settings_mirrors(store: &Store) -> Result<Vec<Mirror>, CliError> {
+    let settings = store
+        .read_settings()
+        .map_err(|e| CliError::new(e.to_string()))?;
+    let path = store.settings_path();
+    let list = settings
+        .mirrors()
+        .map_err(|e| CliError::new(format!("store settings {}: {e}", path.display())))?;
+    list.iter()
+        .map(|u| {
+            Mirror::parse(u)
+                .map_err(|e| CliError::new(format!("store settings {}: {e}", path.display())))
+        })
+        .collect()
 }
 
 /// A fetcher with an optional stall timeout override, asking `mirrors`

@@ -316,7 +316,13 @@ fn build_fs(
     if opts.ca_file.is_some() {
         http.ca_file = opts.ca_file.clone();
     }
-    let mut fetcher = super::fetcher_with(http, opts.stall_timeout, opts.mirrors.clone())?;
+    let mut mirrors = opts.mirrors.clone();
+    for m in super::settings_mirrors(store)? {
+        if !mirrors.contains(&m) {
+            mirrors.push(m);
+        }
+    }
+    let mut fetcher = super::fetcher_with(http, opts.stall_timeout, mirrors)?;
     if let Some(d) = opts.retry_for {
         fetcher.set_retry_for(d);
     }

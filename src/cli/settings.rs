@@ -15,7 +15,8 @@ pub struct SettingsArgs {
 pub enum SettingsAction {
     /// Show one setting
     Get { key: String },
-    /// Set one setting: cache_max SIZE (300G, 10%; 0 or none: no limit), min_free SIZE|PCT (0: off)
+    /// Set one setting: cache_max SIZE (300G, 10%; 0 or none: no limit), min_free SIZE|PCT (0: off),
+    /// mirrors URL[,URL…] (none: no mirrors)
     Set { key: String, value: String },
 }
 
@@ -41,6 +42,10 @@ pub fn run(g: &Globals, a: &SettingsArgs) -> Result<(), CliError> {
             }
         },
         Some(SettingsAction::Set { key, value }) => {
+            if key == "mirrors" && value.trim() != "none" {
+                crate::fetch::Mirror::parse_list(value)
+                    .map_err(|e| CliError::new(format!("settings set mirrors: {e}")))?;
+            }
             s.set(key, value)
                 .map_err(|e| CliError::new(format!("settings set {key}: {e}")))?;
             store.write_settings(&s).map_err(err)?;

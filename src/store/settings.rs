@@ -6,7 +6,8 @@
 //! {
 //!   "schema_version": 1,
 //!   "cache_max": "300G",        // SIZE: blob bytes the store may hold; absent or "0": no limit
-//!   "min_free": "5%"            // SIZE or PCT of the filesystem to keep free; "0": off; absent: 5%
+//!   "min_free": "5%",           // SIZE or PCT of the filesystem to keep free; "0": off; absent: 5%
+//!   "mirrors": ["https://peer-a:8443", "https://cache/store"]   // digest-addressed mirrors, in order
 //! }
 //! ```
 //!
@@ -130,7 +131,7 @@ pub struct Settings {
 }
 
 /// The keys [`Settings`] reads; `set`/`get` accept only these.
-pub const KEYS: &[&str] = &["cache_max", "min_free"];
+pub const KEYS: &[&str] = &["cache_max", "min_free", "mirrors"];
 
 /// Why the settings file could not be read or written.
 #[derive(Debug)]
@@ -228,8 +229,46 @@ impl Settings {
         self.min_free.unwrap_or(DEFAULT_MIN_FREE)
     }
 
+    /// The mirrors every mount and command of the store asks, in order
+    /// (`mirrors`: an array of URLs, or one string of them separated by
+    /// commas). Checking that each is a usable mirror is the fetcher's.
+    pub fn mirrors(&self) -> Result<Vec<String>, String> {
+        let split = |s: &str| -> Vec<String> {
+            s.split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        match self.raw.get("mirrors") {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::String(s)) => Ok(split(s)),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("mirrors: {v} is not a URL"))
+                })
+                .collect(),
+            Some(v) => Err(format!("mirrors: {v} is not a list of URLs")),
+        }
+    }
+
     /// Sets `key` (one of [`KEYS`]) from its text; `"none"` or `""` removes it.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        if key == "mirrors" {
+            let urls: Vec<Value> = value
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|p| !p.is_empty() && *p != "none")
+                .map(Value::from)
+                .collect();
+            if urls.is_empty() {
+                self.raw.remove("mirrors");
+            } else {
+                self.raw.insert("mirrors".into(), Value::Array(urls));
+            }
+            return Ok(());
+        }
         let v = match value.trim() {
             "" | "none" | "default" => None,
             v => Some(Amount::parse(v)?),
@@ -252,6 +291,11 @@ impl Settings {
         let show = |a: Option<Amount>| a.map_or_else(|| "-".into(), |a| a.to_string());
         match key {
             "cache_max" => Some(show(self.cache_max)),
+            "mirrors" => Some(match self.mirrors() {
+                Ok(m) if m.is_empty() => "-".into(),
+                Ok(m) => m.join(","),
+                Err(e) => format!("(unreadable: {e})"),
+            }),
             "min_free" => Some(match self.min_free {
                 Some(a) => a.to_string(),
                 None => format!("{DEFAULT_MIN_FREE} (default)"),

@@ -236,3 +236,32 @@ fn a_lying_mirror_alone_fails_over_to_the_origin_and_the_error_is_not_the_last_w
     assert_eq!(liar.stats(&blob_path("store", &bytes)).gets, 1);
     ts.assert_consistent();
 }
+
+#[test]
+fn mirrors_in_the_store_settings_serve_every_command_of_the_store() {
+    let (origin, ts, bytes, m) = pending("m7", 300_000, 101, vec![]);
+    let peer = Origin::start_with_ca(origin.ca());
+    let mirror = mirror_with(&peer, "store", &bytes);
+    let run = |args: &[&str]| {
+        let out = ts
+            .cli(origin.ca_pem_path())
+            .env_remove("MODELFS_MIRRORS")
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.success(), crate::common::output_text(&out))
+    };
+    let (ok, text) = run(&["settings", "set", "mirrors", "http://not-https"]);
+    assert!(!ok && text.contains("only https://"), "{text}");
+    let (ok, text) = run(&["settings", "set", "mirrors", mirror.base()]);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["settings", "get", "mirrors"]);
+    assert!(ok && text.contains(mirror.base()), "{text}");
+
+    let (ok, text) = run(&["pull", "m7"]);
+
+    assert!(ok, "{text}");
+    assert_present(&ts, &m, &bytes);
+    assert_eq!(origin.stats(&path_of("m7")).gets, 0, "the mirror served it");
+    assert_eq!(peer.stats(&blob_path("store", &bytes)).gets, 1);
+}
