@@ -450,6 +450,21 @@ mod tests {
         assert!(e.to_string().contains("cache_max"), "{e}");
         assert!(Settings::from_json(b"[1]", Path::new("/s")).is_err());
         let mut s = Settings::default();
-        assert!(s.set("mirrors", "x").is_err());
+        assert!(s.set("ca_bundle", "x").is_err());
+    }
+
+    #[test]
+    fn mirrors_are_a_list_of_urls_set_from_one_line() {
+        let mut s = Settings::default();
+        assert_eq!(s.mirrors().unwrap(), Vec::<String>::new());
+        s.set("mirrors", "https://a:8443, https://b/store").unwrap();
+        assert_eq!(s.mirrors().unwrap(), ["https://a:8443", "https://b/store"]);
+        assert_eq!(s.get("mirrors").unwrap(), "https://a:8443,https://b/store");
+        let back = Settings::from_json(&s.to_json(), Path::new("/s")).unwrap();
+        assert_eq!(back.mirrors().unwrap(), s.mirrors().unwrap());
+        s.set("mirrors", "none").unwrap();
+        assert_eq!(s.get("mirrors").unwrap(), "-");
+        let odd = Settings::from_json(br#"{"mirrors": [1]}"#, Path::new("/s")).unwrap();
+        assert!(odd.mirrors().is_err());
     }
 }
