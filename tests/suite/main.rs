@@ -32,4 +32,5 @@ mod mount_namespace;
 mod mount_open;
 mod mount_system;
 mod origin_selftest;
+mod registry;
 mod serve;

@@ -1,0 +1,602 @@
+//! OCI registries as sources and mirrors, against a real one: Debian's
+//! `docker-registry` (the CNCF distribution registry) started per test over
+//! TLS on loopback with a throwaway CA, anonymous or behind htpasswd.
+//! Artifacts are pushed with plain HTTP calls (monolithic blob upload, then
+//! the manifest), so no other client is needed.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::origin::TestCa;
+use crate::common::sys::open_and_read;
+use crate::common::{Mount, Origin, TestStore, gguf_bytes, output_text};
+use modelfs::digest::Sha256;
+use modelfs::store::ModelName;
+
+const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+const MIB: usize = 1 << 20;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// A running registry; killed when dropped.
+struct Registry {
+    child: Child,
+    /// `127.0.0.1:PORT`
+    host: String,
+    dir: tempfile::TempDir,
+    ca: TestCa,
+    /// The htpasswd user and password, when auth is on.
+    login: Option<(String, String)>,
+    agent: ureq::Agent,
+}
+
+/// How an artifact is typed.
+#[derive(Clone, Copy)]
+enum Kind {
+    ModelPack,
+    DockerModel,
+    Ollama,
+}
+
+impl Registry {
+    fn start(login: Option<(&str, &str)>) -> Registry {
+        assert!(
+            Path::new(REGISTRY_BIN).exists(),
+            "{REGISTRY_BIN} is missing: the registry tests need Debian's docker-registry \
+             package (scripts/deps.sh --test installs it)"
+        );
+        let ca = TestCa::new();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = ca.issue_pem_files(&["127.0.0.1", "localhost"], dir.path());
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let host = format!("127.0.0.1:{port}");
+        let auth = match login {
+            Some((user, password)) => {
+                let htpasswd = dir.path().join("htpasswd");
+                let out = Command::new("htpasswd")
+                    .args(["-Bbn", user, password])
+                    .output()
+                    .expect("htpasswd (apache2-utils; scripts/deps.sh --test installs it)");
+                assert!(out.status.success(), "{}", output_text(&out));
+                std::fs::write(&htpasswd, &out.stdout).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: modelfs-test\n    path: {}\n",
+                    htpasswd.display()
+                )
+            }
+            None => String::new(),
+        };
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             http:\n  addr: {host}\n  tls:\n    certificate: {}\n    key: {}\n{auth}",
+            dir.path().join("data").display(),
+            cert.display(),
+            key.display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&host).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on {host}: {}",
+                std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let roots: Vec<_> = ureq::tls::parse_pem(ca.pem().as_bytes())
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
+            .build();
+        let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Registry {
+            child,
+            host,
+            dir,
+            ca,
+            login: login.map(|(u, p)| (u.to_string(), p.to_string())),
+            agent,
+        }
+    }
+
+    fn ca_path(&self) -> &Path {
+        self.ca.pem_path()
+    }
+
+    fn url(&self, path: &str) -> String {
+        if path.starts_with("https://") {
+            return path.to_string();
+        }
+        format!("https://{}{path}", self.host)
+    }
+
+    fn basic(&self) -> Option<String> {
+        let (u, p) = self.login.as_ref()?;
+        Some(format!(
+            "Basic {}",
+            modelfs::registry::auth::base64_encode(format!("{u}:{p}").as_bytes())
+        ))
+    }
+
+    fn with_auth<B>(&self, mut req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        if let Some(b) = self.basic() {
+            req = req.header("Authorization", b);
+        }
+        req
+    }
+
+    /// A monolithic upload: `POST …/blobs/uploads/`, then `PUT ?digest=`.
+    fn push_blob(&self, repo: &str, bytes: &[u8]) -> Sha256 {
+        let d = Sha256::of(bytes);
+        let resp = self
+            .with_auth(
+                self.agent
+                    .post(self.url(&format!("/v2/{repo}/blobs/uploads/"))),
+            )
+            .send_empty()
+            .expect("POST upload");
+        assert_eq!(resp.status().as_u16(), 202, "POST upload");
+        let location = resp.headers()["location"].to_str().unwrap().to_string();
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put = format!("{}{sep}digest={}", self.url(&location), d.to_blob_ref());
+        let resp = self
+            .with_auth(self.agent.put(put))
+            .header("Content-Type", "application/octet-stream")
+            .send(bytes)
+            .expect("PUT blob");
+        assert_eq!(resp.status().as_u16(), 201, "PUT blob");
+        d
+    }
+
+    fn push_manifest(&self, repo: &str, tag: &str, media_type: &str, body: &[u8]) -> Sha256 {
+        let resp = self
+            .with_auth(
+                self.agent
+                    .put(self.url(&format!("/v2/{repo}/manifests/{tag}"))),
+            )
+            .header("Content-Type", media_type)
+            .send(body)
+            .expect("PUT manifest");
+        let status = resp.status().as_u16();
+        let mut text = String::new();
+        resp.into_body()
+            .into_reader()
+            .read_to_string(&mut text)
+            .ok();
+        assert_eq!(status, 201, "PUT manifest {repo}:{tag}: {text}");
+        Sha256::of(body)
+    }
+
+    /// A model artifact of `kind` with `gguf` as its weight layer (and a
+    /// small other layer); returns the manifest's digest.
+    fn push_model(&self, repo: &str, tag: &str, kind: Kind, gguf: &[u8]) -> Sha256 {
+        let (manifest_type, config_type, weight, other) = match kind {
+            Kind::ModelPack => (
+                OCI_MANIFEST,
+                "application/vnd.cncf.model.config.v1+json",
+                "application/vnd.cncf.model.weight.v1.raw",
+                "application/vnd.cncf.model.doc.v1.raw",
+            ),
+            Kind::DockerModel => (
+                OCI_MANIFEST,
+                "application/vnd.docker.ai.model.config.v0.1+json",
+                "application/vnd.docker.ai.gguf.v3",
+                "application/vnd.docker.ai.license",
+            ),
+            Kind::Ollama => (
+                DOCKER_MANIFEST,
+                "application/vnd.docker.container.image.v1+json",
+                "application/vnd.ollama.image.model",
+                "application/vnd.ollama.image.template",
+            ),
+        };
+        let config = br#"{"descriptor":{"name":"test"},"config":{"format":"gguf"}}"#;
+        let other_bytes = b"{{ .Prompt }} or a license";
+        let cd = self.push_blob(repo, config);
+        let wd = self.push_blob(repo, gguf);
+        let od = self.push_blob(repo, other_bytes);
+        let artifact = match kind {
+            Kind::ModelPack => r#""artifactType":"application/vnd.cncf.model.manifest.v1+json","#,
+            _ => "",
+        };
+        let title = match kind {
+            Kind::ModelPack => r#","annotations":{"org.opencontainers.image.title":"model.gguf"}"#,
+            _ => "",
+        };
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{manifest_type}",{artifact}
+"config":{{"mediaType":"{config_type}","digest":"{}","size":{}}},
+"layers":[{{"mediaType":"{other}","digest":"{}","size":{}}},
+{{"mediaType":"{weight}","digest":"{}","size":{}{title}}}]}}"#,
+            cd.to_blob_ref(),
+            config.len(),
+            od.to_blob_ref(),
+            other_bytes.len(),
+            wd.to_blob_ref(),
+            gguf.len(),
+        );
+        self.push_manifest(repo, tag, manifest_type, body.as_bytes())
+    }
+
+    /// Where the registry keeps blob `d`'s bytes.
+    fn blob_file(&self, d: &Sha256) -> PathBuf {
+        let hex = d.to_hex();
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(&hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `modelfs` command on `ts` trusting the registry's CA, with the
+/// registry credentials of `auth_file` (none: a file that does not exist).
+fn cli(ts: &TestStore, reg: &Registry, auth_file: Option<&Path>) -> Command {
+    let mut c = ts.cli(reg.ca_path());
+    c.env_remove("MODELFS_MIRRORS").env_remove("DOCKER_CONFIG");
+    match auth_file {
+        Some(p) => c.env("REGISTRY_AUTH_FILE", p),
+        None => c.env(
+            "REGISTRY_AUTH_FILE",
+            reg.dir.path().join("no-such-auth.json"),
+        ),
+    };
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    c.output().expect("run modelfs")
+}
+
+fn ok(c: Command) -> String {
+    let out = run(c);
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+fn manifest(ts: &TestStore, name: &str) -> modelfs::store::Manifest {
+    ts.store()
+        .read_manifest(&ModelName::parse(name).unwrap())
+        .unwrap()
+        .expect("the manifest was written")
+}
+
+fn auth_file(dir: &Path, host: &str, user: &str, password: &str) -> PathBuf {
+    let p = dir.join("auth.json");
+    let b64 = modelfs::registry::auth::base64_encode(format!("{user}:{password}").as_bytes());
+    std::fs::write(
+        &p,
+        format!(r#"{{"auths":{{"{host}":{{"auth":"{b64}"}}}}}}"#),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn add_oci_pins_the_gguf_layer_and_a_mount_fetches_it_from_the_registry() {
+    crate::common::require_fuse();
+    let reg = Registry::start(None);
+    // Large enough for parallel ranges (8 MiB and more).
+    let bytes = gguf_bytes(12 * MIB + 17, 301);
+    let md = reg.push_model("models/tiny", "q4", Kind::DockerModel, &bytes);
+    let ts = TestStore::new();
+    let mut c = cli(&ts, &reg, None);
+    c.args(["add", "tiny", "--no-facts", "--oci"])
+        .arg(format!("{}/models/tiny:q4", reg.host));
+    let text = ok(c);
+    assert!(text.contains("pending"), "{text}");
+    let m = manifest(&ts, "tiny");
+    let d = Sha256::of(&bytes);
+    assert_eq!((m.blob, m.size_bytes), (d, bytes.len() as u64));
+    assert_eq!(m.source.registry, reg.host);
+    assert_eq!(m.source.repo, "models/tiny");
+    assert_eq!(m.source.revision, "q4");
+    assert_eq!(m.source.filename, "tiny.gguf");
+    assert_eq!(
+        m.source.url.as_deref(),
+        Some(&*format!(
+            "https://{}/v2/models/tiny/blobs/{}",
+            reg.host,
+            d.to_blob_ref()
+        ))
+    );
+    assert_eq!(m.source_field("oci_manifest"), Some(&*md.to_blob_ref()));
+
+    let mount = Mount::start_with(&ts, reg.ca_path(), &[], |c| {
+        c.env("REGISTRY_AUTH_FILE", reg.dir.path().join("none.json"));
+    });
+    let got = open_and_read(&mount.path("tiny.gguf")).expect("read through the mount");
+    assert!(got == bytes, "the mount serves the layer's bytes");
+    let log = mount.log();
+    assert!(
+        !log.contains("downloading over one connection"),
+        "the registry's blob answers ranges with a validator: {log}"
+    );
+    drop(mount);
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_modelpack_artifact_behind_an_index_pins_its_raw_weight_layer_and_pull_fetches_it() {
+    let reg = Registry::start(None);
+    let bytes = gguf_bytes(3 * MIB, 302);
+    let md = reg.push_model("org/pack", "v1-linux", Kind::ModelPack, &bytes);
+    let manifest_len = {
+        let url = reg.url(&format!("/v2/org/pack/manifests/{}", md.to_blob_ref()));
+        let resp = reg
+            .agent
+            .get(url)
+            .header("Accept", OCI_MANIFEST)
+            .call()
+            .unwrap();
+        resp.into_body().read_to_vec().unwrap().len()
+    };
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{manifest_len}}}]}}"#,
+        md.to_blob_ref()
+    );
+    reg.push_manifest("org/pack", "v1", OCI_INDEX, index.as_bytes());
+    let ts = TestStore::new();
+    let mut c = cli(&ts, &reg, None);
+    c.args(["add", "pack", "--no-facts", "--oci"])
+        .arg(format!("{}/org/pack:v1", reg.host));
+    ok(c);
+    let m = manifest(&ts, "pack");
+    assert_eq!(m.blob, Sha256::of(&bytes));
+    assert_eq!(m.source.filename, "model.gguf", "the layer's title");
+    assert_eq!(m.source_field("oci_manifest"), Some(&*md.to_blob_ref()));
+    // By digest, too.
+    let mut c = cli(&ts, &reg, None);
+    c.args(["add", "pack2", "--no-facts", "--oci"]).arg(format!(
+        "{}/org/pack@{}",
+        reg.host,
+        md.to_blob_ref()
+    ));
+    ok(c);
+    assert_eq!(manifest(&ts, "pack2").blob, Sha256::of(&bytes));
+
+    let mut c = cli(&ts, &reg, None);
+    c.args(["pull", "pack"]);
+    ok(c);
+    crate::fetch::assert_present(&ts, &m, &bytes);
+}
+
+#[test]
+fn an_ollama_model_is_pinned_from_the_library_namespace_of_the_registry_given() {
+    let reg = Registry::start(None);
+    let bytes = gguf_bytes(MIB + 5, 303);
+    reg.push_model("library/tinyllama", "1b", Kind::Ollama, &bytes);
+    let ts = TestStore::new();
+    let mut c = cli(&ts, &reg, None);
+    c.args([
+        "add",
+        "tl",
+        "--no-facts",
+        "--ollama",
+        "tinyllama:1b",
+        "--registry",
+    ])
+    .arg(&reg.host);
+    ok(c);
+    let m = manifest(&ts, "tl");
+    assert_eq!(m.blob, Sha256::of(&bytes));
+    assert_eq!(
+        (m.source.repo.as_str(), m.source.revision.as_str()),
+        ("library/tinyllama", "1b")
+    );
+    let mut c = cli(&ts, &reg, None);
+    c.args(["pull", "tl"]);
+    ok(c);
+    crate::fetch::assert_present(&ts, &m, &bytes);
+
+    // A manifest with no GGUF layer fails, listing its layers.
+    let other = reg.push_blob("library/nogguf", b"not a model");
+    let cfg = reg.push_blob("library/nogguf", b"{}");
+    let body = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{}","size":2}},"layers":[{{"mediaType":"application/vnd.ollama.image.license","digest":"{}","size":11}}]}}"#,
+        cfg.to_blob_ref(),
+        other.to_blob_ref()
+    );
+    reg.push_manifest("library/nogguf", "latest", DOCKER_MANIFEST, body.as_bytes());
+    let mut c = cli(&ts, &reg, None);
+    c.args(["add", "ng", "--ollama", "nogguf", "--registry"])
+        .arg(&reg.host);
+    let out = run(c);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    for want in [
+        "library/nogguf",
+        "tag latest",
+        "no layer is an uncompressed GGUF",
+        "application/vnd.ollama.image.license",
+        "nothing was added",
+    ] {
+        assert!(text.contains(want), "{want:?} missing: {text}");
+    }
+    // An unknown tag: a 404 named as such.
+    let mut c = cli(&ts, &reg, None);
+    c.args(["add", "nt", "--ollama", "tinyllama:7b", "--registry"])
+        .arg(&reg.host);
+    let text = output_text(&run(c));
+    assert!(
+        text.contains("HTTP 404") && text.contains("tag 7b") && text.contains("check"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_layer_whose_bytes_lie_goes_to_quarantine_and_nothing_is_published() {
+    let reg = Registry::start(None);
+    let bytes = gguf_bytes(2 * MIB, 304);
+    reg.push_model("models/liar", "latest", Kind::ModelPack, &bytes);
+    let d = Sha256::of(&bytes);
+    let mut wrong = bytes.clone();
+    wrong[MIB] ^= 0x40;
+    std::fs::write(reg.blob_file(&d), &wrong).unwrap();
+    let ts = TestStore::new();
+    let mut c = cli(&ts, &reg, None);
+    c.args(["add", "liar", "--no-facts", "--oci"])
+        .arg(format!("{}/models/liar", reg.host));
+    ok(c);
+    let mut c = cli(&ts, &reg, None);
+    c.args(["pull", "liar"]);
+    let out = run(c);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("quarantine") || text.contains("digest"),
+        "{text}"
+    );
+    assert!(!crate::common::is_present(&ts.store(), &d));
+    assert_eq!(ts.quarantined().len(), 1, "{text}");
+    ts.assert_consistent();
+}
+
+#[test]
+fn a_registry_that_wants_a_login_gets_the_configured_credentials_and_only_those() {
+    let reg = Registry::start(Some(("alice", "correct horse")));
+    let bytes = gguf_bytes(5 * MIB, 305);
+    reg.push_model("private/model", "v2", Kind::ModelPack, &bytes);
+    let ts = TestStore::new();
+    let spec = format!("{}/private/model:v2", reg.host);
+
+    // No credentials: the registry, repository, tag, answer, and what to do.
+    let mut c = cli(&ts, &reg, None);
+    c.args(["add", "p", "--oci", &spec]);
+    let out = run(c);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    for want in [
+        &*format!("registry {}", reg.host),
+        "repository private/model",
+        "tag v2",
+        "HTTP 401",
+        "log in",
+        "nothing was added",
+    ] {
+        assert!(text.contains(want), "{want:?} missing: {text}");
+    }
+    // Wrong credentials: said to be refused.
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = auth_file(dir.path(), &reg.host, "alice", "wrong");
+    let mut c = cli(&ts, &reg, Some(&wrong));
+    c.args(["add", "p", "--oci", &spec]);
+    let out = run(c);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("HTTP 401") && text.contains("were refused"),
+        "{text}"
+    );
+    assert!(
+        ts.store()
+            .read_manifest(&ModelName::parse("p").unwrap())
+            .unwrap()
+            .is_none()
+    );
+
+    // Credentials for another registry only: as good as none.
+    let elsewhere = auth_file(dir.path(), "other.example:443", "alice", "correct horse");
+    let mut c = cli(&ts, &reg, Some(&elsewhere));
+    c.args(["add", "p", "--oci", &spec]);
+    assert!(output_text(&run(c)).contains("log in"));
+
+    // The right ones: pinned (its header read by Range), then fetched.
+    let right = auth_file(dir.path(), &reg.host, "alice", "correct horse");
+    let mut c = cli(&ts, &reg, Some(&right));
+    c.args(["add", "p", "--oci", &spec]);
+    ok(c);
+    let m = manifest(&ts, "p");
+    let mut c = cli(&ts, &reg, Some(&right));
+    c.args(["pull", "p"]);
+    ok(c);
+    crate::fetch::assert_present(&ts, &m, &bytes);
+
+    // A pull without them fails naming the registry and the log-in.
+    let ts2 = TestStore::new();
+    ts2.write_manifest_with_source("p", &bytes, m.source.clone());
+    let mut c = cli(&ts2, &reg, None);
+    c.args(["pull", "p"]);
+    let out = run(c);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("401") && text.contains("log in"), "{text}");
+}
+
+#[test]
+fn a_registry_repository_serves_as_an_oci_mirror_before_the_origin() {
+    let reg = Registry::start(None);
+    let origin = Origin::start();
+    let bytes = gguf_bytes(4 * MIB, 306);
+    let d = reg.push_blob("cache/models", &bytes);
+    let ts = TestStore::new();
+    let m = ts.add_pending("mirrored", &origin, &bytes);
+    assert_eq!(m.blob, d);
+    // The test CA of the registry and the origin's, both trusted.
+    let cas = reg.dir.path().join("cas.pem");
+    std::fs::write(&cas, format!("{}{}", reg.ca.pem(), origin.ca().pem())).unwrap();
+    let mut c = ts.cli(&cas);
+    c.env("REGISTRY_AUTH_FILE", reg.dir.path().join("none.json"))
+        .env(
+            "MODELFS_MIRRORS",
+            format!("oci://{}/cache/models", reg.host),
+        )
+        .args(["pull", "mirrored"]);
+    ok(c);
+    crate::fetch::assert_present(&ts, &m, &bytes);
+    assert_eq!(
+        origin.stats("mirrored.gguf").gets,
+        0,
+        "the origin was not asked"
+    );
+
+    // A repository without the blob: a 404, and the origin serves it.
+    let other = gguf_bytes(MIB, 307);
+    let m2 = ts.add_pending("notcached", &origin, &other);
+    let mut c = ts.cli(&cas);
+    c.env("REGISTRY_AUTH_FILE", reg.dir.path().join("none.json"))
+        .env(
+            "MODELFS_MIRRORS",
+            format!("oci://{}/cache/models", reg.host),
+        )
+        .args(["pull", "notcached"]);
+    ok(c);
+    crate::fetch::assert_present(&ts, &m2, &other);
+    assert!(origin.stats("notcached.gguf").gets >= 1);
+}
