@@ -235,6 +235,9 @@ pub enum OciErrorKind {
         auth: Option<String>,
         credentials: Option<PathBuf>,
         has_credential: bool,
+        /// The realm granted a token, and the registry refused it all the
+        /// same (it is for other repositories or actions).
+        granted: bool,
     },
     Manifest(ManifestError),
     /// A manifest asked for by digest has other bytes.
@@ -272,8 +275,17 @@ impl fmt::Display for OciError {
                 auth,
                 credentials,
                 has_credential,
+                granted,
             } => {
                 write!(f, "HTTP {code} (access denied)")?;
+                if *granted {
+                    return write!(
+                        f,
+                        "; the token its realm granted does not allow pulling {}: \
+                         check that the account may read this repository; nothing was added",
+                        r.repo
+                    );
+                }
                 if let Some(a) = auth {
                     write!(f, " ({a})")?;
                 }
@@ -385,6 +397,9 @@ impl Fetcher {
                 auth: auth.refusal(&url),
                 credentials: auth.credentials_path(),
                 has_credential: auth.has_credential(&r.registry),
+                granted: auth
+                    .authorization(&url)
+                    .is_some_and(|a| a.starts_with("Bearer ")),
             });
         }
         let content_type = resp.header("content-type").map(str::to_string);

@@ -4,7 +4,7 @@
 //! Artifacts are pushed with plain HTTP calls (monolithic blob upload, then
 //! the manifest), so no other client is needed.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -19,6 +19,9 @@ use modelfs::store::ModelName;
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 const MIB: usize = 1 << 20;
 
+const SERVICE: &str = "modelfs-test-registry";
+const ISSUER: &str = "modelfs-test-issuer";
+
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -32,6 +35,8 @@ struct Registry {
     ca: TestCa,
     /// The htpasswd user and password, when auth is on.
     login: Option<(String, String)>,
+    /// Token auth: the key that signs the tests' own push tokens.
+    signer: Option<std::sync::Arc<TokenKey>>,
     agent: ureq::Agent,
 }
 
@@ -43,14 +48,36 @@ enum Kind {
     Ollama,
 }
 
+/// How a test registry is set up besides its defaults.
+#[derive(Default)]
+struct Setup<'a> {
+    /// htpasswd with this user and password.
+    login: Option<(&'a str, &'a str)>,
+    /// Token auth with this token server as its realm.
+    token: Option<&'a TokenServer>,
+    /// Blob GETs redirect to this base URL (the `redirect` storage
+    /// middleware), as registries redirect to blob storage.
+    redirect_to: Option<String>,
+    /// The CA whose leaf it presents (a new one if none).
+    ca: Option<TestCa>,
+}
+
 impl Registry {
     fn start(login: Option<(&str, &str)>) -> Registry {
+        Self::start_with(Setup {
+            login,
+            ..Setup::default()
+        })
+    }
+
+    fn start_with(setup: Setup<'_>) -> Registry {
+        let login = setup.login;
         assert!(
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: the registry tests need Debian's docker-registry \
              package (scripts/deps.sh --test installs it)"
         );
-        let ca = TestCa::new();
+        let ca = setup.ca.clone().unwrap_or_default();
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = ca.issue_pem_files(&["127.0.0.1", "localhost"], dir.path());
         let port = TcpListener::bind("127.0.0.1:0")
@@ -74,6 +101,24 @@ impl Registry {
                 )
             }
             None => String::new(),
+        };
+        let auth = match setup.token {
+            Some(t) => {
+                let root = dir.path().join("token-root.pem");
+                std::fs::write(&root, &t.key.cert_pem).unwrap();
+                format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                    t.realm,
+                    root.display()
+                )
+            }
+            None => auth,
+        };
+        let auth = match &setup.redirect_to {
+            Some(base) => format!(
+                "{auth}middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {base}\n"
+            ),
+            None => auth,
         };
         let config = format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
@@ -122,6 +167,7 @@ impl Registry {
             dir,
             ca,
             login: login.map(|(u, p)| (u.to_string(), p.to_string())),
+            signer: setup.token.map(|t| t.key.clone()),
             agent,
         }
     }
@@ -137,7 +183,10 @@ impl Registry {
         format!("https://{}{path}", self.host)
     }
 
-    fn basic(&self) -> Option<String> {
+    fn auth_header(&self, repo: &str) -> Option<String> {
+        if let Some(k) = &self.signer {
+            return Some(format!("Bearer {}", k.mint("pusher", repo)));
+        }
         let (u, p) = self.login.as_ref()?;
         Some(format!(
             "Basic {}",
@@ -145,8 +194,12 @@ impl Registry {
         ))
     }
 
-    fn with_auth<B>(&self, mut req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        if let Some(b) = self.basic() {
+    fn with_auth<B>(
+        &self,
+        repo: &str,
+        mut req: ureq::RequestBuilder<B>,
+    ) -> ureq::RequestBuilder<B> {
+        if let Some(b) = self.auth_header(repo) {
             req = req.header("Authorization", b);
         }
         req
@@ -157,6 +210,7 @@ impl Registry {
         let d = Sha256::of(bytes);
         let resp = self
             .with_auth(
+                repo,
                 self.agent
                     .post(self.url(&format!("/v2/{repo}/blobs/uploads/"))),
             )
@@ -167,7 +221,7 @@ impl Registry {
         let sep = if location.contains('?') { '&' } else { '?' };
         let put = format!("{}{sep}digest={}", self.url(&location), d.to_blob_ref());
         let resp = self
-            .with_auth(self.agent.put(put))
+            .with_auth(repo, self.agent.put(put))
             .header("Content-Type", "application/octet-stream")
             .send(bytes)
             .expect("PUT blob");
@@ -178,6 +232,7 @@ impl Registry {
     fn push_manifest(&self, repo: &str, tag: &str, media_type: &str, body: &[u8]) -> Sha256 {
         let resp = self
             .with_auth(
+                repo,
                 self.agent
                     .put(self.url(&format!("/v2/{repo}/manifests/{tag}"))),
             )
@@ -297,8 +352,13 @@ fn manifest(ts: &TestStore, name: &str) -> modelfs::store::Manifest {
         .expect("the manifest was written")
 }
 
+/// A Docker-style `config.json` in `dir` (a file of its own for each
+/// host and credential) holding one credential for `host`.
 fn auth_file(dir: &Path, host: &str, user: &str, password: &str) -> PathBuf {
-    let p = dir.join("auth.json");
+    let p = dir.join(format!(
+        "auth-{}.json",
+        Sha256::of(format!("{host} {user}:{password}").as_bytes()).short()
+    ));
     let b64 = modelfs::registry::auth::base64_encode(format!("{user}:{password}").as_bytes());
     std::fs::write(
         &p,
@@ -599,4 +659,285 @@ fn a_registry_repository_serves_as_an_oci_mirror_before_the_origin() {
     ok(c);
     crate::fetch::assert_present(&ts, &m2, &other);
     assert!(origin.stats("notcached.gguf").gets >= 1);
+}
+
+/// base64url without padding, as JWTs are.
+fn b64url(bytes: &[u8]) -> String {
+    modelfs::registry::auth::base64_encode(bytes)
+        .trim_end_matches('=')
+        .replace('+', "-")
+        .replace('/', "_")
+}
+
+/// The ES256 key that signs registry tokens, and its self-signed
+/// certificate (the registry's `rootcertbundle`, and the JWT's `x5c`).
+struct TokenKey {
+    pair: ring::signature::EcdsaKeyPair,
+    cert_der: Vec<u8>,
+    cert_pem: String,
+}
+
+impl TokenKey {
+    fn new() -> Self {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let kp = rcgen::KeyPair::try_from(pkcs8.as_ref()).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["token-signer".to_string()])
+            .unwrap()
+            .self_signed(&kp)
+            .unwrap();
+        TokenKey {
+            pair,
+            cert_der: cert.der().to_vec(),
+            cert_pem: cert.pem(),
+        }
+    }
+
+    /// A token that lets `sub` pull from and push to `repo`.
+    fn mint(&self, sub: &str, repo: &str) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let header = format!(
+            r#"{{"typ":"JWT","alg":"ES256","x5c":["{}"]}}"#,
+            modelfs::registry::auth::base64_encode(&self.cert_der)
+        );
+        let claims = format!(
+            r#"{{"iss":"{ISSUER}","sub":"{sub}","aud":"{SERVICE}","exp":{},"nbf":{},"iat":{},"jti":"{}","access":[{{"type":"repository","name":"{repo}","actions":["pull","push"]}}]}}"#,
+            now + 300,
+            now - 10,
+            now - 10,
+            now ^ (self as *const Self as u64) ^ u64::from(std::process::id())
+        );
+        let signing_input = format!(
+            "{}.{}",
+            b64url(header.as_bytes()),
+            b64url(claims.as_bytes())
+        );
+        let sig = self
+            .pair
+            .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
+            .unwrap();
+        format!("{signing_input}.{}", b64url(sig.as_ref()))
+    }
+}
+
+/// What the token server saw and how it answers.
+#[derive(Default)]
+struct TokenState {
+    /// (Authorization header, scope) of each request.
+    requests: Vec<(Option<String>, String)>,
+    /// Grant tokens for this repository whatever the scope asked.
+    grant_only: Option<String>,
+}
+
+/// A registry token realm over TLS: `GET /token?scope=…&service=…`
+/// answered with a JWT for the scope's repository to the right Basic
+/// credential, 401 to anything else. A minimal HTTP/1.0-style server:
+/// one request per connection.
+struct TokenServer {
+    realm: String,
+    key: std::sync::Arc<TokenKey>,
+    state: std::sync::Arc<parking_lot::Mutex<TokenState>>,
+}
+
+impl TokenServer {
+    fn start(ca: &TestCa, user: &str, password: &str) -> TokenServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let realm = format!("https://{}/token", listener.local_addr().unwrap());
+        let key = std::sync::Arc::new(TokenKey::new());
+        let state = std::sync::Arc::new(parking_lot::Mutex::new(TokenState::default()));
+        let tls = ca.server_config(&["127.0.0.1"]);
+        let want = format!(
+            "Basic {}",
+            modelfs::registry::auth::base64_encode(format!("{user}:{password}").as_bytes())
+        );
+        let (k, st) = (key.clone(), state.clone());
+        std::thread::spawn(move || {
+            for tcp in listener.incoming().flatten() {
+                let (tls, k, st, want) = (tls.clone(), k.clone(), st.clone(), want.clone());
+                std::thread::spawn(move || {
+                    let conn = rustls::ServerConnection::new(tls).unwrap();
+                    let mut s = rustls::StreamOwned::new(conn, tcp);
+                    let _ = answer_token_request(&mut s, &k, &st, &want);
+                });
+            }
+        });
+        TokenServer { realm, key, state }
+    }
+}
+
+fn answer_token_request(
+    s: &mut (impl Read + Write),
+    key: &TokenKey,
+    state: &parking_lot::Mutex<TokenState>,
+    want: &str,
+) -> std::io::Result<()> {
+    let mut req = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 64 << 10 {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        req.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&req).to_string();
+    let target = text.split_whitespace().nth(1).unwrap_or("").to_string();
+    let auth = text
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        })
+        .map(|(_, v)| v.trim().to_string());
+    let scope = target
+        .split_once('?')
+        .map(|(_, q)| q)
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("scope="))
+        .map(percent_decode)
+        .unwrap_or_default();
+    let repo = {
+        let mut st = state.lock();
+        st.requests.push((auth.clone(), scope.clone()));
+        st.grant_only.clone()
+    }
+    .unwrap_or_else(|| scope.split(':').nth(1).unwrap_or("").to_string());
+    let answer = if auth.as_deref() == Some(want) {
+        let body = format!(
+            r#"{{"token":"{}","expires_in":300}}"#,
+            key.mint("alice", &repo)
+        );
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+    };
+    s.write_all(answer.as_bytes())?;
+    s.flush()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[test]
+fn a_token_registry_gets_a_token_from_its_realm_and_blob_storage_gets_no_credential() {
+    let ca = TestCa::new();
+    let tokens = TokenServer::start(&ca, "alice", "correct horse");
+    // Blob storage: what the registry's blob GETs redirect to.
+    let storage = Origin::start();
+    let reg = Registry::start_with(Setup {
+        token: Some(&tokens),
+        // The redirect middleware keeps the scheme and host only.
+        redirect_to: Some(storage.url("")),
+        ca: Some(ca.clone()),
+        ..Setup::default()
+    });
+    let bytes = gguf_bytes(10 * MIB + 3, 308);
+    reg.push_model("team/model", "v1", Kind::ModelPack, &bytes);
+    let d = Sha256::of(&bytes);
+    let hex = d.to_hex();
+    let stored = format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]);
+    storage.put(&stored, bytes.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let cas = dir.path().join("cas.pem");
+    std::fs::write(&cas, format!("{}{}", ca.pem(), storage.ca().pem())).unwrap();
+    let right = auth_file(dir.path(), &reg.host, "alice", "correct horse");
+    let ts = TestStore::new();
+    let cli_with = |auth: &Path| {
+        let mut c = ts.cli(&cas);
+        c.env_remove("MODELFS_MIRRORS")
+            .env("REGISTRY_AUTH_FILE", auth);
+        c
+    };
+
+    let mut c = cli_with(&right);
+    c.args(["add", "tm", "--oci"])
+        .arg(format!("{}/team/model:v1", reg.host));
+    ok(c);
+    let m = manifest(&ts, "tm");
+    assert_eq!(m.blob, d);
+    let mut c = cli_with(&right);
+    c.args(["pull", "tm"]);
+    ok(c);
+    crate::fetch::assert_present(&ts, &m, &bytes);
+
+    let st = storage.stats(&stored);
+    assert!(
+        st.gets >= 1,
+        "the bytes came from blob storage, by the redirect"
+    );
+    assert!(
+        st.authorization_headers.iter().all(Option::is_none),
+        "blob storage got a credential: {:?}",
+        st.authorization_headers
+    );
+    {
+        let seen = tokens.state.lock();
+        assert!(!seen.requests.is_empty());
+        let basic = format!(
+            "Basic {}",
+            modelfs::registry::auth::base64_encode(b"alice:correct horse")
+        );
+        for (auth, scope) in &seen.requests {
+            assert_eq!(
+                auth.as_deref(),
+                Some(&*basic),
+                "the realm gets the registry's credential"
+            );
+            assert_eq!(scope, "repository:team/model:pull");
+        }
+    }
+
+    // Wrong credentials: the realm refuses, and the error says so.
+    let wrong = auth_file(dir.path(), &reg.host, "alice", "nope");
+    let mut c = cli_with(&wrong);
+    c.args(["add", "tm2", "--oci"])
+        .arg(format!("{}/team/model:v1", reg.host));
+    let out = run(c);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("HTTP 401") && text.contains("token realm") && text.contains("were refused"),
+        "{text}"
+    );
+
+    // A token for another repository: the registry still refuses.
+    tokens.state.lock().grant_only = Some("team/other".into());
+    let mut c = cli_with(&right);
+    c.args(["add", "tm3", "--oci"])
+        .arg(format!("{}/team/model:v1", reg.host));
+    let out = run(c);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("does not allow pulling team/model")
+            && text.contains("repository team/model"),
+        "{text}"
+    );
 }
