@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::common::origin::TestCa;
@@ -60,6 +60,11 @@ struct Setup<'a> {
     redirect_to: Option<String>,
     /// The CA whose leaf it presents (a new one if none).
     ca: Option<TestCa>,
+    /// A pull-through cache of this registry (`proxy.remoteurl`), trusting
+    /// its CA.
+    proxy_of: Option<&'a Registry>,
+    /// Log every request (`registry.log`, see [`Registry::blob_gets`]).
+    access_log: bool,
 }
 
 impl Registry {
@@ -114,6 +119,10 @@ impl Registry {
             }
             None => auth,
         };
+        let proxy = setup
+            .proxy_of
+            .map(|up| format!("proxy:\n  remoteurl: https://{}\n", up.host))
+            .unwrap_or_default();
         let auth = match &setup.redirect_to {
             Some(base) => format!(
                 "{auth}middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {base}\n"
@@ -121,9 +130,10 @@ impl Registry {
             None => auth,
         };
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: {}\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: {host}\n  tls:\n    certificate: {}\n    key: {}\n{auth}",
+             http:\n  addr: {host}\n  tls:\n    certificate: {}\n    key: {}\n{auth}{proxy}",
+            !setup.access_log,
             dir.path().join("data").display(),
             cert.display(),
             key.display()
@@ -131,10 +141,16 @@ impl Registry {
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new(REGISTRY_BIN)
+        let mut cmd = Command::new(REGISTRY_BIN);
+        if let Some(up) = setup.proxy_of {
+            // Go reads its trust store from SSL_CERT_FILE.
+            cmd.env("SSL_CERT_FILE", up.ca_path());
+        }
+        let child = cmd
             .arg("serve")
             .arg(&config_path)
-            .stdout(Stdio::null())
+            // The access log goes to stdout.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start docker-registry");
@@ -298,6 +314,16 @@ impl Registry {
             gguf.len(),
         );
         self.push_manifest(repo, tag, manifest_type, body.as_bytes())
+    }
+
+    /// How many `GET`s of blob `d` the access log shows (with
+    /// [`Setup::access_log`]).
+    fn blob_gets(&self, d: &Sha256) -> usize {
+        let log = std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();
+        let needle = format!("/blobs/{}", d.to_blob_ref());
+        log.lines()
+            .filter(|l| l.contains("\"GET ") && l.contains(&needle))
+            .count()
     }
 
     /// Where the registry keeps blob `d`'s bytes.
@@ -939,5 +965,53 @@ fn a_token_registry_gets_a_token_from_its_realm_and_blob_storage_gets_no_credent
         text.contains("does not allow pulling team/model")
             && text.contains("repository team/model"),
         "{text}"
+    );
+}
+
+#[test]
+fn a_fleet_uses_a_pull_through_cache_of_the_registry_as_its_oci_mirror() {
+    let upstream = Registry::start_with(Setup {
+        access_log: true,
+        ..Setup::default()
+    });
+    let cache = Registry::start_with(Setup {
+        proxy_of: Some(&upstream),
+        ca: Some(upstream.ca.clone()),
+        ..Setup::default()
+    });
+    let bytes = gguf_bytes(3 * MIB, 309);
+    upstream.push_model("library/shared", "latest", Kind::Ollama, &bytes);
+    let d = Sha256::of(&bytes);
+    let mirror = format!("oci://{}/library/shared", cache.host);
+    let stores: Vec<TestStore> = (0..3).map(|_| TestStore::new()).collect();
+    for (i, ts) in stores.iter().enumerate() {
+        let mut c = cli(ts, &upstream, None);
+        c.args([
+            "add",
+            "shared",
+            "--no-facts",
+            "--ollama",
+            "shared",
+            "--registry",
+        ])
+        .arg(&upstream.host);
+        ok(c);
+        let mut c = cli(ts, &upstream, None);
+        c.env("MODELFS_MIRRORS", &mirror)
+            .args(["pull", "shared", "--connections", "1"]);
+        let text = ok(c);
+        assert!(
+            !text.contains("trying the source"),
+            "store {i} was served by the cache: {text}"
+        );
+        crate::fetch::assert_present(ts, &manifest(ts, "shared"), &bytes);
+    }
+    // The cache fetched the blob from upstream; the stores did not.
+    let gets = upstream.blob_gets(&d);
+    eprintln!("upstream blob GETs for 3 stores through the cache: {gets}");
+    assert!(gets >= 1, "the cache pulled the blob through");
+    assert!(
+        gets <= 2,
+        "the cache serves what it holds: {gets} upstream GETs"
     );
 }
