@@ -272,41 +272,10 @@ impl fmt::Display for OciError {
             }
             OciErrorKind::Status {
                 code: code @ (401 | 403),
-                auth,
-                credentials,
-                has_credential,
-                granted,
+                ..
             } => {
                 write!(f, "HTTP {code} (access denied)")?;
-                if *granted {
-                    return write!(
-                        f,
-                        "; the token its realm granted does not allow pulling {}: \
-                         check that the account may read this repository; nothing was added",
-                        r.repo
-                    );
-                }
-                if let Some(a) = auth {
-                    write!(f, " ({a})")?;
-                }
-                let file = credentials
-                    .as_ref()
-                    .map_or("a Docker-style config.json".into(), |p| {
-                        p.display().to_string()
-                    });
-                if *has_credential {
-                    write!(
-                        f,
-                        "; the credentials for {} in {file} were refused: log in again (docker login / podman login {0}) or fix them",
-                        r.registry
-                    )
-                } else {
-                    write!(
-                        f,
-                        "; log in first (docker login / podman login {}, or an auths entry in {file}; REGISTRY_AUTH_FILE names another file)",
-                        r.registry
-                    )
-                }
+                self.what_to_do_when_denied(f)
             }
             OciErrorKind::Status { code: 404, .. } => write!(
                 f,
@@ -330,6 +299,54 @@ impl fmt::Display for OciError {
             }
         }?;
         f.write_str("; nothing was added")
+    }
+}
+
+impl OciError {
+    /// After a 401 or 403: what the authentication step said, and whether
+    /// to log in, fix the credentials, or ask for access.
+    fn what_to_do_when_denied(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.reference;
+        let OciErrorKind::Status {
+            auth,
+            credentials,
+            has_credential,
+            granted,
+            ..
+        } = &self.kind
+        else {
+            return Ok(());
+        };
+        if *granted {
+            write!(
+                f,
+                "; the token its realm granted does not allow pulling {}: \
+                         check that the account may read this repository",
+                r.repo
+            )?;
+            return Ok(());
+        }
+        if let Some(a) = auth {
+            write!(f, " ({a})")?;
+        }
+        let file = credentials
+            .as_ref()
+            .map_or("a Docker-style config.json".into(), |p| {
+                p.display().to_string()
+            });
+        if *has_credential {
+            write!(
+                f,
+                "; the credentials for {} in {file} were refused: log in again (docker login / podman login {0}) or fix them",
+                r.registry
+            )
+        } else {
+            write!(
+                f,
+                "; log in first (docker login / podman login {}, or an auths entry in {file}; REGISTRY_AUTH_FILE names another file)",
+                r.registry
+            )
+        }
     }
 }
 

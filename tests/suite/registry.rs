@@ -91,53 +91,7 @@ impl Registry {
             .unwrap()
             .port();
         let host = format!("127.0.0.1:{port}");
-        let auth = match login {
-            Some((user, password)) => {
-                let htpasswd = dir.path().join("htpasswd");
-                let out = Command::new("htpasswd")
-                    .args(["-Bbn", user, password])
-                    .output()
-                    .expect("htpasswd (apache2-utils; scripts/deps.sh --test installs it)");
-                assert!(out.status.success(), "{}", output_text(&out));
-                std::fs::write(&htpasswd, &out.stdout).unwrap();
-                format!(
-                    "auth:\n  htpasswd:\n    realm: modelfs-test\n    path: {}\n",
-                    htpasswd.display()
-                )
-            }
-            None => String::new(),
-        };
-        let auth = match setup.token {
-            Some(t) => {
-                let root = dir.path().join("token-root.pem");
-                std::fs::write(&root, &t.key.cert_pem).unwrap();
-                format!(
-                    "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
-                    t.realm,
-                    root.display()
-                )
-            }
-            None => auth,
-        };
-        let proxy = setup
-            .proxy_of
-            .map(|up| format!("proxy:\n  remoteurl: https://{}\n", up.host))
-            .unwrap_or_default();
-        let auth = match &setup.redirect_to {
-            Some(base) => format!(
-                "{auth}middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {base}\n"
-            ),
-            None => auth,
-        };
-        let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: {}\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: {host}\n  tls:\n    certificate: {}\n    key: {}\n{auth}{proxy}",
-            !setup.access_log,
-            dir.path().join("data").display(),
-            cert.display(),
-            key.display()
-        );
+        let config = config_yaml(&setup, dir.path(), &host, &cert, &key);
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
@@ -163,20 +117,7 @@ impl Registry {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let roots: Vec<_> = ureq::tls::parse_pem(ca.pem().as_bytes())
-            .filter_map(|i| match i {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
-            .build();
-        let agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = agent_trusting(&ca);
         Registry {
             child,
             host,
@@ -336,6 +277,77 @@ impl Registry {
             .join(&hex)
             .join("data")
     }
+}
+
+/// The registry's `config.yml` for `setup`, serving `host` with `cert`.
+fn config_yaml(setup: &Setup<'_>, dir: &Path, host: &str, cert: &Path, key: &Path) -> String {
+    let login = setup.login;
+    let auth = match login {
+        Some((user, password)) => {
+            let htpasswd = dir.join("htpasswd");
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .expect("htpasswd (apache2-utils; scripts/deps.sh --test installs it)");
+            assert!(out.status.success(), "{}", output_text(&out));
+            std::fs::write(&htpasswd, &out.stdout).unwrap();
+            format!(
+                "auth:\n  htpasswd:\n    realm: modelfs-test\n    path: {}\n",
+                htpasswd.display()
+            )
+        }
+        None => String::new(),
+    };
+    let auth = match setup.token {
+        Some(t) => {
+            let root = dir.join("token-root.pem");
+            std::fs::write(&root, &t.key.cert_pem).unwrap();
+            format!(
+                "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                t.realm,
+                root.display()
+            )
+        }
+        None => auth,
+    };
+    let proxy = setup
+        .proxy_of
+        .map(|up| format!("proxy:\n  remoteurl: https://{}\n", up.host))
+        .unwrap_or_default();
+    let auth = match &setup.redirect_to {
+        Some(base) => format!(
+            "{auth}middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {base}\n"
+        ),
+        None => auth,
+    };
+    let config = format!(
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: {}\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             http:\n  addr: {host}\n  tls:\n    certificate: {}\n    key: {}\n{auth}{proxy}",
+        !setup.access_log,
+        dir.join("data").display(),
+        cert.display(),
+        key.display()
+    );
+    config
+}
+
+/// A client that trusts `ca` and returns every status.
+fn agent_trusting(ca: &TestCa) -> ureq::Agent {
+    let roots: Vec<_> = ureq::tls::parse_pem(ca.pem().as_bytes())
+        .filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
+        .build();
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .build()
+        .into()
 }
 
 impl Drop for Registry {
