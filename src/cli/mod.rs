@@ -15,6 +15,7 @@ pub mod mount_options;
 pub mod mountpoint;
 pub mod progress_view;
 pub mod pull;
+pub mod push;
 pub mod rm;
 pub mod serve;
 pub mod status;

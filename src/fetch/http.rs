@@ -246,6 +246,32 @@ impl Http {
         })
     }
 
+    /// `method url` with `headers` and the body `body` makes (anew for
+    /// each try: a registry's `401` is answered and the request tried
+    /// again), not following redirects: a registry upload's `Location` is
+    /// where its caller goes on.
+    pub fn request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        body: &dyn Fn() -> std::io::Result<ureq::SendBody<'static>>,
+    ) -> Result<Fetched, FetchErrorKind> {
+        require_https(url)?;
+        let call = |agent: &Agent, hop: &str| {
+            let mut b = ureq::http::Request::builder().method(method).uri(hop);
+            for (k, v) in headers {
+                b = b.header(*k, v.as_str());
+            }
+            if let Some(auth) = self.auth_for(hop) {
+                b = b.header("Authorization", auth);
+            }
+            agent.run(b.body(body().map_err(ureq::Error::Io)?)?)
+        };
+        let resp = self.call_answering(url, &call)?;
+        Ok(into_fetched(resp, url))
+    }
+
     /// `HEAD url`; follows redirects only when `follow` is set (Hugging
     /// Face puts the file's digest on the first, redirecting answer).
     pub fn head(&self, url: &str, follow: bool) -> Result<Fetched, FetchErrorKind> {
@@ -360,7 +386,7 @@ fn origin_of(url: &str) -> Option<(String, u16)> {
 }
 
 /// Resolves a `Location` against the URL that sent it.
-fn resolve_location(base: &str, location: &str) -> Result<String, FetchErrorKind> {
+pub(super) fn resolve_location(base: &str, location: &str) -> Result<String, FetchErrorKind> {
     if location.contains("://") {
         return Ok(location.to_string());
     }

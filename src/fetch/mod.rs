@@ -17,6 +17,7 @@ pub mod head;
 pub mod http;
 pub mod mirrors;
 pub mod oci;
+pub mod oci_push;
 mod parallel;
 pub mod pin;
 pub mod pipeline;

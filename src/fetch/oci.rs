@@ -223,6 +223,8 @@ pub struct OciError {
     pub model: String,
     pub reference: Reference,
     pub kind: OciErrorKind,
+    /// A push failed (else a pin did).
+    pub pushing: bool,
 }
 
 #[derive(Debug)]
@@ -248,6 +250,11 @@ pub enum OciErrorKind {
     TooLarge,
     /// An index that leads to another index, and so on.
     TooDeep,
+    /// A push step was answered with this status.
+    Refused {
+        what: &'static str,
+        code: u16,
+    },
 }
 
 impl fmt::Display for OciError {
@@ -294,11 +301,29 @@ impl fmt::Display for OciError {
                 "the manifest is larger than {} MiB; not a model artifact",
                 manifest::MAX_MANIFEST_BYTES >> 20
             ),
+            OciErrorKind::Refused {
+                what,
+                code: code @ (401 | 403),
+            } => write!(
+                f,
+                "HTTP {code} to {what}; log in (docker login / podman login {}) with an account that may push to {}",
+                r.registry, r.repo
+            ),
+            OciErrorKind::Refused { what, code } => {
+                write!(
+                    f,
+                    "HTTP {code} to {what}; check the registry and the repository name"
+                )
+            }
             OciErrorKind::TooDeep => {
                 write!(f, "the index leads to more indexes than modelfs follows")
             }
         }?;
-        f.write_str("; nothing was added")
+        f.write_str(if self.pushing {
+            "; the tag was not pushed"
+        } else {
+            "; nothing was added"
+        })
     }
 }
 
@@ -362,6 +387,7 @@ impl Fetcher {
             model: model.to_string(),
             reference: r.clone(),
             kind,
+            pushing: false,
         };
         let mut want = r.reference();
         let mut expected = r.digest;

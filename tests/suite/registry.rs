@@ -1027,3 +1027,74 @@ fn a_fleet_uses_a_pull_through_cache_of_the_registry_as_its_oci_mirror() {
         "the cache serves what it holds: {gets} upstream GETs"
     );
 }
+
+#[test]
+fn push_publishes_a_modelpack_artifact_that_add_pins_back_and_mounts_a_blob_the_registry_has() {
+    let reg = Registry::start(Some(("bob", "pushpw")));
+    let dir = tempfile::tempdir().unwrap();
+    let login = auth_file(dir.path(), &reg.host, "bob", "pushpw");
+    // A model present in one store (pinned from a URL, then fetched).
+    let origin = Origin::start();
+    let bytes = gguf_bytes(70 * MIB + 11, 310);
+    let ts = TestStore::new();
+    let m = ts.add_pending("big", &origin, &bytes);
+    let cas = dir.path().join("cas.pem");
+    std::fs::write(&cas, format!("{}{}", reg.ca.pem(), origin.ca().pem())).unwrap();
+    let cli_on = |ts: &TestStore, auth: &Path| {
+        let mut c = ts.cli(&cas);
+        c.env_remove("MODELFS_MIRRORS")
+            .env("REGISTRY_AUTH_FILE", auth);
+        c
+    };
+    let mut c = cli_on(&ts, &login);
+    c.args(["pull", "big"]);
+    ok(c);
+
+    // Without a login: refused, saying so.
+    let mut c = cli_on(&ts, &dir.path().join("none.json"));
+    c.args(["push", "big"])
+        .arg(format!("oci://{}/team/big:v1", reg.host));
+    let out = run(c);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("HTTP 401") && text.contains("log in") && text.contains("not pushed"),
+        "{text}"
+    );
+
+    let mut c = cli_on(&ts, &login);
+    c.args(["push", "big"])
+        .arg(format!("oci://{}/team/big:v1", reg.host));
+    let text = ok(c);
+    assert!(
+        text.contains("uploaded") && text.contains("70.0 MiB / 70.0 MiB sent"),
+        "{text}"
+    );
+
+    // Another store pins it back from the registry: the same blob.
+    let ts2 = TestStore::new();
+    let mut c = cli_on(&ts2, &login);
+    c.args(["add", "big", "--no-facts", "--oci"])
+        .arg(format!("{}/team/big:v1", reg.host));
+    ok(c);
+    let back = manifest(&ts2, "big");
+    assert_eq!((back.blob, back.size_bytes), (m.blob, m.size_bytes));
+    assert_eq!(back.source.filename, "big.gguf");
+    let mut c = cli_on(&ts2, &login);
+    c.args(["pull", "big"]);
+    ok(c);
+    crate::fetch::assert_present(&ts2, &back, &bytes);
+
+    // Pushing the model pinned from team/big to another repository of the
+    // same registry mounts the blob instead of sending it.
+    let mut c = cli_on(&ts2, &login);
+    c.args(["push", "big"])
+        .arg(format!("oci://{}/team/copy:v1", reg.host));
+    let text = ok(c);
+    assert!(text.contains("mounted from team/big"), "{text}");
+    // And again: the repository has it.
+    let mut c = cli_on(&ts2, &login);
+    c.args(["push", "big"])
+        .arg(format!("oci://{}/team/copy:v2", reg.host));
+    assert!(ok(c).contains("the registry had the weights"));
+}
