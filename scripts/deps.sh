@@ -3,7 +3,7 @@
 # missing: fuse3 (fusermount3, mount.fuse3), attr (getfattr), openssl, python3
 # and curl; with --test also strace, mkfs.xfs and mkfs.ext4 (the import tests'
 # loop-mounted images), docker-registry and htpasswd (apache2-utils) for the
-# registry tests, and the Python gguf reader the tests use.
+# registry tests, and the Python gguf reader and oras SDK the tests use.
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -30,4 +30,9 @@ if [ "${1:-}" = "--test" ] && ! python3 -c "import gguf, numpy" 2>/dev/null; the
   echo "installing the Python gguf reader (pip install gguf numpy)"
   python3 -m pip install -q gguf numpy 2>/dev/null \
     || python3 -m pip install -q --break-system-packages gguf numpy
+fi
+if [ "${1:-}" = "--test" ] && ! python3 -c "import oras.client" 2>/dev/null; then
+  echo "installing the Python oras SDK (pip install oras)"
+  python3 -m pip install -q oras 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages oras
 fi

@@ -1098,3 +1098,99 @@ fn push_publishes_a_modelpack_artifact_that_add_pins_back_and_mounts_a_blob_the_
         .arg(format!("oci://{}/team/copy:v2", reg.host));
     assert!(ok(c).contains("the registry had the weights"));
 }
+
+/// Runs `script` with Python and the `oras` SDK (PyPI), trusting `ca`.
+fn oras(script: &str, ca: &Path, args: &[&str]) -> String {
+    let check = Command::new("python3")
+        .args(["-c", "import oras.client"])
+        .output();
+    assert!(
+        check.as_ref().is_ok_and(|o| o.status.success()),
+        "the interop test needs Python's oras SDK (pip install oras; scripts/deps.sh --test installs it)"
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .env("REQUESTS_CA_BUNDLE", ca)
+        .output()
+        .expect("python3");
+    let text = output_text(&out);
+    assert!(out.status.success(), "oras failed: {text}");
+    text
+}
+
+const ORAS_PUSH: &str = r#"
+import sys, oras.client
+host, ca, target, path, config = sys.argv[1:6]
+c = oras.client.OrasClient(hostname=host, tls_verify=ca)
+c.push(target=target, disable_path_validation=True,
+       files=[path + ":application/vnd.cncf.model.weight.v1.raw"],
+       manifest_config=config + ":application/vnd.cncf.model.config.v1+json")
+"#;
+
+const ORAS_PULL: &str = r#"
+import sys, oras.client
+host, ca, target, outdir = sys.argv[1:5]
+c = oras.client.OrasClient(hostname=host, tls_verify=ca)
+for p in c.pull(target=target, outdir=outdir):
+    print("PULLED", p)
+"#;
+
+#[test]
+fn oras_pushes_what_modelfs_pins_and_pulls_what_modelfs_pushes() {
+    let reg = Registry::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = reg.ca_path().to_path_buf();
+    let host = reg.host.clone();
+
+    // oras pushes a ModelPack-typed GGUF; modelfs pins and fetches it.
+    let bytes = gguf_bytes(2 * MIB + 1, 311);
+    let file = dir.path().join("weights.gguf");
+    std::fs::write(&file, &bytes).unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, br#"{"config":{"format":"gguf"}}"#).unwrap();
+    oras(
+        ORAS_PUSH,
+        &ca,
+        &[
+            &host,
+            ca.to_str().unwrap(),
+            &format!("{host}/oras/model:v1"),
+            file.to_str().unwrap(),
+            config.to_str().unwrap(),
+        ],
+    );
+    let ts = TestStore::new();
+    let mut c = cli(&ts, &reg, None);
+    c.args(["add", "fromoras", "--no-facts", "--oci"])
+        .arg(format!("{host}/oras/model:v1"));
+    ok(c);
+    let m = manifest(&ts, "fromoras");
+    assert_eq!(m.blob, Sha256::of(&bytes));
+    assert_eq!(m.source.filename, "weights.gguf", "oras's title annotation");
+    let mut c = cli(&ts, &reg, None);
+    c.args(["pull", "fromoras"]);
+    ok(c);
+    crate::fetch::assert_present(&ts, &m, &bytes);
+
+    // modelfs pushes it elsewhere; oras pulls the same bytes back.
+    let mut c = cli(&ts, &reg, None);
+    c.args(["push", "fromoras"])
+        .arg(format!("oci://{host}/modelfs/model:v1"));
+    ok(c);
+    let out = dir.path().join("pulled");
+    let text = oras(
+        ORAS_PULL,
+        &ca,
+        &[
+            &host,
+            ca.to_str().unwrap(),
+            &format!("{host}/modelfs/model:v1"),
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(text.contains("fromoras.gguf"), "{text}");
+    let pulled = std::fs::read(out.join("fromoras.gguf")).unwrap();
+    assert!(pulled == bytes, "oras pulls the bytes modelfs pushed");
+}
