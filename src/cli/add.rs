@@ -63,23 +63,42 @@ pub fn run(g: &Globals, a: &AddArgs) -> Result<(), CliError> {
     let name = parse_name(model_name(&a.name, &a.format))?;
     let store = g.store_for_writing()?;
     let fetcher = g.fetcher()?;
-    let (pin, oci_manifest) = match registry_reference(a)? {
+    let (pins, oci_manifest) = match registry_reference(a)? {
         Some(r) => {
             let OciPin {
-                pin,
+                pins,
                 manifest_digest,
-                layer,
+                layers,
             } = fetcher
                 .pin_oci(&r, name.as_str())
                 .map_err(|e| CliError::new(e.to_string()))?;
-            eprintln!("{name}: {r} is manifest {manifest_digest}, layer {layer}");
-            (pin, Some(manifest_digest))
+            for layer in &layers {
+                eprintln!("{name}: {r} is manifest {manifest_digest}, layer {layer}");
+            }
+            (pins, Some(manifest_digest))
         }
-        None => (resolve(&fetcher, a, &name)?, None),
+        None => (vec![resolve(&fetcher, a, &name)?], None),
     };
-    check_pin(&store, a, &name, &pin)?;
-    let facts = read_facts(&fetcher, a, &name, &pin);
-    write_pin(&store, a, &name, pin, facts, oci_manifest)
+    let names = member_names(&name, pins.len())?;
+    for (n, pin) in names.iter().zip(&pins) {
+        check_pin(&store, a, n, pin)?;
+    }
+    for (n, pin) in names.into_iter().zip(pins) {
+        let facts = read_facts(&fetcher, a, &n, &pin);
+        write_pin(&store, a, &n, pin, facts, oci_manifest)?;
+    }
+    Ok(())
+}
+
+/// `NAME` for one file; `NAME-0000k-of-0000N` for the shards of a split
+/// set (the names llama.cpp rebuilds from shard 1).
+fn member_names(name: &ModelName, n: usize) -> Result<Vec<ModelName>, CliError> {
+    if n == 1 {
+        return Ok(vec![name.clone()]);
+    }
+    (1..=n)
+        .map(|k| parse_name(&format!("{name}-{k:05}-of-{n:05}")))
+        .collect()
 }
 
 /// The registry reference `--oci` or `--ollama` names, if one does.

@@ -208,13 +208,14 @@ fn query_escape(s: &str) -> String {
         .collect()
 }
 
-/// A reference resolved to what a manifest pins.
+/// A reference resolved to what manifests pin: one GGUF layer, or the
+/// shards of a split set in order.
 #[derive(Debug)]
 pub struct OciPin {
-    pub pin: Pin,
-    /// The digest of the image manifest the layer is in.
+    pub pins: Vec<Pin>,
+    /// The digest of the image manifest the layers are in.
     pub manifest_digest: Sha256,
-    pub layer: Descriptor,
+    pub layers: Vec<Descriptor>,
 }
 
 /// Why a reference could not be pinned; nothing was added.
@@ -378,10 +379,11 @@ impl OciError {
 impl std::error::Error for OciError {}
 
 impl Fetcher {
-    /// Resolves `r` to its GGUF weight layer: the manifest (following an
-    /// index to its first image manifest), the layer, and the source to
-    /// record (registry, repository, tag, the layer's file name, and its
-    /// blob URL to fetch).
+    /// Resolves `r` to its GGUF weight layer (or the layers of a split
+    /// set, [`manifest::split_set`]): the manifest (following an index to
+    /// its first image manifest), the layers, and the source to record for
+    /// each (registry, repository, tag, the layer's file name, and its blob
+    /// URL to fetch).
     pub fn pin_oci(&self, r: &Reference, model: &str) -> Result<OciPin, OciError> {
         let fail = |kind| OciError {
             model: model.to_string(),
@@ -412,10 +414,13 @@ impl Fetcher {
                     expected = Some(next.digest);
                 }
                 Parsed::Image(layers) => {
+                    if let Some(set) = manifest::split_set(&layers) {
+                        return Ok(oci_pin(r, actual, set));
+                    }
                     let layer = manifest::weight_layer(&layers)
                         .map_err(|e| fail(OciErrorKind::Manifest(e)))?
                         .clone();
-                    return Ok(oci_pin(r, actual, layer));
+                    return Ok(oci_pin(r, actual, vec![layer]));
                 }
             }
         }
@@ -451,29 +456,40 @@ impl Fetcher {
     }
 }
 
-fn oci_pin(r: &Reference, manifest_digest: Sha256, layer: Descriptor) -> OciPin {
+fn oci_pin(r: &Reference, manifest_digest: Sha256, layers: Vec<Descriptor>) -> OciPin {
     let last = r.repo.rsplit('/').next().unwrap_or(&r.repo);
-    let filename = layer
-        .title
-        .clone()
-        .filter(|t| !t.contains('/') && !t.is_empty())
-        .unwrap_or_else(|| format!("{last}.gguf"));
-    let source = Source {
-        registry: r.registry.clone(),
-        repo: r.repo.clone(),
-        revision: r.tag.clone().unwrap_or_else(|| r.reference()),
-        filename,
-        url: Some(r.blob_url(&layer.digest)),
-    };
+    let n = layers.len();
+    let pins = layers
+        .iter()
+        .enumerate()
+        .map(|(i, layer)| {
+            let filename = layer
+                .title
+                .clone()
+                .filter(|t| !t.contains('/') && !t.is_empty())
+                .unwrap_or_else(|| match n {
+                    1 => format!("{last}.gguf"),
+                    _ => format!("{last}-{:05}-of-{n:05}.gguf", i + 1),
+                });
+            let source = Source {
+                registry: r.registry.clone(),
+                repo: r.repo.clone(),
+                revision: r.tag.clone().unwrap_or_else(|| r.reference()),
+                filename,
+                url: Some(r.blob_url(&layer.digest)),
+            };
+            Pin {
+                blob: layer.digest,
+                size: layer.size,
+                source,
+                note: None,
+            }
+        })
+        .collect();
     OciPin {
-        pin: Pin {
-            blob: layer.digest,
-            size: layer.size,
-            source,
-            note: None,
-        },
+        pins,
         manifest_digest,
-        layer,
+        layers,
     }
 }
 

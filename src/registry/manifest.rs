@@ -182,6 +182,46 @@ pub fn is_gguf_weight(d: &Descriptor) -> bool {
             .is_some_and(|n| n.to_ascii_lowercase().ends_with(".gguf"))
 }
 
+/// The GGUF weight layers of a manifest that form one split set, in
+/// shard order: Ollama model layers without titles (Ollama stores a split
+/// model's shards in order), or layers all titled
+/// `<stem>-0000k-of-0000N.gguf` with one of each `k` from 1 to `N`. `None`
+/// when the layers are not such a set (several quantizations, say).
+pub fn split_set(layers: &[Descriptor]) -> Option<Vec<Descriptor>> {
+    let weights: Vec<&Descriptor> = layers.iter().filter(|d| is_gguf_weight(d)).collect();
+    if weights.len() < 2 {
+        return None;
+    }
+    if weights
+        .iter()
+        .all(|d| d.media_type == OLLAMA_MODEL && d.title.is_none())
+    {
+        return Some(weights.into_iter().cloned().collect());
+    }
+    let n = weights.len();
+    let mut by_shard: Vec<Option<Descriptor>> = vec![None; n];
+    for d in weights {
+        let (k, of) = shard_of(d.title.as_deref()?)?;
+        if of != n || k == 0 || k > n || by_shard[k - 1].is_some() {
+            return None;
+        }
+        by_shard[k - 1] = Some(d.clone());
+    }
+    by_shard.into_iter().collect()
+}
+
+/// `x-00002-of-00003.gguf` → (2, 3).
+fn shard_of(title: &str) -> Option<(usize, usize)> {
+    let stem = title.strip_suffix(".gguf")?;
+    let (rest, of) = stem.rsplit_once("-of-")?;
+    let (_, k) = rest.rsplit_once('-')?;
+    let digits = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
+    if !(digits(k) && digits(of)) {
+        return None;
+    }
+    Some((k.parse().ok()?, of.parse().ok()?))
+}
+
 /// The one GGUF weight layer of an image manifest's layers.
 pub fn weight_layer(layers: &[Descriptor]) -> Result<&Descriptor, ManifestError> {
     let mut weights = layers.iter().filter(|d| is_gguf_weight(d));
@@ -319,6 +359,55 @@ mod tests {
             ],
         );
         assert!(matches!(pick(&two), Err(ManifestError::SeveralWeightLayers(v)) if v.len() == 2));
+    }
+
+    #[test]
+    fn shards_of_a_split_model_form_a_set_in_shard_order_but_other_ggufs_do_not() {
+        let desc = |c: char, media: &str, title: Option<&str>| Descriptor {
+            media_type: media.into(),
+            digest: Sha256::from_hex(&hex(c)).unwrap(),
+            size: 1,
+            title: title.map(str::to_string),
+        };
+        let titled = [
+            desc('b', MODELPACK_WEIGHT_RAW, Some("m-00002-of-00002.gguf")),
+            desc(
+                'd',
+                "application/vnd.cncf.model.doc.v1.raw",
+                Some("README.md"),
+            ),
+            desc('a', MODELPACK_WEIGHT_RAW, Some("m-00001-of-00002.gguf")),
+        ];
+        let set = split_set(&titled).unwrap();
+        assert_eq!(
+            set.iter()
+                .map(|d| d.title.clone().unwrap())
+                .collect::<Vec<_>>(),
+            ["m-00001-of-00002.gguf", "m-00002-of-00002.gguf"]
+        );
+        let ollama = [desc('a', OLLAMA_MODEL, None), desc('b', OLLAMA_MODEL, None)];
+        assert_eq!(split_set(&ollama).unwrap()[1].digest, ollama[1].digest);
+        for not_a_set in [
+            vec![
+                desc('a', MODELPACK_WEIGHT_RAW, Some("m-q4.gguf")),
+                desc('b', MODELPACK_WEIGHT_RAW, Some("m-q8.gguf")),
+            ],
+            vec![
+                desc('a', MODELPACK_WEIGHT_RAW, Some("m-00001-of-00003.gguf")),
+                desc('b', MODELPACK_WEIGHT_RAW, Some("m-00002-of-00003.gguf")),
+            ],
+            vec![
+                desc('a', MODELPACK_WEIGHT_RAW, Some("m-00001-of-00002.gguf")),
+                desc('b', MODELPACK_WEIGHT_RAW, Some("m-00001-of-00002.gguf")),
+            ],
+            vec![desc(
+                'a',
+                MODELPACK_WEIGHT_RAW,
+                Some("m-00001-of-00001.gguf"),
+            )],
+        ] {
+            assert_eq!(split_set(&not_a_set), None, "{not_a_set:?}");
+        }
     }
 
     #[test]

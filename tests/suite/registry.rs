@@ -1194,3 +1194,56 @@ fn oras_pushes_what_modelfs_pins_and_pulls_what_modelfs_pushes() {
     let pulled = std::fs::read(out.join("fromoras.gguf")).unwrap();
     assert!(pulled == bytes, "oras pulls the bytes modelfs pushed");
 }
+
+#[test]
+fn a_split_model_stored_as_several_layers_is_added_as_a_set() {
+    let reg = Registry::start(None);
+    let shards = [
+        gguf_bytes(MIB, 312),
+        gguf_bytes(MIB + 9, 313),
+        gguf_bytes(77, 314),
+    ];
+    let cfg = reg.push_blob("library/split", b"{}");
+    let layers: Vec<String> = shards
+        .iter()
+        .map(|b| {
+            let d = reg.push_blob("library/split", b);
+            format!(
+                r#"{{"mediaType":"application/vnd.ollama.image.model","digest":"{}","size":{}}}"#,
+                d.to_blob_ref(),
+                b.len()
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{}","size":2}},"layers":[{}]}}"#,
+        cfg.to_blob_ref(),
+        layers.join(",")
+    );
+    reg.push_manifest("library/split", "big", DOCKER_MANIFEST, body.as_bytes());
+    let ts = TestStore::new();
+    let mut c = cli(&ts, &reg, None);
+    c.args([
+        "add",
+        "sp",
+        "--no-facts",
+        "--ollama",
+        "split:big",
+        "--registry",
+    ])
+    .arg(&reg.host);
+    ok(c);
+    for (k, bytes) in shards.iter().enumerate() {
+        let name = format!("sp-{:05}-of-00003", k + 1);
+        let m = manifest(&ts, &name);
+        assert_eq!(m.blob, Sha256::of(bytes), "{name}");
+        assert_eq!(
+            m.source.filename,
+            format!("split-{:05}-of-00003.gguf", k + 1)
+        );
+        let mut c = cli(&ts, &reg, None);
+        c.args(["pull", &name]);
+        ok(c);
+        crate::fetch::assert_present(&ts, &m, bytes);
+    }
+}
