@@ -4,8 +4,8 @@
 # mount options OPTS), three rounds each. Needs nginx, docker-registry, openssl, curl.
 # Issue 17 goal: registry <= 1.05 x nginx. Works in /tmp/oci-bench (D).
 set -euo pipefail
-D=${D:-/tmp/oci-bench}; mkdir -p $D; cd $D
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/modelfs}
+D=${D:-/tmp/oci-bench}; mkdir -p $D; cd $D
 SIZE_MB=${SIZE_MB:-1024}
 if [ ! -f ca.pem ]; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=bench-ca 2>/dev/null
