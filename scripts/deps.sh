@@ -2,7 +2,8 @@
 # deps.sh [--test]: installs what modelfs needs on Debian/Ubuntu when it is
 # missing: fuse3 (fusermount3, mount.fuse3), attr (getfattr), openssl, python3
 # and curl; with --test also strace, mkfs.xfs and mkfs.ext4 (the import tests'
-# loop-mounted images) and the Python gguf reader the tests use.
+# loop-mounted images), docker-registry and htpasswd (apache2-utils) for the
+# registry tests, and the Python gguf reader and oras SDK the tests use.
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -17,6 +18,8 @@ if [ "${1:-}" = "--test" ]; then
   command -v strace >/dev/null || need+=(strace)
   command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
   command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+  [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+  command -v htpasswd >/dev/null || need+=(apache2-utils)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
@@ -27,4 +30,9 @@ if [ "${1:-}" = "--test" ] && ! python3 -c "import gguf, numpy" 2>/dev/null; the
   echo "installing the Python gguf reader (pip install gguf numpy)"
   python3 -m pip install -q gguf numpy 2>/dev/null \
     || python3 -m pip install -q --break-system-packages gguf numpy
+fi
+if [ "${1:-}" = "--test" ] && ! python3 -c "import oras.client" 2>/dev/null; then
+  echo "installing the Python oras SDK (pip install oras)"
+  python3 -m pip install -q oras 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages oras
 fi

@@ -18,6 +18,7 @@ pub mod fetch;
 pub mod fs;
 pub mod fuse;
 pub mod gguf;
+pub mod registry;
 pub mod serve;
 pub mod store;
 pub mod sys;

@@ -21,6 +21,8 @@ enum Command {
     Add(cli::add::AddArgs),
     /// Fetch models now, with progress
     Pull(cli::pull::PullArgs),
+    /// Publish a present model to an OCI registry as a ModelPack artifact
+    Push(cli::push::PushArgs),
     /// List the models in the store and their state
     Ls(cli::ls::LsArgs),
     /// What a model's GGUF header says and the memory it needs (no download)
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
     let result: Result<(), CliError> = match &cli.command {
         Command::Add(a) => cli::add::run(g, a),
         Command::Pull(a) => cli::pull::run(g, a),
+        Command::Push(a) => cli::push::run(g, a),
         Command::Ls(a) => cli::ls::run(g, a),
         Command::Info(a) => cli::info::run(g, a),
         Command::Verify(a) => cli::verify::run(g, a),

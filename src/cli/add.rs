@@ -1,12 +1,17 @@
 //! `modelfs add`: pin a model by writing a pending manifest. Downloads
 //! nothing but, at most, one `HEAD` to learn the size or the digest
-//! (asked by `fetch::pin`). A shard of a split model
-//! (`X-0000k-of-0000N.gguf`) pins its whole set instead (`add_set`).
+//! (asked by `fetch::pin`), or a registry's manifest (`--oci`, `--ollama`,
+//! asked by `fetch::oci`), and the GGUF header by `Range`. A shard of a
+//! split model (`X-0000k-of-0000N.gguf`) pins its whole set instead
+//! (`add_set`).
 
 use crate::digest::Sha256;
 use crate::fetch::Fetcher;
+use crate::fetch::oci::OciPin;
 use crate::fetch::pin::{Pin, PinError, url_source};
 use crate::gguf::Facts;
+use crate::registry::Reference;
+use crate::registry::reference::OLLAMA_REGISTRY;
 use crate::store::manifest::{MAX_SIZE_BYTES, validate_format};
 use crate::store::{BlobState, Manifest, ModelName, Store};
 use crate::text::{human_bytes, human_count, redact_url};
@@ -14,7 +19,7 @@ use crate::text::{human_bytes, human_count, redact_url};
 use super::{CliError, Globals, parse_name};
 
 #[derive(Debug, clap::Args)]
-#[command(group = clap::ArgGroup::new("origin").required(true).args(["url", "hf"]))]
+#[command(group = clap::ArgGroup::new("origin").required(true).args(["url", "hf", "oci", "ollama"]))]
 pub struct AddArgs {
     /// Model name (ASCII letters, digits, '.', '-', '_'); the mount shows NAME.FORMAT
     pub name: String,
@@ -31,6 +36,15 @@ pub struct AddArgs {
     /// A Hugging Face file: OWNER/REPO/FILE[@REVISION]; digest and size come from the Hub
     #[arg(long, value_name = "OWNER/REPO/FILE[@REV]", conflicts_with_all = ["url", "sha256"])]
     pub hf: Option<String>,
+    /// An OCI registry artifact (ModelPack, Docker model): its GGUF layer is pinned
+    #[arg(long, value_name = "REGISTRY/REPO[:TAG|@sha256:HEX]", conflicts_with_all = ["url", "sha256", "size"])]
+    pub oci: Option<String>,
+    /// An Ollama model (in the library/ namespace unless one is named)
+    #[arg(long, value_name = "MODEL[:TAG]", conflicts_with_all = ["url", "sha256", "size"])]
+    pub ollama: Option<String>,
+    /// The registry --ollama asks
+    #[arg(long, value_name = "HOST[:PORT]", requires = "ollama", default_value = OLLAMA_REGISTRY)]
+    pub registry: String,
     /// File format, also the extension in the mount
     #[arg(long, default_value = "gguf")]
     pub format: String,
@@ -58,10 +72,52 @@ pub fn run(g: &Globals, a: &AddArgs) -> Result<(), CliError> {
     let name = parse_name(given)?;
     let store = g.store_for_writing()?;
     let fetcher = g.fetcher()?;
-    let pin = resolve(&fetcher, a, &name)?;
-    check_pin(&store, a, &name, &pin)?;
-    let facts = read_facts(&fetcher, a, &name, &pin);
-    write_pin(&store, a, &name, pin, facts)
+    let (pins, oci_manifest) = match registry_reference(a)? {
+        Some(r) => {
+            let OciPin {
+                pins,
+                manifest_digest,
+                layers,
+            } = fetcher
+                .pin_oci(&r, name.as_str())
+                .map_err(|e| CliError::new(e.to_string()))?;
+            for layer in &layers {
+                eprintln!("{name}: {r} is manifest {manifest_digest}, layer {layer}");
+            }
+            (pins, Some(manifest_digest))
+        }
+        None => (vec![resolve(&fetcher, a, &name)?], None),
+    };
+    let names = member_names(&name, pins.len())?;
+    for (n, pin) in names.iter().zip(&pins) {
+        check_pin(&store, a, n, pin)?;
+    }
+    for (n, pin) in names.into_iter().zip(pins) {
+        let facts = read_facts(&fetcher, a, &n, &pin);
+        write_pin(&store, a, &n, pin, facts, oci_manifest)?;
+    }
+    Ok(())
+}
+
+/// `NAME` for one file; `NAME-0000k-of-0000N` for the shards of a split
+/// set (the names llama.cpp rebuilds from shard 1).
+fn member_names(name: &ModelName, n: usize) -> Result<Vec<ModelName>, CliError> {
+    if n == 1 {
+        return Ok(vec![name.clone()]);
+    }
+    (1..=n)
+        .map(|k| parse_name(&format!("{name}-{k:05}-of-{n:05}")))
+        .collect()
+}
+
+/// The registry reference `--oci` or `--ollama` names, if one does.
+fn registry_reference(a: &AddArgs) -> Result<Option<Reference>, CliError> {
+    let r = match (&a.oci, &a.ollama) {
+        (Some(oci), _) => Reference::parse(oci),
+        (None, Some(model)) => Reference::ollama(model, &a.registry),
+        (None, None) => return Ok(None),
+    };
+    r.map(Some).map_err(|e| CliError::new(e.to_string()))
 }
 
 /// The model's facts from its GGUF header, read by Range requests; `None`
@@ -140,7 +196,7 @@ fn resolve(fetcher: &Fetcher, a: &AddArgs, name: &ModelName) -> Result<Pin, CliE
                 note: None,
             })
         }
-        (None, None) => unreachable!("clap requires --url or --hf"),
+        (None, None) => unreachable!("clap requires an origin"),
     }
 }
 
@@ -201,6 +257,7 @@ pub(super) fn write_pin(
     name: &ModelName,
     pin: Pin,
     facts: Option<Facts>,
+    oci_manifest: Option<Sha256>,
 ) -> Result<(), CliError> {
     let (blob, size) = (pin.blob, pin.size);
     let _lock = store
@@ -211,6 +268,11 @@ pub(super) fn write_pin(
     let mut manifest = Manifest::new(name.clone(), &a.format, blob, size, pin.source);
     manifest.license = a.license.clone();
     manifest.gguf = facts.map(std::sync::Arc::new);
+    if let Some(d) = oci_manifest {
+        // The image manifest the layer was found in: which artifact this
+        // pin is, whatever the tag points at later.
+        manifest.set_source_field("oci_manifest", &d.to_blob_ref());
+    }
     if let Some(old) = store.read_manifest(name)? {
         if old.blob == blob {
             println!("{name} already pins {}; nothing to do", blob.short());

@@ -61,7 +61,7 @@ pub fn run(g: &Globals, a: &AddArgs, name: &str, shard: ShardName) -> Result<(),
     );
     for (n, p) in names.iter().zip(pins) {
         let facts = read_facts(&fetcher, a, n, &p);
-        write_pin(&store, a, n, p, facts)?;
+        write_pin(&store, a, n, p, facts, None)?;
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ pub mod mountpoint;
 pub mod pin;
 pub mod progress_view;
 pub mod pull;
+pub mod push;
 pub mod rm;
 pub mod room;
 pub mod serve;

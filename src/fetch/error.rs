@@ -277,6 +277,16 @@ impl FetchError {
 
     /// What the user can do about it.
     pub fn hint(&self) -> &'static str {
+        if let FetchErrorKind::Status {
+            code: 401 | 403, ..
+        } = self.kind
+            && self
+                .url
+                .as_deref()
+                .is_some_and(|u| super::oci::registry_target(u).is_some())
+        {
+            return "the registry refused access: log in (docker login / podman login REGISTRY, or an auths entry in $REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json or ~/.docker/config.json)";
+        }
         if let Some(h) = self.kind.refusal_hint() {
             return h;
         }

@@ -6,7 +6,9 @@
 //! to requests whose host and port are the Hugging Face endpoint's and never
 //! forwarded to the host a redirect leads to (CDNs get signed URLs instead);
 //! another port of the same host is another service, as for browsers and
-//! curl, so it gets no token either;
+//! curl, so it gets no token either; a registry's `401` challenge is
+//! answered once per hop by [`super::oci::RegistryAuth`], whose grants are
+//! bound the same way (to the registry's host, port and repository);
 //! trust is the system's roots (`SSL_CERT_FILE`, else the Debian bundle,
 //! else the bundled Mozilla roots) plus an optional CA file; proxies come
 //! from `HTTPS_PROXY`/`ALL_PROXY`/`NO_PROXY`; a read that gets no byte for
@@ -21,6 +23,7 @@ use ureq::http::{HeaderMap, Response, Uri};
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
 use super::error::FetchErrorKind;
+use super::oci::RegistryAuth;
 
 /// The Hugging Face endpoint; `HF_ENDPOINT` overrides it (mirrors, tests).
 pub const DEFAULT_HF_ENDPOINT: &str = "https://huggingface.co";
@@ -154,6 +157,7 @@ pub struct Http {
     agent: Agent,
     config: HttpConfig,
     hf_origin: Option<(String, u16)>,
+    registry: RegistryAuth,
 }
 
 impl Http {
@@ -182,11 +186,29 @@ impl Http {
             agent,
             config,
             hf_origin,
+            registry: RegistryAuth::default(),
         })
     }
 
     pub fn config(&self) -> &HttpConfig {
         &self.config
+    }
+
+    /// The registry credentials and tokens this transport uses.
+    pub fn registry_auth(&self) -> &RegistryAuth {
+        &self.registry
+    }
+
+    /// `GET url` with `Accept: accept` (a registry manifest), following
+    /// redirects.
+    pub fn get_accepting(&self, url: &str, accept: &str) -> Result<Fetched, FetchErrorKind> {
+        self.send(url, |agent, hop| {
+            let mut req = agent.get(hop).header("Accept", accept);
+            if let Some(auth) = self.auth_for(hop) {
+                req = req.header("Authorization", auth);
+            }
+            req.call()
+        })
     }
 
     /// `GET url` from byte `from` on (a `Range` request when `from > 0`),
@@ -230,6 +252,32 @@ impl Http {
         })
     }
 
+    /// `method url` with `headers` and the body `body` makes (anew for
+    /// each try: a registry's `401` is answered and the request tried
+    /// again), not following redirects: a registry upload's `Location` is
+    /// where its caller goes on.
+    pub fn request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        body: &dyn Fn() -> std::io::Result<ureq::SendBody<'static>>,
+    ) -> Result<Fetched, FetchErrorKind> {
+        require_https(url)?;
+        let call = |agent: &Agent, hop: &str| {
+            let mut b = ureq::http::Request::builder().method(method).uri(hop);
+            for (k, v) in headers {
+                b = b.header(*k, v.as_str());
+            }
+            if let Some(auth) = self.auth_for(hop) {
+                b = b.header("Authorization", auth);
+            }
+            agent.run(b.body(body().map_err(ureq::Error::Io)?)?)
+        };
+        let resp = self.call_answering(url, &call)?;
+        Ok(into_fetched(resp, url))
+    }
+
     /// `HEAD url`; follows redirects only when `follow` is set (Hugging
     /// Face puts the file's digest on the first, redirecting answer).
     pub fn head(&self, url: &str, follow: bool) -> Result<Fetched, FetchErrorKind> {
@@ -244,16 +292,35 @@ impl Http {
             self.send(url, one)
         } else {
             require_https(url)?;
-            let resp = one(&self.agent, url).map_err(|e| classify_ureq(e, url))?;
+            let resp = self.call_answering(url, &one)?;
             Ok(into_fetched(resp, url))
         }
     }
 
-    /// The `Authorization` header for this exact URL, if any.
+    /// The `Authorization` header for this exact URL, if any: the Hugging
+    /// Face token for the Hub's origin, else what a registry granted for
+    /// this URL's registry and repository.
     fn auth_for(&self, url: &str) -> Option<String> {
-        let token = self.config.hf_token.as_ref()?;
-        let origin = origin_of(url)?;
-        (Some(&origin) == self.hf_origin.as_ref()).then(|| format!("Bearer {token}"))
+        if let Some(token) = &self.config.hf_token
+            && origin_of(url).is_some_and(|o| Some(&o) == self.hf_origin.as_ref())
+        {
+            return Some(format!("Bearer {token}"));
+        }
+        self.registry.authorization(url)
+    }
+
+    /// One request to `hop`, repeated once when it was a registry's `401`
+    /// whose challenge got a new credential.
+    fn call_answering(
+        &self,
+        hop: &str,
+        call: &impl Fn(&Agent, &str) -> Result<Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Response<ureq::Body>, FetchErrorKind> {
+        let resp = call(&self.agent, hop).map_err(|e| classify_ureq(e, hop))?;
+        if resp.status().as_u16() == 401 && self.registry.answer(&self.agent, hop, resp.headers()) {
+            return call(&self.agent, hop).map_err(|e| classify_ureq(e, hop));
+        }
+        Ok(resp)
     }
 
     fn send(
@@ -264,7 +331,7 @@ impl Http {
         let mut hop = url.to_string();
         for _ in 0..=MAX_REDIRECTS {
             require_https(&hop)?;
-            let resp = call(&self.agent, &hop).map_err(|e| classify_ureq(e, &hop))?;
+            let resp = self.call_answering(&hop, &call)?;
             let status = resp.status().as_u16();
             if !matches!(status, 301 | 302 | 303 | 307 | 308) {
                 return Ok(into_fetched(resp, &hop));
@@ -325,7 +392,7 @@ fn origin_of(url: &str) -> Option<(String, u16)> {
 }
 
 /// Resolves a `Location` against the URL that sent it.
-fn resolve_location(base: &str, location: &str) -> Result<String, FetchErrorKind> {
+pub(super) fn resolve_location(base: &str, location: &str) -> Result<String, FetchErrorKind> {
     if location.contains("://") {
         return Ok(location.to_string());
     }

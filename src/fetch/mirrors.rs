@@ -5,7 +5,10 @@
 //! as good as the origin and none needs to be trusted: the digest check
 //! decides. A mirror `https://host/base` is a store directory served over
 //! HTTPS (another host's store behind nginx, or `modelfs serve`): the blob
-//! `D` is `<base>/blobs/sha256/<aa>/<hex>/data`.
+//! `D` is `<base>/blobs/sha256/<aa>/<hex>/data`. A mirror
+//! `oci://REGISTRY/REPO` is a repository of an OCI registry (a
+//! pull-through cache, Harbor, Spegel, Kraken): the blob `D` is
+//! `https://REGISTRY/v2/REPO/blobs/sha256:<hex>`.
 //!
 //! Failover: a mirror that fails for a reason of its own (refused, timed
 //! out, 404, stalled, cut off) is skipped for [`BAD_FOR`] by every fetch
@@ -19,8 +22,10 @@
 //! usual stall timeout to answer, since a pull-through mirror (`modelfs
 //! serve`) fetches and verifies a pinned blob before its first byte.
 //!
-//! Credentials: none. A mirror gets no `Authorization` header (the Hugging
-//! Face token goes only to the Hub's host, [`super::http`]).
+//! Credentials: an `https://` mirror gets no `Authorization` header (the
+//! Hugging Face token goes only to the Hub's host, [`super::http`]); an
+//! `oci://` mirror gets what its registry's token flow grants for that
+//! repository ([`super::oci`]), like any registry source.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -43,8 +48,11 @@ pub const MIRROR_RETRY_FOR: Duration = Duration::from_secs(5);
 /// settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mirror {
-    /// `https://host[:port][/path]`, without a trailing `/`.
+    /// `https://host[:port][/path]`, without a trailing `/`; for an OCI
+    /// repository `https://REGISTRY/v2/REPO`.
     base: String,
+    /// An `oci://` mirror: blobs are `<base>/blobs/sha256:<hex>`.
+    oci: bool,
 }
 
 /// Why a mirror's address was refused.
@@ -58,7 +66,8 @@ impl fmt::Display for MirrorError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "mirror {:?}: {} (a mirror is https://HOST[:PORT][/PATH] of a store directory)",
+            "mirror {:?}: {} (a mirror is https://HOST[:PORT][/PATH] of a store directory, \
+             or oci://REGISTRY/REPO of a registry)",
             self.given, self.why
         )
     }
@@ -73,8 +82,8 @@ impl Mirror {
             given: given.to_string(),
             why,
         };
-        if given.starts_with("oci://") {
-            return Err(err("OCI registries as mirrors are not supported yet"));
+        if let Some(rest) = given.strip_prefix("oci://") {
+            return Self::parse_oci(given, rest.trim_end_matches('/'));
         }
         let Some(rest) = given.strip_prefix("https://") else {
             return Err(err("only https:// mirrors are used"));
@@ -88,6 +97,27 @@ impl Mirror {
         }
         Ok(Self {
             base: given.trim_end_matches('/').to_string(),
+            oci: false,
+        })
+    }
+
+    /// `oci://REGISTRY/REPO` (no tag, no digest: blobs are asked by digest).
+    fn parse_oci(given: &str, rest: &str) -> Result<Self, MirrorError> {
+        let err = |why| MirrorError {
+            given: given.to_string(),
+            why,
+        };
+        let r = crate::registry::Reference::parse(rest).map_err(|_| {
+            err("it is not oci://REGISTRY/REPO (an explicit registry host, a lowercase repository)")
+        })?;
+        if r.tag.is_some() || r.digest.is_some() {
+            return Err(err(
+                "an oci:// mirror names a repository, without a tag or digest",
+            ));
+        }
+        Ok(Self {
+            base: format!("https://{}/v2/{}", r.registry, r.repo),
+            oci: true,
         })
     }
 
@@ -101,6 +131,9 @@ impl Mirror {
 
     /// Where this mirror has blob `d`.
     pub fn blob_url(&self, d: &Sha256) -> String {
+        if self.oci {
+            return format!("{}/blobs/{}", self.base, d.to_blob_ref());
+        }
         let hex = d.to_hex();
         format!("{}/blobs/sha256/{}/{hex}/data", self.base, &hex[..2])
     }
@@ -112,6 +145,13 @@ impl Mirror {
 
 impl fmt::Display for Mirror {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.oci {
+            let repo = self
+                .base
+                .trim_start_matches("https://")
+                .replacen("/v2/", "/", 1);
+            return write!(f, "oci://{repo}");
+        }
         f.write_str(&redact_url(&self.base))
     }
 }
@@ -201,6 +241,8 @@ mod tests {
             "https://peer/x?token=1",
             "ftp://peer",
             "oci://registry/repo",
+            "oci://reg.example/repo:tag",
+            "oci://reg.example/Repo",
         ] {
             let e = Mirror::parse(bad).unwrap_err();
             assert!(e.to_string().contains("https://HOST"), "{e}");
@@ -208,6 +250,25 @@ mod tests {
         let list = Mirror::parse_list("https://a, https://b/c\nhttps://d").unwrap();
         assert_eq!(list.len(), 3);
         assert!(Mirror::parse_list("https://a,http://b").is_err());
+    }
+
+    #[test]
+    fn an_oci_mirror_is_a_registry_repository_asked_for_blobs_by_digest() {
+        let m = Mirror::parse("oci://Cache.example:5000/models/shared/").unwrap();
+        assert_eq!(
+            m.blob_url(&digest()),
+            format!(
+                "https://cache.example:5000/v2/models/shared/blobs/sha256:{}",
+                "ab".repeat(32)
+            )
+        );
+        assert_eq!(m.to_string(), "oci://cache.example:5000/models/shared");
+        assert_eq!(
+            Mirror::parse_list("oci://r.example/a,https://b")
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]

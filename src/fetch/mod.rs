@@ -7,7 +7,8 @@
 //! same over several connections with byte ranges scheduled by `ranges`;
 //! `retry` and `progress` are its policy and its reporting; `pin` resolves
 //! a Hugging Face file to what a manifest pins; `mirrors` are the
-//! digest-addressed servers asked before a manifest's own source. Nothing here knows about
+//! digest-addressed servers asked before a manifest's own source; `oci`
+//! speaks to OCI registries (their token flow, resolving a reference). Nothing here knows about
 //! FUSE; nothing in `store` knows about HTTP.
 
 mod download;
@@ -15,6 +16,8 @@ pub mod error;
 pub mod head;
 pub mod http;
 pub mod mirrors;
+pub mod oci;
+pub mod oci_push;
 mod parallel;
 pub mod pin;
 pub mod pipeline;

@@ -283,6 +283,27 @@ impl Manifest {
         out
     }
 
+    /// An optional string field of `source` that [`Source`] has no member
+    /// for (a source kind's own: `oci_manifest`), as read or set.
+    pub fn source_field(&self, key: &str) -> Option<&str> {
+        self.raw.as_deref()?.get("source")?.get(key)?.as_str()
+    }
+
+    /// Sets such a field; it is written with the manifest and kept by
+    /// other tools like any field they do not know.
+    pub fn set_source_field(&mut self, key: &str, value: &str) {
+        if self.raw.is_none() {
+            // The fields in the schema's order, then this one.
+            if let Ok(Value::Object(m)) = serde_json::from_slice(&self.to_json_bytes()) {
+                self.raw = Some(Box::new(m));
+            }
+        }
+        let raw = self.raw.get_or_insert_with(Box::default);
+        if let Some(Value::Object(src)) = raw.get_mut("source") {
+            src.insert(key.into(), value.into());
+        }
+    }
+
     /// The URL to fetch the blob from; see [`Source::fetch_url`].
     pub fn fetch_url(&self) -> Option<String> {
         self.source.fetch_url()
@@ -412,6 +433,23 @@ mod tests {
         assert_eq!(
             example().fetch_url().unwrap(),
             "https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct-GGUF/resolve/main/qwen2.5-0.5b-instruct-q4_k_m.gguf"
+        );
+    }
+
+    #[test]
+    fn a_source_field_of_a_new_kind_is_written_and_read_back() {
+        let name = ModelName::parse("m").unwrap();
+        let blob = Sha256::from_hex(&"ab".repeat(32)).unwrap();
+        let mut m = Manifest::new(name, "gguf", blob, 5, Source::default());
+        assert_eq!(m.source_field("oci_manifest"), None);
+        m.set_source_field("oci_manifest", "sha256:00");
+        let back = Manifest::parse(&m.to_json_bytes(), "m").unwrap();
+        assert_eq!(back.source_field("oci_manifest"), Some("sha256:00"));
+        assert_eq!(back, m);
+        let text = String::from_utf8(m.to_json_bytes()).unwrap();
+        assert!(
+            text.find("schema_version") < text.find("oci_manifest"),
+            "{text}"
         );
     }
 

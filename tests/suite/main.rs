@@ -33,5 +33,6 @@ mod mount_open;
 mod mount_system;
 mod origin_selftest;
 mod quota;
+mod registry;
 mod serve;
 mod split_models;
