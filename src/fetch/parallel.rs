@@ -152,8 +152,11 @@ impl Fetcher {
     ) -> Result<Parallel, (FetchErrorKind, u32)> {
         let store_err = |e| (FetchErrorKind::Store(e), 0);
         let (size, start, max) = (d.partial.size(), d.partial.offset(), self.connections());
-        let chunk = ((size - start) / (4 * max as u64)).clamp(2 << 20, 64 << 20);
+        // Ranges of up to half a connection's share: few requests (one
+        // round trip each) while much is left, shrinking towards the end.
+        let chunk = ((size - start) / (2 * max as u64)).clamp(2 << 20, 64 << 20);
         let mut ranges = Ranges::new(size, start, chunk);
+        ranges.share_among(max);
         for &(a, b) in d.partial.kept_pieces() {
             ranges.mark_done(a, b);
         }

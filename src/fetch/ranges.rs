@@ -3,8 +3,13 @@
 //!
 //! Plain types, no I/O. The blob `[0, size)` starts with a prefix that is
 //! already in the partial file and hashed (`start`). The rest is cut into
-//! ranges of about `chunk` bytes, handed out lowest first so that the
+//! ranges of at most `chunk` bytes, handed out lowest first so that the
 //! contiguous prefix, which the hasher follows, grows as the bytes arrive.
+//! Shared among `n` connections ([`Ranges::share_among`]), a range is at
+//! most half of each connection's share of what is left, so the last
+//! ranges shrink towards [`MIN_SPLIT`] and the connections finish about
+//! together: splitting a range late costs the bytes its server already
+//! had in flight, and a new connection.
 //! A worker reports each write; a range whose worker failed goes back to
 //! the pool from the first byte it did not write. When nothing is left to
 //! hand out, an idle worker takes the upper half of the in-flight range
@@ -47,6 +52,8 @@ pub struct Ranges {
     /// Written: disjoint `start → end`, adjacent ones merged.
     done: BTreeMap<u64, u64>,
     next_id: u64,
+    /// Connections the rest is shared among (0: ranges of `chunk`).
+    share: u64,
 }
 
 impl Ranges {
@@ -64,7 +71,13 @@ impl Ranges {
             active: BTreeMap::new(),
             done,
             next_id: 0,
+            share: 0,
         }
+    }
+
+    /// Sizes new ranges for `n` connections (see the module doc).
+    pub fn share_among(&mut self, n: usize) {
+        self.share = n as u64;
     }
 
     /// Marks `[start, end)` as already written (kept from an earlier run).
@@ -92,7 +105,19 @@ impl Ranges {
             (s, e2)
         } else if self.next < self.size {
             let s = self.next;
-            let e = (s + self.chunk).min(self.size);
+            let e = match self.share {
+                0 => (s + self.chunk).min(self.size),
+                n => {
+                    let left = self.size - s;
+                    let len = (left / (2 * n)).clamp(MIN_SPLIT, self.chunk.max(MIN_SPLIT));
+                    // No range smaller than a split is left behind.
+                    if left - len.min(left) < MIN_SPLIT {
+                        self.size
+                    } else {
+                        s + len
+                    }
+                }
+            };
             self.next = e;
             (s, e)
         } else {
@@ -271,6 +296,21 @@ mod tests {
         assert_eq!(r.wrote(a.id, 6 * M), None);
         assert_eq!(r.frontier(), 5 * M);
         assert_eq!(r.wrote(s.id, 8 * M), None);
+        assert!(r.complete());
+    }
+
+    #[test]
+    fn shared_among_connections_the_last_ranges_shrink_so_they_end_together() {
+        let mut r = Ranges::new(256 * M, 0, 8 * M);
+        r.share_among(8);
+        let mut sizes = Vec::new();
+        while let Some(x) = r.take() {
+            sizes.push((x.end - x.start) / M);
+            r.wrote(x.id, x.end);
+        }
+        assert_eq!(&sizes[..4], [8, 8, 8, 8], "large while much is left");
+        assert!(sizes.windows(2).all(|w| w[1] <= w[0]), "{sizes:?}");
+        assert!((2..4).contains(sizes.last().unwrap()), "{sizes:?}");
         assert!(r.complete());
     }
 
