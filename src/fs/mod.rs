@@ -330,16 +330,7 @@ impl ModelFs {
         if self.namespace.is_stale(&e, found.file_id()) {
             return done(Err(FsError::Stale));
         }
-        // A fetch may use every manifest of its digest: the namespace
-        // holds them all, parsed (listing the store's would parse them all
-        // again, 2 s at 100,000 models).
-        let ns = &self.namespace;
-        let pinned_by = || {
-            ns.manifests_of(&e.manifest.blob)
-                .iter()
-                .map(|m| (**m).clone())
-                .collect()
-        };
+        let pinned_by = || self.manifests_pinning(&e.manifest.blob);
         let want = Want {
             manifest: &e.manifest,
             caller,
@@ -350,6 +341,18 @@ impl ModelFs {
         self.coordinator.open(found, want, answer);
         // After the shard's own job, so that it is queued first.
         self.start_siblings(&e.manifest);
+    }
+
+    /// Every manifest of digest `d`, the sources a fetch of it may use:
+    /// the namespace holds them all, parsed (listing the store's would
+    /// parse them all again, 2 s at 100,000 models). Asked only when a
+    /// fetch job is created.
+    fn manifests_pinning(&self, d: &crate::digest::Sha256) -> Vec<crate::store::Manifest> {
+        self.namespace
+            .manifests_of(d)
+            .iter()
+            .map(|m| (**m).clone())
+            .collect()
     }
 
     /// The completion of an open of `e`: a handle on the coordinator's

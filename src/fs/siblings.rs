@@ -21,18 +21,18 @@ impl ModelFs {
         let Some(shard) = ShardName::parse(m.name.as_str()) else {
             return;
         };
-        let ns = &self.namespace;
         for k in (1..=shard.count).filter(|&k| k != shard.index) {
             let file = format!("{}.{}", shard.sibling(k), m.format);
-            let Some(sibling) = ns.lookup(&file) else {
+            // A sibling the mount knows is present costs nothing more: this
+            // runs on the request thread for every open of a shard, and
+            // once a set is fetched every one of them is present.
+            let Some(sibling) = self.namespace.lookup(&file) else {
                 continue;
             };
-            let pinned_by = || {
-                ns.manifests_of(&sibling.manifest.blob)
-                    .iter()
-                    .map(|m| (**m).clone())
-                    .collect()
-            };
+            if sibling.present_size.is_some() {
+                continue;
+            }
+            let pinned_by = || self.manifests_pinning(&sibling.manifest.blob);
             self.coordinator.prefetch(&sibling.manifest, &pinned_by);
         }
     }
