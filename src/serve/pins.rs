@@ -10,11 +10,14 @@ use parking_lot::Mutex;
 use crate::digest::Sha256;
 use crate::store::{Manifest, Store};
 
+type ByDigest = HashMap<Sha256, Vec<Manifest>>;
+
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Pins {
     store: Store,
-    seen: Mutex<(HashMap<Sha256, Manifest>, Option<Instant>)>,
+    /// Every manifest of each digest, as last scanned, and when.
+    seen: Mutex<(ByDigest, Option<Instant>)>,
 }
 
 impl Pins {
@@ -27,35 +30,29 @@ impl Pins {
 
     /// A manifest that pins `d`, if one does; blocks on a scan.
     pub fn manifest_of(&self, d: &Sha256) -> Option<Manifest> {
+        self.all_of(d).into_iter().next()
+    }
+
+    /// Every manifest that pins `d` (the sources a fetch may use), from
+    /// the last scan, or a new one (see the module doc).
+    pub fn all_of(&self, d: &Sha256) -> Vec<Manifest> {
         let mut seen = self.seen.lock();
-        if let Some(m) = seen.0.get(d) {
-            return Some(m.clone());
+        if let Some(ms) = seen.0.get(d) {
+            return ms.clone();
         }
         if seen.1.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
-            return None;
+            return Vec::new();
         }
-        let mut map = HashMap::new();
+        let mut map = ByDigest::new();
         match self.store.list_manifests() {
             Ok(list) => {
                 for m in list.into_iter().flatten() {
-                    map.entry(m.blob).or_insert(m);
+                    map.entry(m.blob).or_default().push(m);
                 }
             }
             Err(e) => log::warn!("serve: cannot list the store's manifests: {e}"),
         }
         *seen = (map, Some(Instant::now()));
-        seen.0.get(d).cloned()
-    }
-
-    /// Every manifest that pins `d` (the sources a fetch may use).
-    pub fn all_of(&self, d: &Sha256) -> Vec<Manifest> {
-        match self.store.list_manifests() {
-            Ok(list) => list
-                .into_iter()
-                .flatten()
-                .filter(|m| m.blob == *d)
-                .collect(),
-            Err(_) => Vec::new(),
-        }
+        seen.0.get(d).cloned().unwrap_or_default()
     }
 }
