@@ -113,7 +113,8 @@ pub fn settings_mirrors(store: &Store) -> Result<Vec<Mirror>, CliError> {
 }
 
 /// A fetcher with an optional stall timeout override, asking `mirrors`
-/// and then those of `MODELFS_MIRRORS` before each manifest's source.
+/// and then those of `MODELFS_MIRRORS` (each once) before each manifest's
+/// source.
 pub fn fetcher_with(
     mut cfg: HttpConfig,
     stall_timeout: Option<Duration>,
@@ -123,14 +124,18 @@ pub fn fetcher_with(
         cfg.stall_timeout = t;
     }
     if let Ok(list) = std::env::var("MODELFS_MIRRORS") {
-        let from_env = Mirror::parse_list(&list)
-            .map_err(|e| CliError::new(format!("MODELFS_MIRRORS: {e}")))?;
-        for m in from_env {
-            if !mirrors.contains(&m) {
-                mirrors.push(m);
-            }
-        }
+        mirrors.extend(
+            Mirror::parse_list(&list)
+                .map_err(|e| CliError::new(format!("MODELFS_MIRRORS: {e}")))?,
+        );
     }
+    // Each mirror once, where it first stands.
+    let mut seen = Vec::new();
+    mirrors.retain(|m| {
+        let first = !seen.contains(m);
+        seen.push(m.clone());
+        first
+    });
     let https = |e| CliError::new(format!("cannot set up HTTPS: {e}"));
     let mut fetcher = Fetcher::new(Http::new(cfg).map_err(https)?, RetryPolicy::default());
     if !mirrors.is_empty() {

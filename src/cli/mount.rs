@@ -317,11 +317,7 @@ fn build_fs(
         http.ca_file = opts.ca_file.clone();
     }
     let mut mirrors = opts.mirrors.clone();
-    for m in super::settings_mirrors(store)? {
-        if !mirrors.contains(&m) {
-            mirrors.push(m);
-        }
-    }
+    mirrors.extend(super::settings_mirrors(store)?);
     let mut fetcher = super::fetcher_with(http, opts.stall_timeout, mirrors)?;
     if let Some(d) = opts.retry_for {
         fetcher.set_retry_for(d);
