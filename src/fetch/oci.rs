@@ -469,7 +469,10 @@ fn oci_pin(r: &Reference, manifest_digest: Sha256, layers: Vec<Descriptor>) -> O
                 .filter(|t| !t.contains('/') && !t.is_empty())
                 .unwrap_or_else(|| match n {
                     1 => format!("{last}.gguf"),
-                    _ => format!("{last}-{:05}-of-{n:05}.gguf", i + 1),
+                    _ => format!(
+                        "{}.gguf",
+                        crate::store::set::ShardName::format(last, i as u32 + 1, n as u32)
+                    ),
                 });
             let source = Source {
                 registry: r.registry.clone(),

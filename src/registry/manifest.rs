@@ -210,16 +210,11 @@ pub fn split_set(layers: &[Descriptor]) -> Option<Vec<Descriptor>> {
     by_shard.into_iter().collect()
 }
 
-/// `x-00002-of-00003.gguf` → (2, 3).
+/// `x-00002-of-00003.gguf` → (2, 3), by the store's one reading of
+/// shard names (`store::set`, as llama.cpp prints them).
 fn shard_of(title: &str) -> Option<(usize, usize)> {
-    let stem = title.strip_suffix(".gguf")?;
-    let (rest, of) = stem.rsplit_once("-of-")?;
-    let (_, k) = rest.rsplit_once('-')?;
-    let digits = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
-    if !(digits(k) && digits(of)) {
-        return None;
-    }
-    Some((k.parse().ok()?, of.parse().ok()?))
+    let shard = crate::store::set::ShardName::parse(title.strip_suffix(".gguf")?)?;
+    Some((shard.index as usize, shard.count as usize))
 }
 
 /// The one GGUF weight layer of an image manifest's layers.
