@@ -14,6 +14,7 @@
 #   ROWS="1 3" RUNS=2 scripts/bench.sh 256   # a subset, while working on one row
 #   MOUNT_OPTS=connections=1 ROWS=4 scripts/bench.sh   # extra -o options for every mount
 #   MODELFS_BIN=/tmp/proto/target/release/modelfs scripts/bench.sh   # another build
+#   LOGS_TO=/tmp/bench-logs ROWS=12 scripts/bench.sh   # keep the daemons' and tools' logs
 #
 # Needs root (drop_caches, FUSE passthrough). Installs nginx, rclone, curl, aria2,
 # fuse3, attr, openssl and python3 with apt-get when they are missing. There
@@ -151,6 +152,7 @@ cleanup() {
   fi
   for ns in "${NETNS_MADE[@]}"; do ip netns del "$ns" 2>/dev/null; done
   [ -n "$REPORTING_WAS" ] && echo "$REPORTING_WAS" >"$REPORTING"
+  [ -n "${LOGS_TO:-}" ] && [ -d "$WORK/logs" ] && mkdir -p "$LOGS_TO" && cp -r "$WORK/logs/." "$LOGS_TO/"
   if grep -q " $WORK/" /proc/mounts; then
     echo "bench.sh: mounts under $WORK are still there; leaving $WORK" >&2
   else
