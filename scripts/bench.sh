@@ -152,7 +152,10 @@ cleanup() {
   fi
   for ns in "${NETNS_MADE[@]}"; do ip netns del "$ns" 2>/dev/null; done
   [ -n "$REPORTING_WAS" ] && echo "$REPORTING_WAS" >"$REPORTING"
-  [ -n "${LOGS_TO:-}" ] && [ -d "$WORK/logs" ] && mkdir -p "$LOGS_TO" && cp -r "$WORK/logs/." "$LOGS_TO/"
+  if [ -n "${LOGS_TO:-}" ] && [ -d "$WORK/logs" ]; then
+    mkdir -p "$LOGS_TO" && cp -r "$WORK/logs/." "$LOGS_TO/"
+    for l in "$WORK"/nginx*/access.log; do [ -f "$l" ] && cp "$l" "$LOGS_TO/$(basename "$(dirname "$l")")-access.log"; done
+  fi
   if grep -q " $WORK/" /proc/mounts; then
     echo "bench.sh: mounts under $WORK are still there; leaving $WORK" >&2
   else
@@ -303,7 +306,7 @@ events { worker_connections 1024; }
 http {
   $temp_paths
   default_type application/octet-stream;
-  log_format bench '\$request_method \$uri \$status \$body_bytes_sent \$request_time "\$http_range" "\$http_user_agent"';
+  log_format bench '\$request_method \$uri \$status \$body_bytes_sent \$request_time "\$http_range" "\$http_user_agent" \$connection \$connection_requests';
   access_log $NGX/access.log bench;
   sendfile on;
   keepalive_timeout 65;
@@ -763,7 +766,10 @@ fi
 # The link is netem's `delay WAN_DELAY_MS loss WAN_LOSS_PCT%` on the
 # origin's side; this kernel has no netem (CONFIG_NET_SCH_NETEM is not set),
 # so scripts/bench/delay_line.py does it in user space between a TUN device
-# in each namespace. No traffic leaves these namespaces; the delay line is
+# in each namespace, as a real-time process (chrt -f 10; WAN_CHRT overrides):
+# a real link has its own hardware, and a delay line that waits for a CPU
+# slows whichever client works harder (the one that hashes) more than the
+# link would. No traffic leaves these namespaces; the delay line is
 # killed and both namespaces are deleted on exit (cleanup).
 WAN_DELAY_MS=${WAN_DELAY_MS:-40}
 WAN_LOSS_PCT=${WAN_LOSS_PCT:-0.1}
@@ -776,7 +782,7 @@ wan_setup() {
   NS_C=modelfs-bench-$$-client
   ip netns add "$NS_O" && NETNS_MADE+=("$NS_O")
   ip netns add "$NS_C" && NETNS_MADE+=("$NS_C")
-  python3 scripts/bench/delay_line.py "$NS_C" "$c" "$NS_O" "$o" "$WAN_DELAY_MS" "$WAN_LOSS_PCT" \
+  ${WAN_CHRT:-chrt -f 10} python3 scripts/bench/delay_line.py "$NS_C" "$c" "$NS_O" "$o" "$WAN_DELAY_MS" "$WAN_LOSS_PCT" \
     "$ready" 2>"$WORK/logs/delay-line.log" &
   BG_PIDS+=("$!")
   for i in $(seq 50); do

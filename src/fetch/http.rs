@@ -140,6 +140,16 @@ impl Fetched {
             .map(Duration::from_secs)
     }
 
+    /// Ends a body whose bytes were all read, so that the agent keeps its
+    /// connection for the next request: ureq pools a connection only once
+    /// a read has returned 0, and a range reader stops at its last byte.
+    /// Without it every range of a parallel download paid a new TCP and
+    /// TLS handshake and a new slow start. Any other answer (a byte left,
+    /// an error) just lets the connection close when `self` is dropped.
+    pub fn finish(&mut self) {
+        let _ = self.read(&mut [0u8; 1]);
+    }
+
     /// Reads the body; errors are classified like transport errors.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, FetchErrorKind> {
         loop {

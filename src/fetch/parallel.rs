@@ -435,7 +435,14 @@ impl Fetcher {
                 sh.wake.notify_all();
                 match now {
                     Some(e) => end = e,
-                    None => return Ok(()),
+                    None => {
+                        // Finished; a range split under us leaves bytes
+                        // unread, and that connection closes.
+                        if pos == r.end {
+                            resp.finish();
+                        }
+                        return Ok(());
+                    }
                 }
             }
             match step {

@@ -6,7 +6,10 @@
 //! with one thread per connection. A second, plain-HTTP listener serves the same
 //! files (`Origin::http_url`).
 //!
-//! Every response carries `Connection: close`: one request per connection.
+//! Every response carries `Connection: close` (one request per connection),
+//! unless `Origin::set_keep_alive` asked for persistent connections: then a
+//! whole, cleanly sent answer keeps its connection for the next request, as
+//! nginx does.
 //! GET and HEAD are supported, with `Range: bytes=N-`, `bytes=N-M` and
 //! `bytes=-S` (206 + `Content-Range`, 416 when N >= length), `If-Range`,
 //! `Accept-Ranges: bytes`, `ETag`, `Last-Modified`. A path ending in `/` (or
@@ -357,6 +360,7 @@ struct Shared {
     next_conn_id: AtomicU64,
     open: Mutex<HashMap<u64, TcpStream>>,
     tls: Arc<rustls::ServerConfig>,
+    keep_alive: AtomicBool,
 }
 
 impl Shared {
@@ -394,6 +398,7 @@ impl Origin {
             next_conn_id: AtomicU64::new(0),
             open: Mutex::new(HashMap::new()),
             tls,
+            keep_alive: AtomicBool::new(false),
         });
         let https = TcpListener::bind("127.0.0.1:0").expect("bind https listener");
         let http = TcpListener::bind("127.0.0.1:0").expect("bind http listener");
@@ -569,6 +574,12 @@ impl Origin {
     /// Number of HTTP requests parsed (all paths, both listeners).
     pub fn total_requests(&self) -> u64 {
         self.shared.state.lock().total_requests
+    }
+
+    /// Keep each connection for the next request after a whole answer
+    /// (`Connection: keep-alive`), instead of one request per connection.
+    pub fn set_keep_alive(&self, on: bool) {
+        self.shared.keep_alive.store(on, Ordering::SeqCst);
     }
 
     /// Number of TCP connections accepted (both listeners), including ones
@@ -1141,7 +1152,8 @@ fn handle(shared: &Shared, mut stream: Stream) {
     for i in 0..plan.extra_headers {
         headers.push((format!("X-Filler-{i}"), "f".repeat(90)));
     }
-    if plan.keep_alive_then_close {
+    let keep = !plan.keep_alive_then_close && shared.keep_alive.load(Ordering::SeqCst);
+    if plan.keep_alive_then_close || keep {
         headers.push(("Connection".to_string(), "keep-alive".to_string()));
     }
     if write_head(&mut stream, code, headers, &extra, head).is_err() {
@@ -1149,6 +1161,9 @@ fn handle(shared: &Shared, mut stream: Stream) {
     }
     if head {
         drop(in_flight);
+        if keep {
+            return handle(shared, stream);
+        }
         stream.close_clean();
         return;
     }
@@ -1240,6 +1255,11 @@ fn handle(shared: &Shared, mut stream: Stream) {
         }
         stream.close_fin();
         return;
+    }
+    if keep && matches!(end_mode, End::Clean) && sent == declared {
+        // The whole answer went out: the next request may come on this
+        // connection.
+        return handle(shared, stream);
     }
     match end_mode {
         End::Clean => stream.close_clean(),
