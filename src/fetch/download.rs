@@ -44,10 +44,12 @@ impl Fetcher {
         d: &mut Download<'_>,
     ) -> Result<u64, (FetchErrorKind, u32)> {
         let policy: &RetryPolicy = self.policy();
-        let mut transferred = match self.in_ranges(url, d)? {
+        let (mut transferred, mut whole) = match self.in_ranges(url, d)? {
             Parallel::Done { received } => return Ok(received),
-            Parallel::Fallback { received, .. } => received,
-            Parallel::NotTried => 0,
+            Parallel::Fallback {
+                received, whole, ..
+            } => (received, whole),
+            Parallel::NotTried => (0, None),
         };
         let mut attempt = 0u32;
         let mut fruitless = 0u32;
@@ -57,7 +59,7 @@ impl Fetcher {
         loop {
             attempt += 1;
             let before = d.partial.offset();
-            let err = match self.attempt(url, d, &mut transferred) {
+            let err = match self.attempt(url, d, &mut transferred, whole.take()) {
                 Ok(()) => return Ok(transferred),
                 Err(FetchErrorKind::Stalled(_)) => {
                     FetchErrorKind::Stalled(self.http().config().stall_timeout)
@@ -150,18 +152,23 @@ impl Fetcher {
         Ok(outcome)
     }
 
-    /// One HTTP request, appending to the partial.
+    /// One HTTP request, appending to the partial; `answer`: one already
+    /// asked (the whole object a range probe got back).
     fn attempt(
         &self,
         url: &str,
         d: &mut Download<'_>,
         transferred: &mut u64,
+        answer: Option<Fetched>,
     ) -> Result<(), FetchErrorKind> {
         let p = &mut d.partial;
         if p.offset() == p.size() {
             return Ok(()); // a complete partial from an earlier run
         }
-        let mut resp = self.http().get(url, p.offset())?;
+        let mut resp = match answer {
+            Some(a) => a,
+            None => self.http().get(url, p.offset())?,
+        };
         check_answer(url, &resp, p)?;
         let config = self.http().config();
         let mut stream = Stream {

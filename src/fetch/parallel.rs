@@ -62,7 +62,16 @@ pub(super) enum Parallel {
     Done { received: u64 },
     /// Ranges cannot be used for this blob here (`why`); the partial holds
     /// what it held before, or nothing if the object changed under us.
-    Fallback { why: String, received: u64 },
+    /// `whole`: the probe's answer when the origin sent the whole object
+    /// (`200`) instead of a range, for the one stream to read, unread: a
+    /// second request would fetch it again, and a pull-through cache
+    /// (distribution's proxy) pulls it from its upstream once more for
+    /// every such request.
+    Fallback {
+        why: String,
+        received: u64,
+        whole: Option<Fetched>,
+    },
     /// Ranges were not tried: the rest is small, or one connection is
     /// allowed. The partial is as it was.
     NotTried,
@@ -167,7 +176,13 @@ impl Fetcher {
         };
         let (probe, validator) = match self.probe(url, first, size) {
             Ok(p) => p,
-            Err(why) => return Ok(Parallel::Fallback { why, received: 0 }),
+            Err((why, whole)) => {
+                return Ok(Parallel::Fallback {
+                    why,
+                    received: 0,
+                    whole,
+                });
+            }
         };
         let kept = d.partial.kept_pieces().to_vec();
         d.partial.record_prefix(start, &kept).map_err(store_err)?;
@@ -214,17 +229,28 @@ impl Fetcher {
     }
 
     /// Asks for the first range; the answer and the object's validator
-    /// when the rest can be fetched in ranges, otherwise why not.
-    fn probe(&self, url: &str, first: Range, size: u64) -> Result<(Fetched, String), String> {
+    /// when the rest can be fetched in ranges, otherwise why not, with the
+    /// answer if it is the whole object (`200`).
+    fn probe(
+        &self,
+        url: &str,
+        first: Range,
+        size: u64,
+    ) -> Result<(Fetched, String), (String, Option<Fetched>)> {
         let probe = self
             .http()
             .get_range(url, first.start, first.end, None)
-            .map_err(|e| format!("the first range failed ({e})"))?;
-        usable_probe(&probe, first, size)?;
-        let validator = probe
-            .validator()
-            .ok_or("the origin names no version (no ETag or Last-Modified)")?;
-        Ok((probe, validator))
+            .map_err(|e| (format!("the first range failed ({e})"), None))?;
+        if let Err(why) = usable_probe(&probe, first, size) {
+            return Err((why, (probe.status == 200).then_some(probe)));
+        }
+        match probe.validator() {
+            Some(v) => Ok((probe, v)),
+            None => Err((
+                "the origin names no version (no ETag or Last-Modified)".into(),
+                None,
+            )),
+        }
     }
 
     /// The steering loop: keeps `target` workers running while there is
@@ -589,7 +615,11 @@ fn settle(
             failures,
         )),
         Some(End::Failed(kind)) => Err((kind, failures)),
-        Some(End::Fallback { why, .. }) => Ok(Parallel::Fallback { why, received }),
+        Some(End::Fallback { why, .. }) => Ok(Parallel::Fallback {
+            why,
+            received,
+            whole: None,
+        }),
     }
 }
 
@@ -618,6 +648,7 @@ fn hash_kept(d: &mut Download<'_>) -> Result<Parallel, crate::store::StoreError>
         return Ok(Parallel::Fallback {
             why: format!("the partial file ends at byte {at}, before its recorded pieces"),
             received: 0,
+            whole: None,
         });
     }
     Ok(Parallel::Done { received: 0 })
