@@ -844,7 +844,7 @@ serve_start() {
   SERVE_URL=$(head -n1 "$out")
 }
 fleet_row() {
-  local uri=/${CAP_URL#https://*/} i j mirror pids t
+  local uri=/${CAP_URL#https://*/} i j mirror pids t procs
   for i in $(seq "$RUNS"); do
     sync
     pending_store "$WORK/fleet-a" "$CAP_URL"
@@ -854,12 +854,19 @@ fleet_row() {
       MOUNT_OPTS="mirror=$SERVE_URL${MOUNT_OPTS:+,$MOUNT_OPTS}" mfs_mount "$WORK/fleet-$j" "$WORK/mnt/fleet-$j" pt
     done
     rec 16 - fleet_sent_before "$i" "$(sent_of "$uri")"
+    # The CPU every process of the fleet used while it opened the model
+    # (the server, the hosts' daemons, nginx): with two cores, the wall
+    # time cannot be less than half of it.
+    procs=("$SERVE_PID" $(nginx_workers))
+    for j in $(seq "$FLEET"); do procs+=("${MOUNT_PID[$WORK/mnt/fleet-$j]}"); done
+    rec 16 - fleet_ticks_before "$i" "$(ticks_of "${procs[@]}")"
     pids=()
     for j in $(seq "$FLEET"); do
       (tcat "$WORK/mnt/fleet-$j/model.gguf" >"$WORK/fleet-t-$j") &
       pids+=("$!")
     done
     for j in "${pids[@]}"; do wait "$j" || die "row 16: an open through the fleet's mirror failed"; done
+    rec 16 - fleet_ticks_after "$i" "$(ticks_of "${procs[@]}")"
     for j in $(seq "$FLEET"); do
       rec 16 - host_ns "$i.$j" "$(cat "$WORK/fleet-t-$j")"
       unmount "$WORK/mnt/fleet-$j"

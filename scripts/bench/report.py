@@ -19,6 +19,7 @@ two sides of a comparison are measured back to back, alternating), then
 summarised as median [min-max] like every other number. No thresholds:
 the "goal" column is information, the exit status is 0."""
 import json
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -115,6 +116,11 @@ def derive(samples, meta):
     for run, vs in per_run.items():
         put("16", "-", "slowest_s", run, max(vs))
     diff("16", "-", "fleet_sent_before", "fleet_sent_after", "fleet_sent_x", lambda d: d / size)
+    diff("16", "-", "fleet_ticks_before", "fleet_ticks_after", "fleet_cpu_s", lambda d: d / hz)
+    slowest = out.get(("16", "-", "slowest_s"), {})
+    for run, cpu in out.get(("16", "-", "fleet_cpu_s"), {}).items():
+        if slowest.get(run):
+            put("16", "-", "fleet_cores", run, cpu / slowest[run])
     # Row 13: origin GETs and MiB sent for the facts of one `add`.
     diff("13", "-", "gets_before", "gets_after", "facts_gets")
     diff("13", "-", "sent_before", "sent_after", "facts_sent_mib", lambda d: d / 1048576)
@@ -384,6 +390,13 @@ class Report:
                  ("slowest host", summary(list(slow.values()), "s")),
                  ("one host alone", summary(list(lone.values()), "s")), ratio,
                  "slowest ÷ lone time", "≤ 1.5", "lower", 1.5)
+        cpu, cores = self.get("16", "-", "fleet_cpu_s"), self.get("16", "-", "fleet_cores")
+        if cpu:
+            self.add("16", f"{hosts} hosts at once: CPU the fleet's processes used ÷ the slowest host's"
+                     f" wall time (cores busy; this machine has {os.cpu_count()})", "-",
+                     ("fleet CPU", summary(list(cpu.values()), "s")), None,
+                     summary(list(cores.values()), "cores"), "cores busy", "(information)",
+                     "lower", None)
         sent = summary(list(self.get("16", "-", "fleet_sent_x").values()), "x")
         self.add("16", f"{hosts} hosts at once: bytes the origin sent ÷ size", "-",
                  ("fleet", sent), None, sent, "origin bytes ÷ size", "1.0", "lower", 1.02)
@@ -478,6 +491,8 @@ def show(samples, meta, row, mode, run, suffix):
     elif row == "16":
         line = (f"run {run}: slowest of the fleet {v('slowest_s'):.3f} s, one host alone"
                 f" {v('lone_s'):.3f} s; origin sent {v('fleet_sent_x'):.4f} x size for the fleet")
+        if v("fleet_cpu_s") is not None:
+            line += f"; the fleet used {v('fleet_cpu_s'):.2f} CPU s ({v('fleet_cores'):.2f} cores busy)"
     elif row == "13":
         line = (f"run {run}: add with facts {v('add_s'):.3f} s, origin sent"
                 f" {v('facts_sent_mib'):.3f} MiB in {v('facts_gets'):.0f} GETs")
