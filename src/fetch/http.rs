@@ -189,6 +189,11 @@ impl Http {
             // fresh slow start (three round trips on a WAN).
             .max_idle_connections(128)
             .max_idle_connections_per_host(64)
+            // Ranges reuse a connection within milliseconds; between
+            // fetches, a server may have timed out an idle one (Apache,
+            // Node and many CDNs after 5 s), and a request on it fails
+            // and waits out a backoff. ureq keeps them for 15 s.
+            .max_idle_age(Duration::from_secs(4))
             .build()
             .into();
         let hf_origin = origin_of(&config.hf_endpoint);
