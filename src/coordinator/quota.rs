@@ -2,9 +2,11 @@
 //! its handles hold, the last-open times it notes, and the room a fetch
 //! makes before it downloads.
 //!
-//! - [`Coordinator::hold_open`] runs on the open's path: one table lookup
-//!   (and, for the first open of a blob in this process, one `open` and
-//!   one `flock` of its lock file) and a time noted in memory.
+//! - [`Coordinator::try_hold_open`] runs on the open's path: one table
+//!   lookup (and, for the first open of a blob in this process, one `open`
+//!   and one non-blocking `flock` of its lock file) and a time noted in
+//!   memory. When an eviction holds that lock at the moment, the open
+//!   waits for it with [`Coordinator::hold_open`] on a thread of its own.
 //! - [`Coordinator::make_room`] runs on a fetch worker before the download
 //!   starts: it reads the store's settings (the mount's `-o cache_max=`
 //!   and `-o min_free=` win), counts the bytes the download still needs
@@ -17,7 +19,7 @@
 //!   that crossed the limit: a lowered limit, another tool's blobs, a disk
 //!   that filled up) and a flush of the last-open times.
 //!
-//! None of it runs on the FUSE request loop but `hold_open`.
+//! None of it runs on the FUSE request loop but `try_hold_open`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +29,7 @@ use super::Coordinator;
 use crate::digest::Sha256;
 use crate::fetch::{FetchError, FetchErrorKind};
 use crate::store::evict::{EvictEvent, Names};
-use crate::store::openlock::{LastOpen, OpenHold, OpenLocks};
+use crate::store::openlock::{LastOpen, OpenHold, OpenLocks, TryHold};
 use crate::store::settings::{Amount, Settings};
 use crate::store::{Manifest, ModelName, StoreError};
 use crate::text::human_bytes;
@@ -116,6 +118,17 @@ impl Coordinator {
     pub fn hold_open(&self, d: &Sha256) -> Result<Option<OpenHold>, StoreError> {
         let hold = self.quota.locks.hold(&self.store, d)?;
         self.quota.last_open.touch(d);
+        Ok(hold)
+    }
+
+    /// [`Coordinator::hold_open`] without waiting for an eviction that
+    /// holds the blob's lock (`TryHold::Evicting`): the mount's request
+    /// loop calls it, and waits with `hold_open` elsewhere.
+    pub fn try_hold_open(&self, d: &Sha256) -> Result<TryHold, StoreError> {
+        let hold = self.quota.locks.try_hold(&self.store, d)?;
+        if matches!(hold, TryHold::Held(_)) {
+            self.quota.last_open.touch(d);
+        }
         Ok(hold)
     }
 

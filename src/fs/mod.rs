@@ -50,7 +50,7 @@ pub use namespace::{Changes, Entry, Namespace, ROOT_INO};
 
 pub use crate::coordinator::Caller;
 use crate::coordinator::{Answer, Blob, Coordinator, Interrupted, WaitError, Want};
-use crate::store::openlock::OpenHold;
+use crate::store::openlock::{OpenHold, TryHold};
 
 /// What kind of node an inode is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,10 +319,56 @@ impl ModelFs {
         };
         // Before the blob is opened: an eviction that deletes it must
         // have finished, so this open finds it gone and fetches it.
-        let hold = match self.coordinator.hold_open(&e.manifest.blob) {
-            Ok(hold) => hold,
-            Err(err) => return done(Err(FsError::Store(Arc::new(err)))),
+        match self.coordinator.try_hold_open(&e.manifest.blob) {
+            Ok(TryHold::Held(hold)) => self.open_held(e, hold, flags, caller, done),
+            Ok(TryHold::Evicting) => self.open_after_eviction(e, flags, caller, done),
+            Err(err) => done(Err(FsError::Store(Arc::new(err)))),
+        }
+    }
+
+    /// An eviction holds the blob's lock across its unlink: the open waits
+    /// for it on a thread of its own, never on the request loop (on this
+    /// one if no thread can be had).
+    fn open_after_eviction(
+        self: &Arc<Self>,
+        e: Arc<Entry>,
+        flags: i32,
+        caller: Caller,
+        done: OpenDone,
+    ) {
+        let job = Arc::new(Mutex::new(Some((e, done))));
+        let (this, theirs) = (self.clone(), job.clone());
+        let wait = move || {
+            let Some((e, done)) = theirs.lock().take() else {
+                return;
+            };
+            match this.coordinator.hold_open(&e.manifest.blob) {
+                Ok(hold) => this.open_held(e, hold, flags, caller, done),
+                Err(err) => done(Err(FsError::Store(Arc::new(err)))),
+            }
         };
+        let spawned = std::thread::Builder::new()
+            .name("open-wait".into())
+            .spawn(wait);
+        if spawned.is_err()
+            && let Some((e, done)) = job.lock().take()
+        {
+            match self.coordinator.hold_open(&e.manifest.blob) {
+                Ok(hold) => self.open_held(e, hold, flags, caller, done),
+                Err(err) => done(Err(FsError::Store(Arc::new(err)))),
+            }
+        }
+    }
+
+    /// The rest of an open, its blob's lock held.
+    fn open_held(
+        self: &Arc<Self>,
+        e: Arc<Entry>,
+        hold: Option<OpenHold>,
+        flags: i32,
+        caller: Caller,
+        done: OpenDone,
+    ) {
         let found = match self.coordinator.find(&e.manifest.blob) {
             Ok(found) => found,
             Err(err) => return done(Err(FsError::Store(Arc::new(err)))),

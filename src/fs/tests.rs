@@ -93,6 +93,32 @@ fn a_present_model_opens_at_once_without_the_source() {
 }
 
 #[test]
+fn an_open_during_an_eviction_of_its_blob_waits_off_the_request_loop() {
+    let data = b"being evicted".to_vec();
+    let d = Sha256::of(&data);
+    let w = world(Script::Fail);
+    let ino = pin(&w, "m", &data);
+    let mut f = w.store.open_partial(&d).unwrap();
+    std::io::Write::write_all(&mut f, &data).unwrap();
+    w.store.publish_blob(&d, &f).unwrap();
+    // What an eviction holds across its unlink.
+    let evicting = w
+        .store
+        .try_evict_lock(&d)
+        .unwrap()
+        .expect("the lock is free");
+
+    let rx = open(&w, ino, libc::O_RDONLY);
+    // `open` returned without an answer: it did not wait on this thread
+    // (it used to, up to 2 s, and then failed).
+    assert!(matches!(rx.try_recv(), Err(mpsc::TryRecvError::Empty)));
+    drop(evicting);
+    let o = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!(read_all(&w, &o, data.len()), data);
+    w.fs.release(o.fh);
+}
+
+#[test]
 fn a_nonblocking_open_of_a_pending_model_starts_the_fetch_and_says_eagain() {
     let data = b"later".to_vec();
     let w = world(Script::Gated(data.clone()));

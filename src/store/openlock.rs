@@ -60,6 +60,15 @@ pub struct OpenLocks {
     warned: std::sync::atomic::AtomicBool,
 }
 
+/// What [`OpenLocks::try_hold`] found.
+#[derive(Debug)]
+pub enum TryHold {
+    /// The share, or `None` for a store that cannot hold lock files.
+    Held(Option<OpenHold>),
+    /// An eviction holds the blob's lock exclusively at this moment.
+    Evicting,
+}
+
 /// One open's share of its blob's lock; dropping it gives the share back.
 pub struct OpenHold {
     locks: Arc<OpenLocks>,
@@ -104,7 +113,27 @@ impl OpenLocks {
         store: &Store,
         d: &Sha256,
     ) -> Result<Option<OpenHold>, StoreError> {
-        match self.hold_or_fail(store, d) {
+        self.hold_within(store, d, EVICTION_WAIT)
+    }
+
+    /// [`OpenLocks::hold`] without waiting: [`TryHold::Evicting`] when an
+    /// eviction holds the lock right now, for the caller to wait with
+    /// [`OpenLocks::hold`] on a thread that may block (the mount's request
+    /// loop may not).
+    pub fn try_hold(self: &Arc<Self>, store: &Store, d: &Sha256) -> Result<TryHold, StoreError> {
+        match self.hold_within(store, d, Duration::ZERO) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(TryHold::Evicting),
+            r => r.map(TryHold::Held),
+        }
+    }
+
+    fn hold_within(
+        self: &Arc<Self>,
+        store: &Store,
+        d: &Sha256,
+        wait: Duration,
+    ) -> Result<Option<OpenHold>, StoreError> {
+        match self.hold_or_fail(store, d, wait) {
             Err(e)
                 if matches!(
                     e.raw_os_error(),
@@ -123,7 +152,12 @@ impl OpenLocks {
         }
     }
 
-    fn hold_or_fail(self: &Arc<Self>, store: &Store, d: &Sha256) -> Result<OpenHold, StoreError> {
+    fn hold_or_fail(
+        self: &Arc<Self>,
+        store: &Store,
+        d: &Sha256,
+        wait: Duration,
+    ) -> Result<OpenHold, StoreError> {
         let hold = || OpenHold {
             locks: self.clone(),
             digest: *d,
@@ -136,7 +170,7 @@ impl OpenLocks {
         let file = lock::open_lock_file(&path).map_err(|e| StoreError::walking(&path, e))?;
         let started = Instant::now();
         while !flock(&file, libc::LOCK_SH | libc::LOCK_NB).map_err(|e| StoreError::io(&path, e))? {
-            if started.elapsed() >= EVICTION_WAIT {
+            if started.elapsed() >= wait {
                 return Err(StoreError::io(
                     &path,
                     std::io::Error::from_raw_os_error(libc::EAGAIN),
