@@ -242,7 +242,10 @@ impl Fetcher {
             .get_range(url, first.start, first.end, None)
             .map_err(|e| (format!("the first range failed ({e})"), None))?;
         if let Err(why) = usable_probe(&probe, first, size) {
-            return Err((why, (probe.status == 200).then_some(probe)));
+            // Only the whole object itself: an error page answered 200 is
+            // asked for again as one stream, which may still resume.
+            let whole = probe.status == 200 && probe.content_length() == Some(size);
+            return Err((why, whole.then_some(probe)));
         }
         match probe.validator() {
             Some(v) => Ok((probe, v)),

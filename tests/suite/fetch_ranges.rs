@@ -136,6 +136,31 @@ fn an_origin_that_ignores_range_is_downloaded_over_one_stream() {
 }
 
 #[test]
+fn a_probe_answered_with_a_short_whole_body_keeps_the_prefix_and_the_rest_resumes() {
+    // The probe's answer: 200 and a body that is not the object's length
+    // (an error page, a truncated copy). It is not the one stream.
+    let probe = Fault::Multi(vec![Fault::IgnoreRange, Fault::ContentLength(4096)]);
+    let (origin, ts, bytes, m) = pending("shortwhole", SIZE, 80, vec![probe]);
+    let prefix = 3 * MIB;
+    let s = ts.store();
+    fs::create_dir_all(s.partial_path(&m.blob).parent().unwrap()).unwrap();
+    fs::write(s.partial_path(&m.blob), &bytes[..prefix]).unwrap();
+
+    let out = fetch(&fetcher(&origin), &ts, &m).expect("the rest resumes");
+
+    assert_present(&ts, &m, &bytes);
+    assert_eq!(
+        out,
+        FetchOutcome::Downloaded {
+            transferred: (SIZE - prefix) as u64,
+            resumed_from: prefix as u64
+        },
+        "the prefix was kept"
+    );
+    ts.assert_consistent();
+}
+
+#[test]
 fn server_errors_on_some_ranges_are_retried_by_those_ranges_alone() {
     let faults = vec![none(), Fault::Status(503), none(), Fault::Status(500)];
     let (origin, ts, bytes, m) = pending("flaky", SIZE, 74, faults);

@@ -1035,6 +1035,8 @@ fn a_fleet_uses_a_pull_through_cache_of_the_registry_as_its_oci_mirror() {
         wait_until(Duration::from_secs(20), || cache.blob_file(&d).exists()),
         "the cache stored the blob"
     );
+    // The upstream logs a request once its answer is sent.
+    wait_until(Duration::from_secs(10), || upstream.blob_gets(&d) >= 2);
     assert_eq!(
         upstream.blob_gets(&d),
         2,
