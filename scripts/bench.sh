@@ -575,16 +575,22 @@ if want_row 5; then
     S=$WORK/open-store
     pending_store "$S"
     mfs_mount "$S" "$OMNT" pt
+    rec 5 - one_gets_before "$i" "$(gets_of /model.gguf)"
     one=$(python3 scripts/bench/openers.py 1 "$OMNT/model.gguf")
     unmount "$OMNT"
+    sleep 0.5
+    rec 5 - one_gets_after "$i" "$(gets_of /model.gguf)"
     rm -rf "$S"
     sync
     pending_store "$S"
     mfs_mount "$S" "$OMNT" pt
     rec 5 - gets_before "$i" "$(gets_of /model.gguf)"
+    rec 5 - sent_before "$i" "$(sent_of /model.gguf)"
     lat=$(python3 scripts/bench/openers.py "$CONCURRENT" "$OMNT/model.gguf")
-    rec 5 - gets_after "$i" "$(gets_of /model.gguf)"
     unmount "$OMNT"
+    sleep 0.5 # nginx logs a request when it ends
+    rec 5 - gets_after "$i" "$(gets_of /model.gguf)"
+    rec 5 - sent_after "$i" "$(sent_of /model.gguf)"
     rm -rf "$S"
     sync
     n=$(wc -l <<<"$lat")
