@@ -16,37 +16,40 @@ pub struct PinArgs {
 
 /// Pins the models; every name must be a model (or a set) of the store.
 pub fn run_pin(g: &Globals, a: &PinArgs) -> Result<(), CliError> {
-    let store = g.store_for_writing()?;
-    let names = resolve(&store, &a.names, true)?;
-    let changed = store
-        .change_pins(&names, true)
-        .map_err(|e| CliError::new(e.to_string()))?;
-    for n in &names {
-        let how = if changed.contains(n) {
-            "pinned"
-        } else {
-            "already pinned"
-        };
-        println!("{how} {n} (never evicted)");
-    }
-    Ok(())
+    change(g, a, true, |changed, n| {
+        let how = if changed { "pinned" } else { "already pinned" };
+        format!("{how} {n} (never evicted)")
+    })
 }
 
 /// Unpins the models; a name that is pinned but has no manifest any more
 /// can be unpinned too.
 pub fn run_unpin(g: &Globals, a: &PinArgs) -> Result<(), CliError> {
-    let store = g.store_for_writing()?;
-    let names = resolve(&store, &a.names, false)?;
-    let changed = store
-        .change_pins(&names, false)
-        .map_err(|e| CliError::new(e.to_string()))?;
-    for n in &names {
-        let how = if changed.contains(n) {
+    change(g, a, false, |changed, n| {
+        let how = if changed {
             "unpinned"
         } else {
             "was not pinned:"
         };
-        println!("{how} {n}");
+        format!("{how} {n}")
+    })
+}
+
+/// Pins (`pin`) or unpins the named models and prints `line` for each,
+/// told whether that call changed it. Only pinning needs a manifest.
+fn change(
+    g: &Globals,
+    a: &PinArgs,
+    pin: bool,
+    line: impl Fn(bool, &ModelName) -> String,
+) -> Result<(), CliError> {
+    let store = g.store_for_writing()?;
+    let names = resolve(&store, &a.names, pin)?;
+    let changed = store
+        .change_pins(&names, pin)
+        .map_err(|e| CliError::new(e.to_string()))?;
+    for n in &names {
+        println!("{}", line(changed.contains(n), n));
     }
     Ok(())
 }
