@@ -52,6 +52,9 @@ pub use crate::coordinator::Caller;
 use crate::coordinator::{Answer, Blob, Coordinator, Interrupted, WaitError, Want};
 use crate::store::openlock::{OpenHold, TryHold};
 
+/// An open waiting for its blob's lock, taken once.
+type OpenJob = Mutex<Option<(Arc<Entry>, OpenDone)>>;
+
 /// What kind of node an inode is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -336,27 +339,27 @@ impl ModelFs {
         caller: Caller,
         done: OpenDone,
     ) {
+        // A failed spawn drops its closure: the open stays here to be
+        // answered on this thread.
         let job = Arc::new(Mutex::new(Some((e, done))));
         let (this, theirs) = (self.clone(), job.clone());
-        let wait = move || {
-            let Some((e, done)) = theirs.lock().take() else {
-                return;
-            };
-            match this.coordinator.hold_open(&e.manifest.blob) {
-                Ok(hold) => this.open_held(e, hold, flags, caller, done),
-                Err(err) => done(Err(FsError::Store(Arc::new(err)))),
-            }
-        };
         let spawned = std::thread::Builder::new()
             .name("open-wait".into())
-            .spawn(wait);
-        if spawned.is_err()
-            && let Some((e, done)) = job.lock().take()
-        {
-            match self.coordinator.hold_open(&e.manifest.blob) {
-                Ok(hold) => self.open_held(e, hold, flags, caller, done),
-                Err(err) => done(Err(FsError::Store(Arc::new(err)))),
-            }
+            .spawn(move || this.wait_then_open(&theirs, flags, caller));
+        if spawned.is_err() {
+            self.wait_then_open(&job, flags, caller);
+        }
+    }
+
+    /// Waits for the blob's lock, then the rest of the open (whoever takes
+    /// the job first).
+    fn wait_then_open(self: &Arc<Self>, job: &OpenJob, flags: i32, caller: Caller) {
+        let Some((e, done)) = job.lock().take() else {
+            return;
+        };
+        match self.coordinator.hold_open(&e.manifest.blob) {
+            Ok(hold) => self.open_held(e, hold, flags, caller, done),
+            Err(err) => done(Err(FsError::Store(Arc::new(err)))),
         }
     }
 
