@@ -94,18 +94,9 @@ impl Drop for Mapper {
 
 /// Runs `modelfs ARGS` on the store; its stdout, or a panic with stderr.
 fn cli(store: &TestStore, origin: &Origin, args: &[&str]) -> String {
-    let out = store
-        .cli(origin.ca_pem_path())
-        .env("MODELFS_GC_GRACE_SECS", "0")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "modelfs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let (code, stdout, stderr) = run(store, origin, args);
+    assert!(code == 0, "modelfs {args:?}: {stderr}");
+    stdout
 }
 
 fn present(s: &Store, bytes: &[u8]) -> bool {

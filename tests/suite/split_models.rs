@@ -257,6 +257,26 @@ fn add_url_of_shard_1_with_a_digest_per_shard_pins_the_set_from_rebuilt_urls() {
 
 /// Serves the shards at `d/split-0000k-of-0000N.gguf` and adds them as the
 /// set `m` with `add --url` of shard 1; the origin paths in shard order.
+/// A gguf-py split set written to a temp dir (kept while the first value
+/// lives), served by a new origin and pinned in a new store by URL with
+/// `extra` flags: `(dir, shard files, origin, store, origin paths)`.
+fn set_at_origin(
+    extra: &[&str],
+) -> (
+    tempfile::TempDir,
+    Vec<PathBuf>,
+    Origin,
+    TestStore,
+    Vec<String>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = write_split(dir.path());
+    let origin = Origin::start();
+    let ts = TestStore::new();
+    let paths = add_by_url(&ts, &origin, &shards, extra);
+    (dir, shards, origin, ts, paths)
+}
+
 fn add_by_url(ts: &TestStore, origin: &Origin, shards: &[PathBuf], extra: &[&str]) -> Vec<String> {
     let paths: Vec<String> = (1..=shards.len())
         .map(|k| format!("d/{}", shard_file("split", k, shards.len())))
@@ -282,11 +302,7 @@ fn add_by_url(ts: &TestStore, origin: &Origin, shards: &[PathBuf], extra: &[&str
 /// Through a real mount: reading shard 1 alone fetches every shard.
 #[test]
 fn reading_one_shard_through_the_mount_fetches_all_its_siblings() {
-    let dir = tempfile::tempdir().unwrap();
-    let shards = write_split(dir.path());
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let paths = add_by_url(&ts, &origin, &shards, &[]);
+    let (_dir, shards, origin, ts, paths) = set_at_origin(&[]);
     let mount = Mount::start(&ts, origin.ca_pem_path(), &[]);
     let first = std::fs::read(mount.path(&shard_file("m", 1, SHARDS))).unwrap();
     assert!(first == std::fs::read(&shards[0]).unwrap());
@@ -418,11 +434,7 @@ print(json.dumps({"sibling_states_after_first_open": states, "shards": shards}))
 /// fetched once, and the bytes are the shards gguf-py wrote.
 #[test]
 fn a_llama_cpp_style_loader_loads_a_split_model_through_the_mount_fetched_lazily() {
-    let dir = tempfile::tempdir().unwrap();
-    let shards = write_split(dir.path());
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let paths = add_by_url(&ts, &origin, &shards, &[]);
+    let (_dir, shards, origin, ts, paths) = set_at_origin(&[]);
     let mount = Mount::start(&ts, origin.ca_pem_path(), &[]);
     for k in 1..=SHARDS {
         let file = mount.path(&shard_file("m", k, SHARDS));
@@ -461,11 +473,7 @@ fn a_llama_cpp_style_loader_loads_a_split_model_through_the_mount_fetched_lazily
 /// nothing more.
 #[test]
 fn the_siblings_downloads_overlap_the_first_shards_on_a_slow_origin() {
-    let dir = tempfile::tempdir().unwrap();
-    let shards = write_split(dir.path());
-    let origin = Origin::start();
-    let ts = TestStore::new();
-    let paths = add_by_url(&ts, &origin, &shards, &["--no-facts"]);
+    let (_dir, shards, origin, ts, paths) = set_at_origin(&["--no-facts"]);
     for p in &paths {
         origin.set_persistent_fault(
             p,
