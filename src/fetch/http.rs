@@ -190,9 +190,9 @@ impl Http {
             .max_idle_connections(128)
             .max_idle_connections_per_host(64)
             // Ranges reuse a connection within milliseconds; between
-            // fetches, a server may have timed out an idle one (Apache,
-            // Node and many CDNs after 5 s), and a request on it fails
-            // and waits out a backoff. ureq keeps them for 15 s.
+            // fetches, a server may have timed out an idle one (Apache's
+            // and Node's default is 5 s), and a request on it fails and
+            // waits out a backoff. ureq keeps them for 15 s.
             .max_idle_age(Duration::from_secs(4))
             .build()
             .into();
