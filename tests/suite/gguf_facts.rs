@@ -12,6 +12,8 @@ use std::process::Command;
 use modelfs::gguf::{self, Facts, GgufError, Header, Value};
 use serde_json::{Value as Json, json};
 
+use crate::common::require_gguf_py;
+
 /// Writes `single.gguf` (every value type, tensors of four ggml types, a
 /// 300-token vocabulary, a chat template) and the split set
 /// `split-0000N-of-00003.gguf` (two tensors per shard).
@@ -118,17 +120,6 @@ facts = {k: v for k, v in facts.items() if v is not None}
 print(json.dumps({"version": get("GGUF.version"), "alignment": r.alignment,
                   "data_offset": r.data_offset, "fields": fields, "tensors": tensors, "facts": facts}))
 "#;
-
-fn require_gguf_py() {
-    let ok = Command::new("python3")
-        .args(["-c", "import gguf, numpy"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "python3 with the gguf and numpy packages is needed for these tests: run scripts/deps.sh --test"
-    );
-}
 
 fn python(code: &str, arg: &Path) -> String {
     let out = Command::new("python3")

@@ -22,7 +22,7 @@ use serde_json::Value as Json;
 use std::time::Duration;
 
 use crate::common::sys::getxattr;
-use crate::common::{Mount, Origin, TestStore, hex, hf, wait_until};
+use crate::common::{Mount, Origin, TestStore, hex, hf, require_gguf_py, wait_until};
 
 /// Shards of the set written by [`write_split`].
 const SHARDS: usize = 4;
@@ -46,17 +46,6 @@ w.write_kv_data_to_file()
 w.write_tensors_to_file()
 w.close()
 "#;
-
-fn require_gguf_py() {
-    let ok = Command::new("python3")
-        .args(["-c", "import gguf, numpy"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "python3 with the gguf and numpy packages is needed for these tests: run scripts/deps.sh --test"
-    );
-}
 
 fn python(code: &str, args: &[&Path]) -> Output {
     let out = Command::new("python3")

@@ -263,6 +263,19 @@ impl TestStore {
     }
 }
 
+/// Fails the test, loudly, when python3 cannot import gguf-py (the
+/// reference reader and writer of GGUF files).
+pub fn require_gguf_py() {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import gguf, numpy"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python3 with the gguf and numpy packages is needed for these tests: run scripts/deps.sh --test"
+    );
+}
+
 /// Fails the test, loudly, when this machine cannot run real mounts.
 pub fn require_fuse() {
     assert!(
