@@ -12,7 +12,7 @@ use std::process::Command;
 use modelfs::gguf::{self, Facts, GgufError, Header, Value};
 use serde_json::{Value as Json, json};
 
-use crate::common::require_gguf_py;
+use crate::common::{python, require_gguf_py};
 
 /// Writes `single.gguf` (every value type, tensors of four ggml types, a
 /// 300-token vocabulary, a chat template) and the split set
@@ -121,24 +121,15 @@ print(json.dumps({"version": get("GGUF.version"), "alignment": r.alignment,
                   "data_offset": r.data_offset, "fields": fields, "tensors": tensors, "facts": facts}))
 "#;
 
-fn python(code: &str, arg: &Path) -> String {
-    let out = Command::new("python3")
-        .args(["-c", code])
-        .arg(arg)
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "python3 failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+/// Runs gguf-py `code` on `arg`; its standard output.
+fn python_out(code: &str, arg: &Path) -> String {
+    String::from_utf8(python(code, &[arg]).stdout).unwrap()
 }
 
 /// Writes the models; returns the single file and the shards in order.
 fn write_models(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
     require_gguf_py();
-    python(WRITE, dir);
+    python(WRITE, &[dir]);
     let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -155,7 +146,7 @@ fn write_models(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
 }
 
 fn dump(path: &Path) -> Json {
-    serde_json::from_str(&python(DUMP, path)).expect("dump is JSON")
+    serde_json::from_str(&python_out(DUMP, path)).expect("dump is JSON")
 }
 
 /// A scalar value as gguf-py's JSON shows it.

@@ -15,14 +15,14 @@
 //! (`scripts/deps.sh --test`); without them the tests fail, never skip.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 
 use serde_json::Value as Json;
 
 use std::time::Duration;
 
 use crate::common::sys::getxattr;
-use crate::common::{Mount, Origin, TestStore, hex, hf, require_gguf_py, wait_until};
+use crate::common::{Mount, Origin, TestStore, hex, hf, python, require_gguf_py, wait_until};
 
 /// Shards of the set written by [`write_split`].
 const SHARDS: usize = 4;
@@ -46,21 +46,6 @@ w.write_kv_data_to_file()
 w.write_tensors_to_file()
 w.close()
 "#;
-
-fn python(code: &str, args: &[&Path]) -> Output {
-    let out = Command::new("python3")
-        .args(["-c", code])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "python3 failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// The shard file name llama.cpp rebuilds for shard `k` of `n`.
 fn shard_file(prefix: &str, k: usize, n: usize) -> String {

@@ -263,6 +263,23 @@ impl TestStore {
     }
 }
 
+/// Runs `python3 -c code args…` with no input; its output, or a panic
+/// with its standard error.
+pub fn python(code: &str, args: &[&Path]) -> std::process::Output {
+    let out = std::process::Command::new("python3")
+        .args(["-c", code])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Fails the test, loudly, when python3 cannot import gguf-py (the
 /// reference reader and writer of GGUF files).
 pub fn require_gguf_py() {
